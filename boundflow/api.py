@@ -1,0 +1,82 @@
+"""Public entry points: :func:`compute_bounds` and :func:`interval_parameters`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from boundflow.domains.base import get_domain
+from boundflow.domains.interval.tensor import IntervalTensor
+from boundflow.specs import Box
+
+__all__ = ["compute_bounds", "interval_parameters"]
+
+
+def interval_parameters(
+    model: nn.Module,
+    radius: float | torch.Tensor | Mapping[str, float | torch.Tensor] = 0.0,
+    *,
+    requires_grad: bool = True,
+    dtype: torch.dtype | None = None,
+) -> dict[str, IntervalTensor]:
+    """Every parameter of ``model`` as an ``IntervalTensor`` ``[p - radius, p + radius]``.
+
+    ``radius`` is one number for all parameters, or a mapping name -> radius (missing names get
+    0).  The dict plugs into ``torch.func.functional_call(model, params, x)``; with
+    ``requires_grad`` (default) ``loss.backward()`` fills each entry's ``.grad`` with interval
+    gradients.  Buffers (BatchNorm statistics) are not included: they stay exact.
+    """
+    out: dict[str, IntervalTensor] = {}
+    for name, p in model.named_parameters():
+        r = radius.get(name, 0.0) if isinstance(radius, Mapping) else radius
+        center = p.detach().to(dtype) if dtype is not None else p.detach()
+        out[name] = IntervalTensor.from_center_radius(center.clone(), r, requires_grad=requires_grad)
+    if isinstance(radius, Mapping):
+        unknown = set(radius) - set(out)
+        if unknown:
+            raise KeyError(f"interval_parameters: no parameter named {sorted(unknown)} in {type(model).__name__}")
+    return out
+
+
+def compute_bounds(
+    model: nn.Module,
+    x_lower: torch.Tensor,
+    x_upper: torch.Tensor,
+    method: str = "ibp",
+    params: Mapping[str, torch.Tensor] | None = None,
+    *,
+    dtype: torch.dtype | None = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds ``(lower, upper)`` on ``model(x)`` for every ``x`` with
+    ``x_lower <= x <= x_upper`` and every parameter vector in ``params``.
+
+    ``method``: ``"ibp"`` (interval bound propagation).  ``"crown"``, ``"alpha-crown"``,
+    ``"lp"`` and ``"milp"`` are reserved for later domains and raise ``NotImplementedError``.
+    ``params``: name -> tensor or ``IntervalTensor`` (see :func:`interval_parameters`); names
+    not given use the model's own values.  ``dtype``: the computation runs in this dtype
+    (float64 by default; the model is not modified); ``None`` keeps the input's dtype.
+
+    Guarantee: sound in exact arithmetic on the floating-point inputs; wrap the call in
+    :func:`boundflow.sound_rounding` to also cover rounding.  The model must be in the mode you
+    want bounded (BatchNorm in training mode is not supported; call ``model.eval()``).
+    """
+    domain = get_domain(method)
+    x_lower = torch.as_tensor(x_lower)
+    x_upper = torch.as_tensor(x_upper)
+    if dtype is not None:
+        x_lower, x_upper = x_lower.to(dtype), x_upper.to(dtype)
+    spec = Box(x_lower, x_upper)
+    full: dict[str, torch.Tensor] = {}
+    if dtype is not None:
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            full[name] = t.detach().to(dtype) if t.is_floating_point() else t
+    if params:
+        known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        unknown = set(params) - known
+        if unknown:
+            raise KeyError(f"compute_bounds: params names {sorted(unknown)} are not parameters of {type(model).__name__}")
+        for name, t in params.items():
+            full[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return domain.bounds(model, spec, full or None)

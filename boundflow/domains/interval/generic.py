@@ -1,0 +1,162 @@
+"""Rule factories for the common shapes of rules: structural ops (no arithmetic), ops that are
+monotone in every interval operand, accumulating ops (sums, pools) and factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from boundflow import rounding
+from boundflow.domains.interval.table import implements
+from boundflow.domains.interval.tensor import IntervalTensor, exact_value, make
+
+__all__ = [
+    "side",
+    "structural",
+    "monotone_rule",
+    "accumulating",
+    "factory",
+    "available",
+]
+
+aten = torch.ops.aten
+
+
+def available(*names: str) -> list[torch._ops.OpOverload]:
+    """Overloads that exist in the installed torch (``"pkg.overload"`` strings)."""
+    out = []
+    for n in names:
+        pkt, ov = n.split(".")
+        op = getattr(getattr(aten, pkt, None), ov, None)
+        if op is not None:
+            out.append(op)
+    return out
+
+
+def side(tree: Any, which: int, what: str = "operand", data_first: bool = False, data_all: bool = False) -> Any:
+    """Replace each float ``IntervalTensor`` by its lower (0) or upper (1) bound.  Integer and
+    bool intervals are indices or masks and must be exact, except in the first argument when
+    ``data_first`` (the data operand of structural ops, e.g. a view of an argmax interval)."""
+
+    def f(a: Any, data: bool = False) -> Any:
+        if isinstance(a, IntervalTensor):
+            if a._lower.is_floating_point() or data:
+                return a._lower if which == 0 else a._upper
+            return exact_value(a, f"an integer/bool {what}")
+        return a
+
+    if data_all:
+        return tree_map(lambda a: f(a, True), tree)
+    if data_first and isinstance(tree, tuple) and tree:
+        head = tree_map(lambda a: f(a, True), tree[0])
+        return (head, *tree_map(f, tree[1:]))
+    return tree_map(f, tree)
+
+
+def _zip(lo_tree: Any, hi_tree: Any, *, exact: bool, rounded: bool = False, err_tree: Any = None) -> Any:
+    lo_leaves, spec = tree_flatten(lo_tree)
+    hi_leaves, _ = tree_flatten(hi_tree)
+    err_leaves = tree_flatten(err_tree)[0] if err_tree is not None else [None] * len(lo_leaves)
+    out = []
+    for lo, hi, err in zip(lo_leaves, hi_leaves, err_leaves):
+        if isinstance(lo, torch.Tensor):
+            if err is not None:
+                lo, hi = rounding.widen_abs(lo, hi, err)
+                out.append(make(lo, hi, rounded=True))
+            else:
+                out.append(make(lo, hi, exact=exact, rounded=rounded))
+        else:
+            out.append(lo)
+    return tree_unflatten(out, spec)
+
+
+def structural(*ops: torch._ops.OpOverload) -> None:
+    """Ops that only move, copy or select entries (views, cat, indexing with exact indices,
+    padding with an exact value): applied to the lower and to the upper bounds separately.
+    Exact: no arithmetic, no rounding."""
+
+    for op in ops:
+
+        def make_rule(op: torch._ops.OpOverload) -> Callable:
+            def rule(*args: Any, **kwargs: Any) -> Any:
+                lo = op(*side(args, 0, data_first=True), **side(kwargs, 0))
+                hi = op(*side(args, 1, data_first=True), **side(kwargs, 1))
+                return _zip(lo, hi, exact=True)
+
+            return rule
+
+        implements(op)(make_rule(op))
+
+
+def monotone_rule(
+    *ops: torch._ops.OpOverload,
+    decreasing: bool = False,
+    ulps: float | None = None,
+) -> None:
+    """Ops non-decreasing (or non-increasing) in every interval operand, e.g. ``exp``,
+    ``sigmoid``, ``relu``, ``clamp``, ``maximum``.  ``ulps``: relative rounding allowance under
+    ``sound_rounding`` for functions that are not correctly rounded (default: one ulp)."""
+    for op in ops:
+
+        def make_rule(op: torch._ops.OpOverload) -> Callable:
+            def rule(*args: Any, **kwargs: Any) -> Any:
+                lo = op(*side(args, 0, data_all=True), **side(kwargs, 0, data_all=True))
+                hi = op(*side(args, 1, data_all=True), **side(kwargs, 1, data_all=True))
+                if decreasing:
+                    lo, hi = hi, lo
+                if ulps is not None and rounding.rounding_enabled():
+                    lo, hi = rounding.widen_rel(lo, hi, ulps)
+                    return make(lo, hi, rounded=True)
+                return make(lo, hi)
+
+            return rule
+
+        implements(op)(make_rule(op))
+
+
+def _magnitude(tree: Any) -> Any:
+    def f(a: Any) -> Any:
+        if isinstance(a, IntervalTensor) and a._lower.is_floating_point():
+            return torch.maximum(a._lower.abs(), a._upper.abs())
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.abs()
+        return a
+
+    return tree_map(f, tree)
+
+
+def accumulating(op: torch._ops.OpOverload, n_terms: Callable[..., int]) -> None:
+    """Linear ops with non-negative coefficients (sums, means, average pools, scatter-add):
+    monotone, so applied to each bound; under ``sound_rounding`` widened by the a-priori error
+    of an ``n_terms(*args)``-term sum evaluated on magnitude bounds."""
+
+    def rule(*args: Any, **kwargs: Any) -> Any:
+        lo = op(*side(args, 0), **side(kwargs, 0))
+        hi = op(*side(args, 1), **side(kwargs, 1))
+        if rounding.rounding_enabled():
+            mag = op(*_magnitude(args), **_magnitude(kwargs))
+            n = n_terms(*args, **kwargs)
+            err = tree_map(lambda m: rounding.dot_error(n, m) if isinstance(m, torch.Tensor) else None, mag)
+            return _zip(lo, hi, exact=False, err_tree=err)
+        return _zip(lo, hi, exact=False)
+
+    implements(op)(rule)
+
+
+def factory(*ops: torch._ops.OpOverload) -> None:
+    """``ones_like``, ``new_zeros`` ...: the result is exact and does not depend on the
+    operand's values; returned as a zero-width ``IntervalTensor`` so later in-place writes of
+    interval values into it work."""
+    for op in ops:
+
+        def make_rule(op: torch._ops.OpOverload) -> Callable:
+            def rule(*args: Any, **kwargs: Any) -> Any:
+                r = op(*side(args, 0), **side(kwargs, 0))
+                return make(r, r.clone(), exact=True)
+
+            return rule
+
+        implements(op)(make_rule(op))

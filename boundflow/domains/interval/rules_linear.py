@@ -1,0 +1,211 @@
+"""Matrix products, convolutions and batch normalisation (eval mode), forward and backward.
+
+Products of two intervals use the midpoint-radius form (:func:`arith.bilinear`): three
+products of the plain kind, exact when one operand is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from boundflow.domains.interval import arith
+from boundflow.domains.interval.table import implements
+from boundflow.domains.interval.tensor import exact_value, lohi, make
+from boundflow.errors import UnsupportedOperation, where_called
+
+aten = torch.ops.aten
+
+
+def _product(f, a, b, n_terms: int):
+    (lo, hi), rounded = arith.bilinear(f, lohi(a), lohi(b), n_terms)
+    return lo, hi, rounded
+
+
+@implements(aten.mm.default)
+def mm(a, b):
+    lo, hi, r = _product(torch.mm, a, b, a.shape[-1])
+    return make(lo, hi, rounded=r)
+
+
+@implements(aten.bmm.default)
+def bmm(a, b):
+    lo, hi, r = _product(torch.bmm, a, b, a.shape[-1])
+    return make(lo, hi, rounded=r)
+
+
+@implements(aten.mv.default)
+def mv(a, b):
+    lo, hi, r = _product(torch.mv, a, b, a.shape[-1])
+    return make(lo, hi, rounded=r)
+
+
+@implements(aten.dot.default)
+def dot(a, b):
+    lo, hi, r = _product(torch.dot, a, b, a.shape[-1])
+    return make(lo, hi, rounded=r)
+
+
+def _affine(bias, beta, prod_lo, prod_hi, alpha, rounded):
+    p = (prod_lo, prod_hi)
+    if alpha != 1:
+        p = arith.scale(p, alpha)
+    if bias is not None and beta != 0:
+        p = arith.add(arith.scale(lohi(bias), beta) if beta != 1 else lohi(bias), p)
+        rounded = False  # one more rounding: let make() add its ulp
+    return make(*p, rounded=rounded)
+
+
+@implements(aten.addmm.default)
+def addmm(bias, a, b, beta=1, alpha=1):
+    lo, hi, r = _product(torch.mm, a, b, a.shape[-1])
+    return _affine(bias, beta, lo, hi, alpha, r)
+
+
+@implements(aten.baddbmm.default)
+def baddbmm(bias, a, b, beta=1, alpha=1):
+    lo, hi, r = _product(torch.bmm, a, b, a.shape[-1])
+    return _affine(bias, beta, lo, hi, alpha, r)
+
+
+@implements(aten.addmv.default)
+def addmv(bias, a, b, beta=1, alpha=1):
+    lo, hi, r = _product(torch.mv, a, b, a.shape[-1])
+    return _affine(bias, beta, lo, hi, alpha, r)
+
+
+def _conv_terms(weight, transposed: bool, groups: int) -> int:
+    k = math.prod(weight.shape[2:])
+    return max(weight.shape[0], weight.shape[1] * groups) * k
+
+
+@implements(aten.convolution.default)
+def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """Convolution (any dimensionality, stride, padding, dilation, groups, transposed)."""
+
+    def f(x, w):
+        return aten.convolution.default(x, w, None, stride, padding, dilation, transposed, output_padding, groups)
+
+    lo, hi, r = _product(f, input, weight, _conv_terms(weight, transposed, groups))
+    if bias is None:
+        return make(lo, hi, rounded=r)
+    return make(*arith.add((lo, hi), _per_channel(bias, lo.dim())))
+
+
+def _per_channel(t, ndim: int) -> arith.Bounds:
+    """A per-channel vector (bias, BN weight) as bounds broadcastable over ``(N, C, ...)``."""
+    shape = [1, -1] + [1] * (ndim - 2)
+    lo, hi = lohi(t)
+    if lo is hi:
+        v = lo.reshape(shape)
+        return v, v
+    return lo.reshape(shape), hi.reshape(shape)
+
+
+@implements(aten.convolution_backward.default)
+def convolution_backward(
+    grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):
+    """``grad_input`` is bilinear in (grad_output, weight), ``grad_weight`` in (grad_output,
+    input), ``grad_bias`` a sum of grad_output."""
+    x_shape_holder = lohi(input)[0]
+    w_shape_holder = lohi(weight)[0]
+    results: list = [None, None, None]
+    if output_mask[0]:
+
+        def f_in(g, w):
+            return aten.convolution_backward.default(
+                g, x_shape_holder, w, None, stride, padding, dilation, transposed, output_padding, groups,
+                [True, False, False],
+            )[0]
+
+        lo, hi, r = _product(f_in, grad_output, weight, _conv_terms(weight, transposed, groups))
+        results[0] = make(lo, hi, rounded=r)
+    if output_mask[1]:
+
+        def f_w(g, x):
+            return aten.convolution_backward.default(
+                g, x, w_shape_holder, None, stride, padding, dilation, transposed, output_padding, groups,
+                [False, True, False],
+            )[1]
+
+        n = grad_output.shape[0] * max(math.prod(grad_output.shape[2:]), math.prod(input.shape[2:]))
+        lo, hi, r = _product(f_w, grad_output, input, n)
+        results[1] = make(lo, hi, rounded=r)
+    if output_mask[2]:
+        dims = [0] + list(range(2, grad_output.dim()))
+        results[2] = make(*arith.reduce_sum(lohi(grad_output), dims))
+    return tuple(results)
+
+
+# -- batch normalisation (eval mode) ---------------------------------------------------------
+
+
+def _bn_train_error() -> UnsupportedOperation:
+    return UnsupportedOperation(
+        "BatchNorm in training mode (batch statistics) has no interval rule: the batch mean and variance "
+        f"of interval data are not implemented. Call model.eval() first (called from {where_called()})."
+    )
+
+
+def _channel_shape(x) -> list[int]:
+    return [1, -1] + [1] * (x.dim() - 2)
+
+
+def _bn_scale(running_var, eps: float, shape) -> torch.Tensor:
+    rv = exact_value(running_var, "running_var")
+    return torch.rsqrt(rv + eps).reshape(shape)
+
+
+def _bn_eval(input, weight, bias, running_mean, running_var, eps):
+    shape = _channel_shape(input)
+    rm = exact_value(running_mean, "running_mean").reshape(shape)
+    inv = _bn_scale(running_var, eps, shape)
+    xn = arith.scale(arith.sub(lohi(input), (rm, rm)), inv)
+    if weight is not None:
+        xn = arith.mul(xn, _per_channel(weight, input.dim()))
+    if bias is not None:
+        xn = arith.add(xn, _per_channel(bias, input.dim()))
+    out = make(*xn)
+    empty = lohi(input)[0].new_zeros(0)
+    return out, make(empty, empty.clone(), exact=True), make(empty, empty.clone(), exact=True)
+
+
+@implements(aten.native_batch_norm.default)
+def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    if training or running_mean is None:
+        raise _bn_train_error()
+    return _bn_eval(input, weight, bias, running_mean, running_var, eps)
+
+
+@implements(aten._native_batch_norm_legit_no_training.default)
+def native_batch_norm_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
+    return _bn_eval(input, weight, bias, running_mean, running_var, eps)
+
+
+@implements(aten.native_batch_norm_backward.default)
+def native_batch_norm_backward(
+    grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps, output_mask
+):
+    """Eval mode: ``dx = g w / sqrt(var + eps)``, ``dw = sum g (x - mean) / sqrt(var + eps)``,
+    ``db = sum g`` over batch and spatial dimensions."""
+    if train:
+        raise _bn_train_error()
+    shape = _channel_shape(grad_out)
+    inv = _bn_scale(running_var, eps, shape)
+    g = lohi(grad_out)
+    dims = [0] + list(range(2, grad_out.dim()))
+    results: list = [None, None, None]
+    if output_mask[0]:
+        if weight is None:
+            results[0] = make(*arith.scale(g, inv))
+        else:
+            results[0] = make(*arith.mul(g, arith.scale(_per_channel(weight, grad_out.dim()), inv)))
+    if output_mask[1]:
+        rm = exact_value(running_mean, "running_mean").reshape(shape)
+        xn = arith.scale(arith.sub(lohi(input), (rm, rm)), inv)
+        results[1] = make(*arith.reduce_sum(arith.mul(g, xn), dims))
+    if output_mask[2]:
+        results[2] = make(*arith.reduce_sum(g, dims))
+    return tuple(results)

@@ -1,0 +1,160 @@
+"""Shape, view, indexing, copy and factory ops: exact on each bound.
+
+Index, mask and shape operands must be exact; an interval index (e.g. ``x[x > 0]`` with an
+undecided comparison) raises :class:`boundflow.DomainError`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from boundflow.domains.interval.generic import accumulating, available, factory, side, structural
+from boundflow.domains.interval.table import implements
+from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, write_into
+
+aten = torch.ops.aten
+
+structural(
+    *available(
+        "view.default",
+        "view.dtype",
+        "_unsafe_view.default",
+        "reshape.default",
+        "permute.default",
+        "transpose.int",
+        "t.default",
+        "squeeze.default",
+        "squeeze.dim",
+        "squeeze.dims",
+        "unsqueeze.default",
+        "expand.default",
+        "cat.default",
+        "stack.default",
+        "slice.Tensor",
+        "select.int",
+        "index.Tensor",
+        "_unsafe_index.Tensor",
+        "index_select.default",
+        "gather.default",
+        "clone.default",
+        "detach.default",
+        "alias.default",
+        "lift_fresh.default",
+        "lift_fresh_copy.default",
+        "split.Tensor",
+        "split_with_sizes.default",
+        "unbind.int",
+        "flip.default",
+        "roll.default",
+        "repeat.default",
+        "constant_pad_nd.default",
+        "slice_backward.default",
+        "select_backward.default",
+        "unfold.default",
+        "as_strided.default",
+        "diagonal.default",
+        "narrow.default",
+        "scatter.src",
+        "scatter.value",
+        "fill.Scalar",
+        "view_copy.default",
+        "permute_copy.default",
+        "expand_copy.default",
+        "unsqueeze_copy.default",
+        "squeeze_copy.dims",
+        "transpose_copy.int",
+        "t_copy.default",
+        "embedding.default",
+        "contiguous.default",
+        "resolve_conj.default",
+        "resolve_neg.default",
+    )
+)
+
+factory(
+    *available(
+        "ones_like.default",
+        "zeros_like.default",
+        "empty_like.default",
+        "full_like.default",
+        "new_zeros.default",
+        "new_ones.default",
+        "new_empty.default",
+        "new_full.default",
+        "new_empty_strided.default",
+        "empty_strided.default",
+    )
+)
+
+
+def _numel(t) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 1
+
+
+accumulating(aten.index_put.default, lambda self, indices, values, accumulate=False: _numel(values) + 1)
+accumulating(aten.scatter_add.default, lambda self, dim, index, src: _numel(src) + 1)
+accumulating(aten.index_add.default, lambda self, dim, index, source, alpha=1: _numel(source) + 2)
+accumulating(
+    aten.embedding_dense_backward.default,
+    lambda grad, indices, num_weights, padding_idx, scale_grad_by_freq: _numel(indices) + 2,
+)
+
+
+@implements(aten.copy_.default)
+def copy_(self, src, non_blocking: bool = False):
+    """In-place copy: the target keeps its identity; its bounds become those of ``src``
+    (cast to the target dtype; casting is monotone so the cast bounds contain the cast value)."""
+    src_lo, src_hi = lohi(src)
+    if isinstance(self, IntervalTensor) and not isinstance(src, IntervalTensor):
+        src_hi = src_lo
+    if not isinstance(self, IntervalTensor):
+        return write_into(self, src, "aten.copy_")
+    with torch.no_grad():
+        self._lower.copy_(src_lo.expand_as(self._lower) if isinstance(src_lo, torch.Tensor) else src_lo)
+        self._upper.copy_(src_hi.expand_as(self._upper) if isinstance(src_hi, torch.Tensor) else src_hi)
+    return self
+
+
+@implements(aten._to_copy.default)
+def to_copy(self, **kwargs):
+    """Dtype/device conversion.  Rounding to nearest is monotone, so the converted bounds
+    contain the converted value; under ``sound_rounding`` a narrowing float conversion is
+    widened by one ulp so the bounds also contain the unrounded value."""
+    lo, hi = lohi(self)
+    r_lo, r_hi = lo.to(**_copy_kwargs(kwargs)), hi.to(**_copy_kwargs(kwargs))
+    narrowing = (
+        r_lo.is_floating_point()
+        and lo.is_floating_point()
+        and torch.finfo(r_lo.dtype).eps > torch.finfo(lo.dtype).eps
+    )
+    return make(r_lo, r_hi, exact=not narrowing)
+
+
+def _copy_kwargs(kwargs: dict) -> dict:
+    out = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "memory_format") and v is not None}
+    return out
+
+
+@implements(aten._local_scalar_dense.default)
+def local_scalar(self):
+    """``.item()`` only for an exact interval."""
+    lo, hi = lohi(self)
+    if torch.equal(lo, hi):
+        return lo.item()
+    from boundflow.errors import DomainError
+
+    raise DomainError(f".item() of an interval with width {float((hi - lo).max()):.3g}: the value is not determined")
+
+
+@implements(*available("is_same_size.default"))
+def is_same_size(a, b):
+    return a.shape == b.shape
+
+
+@implements(aten.equal.default)
+def equal(a, b):
+    """``torch.equal`` on intervals compares the bounds (structural identity), not values."""
+    a_lo, a_hi = lohi(a)
+    b_lo, b_hi = lohi(b)
+    return bool(torch.equal(a_lo, b_lo) and torch.equal(a_hi, b_hi))
+

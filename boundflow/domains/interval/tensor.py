@@ -1,0 +1,385 @@
+"""``IntervalTensor``: a ``torch.Tensor`` wrapper subclass holding elementwise lower and upper
+bounds, and the dispatcher that evaluates every ATen op on it through the rule table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_map
+
+from boundflow import rounding
+from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation, where_called
+from boundflow.domains.interval.table import FUNCTION_OVERRIDES, RULES
+
+__all__ = ["IntervalTensor", "make", "lohi", "is_exact", "exact_value", "is_interval"]
+
+_NEG_INF = float("-inf")
+_POS_INF = float("inf")
+
+
+def _describe_bad(mask: torch.Tensor) -> str:
+    n = int(mask.sum())
+    first = torch.nonzero(mask)[0].tolist() if n else []
+    return f"{n} of {mask.numel()} entries (first at index {tuple(first)})"
+
+
+class IntervalTensor(torch.Tensor):
+    """A tensor of intervals ``[lower, upper]`` that runs through ordinary PyTorch code.
+
+    Every ATen op applied to an ``IntervalTensor`` is evaluated by a sound rule: the result
+    contains the op's value for *every* concrete choice of operands inside the operand
+    intervals (in exact arithmetic on the floating-point inputs; inside
+    :func:`boundflow.sound_rounding` also against floating-point rounding).  Because this
+    happens below autograd, ``nn.Module`` forward passes, ``torch.func.functional_call`` and
+    ``loss.backward()`` work unchanged, and gradients come out as ``IntervalTensor`` bounds on
+    every concrete gradient.
+
+    The wrapper itself carries shape, dtype, device and ``requires_grad``; the bounds live in
+    two plain tensors of the same shape, dtype and device.
+    """
+
+    _lower: torch.Tensor
+    _upper: torch.Tensor
+    __slots__ = ("_lower", "_upper")
+
+    @staticmethod
+    def __new__(
+        cls,
+        lower: torch.Tensor | float,
+        upper: torch.Tensor | float | None = None,
+        *,
+        requires_grad: bool = False,
+        check: bool = True,
+    ) -> IntervalTensor:
+        if isinstance(lower, IntervalTensor):
+            raise TypeError("IntervalTensor(lower, upper) takes plain tensors; got an IntervalTensor as lower")
+        lower = torch.as_tensor(lower)
+        upper = lower.clone() if upper is None else torch.as_tensor(upper, dtype=lower.dtype, device=lower.device)
+        if isinstance(upper, IntervalTensor):
+            raise TypeError("IntervalTensor(lower, upper) takes plain tensors; got an IntervalTensor as upper")
+        if check:
+            _validate(lower, upper)
+        lower = lower.detach()
+        upper = upper.detach()
+        r = torch.Tensor._make_wrapper_subclass(
+            cls,
+            lower.shape,
+            dtype=lower.dtype,
+            device=lower.device,
+            requires_grad=requires_grad,
+        )
+        r._lower = lower
+        r._upper = upper
+        return r
+
+    # -- constructors ---------------------------------------------------------------------
+    @classmethod
+    def from_center_radius(
+        cls, center: torch.Tensor, radius: torch.Tensor | float, *, requires_grad: bool = False
+    ) -> IntervalTensor:
+        """``[center - radius, center + radius]``; ``radius`` must be non-negative."""
+        center = torch.as_tensor(center)
+        radius = torch.as_tensor(radius, dtype=center.dtype, device=center.device)
+        if (radius < 0).any():
+            raise ValueError(f"radius must be non-negative: {_describe_bad(radius < 0)} are negative")
+        radius = radius.expand_as(center) if radius.dim() <= center.dim() else radius
+        return cls(center - radius, center + radius, requires_grad=requires_grad)
+
+    @classmethod
+    def from_eps(
+        cls,
+        x: torch.Tensor,
+        eps: torch.Tensor | float,
+        clamp: tuple[float, float] | None = None,
+        *,
+        requires_grad: bool = False,
+    ) -> IntervalTensor:
+        """The ℓ∞ ball ``[x - eps, x + eps]``, optionally intersected with ``[clamp[0], clamp[1]]``
+        (e.g. ``(0, 1)`` for pixel data)."""
+        x = torch.as_tensor(x)
+        eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        if (eps_t < 0).any():
+            raise ValueError(f"eps must be non-negative: {_describe_bad(eps_t < 0)} are negative")
+        lo, hi = x - eps_t, x + eps_t
+        if clamp is not None:
+            cmin, cmax = clamp
+            if cmin > cmax:
+                raise ValueError(f"clamp range ({cmin}, {cmax}) is empty")
+            lo, hi = lo.clamp(cmin, cmax), hi.clamp(cmin, cmax)
+        return cls(lo, hi, requires_grad=requires_grad)
+
+    @classmethod
+    def exact(cls, x: torch.Tensor, *, requires_grad: bool = False) -> IntervalTensor:
+        """The zero-width interval ``[x, x]``."""
+        x = torch.as_tensor(x)
+        return cls(x, x.clone(), requires_grad=requires_grad)
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def lower(self) -> torch.Tensor:
+        """Elementwise lower bound (a plain tensor)."""
+        return self._lower
+
+    @property
+    def upper(self) -> torch.Tensor:
+        """Elementwise upper bound (a plain tensor)."""
+        return self._upper
+
+    @property
+    def center(self) -> torch.Tensor:
+        """``(lower + upper) / 2``."""
+        return (self._lower + self._upper) / 2
+
+    @property
+    def radius(self) -> torch.Tensor:
+        """``(upper - lower) / 2``."""
+        return (self._upper - self._lower) / 2
+
+    @property
+    def width(self) -> torch.Tensor:
+        """``upper - lower``."""
+        return self._upper - self._lower
+
+    def contains(self, x: torch.Tensor | float, *, atol: float = 0.0, elementwise: bool = False) -> Any:
+        """Whether ``lower - atol <= x <= upper + atol`` for every entry (a Python bool), or per
+        entry with ``elementwise=True`` (a bool tensor).  ``x`` must broadcast to this shape."""
+        if isinstance(x, IntervalTensor):
+            inside = (x.lower >= self._lower - atol) & (x.upper <= self._upper + atol)
+        else:
+            x = torch.as_tensor(x, device=self._lower.device)
+            try:
+                torch.broadcast_shapes(x.shape, self._lower.shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"contains(): value of shape {tuple(x.shape)} does not broadcast to the interval's shape "
+                    f"{tuple(self._lower.shape)}"
+                ) from None
+            inside = (x >= self._lower - atol) & (x <= self._upper + atol)
+        return inside if elementwise else bool(inside.all())
+
+    def is_exact(self) -> bool:
+        """True when every entry has zero width."""
+        return bool(torch.equal(self._lower, self._upper))
+
+    # -- torch protocol -------------------------------------------------------------------
+    def __tensor_flatten__(self):
+        return ["_lower", "_upper"], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner, meta, outer_size, outer_stride):
+        return IntervalTensor(inner["_lower"], inner["_upper"], check=False)
+
+    def __reduce_ex__(self, protocol):
+        return (_rebuild, (self._lower, self._upper, self.requires_grad))
+
+    def __deepcopy__(self, memo):
+        return IntervalTensor(self._lower.clone(), self._upper.clone(), requires_grad=self.requires_grad, check=False)
+
+    def __repr__(self, *, tensor_contents=None) -> str:  # noqa: D105
+        return _repr(self)
+
+    def __format__(self, spec: str) -> str:
+        return _repr(self)
+
+    def __bool__(self) -> bool:
+        if self._lower.numel() != 1:
+            raise RuntimeError("the truth value of an IntervalTensor with more than one entry is ambiguous")
+        if torch.equal(self._lower, self._upper):
+            return bool(self._lower.item())
+        raise DomainError(f"the truth value of {self!r} is not determined: the interval contains both outcomes")
+
+    def tolist(self):
+        """``[[lower, upper], ...]`` pairs."""
+        return torch.stack([self._lower, self._upper], dim=-1).tolist()
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        override = FUNCTION_OVERRIDES.get(func)
+        if override is not None:
+            result = override(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return dispatch(func, args, kwargs or {})
+
+
+def _rebuild(lower: torch.Tensor, upper: torch.Tensor, requires_grad: bool) -> IntervalTensor:
+    return IntervalTensor(lower, upper, requires_grad=requires_grad, check=False)
+
+
+def _validate(lower: torch.Tensor, upper: torch.Tensor) -> None:
+    if lower.shape != upper.shape:
+        raise ValueError(
+            f"IntervalTensor: lower has shape {tuple(lower.shape)} but upper has shape {tuple(upper.shape)}"
+        )
+    if lower.device != upper.device:
+        raise ValueError(f"IntervalTensor: lower is on {lower.device} but upper is on {upper.device}")
+    if lower.is_floating_point():
+        for name, t in (("lower", lower), ("upper", upper)):
+            nan = torch.isnan(t)
+            if nan.any():
+                raise ValueError(f"IntervalTensor: {name} contains NaN in {_describe_bad(nan)}")
+            inf = torch.isinf(t)
+            if inf.any():
+                raise ValueError(f"IntervalTensor: {name} contains inf in {_describe_bad(inf)}")
+    bad = lower > upper
+    if bad.any():
+        raise ValueError(f"IntervalTensor: lower > upper in {_describe_bad(bad)}")
+
+
+def _repr(t: IntervalTensor) -> str:
+    lo, hi = t._lower, t._upper
+    head = f"IntervalTensor(shape={tuple(lo.shape)}, dtype={lo.dtype}"
+    if lo.device.type != "cpu":
+        head += f", device={lo.device}"
+    if t.requires_grad:
+        head += ", requires_grad=True"
+    if t.grad_fn is not None:
+        head += f", grad_fn={type(t.grad_fn).__name__}"
+    if lo.numel() <= 12:
+        pairs = torch.stack([lo, hi], dim=-1).reshape(-1, 2).tolist()
+        fmt = "{:.6g}" if lo.is_floating_point() else "{}"
+        body = ", ".join(f"[{fmt.format(a)}, {fmt.format(b)}]" for a, b in pairs)
+        return f"{head},\n  [{body}])"
+    if lo.is_floating_point():
+        w = hi - lo
+        return (
+            f"{head},\n  lower in [{lo.min().item():.6g}, {lo.max().item():.6g}], "
+            f"upper in [{hi.min().item():.6g}, {hi.max().item():.6g}], "
+            f"width mean {w.mean().item():.3g} max {w.max().item():.3g})"
+        )
+    return f"{head})"
+
+
+# ---------------------------------------------------------------------------------------
+# helpers used by the rules
+# ---------------------------------------------------------------------------------------
+
+
+def is_interval(x: Any) -> bool:
+    return isinstance(x, IntervalTensor)
+
+
+def lohi(x: Any) -> tuple[Any, Any]:
+    """``(lower, upper)`` of an operand; plain tensors and numbers are exact, returned as the
+    same object twice (rules test ``lo is hi`` to skip work on exact operands)."""
+    if isinstance(x, IntervalTensor):
+        return x._lower, x._upper
+    return x, x
+
+
+def is_exact(x: Any) -> bool:
+    """True for non-interval operands (plain tensors, numbers, None)."""
+    return not isinstance(x, IntervalTensor)
+
+
+def exact_value(x: Any, what: str) -> Any:
+    """The plain value of an operand that must be exact (indices, masks, shapes).  An interval
+    with zero width is accepted; a proper interval raises :class:`DomainError`."""
+    if isinstance(x, IntervalTensor):
+        if torch.equal(x._lower, x._upper):
+            return x._lower
+        raise DomainError(
+            f"{what} must be exact, but it is an interval with {_describe_bad(x._lower != x._upper)} undetermined"
+        )
+    return x
+
+
+def make(lo: torch.Tensor, hi: torch.Tensor, *, exact: bool = False, rounded: bool = False) -> IntervalTensor:
+    """Wrap rule results.  NaN bounds (from ``inf - inf`` or ``0 * inf``) become ``-inf``/``+inf``
+    so a bound is never NaN.  Under :func:`boundflow.sound_rounding`, results are widened by one
+    ulp unless ``exact`` (structural ops: no arithmetic) or ``rounded`` (the rule rounded
+    itself)."""
+    if hi is lo:
+        hi = lo.clone()
+    if lo.is_floating_point() and not exact:
+        lo = torch.nan_to_num(lo, nan=_NEG_INF, posinf=_POS_INF, neginf=_NEG_INF)
+        hi = torch.nan_to_num(hi, nan=_POS_INF, posinf=_POS_INF, neginf=_NEG_INF)
+        if not rounded and rounding.rounding_enabled():
+            lo, hi = rounding.widen_ulp(lo, hi)
+    return IntervalTensor(lo, hi, check=False)
+
+
+def _shapes(args: Sequence[Any]) -> str:
+    def d(a: Any) -> str:
+        if isinstance(a, IntervalTensor):
+            return f"IntervalTensor{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}"
+        if isinstance(a, torch.Tensor):
+            return f"Tensor{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}"
+        if isinstance(a, (list, tuple)) and any(isinstance(b, torch.Tensor) for b in a):
+            return "[" + ", ".join(d(b) for b in a) + "]"
+        return repr(a)
+
+    return ", ".join(d(a) for a in args)
+
+
+# When a list, every op dispatched to the interval domain is appended (used by the test suite
+# to prove each required op is exercised by a containment test).
+OP_TRACE: list | None = None
+
+
+def dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """Evaluate ``func`` on interval operands through the rule table."""
+    if OP_TRACE is not None:
+        OP_TRACE.append(func)
+    rule = RULES.get(func)
+    if rule is None:
+        schema = func._schema
+        if schema.is_mutable and schema.name.endswith("_"):
+            return _inplace(func, args, kwargs)
+        raise UnsupportedOperation(
+            f"no interval rule for {func} (called from {where_called()}). "
+            "Register one with @boundflow.domains.interval.implements(torch.ops."
+            f"{str(func)}) and add a containment test; see docs/interval.md."
+        )
+    try:
+        return rule.fn(*args, **kwargs)
+    except BoundFlowError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise IntervalOpError(f"{func} failed on operands ({_shapes(args)}): {e}") from e
+
+
+def _inplace(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """``op_`` = out-of-place rule, written back into the first operand's bounds."""
+    base = func._schema.name.split("::")[-1][:-1]
+    packet = getattr(torch.ops.aten, base, None)
+    out_of_place = getattr(packet, func._overloadname, None) if packet is not None else None
+    if out_of_place is None or out_of_place not in RULES:
+        raise UnsupportedOperation(
+            f"no interval rule for {func} or its out-of-place form (called from {where_called()})"
+        )
+    result = dispatch(out_of_place, args, kwargs)
+    return write_into(args[0], result, str(func))
+
+
+def write_into(target: Any, result: Any, what: str) -> Any:
+    """Store ``result`` into ``target`` in place (``target`` keeps its identity and storage)."""
+    r_lo, r_hi = lohi(result)
+    if isinstance(target, IntervalTensor):
+        with torch.no_grad():
+            target._lower.copy_(r_lo)
+            target._upper.copy_(r_hi)
+        return target
+    if r_lo is r_hi or torch.equal(r_lo, r_hi):
+        with torch.no_grad():
+            target.copy_(r_lo)
+        return target
+    raise UnsupportedOperation(
+        f"{what}: the in-place result on a plain tensor of shape {tuple(target.shape)} is an interval; "
+        f"a plain tensor cannot hold it (called from {where_called()}). Make the target an IntervalTensor."
+    )
+
+
+def unwrap_all(tree: Any, which: str) -> Any:
+    """Replace every ``IntervalTensor`` in a pytree by its lower (``which='lo'``) or upper
+    bound."""
+    idx = 0 if which == "lo" else 1
+    return tree_map(lambda a: lohi(a)[idx] if isinstance(a, IntervalTensor) else a, tree)

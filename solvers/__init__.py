@@ -1,0 +1,1 @@
+"""Solver back ends (MILP, LP, bilinear).  Filled by the solver issue; empty for now."""
