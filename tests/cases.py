@@ -33,10 +33,28 @@ def _t(g, shape, scale=1.0, low=None) -> torch.Tensor:
 
 CASES: dict[str, object] = {}
 
+SHAPE_OPS = ["view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "expand", "slice", "select", "index",
+             "index_bool", "gather", "index_select", "flip", "t", "contiguous", "narrow", "split", "unbind", "repeat",
+             "pad", "roll", "chunk", "unfold"]
+UNARY = ["neg", "abs", "square", "pow2", "pow3", "pow_half", "pow_neg", "sqrt", "rsqrt", "exp", "log", "log1p",
+         "expm1", "sign_mul", "clamp", "clamp_min", "pow_base"]
+REDUCTIONS = ["sum", "sum_dim", "mean", "mean_dim", "amax", "amax_keep", "max_dim", "max_all", "min_dim", "amin",
+              "logsumexp", "cumsum", "min_all", "argmax", "aten_amax", "aten_max_dim", "aten_max"]
+LOSSES = ["ce", "ce_weight", "ce_sum", "nll", "mse", "mse_interval_target", "bce", "bce_pos_weight",
+          "bce_interval_target", "bce_none"]
 
-def case(name: str):
+
+
+def case(name: str, variants: list[str] | None = None):
+    """Register a case; with ``variants`` one case per variant (``name[variant]``), so every
+    variant runs whatever hypothesis draws."""
+
     def deco(f):
-        CASES[name] = f
+        if variants is None:
+            CASES[name] = f
+        else:
+            for v in variants:
+                CASES[f"{name}[{v}]"] = lambda draw, v=v: f(draw, v)
         return f
 
     return deco
@@ -67,11 +85,10 @@ def _(draw):
     return F.linear, [_t(g, [b, i]), _iv(draw, g, [o, i]), None]
 
 
-@case("matmul_mm_bmm_mv")
-def _(draw):
+@case("matmul", ["mm", "bmm", "broadcast", "mv", "dot"])
+def _(draw, kind):
     g = _gen(draw)
     m, k, n, bt = _dims(draw, 4)
-    kind = draw(st.sampled_from(["mm", "bmm", "broadcast", "mv", "dot"]))
     shapes = {
         "mm": ([m, k], [k, n]),
         "bmm": ([bt, m, k], [bt, k, n]),
@@ -146,10 +163,9 @@ _ACT = {
 }
 
 
-@case("activations")
-def _(draw):
+@case("activations", sorted(_ACT))
+def _(draw, name):
     g = _gen(draw)
-    name = draw(st.sampled_from(sorted(_ACT)))
     return _ACT[name], [_iv(draw, g, _dims(draw, 2), scale=draw(st.sampled_from([0.3, 1.0, 4.0])))]
 
 
@@ -185,24 +201,24 @@ def _(draw):
     return f, [_iv(draw, g, [2, 3, length])]
 
 
-@case("avg_pool")
-def _(draw):
+@case("avg_pool", ["2d", "1d"])
+def _(draw, kind):
     g = _gen(draw)
     k = draw(st.integers(1, 3))
     s = draw(st.integers(1, 3))
     p = draw(st.integers(0, k // 2))
     ceil, cip = draw(st.booleans()), draw(st.booleans())
     hw = k + draw(st.integers(0, 4))
-    if draw(st.booleans()):
+    if kind == "2d":
         return (lambda x: F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=cip)), [_iv(draw, g, [2, 2, hw, hw])]
     return (lambda x: F.avg_pool1d(x, k, s, p, ceil_mode=ceil, count_include_pad=cip)), [_iv(draw, g, [2, 2, hw])]
 
 
-@case("adaptive_avg_pool")
-def _(draw):
+@case("adaptive_avg_pool", ["2d", "1d"])
+def _(draw, kind):
     g = _gen(draw)
     out = draw(st.sampled_from([1, 2, 3, (2, 1)]))
-    if draw(st.booleans()):
+    if kind == "2d":
         return (lambda x: F.adaptive_avg_pool2d(x, out)), [_iv(draw, g, [2, 2, 5, 4])]
     o = out if isinstance(out, int) else out[0]
     return (lambda x: F.adaptive_avg_pool1d(x, o)), [_iv(draw, g, [2, 2, 7])]
@@ -217,17 +233,10 @@ def _(draw):
 # -- shape ops -------------------------------------------------------------------------------
 
 
-@case("shape_ops")
-def _(draw):
+@case("shape_ops", SHAPE_OPS)
+def _(draw, op):
     g = _gen(draw)
     a, b, c = _dims(draw, 3, 1, 4)
-    op = draw(
-        st.sampled_from(
-            ["view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "expand", "slice", "select",
-             "index", "index_bool", "gather", "index_select", "flip", "t", "contiguous", "narrow", "split", "unbind",
-             "repeat", "pad", "roll", "chunk", "unfold"]
-        )
-    )
     idx = torch.randint(0, a, (3,), generator=g)
     gidx = torch.randint(0, b, (a, 2, c), generator=g)
     mask = torch.rand(a, generator=g) < 0.5
@@ -260,12 +269,12 @@ def _(draw):
     return fns[op], [_iv(draw, g, [a, b, c])]
 
 
-@case("cat_stack")
-def _(draw):
+@case("cat_stack", ["cat", "stack"])
+def _(draw, kind):
     g = _gen(draw)
     a, b = _dims(draw, 2)
     other = _iv(draw, g, [a, b]) if draw(st.booleans()) else _t(g, [a, b])
-    if draw(st.booleans()):
+    if kind == "cat":
         return (lambda x, y: torch.cat([x, y * 2.0], dim=1)), [_iv(draw, g, [a, b]), other]
     return (lambda x, y: torch.stack([x, y], dim=0)), [_iv(draw, g, [a, b]), other]
 
@@ -287,11 +296,10 @@ def _(draw):
 # -- elementwise arithmetic ------------------------------------------------------------------
 
 
-@case("add_sub_mul")
-def _(draw):
+@case("add_sub_mul", ["add", "sub", "mul", "rsub", "alpha", "scalar", "addcmul"])
+def _(draw, op):
     g = _gen(draw)
     shape = _dims(draw, 2)
-    op = draw(st.sampled_from(["add", "sub", "mul", "rsub", "alpha", "scalar", "addcmul"]))
     other = _iv(draw, g, shape) if draw(st.booleans()) else _t(g, shape)
     fns = {
         "add": lambda x, y: x + y,
@@ -305,24 +313,22 @@ def _(draw):
     return fns[op], [_iv(draw, g, shape), other]
 
 
-@case("div")
-def _(draw):
+@case("div", ["div", "reciprocal"])
+def _(draw, kind):
     g = _gen(draw)
     shape = _dims(draw, 2)
     sign = draw(st.sampled_from([1.0, -1.0]))
     den = _iv(draw, g, shape, low=0.3, width=0.5)
     den = Iv(den.lo * sign, den.hi * sign) if sign > 0 else Iv(-den.hi, -den.lo)
-    if draw(st.booleans()):
+    if kind == "div":
         return (lambda x, y: x / y), [_iv(draw, g, shape), den]
     return (lambda x, y: torch.reciprocal(y) + x / 2.0), [_iv(draw, g, shape), den]
 
 
-@case("unary_math")
-def _(draw):
+@case("unary_math", UNARY)
+def _(draw, name):
     g = _gen(draw)
     shape = _dims(draw, 2)
-    name = draw(st.sampled_from(["neg", "abs", "square", "pow2", "pow3", "pow_half", "pow_neg", "sqrt", "rsqrt",
-                                 "exp", "log", "log1p", "expm1", "sign_mul", "clamp", "clamp_min", "pow_base"]))
     positive = name in ("pow_half", "pow_neg", "sqrt", "rsqrt", "log", "log1p")
     x = _iv(draw, g, shape, low=0.2 if positive else None)
     fns = {
@@ -347,11 +353,10 @@ def _(draw):
     return fns[name], [x]
 
 
-@case("clamp_tensor_maximum")
-def _(draw):
+@case("binary_minmax", ["maximum", "minimum", "clamp_t"])
+def _(draw, op):
     g = _gen(draw)
     shape = _dims(draw, 2)
-    op = draw(st.sampled_from(["maximum", "minimum", "clamp_t"]))
     y = _iv(draw, g, shape) if draw(st.booleans()) else _t(g, shape)
     fns = {
         "maximum": torch.maximum,
@@ -361,11 +366,11 @@ def _(draw):
     return fns[op], [_iv(draw, g, shape), y]
 
 
-@case("where_compare")
-def _(draw):
+@case("compare", [f"{o}-{m}" for o in ["gt", "ge", "lt", "le", "eq", "ne"] for m in ["where", "bool", "masked_fill", "logic"]])
+def _(draw, variant):
+    op, mode = variant.split("-")
     g = _gen(draw)
     shape = _dims(draw, 2)
-    op = draw(st.sampled_from(["gt", "ge", "lt", "le", "eq", "ne"]))
     cmp = {
         "gt": lambda a, b: a > b,
         "ge": lambda a, b: a >= b,
@@ -374,7 +379,6 @@ def _(draw):
         "eq": lambda a, b: a == b,
         "ne": lambda a, b: a != b,
     }[op]
-    mode = draw(st.sampled_from(["where", "bool", "masked_fill", "logic"]))
     if mode == "where":
         return (lambda x, y: torch.where(cmp(x, y), x * 2.0, y - 1.0)), [_iv(draw, g, shape), _iv(draw, g, shape)]
     if mode == "masked_fill":
@@ -387,12 +391,10 @@ def _(draw):
 # -- reductions ------------------------------------------------------------------------------
 
 
-@case("reductions")
-def _(draw):
+@case("reductions", REDUCTIONS)
+def _(draw, name):
     g = _gen(draw)
     shape = _dims(draw, 3, 1, 4)
-    name = draw(st.sampled_from(["sum", "sum_dim", "mean", "mean_dim", "amax", "amax_keep", "max_dim", "max_all",
-                                 "min_dim", "amin", "logsumexp", "cumsum", "min_all", "argmax"]))
     fns = {
         "sum": torch.sum,
         "sum_dim": lambda x: x.sum((0, 2)),
@@ -408,6 +410,12 @@ def _(draw):
         "cumsum": lambda x: torch.cumsum(x, 1),
         "min_all": torch.min,
         "argmax": lambda x: x.argmax(1),
+        # the ATen ops directly, bypassing the torch-level override: autograd then uses torch's own
+        # mask-based formulas, which must stay sound (if loose) through the comparison rules
+        "aten_amax": lambda x: torch.ops.aten.amax.default(x, [1]),
+        # (max.dim forward only: its backward scatters by the argmax, which is undecided)
+        "aten_max_dim": lambda x: torch.ops.aten.max.dim(x.detach(), 2),
+        "aten_max": lambda x: torch.ops.aten.max.default(x),
     }
     narrow = draw(st.booleans())
     return fns[name], [_iv(draw, g, shape, width=0.01 if narrow else 1.0)]
@@ -416,22 +424,20 @@ def _(draw):
 # -- softmax and losses ----------------------------------------------------------------------
 
 
-@case("softmax")
-def _(draw):
+@case("softmax", ["softmax", "log_softmax"])
+def _(draw, kind):
     g = _gen(draw)
     shape = _dims(draw, 2)
     dim = draw(st.sampled_from([0, 1, -1]))
     scale = draw(st.sampled_from([1.0, 10.0]))
-    f = (lambda x: F.softmax(x, dim)) if draw(st.booleans()) else (lambda x: F.log_softmax(x, dim))
+    f = (lambda x: F.softmax(x, dim)) if kind == "softmax" else (lambda x: F.log_softmax(x, dim))
     return f, [_iv(draw, g, shape, scale=scale)]
 
 
-@case("losses")
-def _(draw):
+@case("losses", LOSSES)
+def _(draw, name):
     g = _gen(draw)
     b, c = draw(st.integers(1, 4)), draw(st.integers(2, 4))
-    name = draw(st.sampled_from(["ce", "ce_weight", "ce_sum", "nll", "mse", "mse_interval_target", "bce", "bce_pos_weight",
-                                 "bce_interval_target", "bce_none"]))
     y = torch.randint(0, c, (b,), generator=g)
     w = torch.rand(c, generator=g, dtype=D) + 0.1
     yb = (torch.rand(b, c, generator=g, dtype=D) < 0.5).to(D)
@@ -457,3 +463,71 @@ def _(draw):
         t = Iv(t.lo.clamp(0, 1), t.hi.clamp(0, 1))
         return (lambda z, t: F.binary_cross_entropy_with_logits(z, t)), [_iv(draw, g, [b, c]), t]
     return (lambda z: F.binary_cross_entropy_with_logits(z, yb, weight=w, reduction="none")), [_iv(draw, g, [b, c])]
+
+
+# -- ATen ops called directly (rules that eager modules rarely emit) -------------------------
+
+A = torch.ops.aten
+
+
+def _direct(draw, g):
+    a, b = _dims(draw, 2, 2, 4)
+    x = _iv(draw, g, [a, b])
+    return a, b, x
+
+
+DIRECT = {
+    "amin": lambda a, b, g: ((lambda x: A.amin.default(x, [1])), []),
+    "min_default": lambda a, b, g: ((lambda x: A.min.default(x)), []),
+    "min_dim": lambda a, b, g: ((lambda x: A.min.dim(x.detach(), 0)), []),
+    "argmin": lambda a, b, g: ((lambda x: A.argmin.default(x, 1)), []),
+    "addcdiv": lambda a, b, g: ((lambda x, y: A.addcdiv.default(x, x, y, value=0.3)), ["pos"]),
+    "addmv": lambda a, b, g: ((lambda x, y: A.addmv.default(x[:, 0], x, y[0], beta=0.5, alpha=2.0)), ["iv"]),
+    "baddbmm": lambda a, b, g: (
+        (lambda x, y: A.baddbmm.default(x[:, :1].expand(a, a).unsqueeze(0), x.unsqueeze(0), y.t().unsqueeze(0),
+                                        beta=0.5, alpha=2.0)),
+        ["iv"],
+    ),
+    "bitwise_or_xor": lambda a, b, g: ((lambda x, y: ((x > 0) | (y > 0)) ^ (x < y)), ["iv"]),
+    "logical_not_xor": lambda a, b, g: ((lambda x, y: torch.logical_xor(torch.logical_not(x > 0), y > 0)), ["iv"]),
+    "rounding_ops": lambda a, b, g: ((lambda x: torch.floor(x) + torch.ceil(x) * 2 + torch.round(x) + torch.trunc(x)), []),
+    "clamp_min_max": lambda a, b, g: ((lambda x, y: A.clamp_min.default(x, -0.2) + A.clamp_max.default(x, 0.3)
+                                       + A.clamp_min.Tensor(x, y) + A.clamp_max.Tensor(x, y)), ["iv"]),
+    "fmax_fmin": lambda a, b, g: ((lambda x, y: torch.fmax(x, y) - torch.fmin(x, y * 2.0)), ["iv"]),
+    "erf_exp2": lambda a, b, g: ((lambda x: torch.erf(x) + torch.exp2(x)), []),
+    "log2_log10": lambda a, b, g: ((lambda x: torch.log2(x) + torch.log10(x)), ["pos_x"]),
+    "lerp": lambda a, b, g: ((lambda x, y: torch.lerp(x, y, 0.3)), ["iv"]),
+    "masked_fill_tensor": lambda a, b, g: ((lambda x, y: x.masked_fill(x > y, y[0, 0])), ["iv"]),
+    "narrow_split_sizes": lambda a, b, g: ((lambda x: torch.cat(torch.split(x.narrow(1, 0, b), [1, b - 1], 1)[::-1], 1)), []),
+    "scatter": lambda a, b, g: ((lambda x, y: x.scatter(0, torch.zeros(1, b, dtype=torch.long), y[:1]).scatter(1, torch.zeros(a, 1, dtype=torch.long), 0.5)), ["iv"]),
+    "squeeze_dims_diag": lambda a, b, g: ((lambda x: x.unsqueeze(0).unsqueeze(2).squeeze((0, 2)).diagonal()), []),
+    "sub_rsub_square": lambda a, b, g: ((lambda x, y: A.sub.Scalar(x, 1.5) + A.rsub.Tensor(x, y) + torch.square(x)), ["iv"]),
+    "embedding": lambda a, b, g: ((lambda w: F.embedding(torch.tensor([[0, a - 1], [1, 0]]), w)), []),
+    "factories_fill": lambda a, b, g: ((lambda x: x + torch.full_like(x, 2.0) + x.new_ones(x.shape) + x.new_full(x.shape, 3.0)
+                                        + A.fill.Scalar(x, 0.5) + x.new_empty(x.shape).fill_(1.0)
+                                        + torch.empty_like(x).copy_(x)), []),
+    "to_copy_alias": lambda a, b, g: ((lambda x: x.to(torch.float32).to(D) + A.alias.default(x)
+                                      ), []),
+    "bn_legit_no_training": lambda a, b, g: (
+        (lambda x, w: A._native_batch_norm_legit_no_training.default(
+            x, w[0], w[1], torch.linspace(-1, 1, b, dtype=D), torch.linspace(0.5, 2, b, dtype=D), 0.1, 1e-5)[0]),
+        ["iv"],
+    ),
+    "unsafe_index": lambda a, b, g: ((lambda x: A._unsafe_index.Tensor(x, [torch.tensor([0, a - 1])])), []),
+    "expand_view": lambda a, b, g: ((lambda x: x.t().reshape(-1)), []),
+}
+
+
+@case("aten_direct", sorted(DIRECT))
+def _(draw, name):
+    g = _gen(draw)
+    a, b, x = _direct(draw, g)
+    fn, extra = DIRECT[name](a, b, g)
+    if "pos_x" in extra:
+        x = _iv(draw, g, [a, b], low=0.2)
+    args = [x]
+    if "iv" in extra:
+        args.append(_iv(draw, g, [a, b]))
+    if "pos" in extra:
+        args.append(_iv(draw, g, [a, b], low=0.3))
+    return fn, args

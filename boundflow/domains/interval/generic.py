@@ -134,8 +134,8 @@ def accumulating(op: torch._ops.OpOverload, n_terms: Callable[..., int]) -> None
     of an ``n_terms(*args)``-term sum evaluated on magnitude bounds."""
 
     def rule(*args: Any, **kwargs: Any) -> Any:
-        lo = op(*side(args, 0), **side(kwargs, 0))
-        hi = op(*side(args, 1), **side(kwargs, 1))
+        lo = op(*side(args, 0, data_first=True), **side(kwargs, 0))
+        hi = op(*side(args, 1, data_first=True), **side(kwargs, 1))
         if rounding.rounding_enabled():
             mag = op(*_magnitude(args), **_magnitude(kwargs))
             n = n_terms(*args, **kwargs)

@@ -19,7 +19,7 @@ aten = torch.ops.aten
 ULPS = rounding.TRANSCENDENTAL_ULPS
 
 monotone_rule(aten.relu.default, aten.hardtanh.default)
-monotone_rule(aten.sigmoid.default, aten.tanh.default, aten.softplus.default, aten.elu.default, ulps=ULPS)
+monotone_rule(aten.sigmoid.default, aten.tanh.default, aten.elu.default, ulps=ULPS)
 
 
 @implements(aten.leaky_relu.default)
@@ -33,6 +33,29 @@ def leaky_relu(x, negative_slope=0.01):
     a, b = f(lo, s), f(hi, s)
     r_lo = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(a, b))
     return make(r_lo, torch.maximum(a, b))
+
+
+@implements(aten.softplus.default)
+def softplus(x, beta=1, threshold=20):
+    """torch's softplus switches to the identity above ``beta x > threshold``; that switch is a
+    small downward jump (``log(1 + e^t) / beta > t / beta``), so the function is monotone only
+    piecewise: where an interval crosses the switch, both one-sided values at it are included."""
+    b, t = float(beta), float(threshold)
+    if b <= 0:
+        from boundflow.errors import DomainError
+
+        raise DomainError(f"softplus interval rule needs beta > 0, got {b}")
+    lo, hi = lohi(x)
+    f = torch.nn.functional.softplus
+    r_lo, r_hi = f(lo, b, t), f(hi, b, t)
+    x_t = t / b
+    cross = (lo * b <= t) & (hi * b > t)
+    smooth_at_t = torch.log1p(torch.exp(torch.tensor(t, dtype=torch.float64))).item() / b
+    r_lo = torch.where(cross, torch.clamp(r_lo, max=x_t), r_lo)
+    r_hi = torch.where(cross, torch.clamp(r_hi, min=smooth_at_t), r_hi)
+    if rounding.rounding_enabled():
+        return make(*rounding.widen_rel(r_lo, r_hi, ULPS), rounded=True)
+    return make(r_lo, r_hi)
 
 
 def _gated(grad, take: torch.Tensor, drop: torch.Tensor):

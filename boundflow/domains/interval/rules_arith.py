@@ -49,9 +49,22 @@ def mul(a, b):
     return _out(arith.mul(_b(a), _b(b)))
 
 
+def _cast(b: arith.Bounds, dtype: torch.dtype) -> arith.Bounds:
+    lo, hi = b
+    if not isinstance(lo, torch.Tensor) or lo.dtype == dtype:
+        return b
+    lo2 = lo.to(dtype)
+    return (lo2, lo2) if lo is hi else (lo2, hi.to(dtype))
+
+
 @implements(aten.div.Tensor, aten.div.Scalar)
 def div(a, b):
-    return _out(arith.div(_b(a), _b(b)))
+    """True division (integer operands, e.g. counts from masks, are promoted to float)."""
+    A, B = _b(a), _b(b)
+    dtype = torch.result_type(A[0], B[0])
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return _out(arith.div(_cast(A, dtype), _cast(B, dtype)))
 
 
 @implements(aten.reciprocal.default)
@@ -73,11 +86,6 @@ def abs_(a):
 
 monotone_rule(aten.sgn.default, aten.sign.default, aten.floor.default, aten.ceil.default, aten.trunc.default)
 monotone_rule(aten.round.default)
-
-
-@implements(aten.square.default)
-def square(a):
-    return _out(arith.square(_b(a)))
 
 
 @implements(aten.pow.Tensor_Scalar)

@@ -16,10 +16,6 @@ aten = torch.ops.aten
 
 structural(
     *available(
-        "view.default",
-        "view.dtype",
-        "_unsafe_view.default",
-        "reshape.default",
         "permute.default",
         "transpose.int",
         "t.default",
@@ -39,8 +35,6 @@ structural(
         "clone.default",
         "detach.default",
         "alias.default",
-        "lift_fresh.default",
-        "lift_fresh_copy.default",
         "split.Tensor",
         "split_with_sizes.default",
         "unbind.int",
@@ -50,24 +44,13 @@ structural(
         "constant_pad_nd.default",
         "slice_backward.default",
         "select_backward.default",
+        "diagonal_backward.default",
         "unfold.default",
-        "as_strided.default",
         "diagonal.default",
-        "narrow.default",
         "scatter.src",
         "scatter.value",
         "fill.Scalar",
-        "view_copy.default",
-        "permute_copy.default",
-        "expand_copy.default",
-        "unsqueeze_copy.default",
-        "squeeze_copy.dims",
-        "transpose_copy.int",
-        "t_copy.default",
         "embedding.default",
-        "contiguous.default",
-        "resolve_conj.default",
-        "resolve_neg.default",
     )
 )
 
@@ -82,7 +65,6 @@ factory(
         "new_empty.default",
         "new_full.default",
         "new_empty_strided.default",
-        "empty_strided.default",
     )
 )
 
@@ -92,6 +74,7 @@ def _numel(t) -> int:
 
 
 accumulating(aten.index_put.default, lambda self, indices, values, accumulate=False: _numel(values) + 1)
+accumulating(aten._unsafe_index_put.default, lambda self, indices, values, accumulate=False: _numel(values) + 1)
 accumulating(aten.scatter_add.default, lambda self, dim, index, src: _numel(src) + 1)
 accumulating(aten.index_add.default, lambda self, dim, index, source, alpha=1: _numel(source) + 2)
 accumulating(
@@ -113,6 +96,28 @@ def copy_(self, src, non_blocking: bool = False):
         self._lower.copy_(src_lo.expand_as(self._lower) if isinstance(src_lo, torch.Tensor) else src_lo)
         self._upper.copy_(src_hi.expand_as(self._upper) if isinstance(src_hi, torch.Tensor) else src_hi)
     return self
+
+
+def _view_rule(op):
+    def rule(self, size):
+        """A view of each bound; where a bound is not viewable with this shape (its strides
+        differ from the wrapper's), a reshaped copy (same values)."""
+        lo, hi = lohi(self)
+
+        def v(t):
+            try:
+                return op(t, size)
+            except RuntimeError:
+                return t.reshape(size)
+
+        return make(v(lo), v(hi), exact=True)
+
+    return rule
+
+
+implements(aten.view.default)(_view_rule(aten.view.default))
+implements(aten._unsafe_view.default)(_view_rule(aten._unsafe_view.default))
+accumulating(aten.unfold_backward.default, lambda grad, input_sizes, dim, size, step: size + 1)
 
 
 @implements(aten._to_copy.default)
