@@ -496,6 +496,7 @@ DIRECT = {
     "fmax_fmin": lambda a, b, g: ((lambda x, y: torch.fmax(x, y) - torch.fmin(x, y * 2.0)), ["iv"]),
     "erf_exp2": lambda a, b, g: ((lambda x: torch.erf(x) + torch.exp2(x)), []),
     "log2_log10": lambda a, b, g: ((lambda x: torch.log2(x) + torch.log10(x)), ["pos_x"]),
+    "all_any": lambda a, b, g: ((lambda x, y: torch.stack([(x > y).all(), (x > 0).any(), (x < y).all(1).any(), (x > y).any(1).all(), (x < 0).all((0, 1)), (x < 1).any((0, 1))])), ["iv"]),
     "lerp": lambda a, b, g: ((lambda x, y: torch.lerp(x, y, 0.3)), ["iv"]),
     "masked_fill_tensor": lambda a, b, g: ((lambda x, y: x.masked_fill(x > y, y[0, 0])), ["iv"]),
     "narrow_split_sizes": lambda a, b, g: ((lambda x: torch.cat(torch.split(x.narrow(1, 0, b), [1, b - 1], 1)[::-1], 1)), []),

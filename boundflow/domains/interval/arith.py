@@ -167,23 +167,26 @@ def monotone(f: Callable[..., torch.Tensor], *operands: Bounds, decreasing: bool
 def mid_rad(a: Bounds) -> Bounds:
     """Midpoint and radius with ``[mid - rad, mid + rad] ⊇ a`` even under rounding."""
     lo, hi = a
-    mid = (lo + hi) * 0.5
+    mid = torch.add(lo, hi).mul_(0.5)
     if rounding.rounding_enabled():
         rad = torch.maximum(hi - mid, mid - lo)
         rad = torch.nextafter(rad, torch.full_like(rad, float("inf")))
     else:
-        rad = (hi - lo) * 0.5
+        rad = torch.sub(hi, lo).mul_(0.5)
     return mid, rad
 
 
-def bilinear(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: Bounds, b: Bounds, n_terms: int) -> tuple[Bounds, bool]:
+def bilinear(
+    f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: Bounds, b: Bounds, n_terms: int
+) -> tuple[Bounds, bool]:
     """Bound ``f(A, B)`` for a bilinear ``f`` whose entries are sums of ``n_terms`` products
     (matrix products, convolutions), in midpoint-radius form (Rump 1999):
 
         f(A, B) ⊆ f(mA, mB) ± ( f(|mA| + rA, rB) + f(rA, |mB|) ).
 
-    With one exact operand this is exact; with two intervals it overestimates the exact hull by
-    at most a factor 1.5 in the radius.  Returns ``(bounds, rounded)``.
+    With one exact operand this is exact (``f(mA, B) ± f(rA, |B|)``); with two intervals it
+    overestimates the exact hull by at most a factor 1.5 in the radius.  Returns
+    ``(bounds, rounded)``.
     """
     ea, eb = exact(a), exact(b)
     sound = rounding.rounding_enabled()
@@ -198,24 +201,25 @@ def bilinear(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: Bounds,
         c = f(a[0], mb)
         aa = a[0].abs()
         r = f(aa, rb)
-        mag = (aa, mb.abs() + rb)
+        mag = (aa, mb.abs_().add_(rb)) if sound else None
     elif eb:
         ma, ra = mid_rad(a)
         c = f(ma, b[0])
         bb = b[0].abs()
         r = f(ra, bb)
-        mag = (ma.abs() + ra, bb)
+        mag = (ma.abs_().add_(ra), bb) if sound else None
     else:
         ma, ra = mid_rad(a)
         mb, rb = mid_rad(b)
         c = f(ma, mb)
-        ama = ma.abs()
-        r = f(ama + ra, rb) + f(ra, mb.abs())
-        mag = (ama + ra, mb.abs() + rb)
-    lo, hi = c - r, c + r
+        mag_a = ma.abs_().add_(ra)
+        mag_b = mb.abs_()
+        r = f(mag_a, rb).add_(f(ra, mag_b))
+        mag = (mag_a, mag_b.add_(rb)) if sound else None
+    lo, hi = torch.sub(c, r), c.add_(r)
     if sound:
         # centre and radius each carry at most dot_error of the magnitude product
-        err = 2 * rounding.dot_error(n_terms + 1, f(*mag))
+        err = rounding.dot_error(n_terms + 1, f(*mag)).mul_(2)
         return rounding.widen_abs(lo, hi, err), True
     return (lo, hi), False
 
@@ -234,3 +238,4 @@ def reduce_sum(a: Bounds, dims: list[int], keepdim: bool = False) -> Bounds:
         mag = torch.maximum(a[0].abs(), a[1].abs()).sum(dims, keepdim=keepdim)
         return rounding.widen_abs(lo, hi, rounding.dot_error(n, mag))
     return lo, hi
+

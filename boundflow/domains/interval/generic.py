@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten  # noqa: F401
 
 from boundflow import rounding
 from boundflow.domains.interval.table import implements
-from boundflow.domains.interval.tensor import IntervalTensor, exact_value, make
+from boundflow.domains.interval.tensor import IntervalTensor, exact_value, make, propagate_mid_rad
 
 __all__ = [
     "side",
@@ -43,20 +43,25 @@ def side(tree: Any, which: int, what: str = "operand", data_first: bool = False,
 
     def f(a: Any, data: bool = False) -> Any:
         if isinstance(a, IntervalTensor):
-            if a._lower.is_floating_point() or data:
+            if data or a._lower.is_floating_point():
                 return a._lower if which == 0 else a._upper
             return exact_value(a, f"an integer/bool {what}")
+        if type(a) in (list, tuple):
+            return type(a)(f(b, data) for b in a)
         return a
 
+    if isinstance(tree, dict):
+        return {k: f(v, data_all) for k, v in tree.items()}
     if data_all:
-        return tree_map(lambda a: f(a, True), tree)
-    if data_first and isinstance(tree, tuple) and tree:
-        head = tree_map(lambda a: f(a, True), tree[0])
-        return (head, *tree_map(f, tree[1:]))
-    return tree_map(f, tree)
+        return tuple(f(a, True) for a in tree)
+    if data_first and tree:
+        return (f(tree[0], True), *(f(a) for a in tree[1:]))
+    return tuple(f(a) for a in tree)
 
 
 def _zip(lo_tree: Any, hi_tree: Any, *, exact: bool, rounded: bool = False, err_tree: Any = None) -> Any:
+    if isinstance(lo_tree, torch.Tensor) and err_tree is None:
+        return make(lo_tree, hi_tree, exact=exact, rounded=rounded)
     lo_leaves, spec = tree_flatten(lo_tree)
     hi_leaves, _ = tree_flatten(hi_tree)
     err_leaves = tree_flatten(err_tree)[0] if err_tree is not None else [None] * len(lo_leaves)
@@ -73,10 +78,11 @@ def _zip(lo_tree: Any, hi_tree: Any, *, exact: bool, rounded: bool = False, err_
     return tree_unflatten(out, spec)
 
 
-def structural(*ops: torch._ops.OpOverload) -> None:
+def structural(*ops: torch._ops.OpOverload, keep_cache: bool = False) -> None:
     """Ops that only move, copy or select entries (views, cat, indexing with exact indices,
     padding with an exact value): applied to the lower and to the upper bounds separately.
-    Exact: no arithmetic, no rounding."""
+    Exact: no arithmetic, no rounding.  ``keep_cache``: pure views of one operand, which also
+    carry over the cached midpoint/radius used by matrix products."""
 
     for op in ops:
 
@@ -84,7 +90,10 @@ def structural(*ops: torch._ops.OpOverload) -> None:
             def rule(*args: Any, **kwargs: Any) -> Any:
                 lo = op(*side(args, 0, data_first=True), **side(kwargs, 0))
                 hi = op(*side(args, 1, data_first=True), **side(kwargs, 1))
-                return _zip(lo, hi, exact=True)
+                out = _zip(lo, hi, exact=True)
+                if keep_cache:
+                    propagate_mid_rad(args[0], out, op, args, kwargs)
+                return out
 
             return rule
 

@@ -61,10 +61,8 @@ def softplus(x, beta=1, threshold=20):
 def _gated(grad, take: torch.Tensor, drop: torch.Tensor):
     """grad where ``take``; 0 where ``drop``; hull(grad, 0) elsewhere (undecided)."""
     g_lo, g_hi = lohi(grad)
-    zero = torch.zeros((), dtype=g_lo.dtype)
-    und_lo, und_hi = arith.with_zero((g_lo, g_hi))
-    lo = torch.where(take, g_lo, torch.where(drop, zero, und_lo))
-    hi = torch.where(take, g_hi, torch.where(drop, zero, und_hi))
+    lo = torch.where(take, g_lo, g_lo.clamp(max=0)).masked_fill_(drop, 0)
+    hi = torch.where(take, g_hi, g_hi.clamp(min=0)).masked_fill_(drop, 0)
     return make(lo, hi, exact=True)
 
 

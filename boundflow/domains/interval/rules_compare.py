@@ -143,3 +143,6 @@ implements(aten.bitwise_and.Tensor)(_bitwise("and"))
 implements(aten.bitwise_or.Tensor)(_bitwise("or"))
 implements(aten.bitwise_xor.Tensor)(_bitwise("xor"))
 implements(aten.logical_xor.default)(_bitwise("xor"))
+
+
+monotone_rule(*available("all.default", "all.dim", "all.dims", "any.default", "any.dim", "any.dims"))

@@ -12,7 +12,8 @@ import torch
 
 from boundflow.domains.interval import arith
 from boundflow.domains.interval.table import implements
-from boundflow.domains.interval.tensor import exact_value, lohi, make
+from boundflow import rounding
+from boundflow.domains.interval.tensor import doubled_mid_rad, exact_value, is_exact, lohi, make
 from boundflow.errors import UnsupportedOperation, where_called
 
 aten = torch.ops.aten
@@ -23,22 +24,78 @@ def _product(f, a, b, n_terms: int):
     return lo, hi, rounded
 
 
+_MATMUL = {
+    "mm": (torch.mm, torch.addmm, "addmm_"),
+    "bmm": (torch.bmm, torch.baddbmm, "baddbmm_"),
+    "mv": (torch.mv, torch.addmv, "addmv_"),
+}
+
+
+def _derived(cache: dict, key: str) -> torch.Tensor:
+    """``mag2 = |m2| + r2`` (twice the magnitude bound) and ``absm2 = |m2|``, cached."""
+    if key not in cache:
+        cache[key] = cache["m2"].abs().add_(cache["r2"]) if key == "mag2" else cache["m2"].abs()
+    return cache[key]
+
+
+def matmul_affine(kind: str, a, b, bias=None, beta: float = 1, alpha: float = 1):
+    """``beta * bias + alpha * (A @ B)`` for ``kind`` in ``mm``/``bmm``/``mv``, in
+    midpoint-radius form with the scalings fused into BLAS calls:
+
+        c = alpha/4 * m2A @ m2B,   r = |alpha|/4 * (mag2A @ r2B + r2A @ |m2B|)
+
+    with ``m2 = lo + hi``, ``r2 = hi - lo``, ``mag2 = |m2| + r2`` (exact scalings by powers of
+    two of the midpoint/radius; cached per operand, so a weight or activation used in the
+    forward and the backward pass is converted once).  Same bound as :func:`arith.bilinear`.
+    Under ``sound_rounding`` it defers to :func:`arith.bilinear`, which adds the rounding
+    error bound."""
+    plain, add_f, add_inplace = _MATMUL[kind]
+    if rounding.rounding_enabled() or (is_exact(a) and is_exact(b)):
+        prod, rounded = arith.bilinear(plain, lohi(a), lohi(b), a.shape[-1])
+        if alpha != 1:
+            prod = arith.scale(prod, alpha)
+        if bias is not None and beta != 0:
+            prod = arith.add(arith.scale(lohi(bias), beta) if beta != 1 else lohi(bias), prod)
+            rounded = False
+        return make(*prod, rounded=rounded)
+    exact_bias = bias is not None and beta != 0 and is_exact(bias)
+    lo_a = lohi(a)[0]
+    zero = lo_a.new_zeros(())
+    base = bias if exact_bias else zero
+    base_beta = beta if exact_bias else 0
+    aa = abs(alpha)
+    if is_exact(b):
+        ca = doubled_mid_rad(a)
+        c = add_f(base, ca["m2"], b, beta=base_beta, alpha=alpha * 0.5)
+        r = add_f(zero, ca["r2"], b.abs(), beta=0, alpha=aa * 0.5)
+    elif is_exact(a):
+        cb = doubled_mid_rad(b)
+        c = add_f(base, a, cb["m2"], beta=base_beta, alpha=alpha * 0.5)
+        r = add_f(zero, a.abs(), cb["r2"], beta=0, alpha=aa * 0.5)
+    else:
+        ca, cb = doubled_mid_rad(a), doubled_mid_rad(b)
+        c = add_f(base, ca["m2"], cb["m2"], beta=base_beta, alpha=alpha * 0.25)
+        r = add_f(zero, _derived(ca, "mag2"), cb["r2"], beta=0, alpha=aa * 0.25)
+        getattr(r, add_inplace)(ca["r2"], _derived(cb, "absm2"), alpha=aa * 0.25)
+    lo, hi = torch.sub(c, r), c.add_(r)
+    if bias is not None and beta != 0 and not exact_bias:
+        return make(*arith.add(arith.scale(lohi(bias), beta) if beta != 1 else lohi(bias), (lo, hi)))
+    return make(lo, hi)
+
+
 @implements(aten.mm.default)
 def mm(a, b):
-    lo, hi, r = _product(torch.mm, a, b, a.shape[-1])
-    return make(lo, hi, rounded=r)
+    return matmul_affine("mm", a, b)
 
 
 @implements(aten.bmm.default)
 def bmm(a, b):
-    lo, hi, r = _product(torch.bmm, a, b, a.shape[-1])
-    return make(lo, hi, rounded=r)
+    return matmul_affine("bmm", a, b)
 
 
 @implements(aten.mv.default)
 def mv(a, b):
-    lo, hi, r = _product(torch.mv, a, b, a.shape[-1])
-    return make(lo, hi, rounded=r)
+    return matmul_affine("mv", a, b)
 
 
 @implements(aten.dot.default)
@@ -47,32 +104,19 @@ def dot(a, b):
     return make(lo, hi, rounded=r)
 
 
-def _affine(bias, beta, prod_lo, prod_hi, alpha, rounded):
-    p = (prod_lo, prod_hi)
-    if alpha != 1:
-        p = arith.scale(p, alpha)
-    if bias is not None and beta != 0:
-        p = arith.add(arith.scale(lohi(bias), beta) if beta != 1 else lohi(bias), p)
-        rounded = False  # one more rounding: let make() add its ulp
-    return make(*p, rounded=rounded)
-
-
 @implements(aten.addmm.default)
 def addmm(bias, a, b, beta=1, alpha=1):
-    lo, hi, r = _product(torch.mm, a, b, a.shape[-1])
-    return _affine(bias, beta, lo, hi, alpha, r)
+    return matmul_affine("mm", a, b, bias, beta, alpha)
 
 
 @implements(aten.baddbmm.default)
 def baddbmm(bias, a, b, beta=1, alpha=1):
-    lo, hi, r = _product(torch.bmm, a, b, a.shape[-1])
-    return _affine(bias, beta, lo, hi, alpha, r)
+    return matmul_affine("bmm", a, b, bias, beta, alpha)
 
 
 @implements(aten.addmv.default)
 def addmv(bias, a, b, beta=1, alpha=1):
-    lo, hi, r = _product(torch.mv, a, b, a.shape[-1])
-    return _affine(bias, beta, lo, hi, alpha, r)
+    return matmul_affine("mv", a, b, bias, beta, alpha)
 
 
 def _conv_terms(weight, transposed: bool, groups: int) -> int:

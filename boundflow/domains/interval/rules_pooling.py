@@ -6,6 +6,7 @@ and the rest get 0.  The rule reads the input bounds and ignores the concrete ``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -59,51 +60,104 @@ class _Geometry:
         return u.reshape(*lead, self.o[0], self.o[1], self.k[0] * self.k[1])
 
     def index_windows(self, device) -> torch.Tensor:
-        """Flat input index of every window position; -1 for padding."""
-        idx = torch.arange(self.hw[0] * self.hw[1], device=device, dtype=torch.float64).reshape(self.hw)
-        return self.windows(idx, -1.0).long()
+        """Flat input index of every window position; -1 for padding (cached per geometry)."""
+        return _index_windows(self.hw, self.k, self.s, self.p, self.d, self.o, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _index_windows(hw, k, s, p, d, o, device: str) -> torch.Tensor:
+    geo = _Geometry.__new__(_Geometry)
+    geo.hw, geo.k, geo.s, geo.p, geo.d, geo.o = hw, k, s, p, d, o
+    idx = torch.arange(hw[0] * hw[1], device=device, dtype=torch.float64).reshape(hw)
+    return geo.windows(idx, -1.0).long()
 
 
 def _argmax_sets(w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per window position: (certainly the argmax, possibly the argmax)."""
+    """Per window position: (certainly the argmax, possibly the argmax).
+
+    Only the position of the largest upper bound can be certain, and it is when its lower bound
+    beats the second-largest upper bound."""
     max_lo = w_lo.amax(-1, keepdim=True)
     possible = w_hi >= max_lo
     if w_hi.shape[-1] == 1:
         return torch.ones_like(possible), possible
-    top2 = w_hi.topk(2, dim=-1).values
     first = w_hi.argmax(-1, keepdim=True)
-    pos = torch.arange(w_hi.shape[-1], device=w_hi.device)
-    max_other = torch.where(pos == first, top2[..., 1:2], top2[..., 0:1])
-    certain = w_lo > max_other
+    second = w_hi.scatter(-1, first, -math.inf).amax(-1, keepdim=True)
+    onehot = torch.zeros_like(possible).scatter_(-1, first, True)
+    certain = onehot & (w_lo > second)
     return certain, possible
 
 
 def max_grad_contributions(w_lo, w_hi, g_lo, g_hi) -> arith.Bounds:
     """Gradient bounds flowing to each candidate of a max over the last dim of ``w``, given
-    gradient bounds ``g`` of the max (shape of ``w`` without its last dim, or broadcastable)."""
+    gradient bounds ``g`` of the max (shape of ``w`` without its last dim): the certain argmax
+    gets ``g``, other possible argmaxes the hull of ``g`` and 0 (ties share ``g``), the rest 0."""
     certain, possible = _argmax_sets(w_lo, w_hi)
     g_lo, g_hi = g_lo.unsqueeze(-1), g_hi.unsqueeze(-1)
-    zero = torch.zeros((), dtype=g_lo.dtype, device=g_lo.device)
-    lo = torch.where(certain, g_lo, torch.where(possible, g_lo.clamp(max=0), zero))
-    hi = torch.where(certain, g_hi, torch.where(possible, g_hi.clamp(min=0), zero))
+    lo = torch.where(certain, g_lo, g_lo.clamp(max=0)).masked_fill_(~possible, 0)
+    hi = torch.where(certain, g_hi, g_hi.clamp(min=0)).masked_fill_(~possible, 0)
     return lo, hi
 
 
 @implements(aten.max_pool2d_with_indices.default)
 def max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-    """Values: max pooling of each bound (exact).  Indices: an integer interval containing the
-    flat index of every entry that may be the window's argmax (exact where it is decided)."""
+    """Values: max pooling of each bound (exact).  Indices: the integer interval from the first
+    to the last flat input index of each window, which contains every possible argmax (the
+    backward rule does not use them; it reads the input bounds)."""
     lo, hi = lohi(self)
-    v_lo, _ = aten.max_pool2d_with_indices.default(lo, kernel_size, stride, padding, dilation, ceil_mode)
-    v_hi, _ = aten.max_pool2d_with_indices.default(hi, kernel_size, stride, padding, dilation, ceil_mode)
+    stride = stride if stride else kernel_size
+    v_lo = F.max_pool2d(lo, kernel_size, stride, padding, dilation, ceil_mode)
+    v_hi = F.max_pool2d(hi, kernel_size, stride, padding, dilation, ceil_mode)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    w_lo, w_hi = geo.windows(lo, -math.inf), geo.windows(hi, -math.inf)
-    _, possible = _argmax_sets(w_lo, w_hi)
-    idx = geo.index_windows(lo.device).expand_as(possible)
+    idx = geo.index_windows(lo.device)
     big = torch.iinfo(torch.int64).max
-    i_lo = torch.where(possible, idx, big).amin(-1)
-    i_hi = torch.where(possible, idx, -1).amax(-1)
-    return make(v_lo, v_hi, exact=True), make(i_lo, i_hi, exact=True)
+    first = torch.where(idx >= 0, idx, big).amin(-1).expand(v_lo.shape)
+    last = idx.amax(-1).expand(v_lo.shape)
+    return make(v_lo, v_hi, exact=True), make(first, last, exact=True)
+
+
+def _non_overlapping(geo: _Geometry) -> bool:
+    return geo.s == geo.k and geo.p == (0, 0) and geo.d == (1, 1) and all(
+        geo.o[i] * geo.k[i] <= geo.hw[i] for i in range(2)
+    )
+
+
+def _upsample(t: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    """Per-window values onto their (non-overlapping) input positions; uncovered rows and
+    columns (the remainder cropped by floor mode) get 0."""
+    (kh, kw) = geo.k
+    up = t.repeat_interleave(kh, -2).repeat_interleave(kw, -1)
+    pad_h, pad_w = geo.hw[0] - up.shape[-2], geo.hw[1] - up.shape[-1]
+    if pad_h or pad_w:
+        up = F.pad(up, (0, pad_w, 0, pad_h))
+    return up
+
+
+def _backward_non_overlapping(lo, hi, g_lo, g_hi, geo: _Geometry, kernel_size, stride, ceil_mode):
+    """Fast path with torch's own pooling kernels: windows whose argmax is certain route the
+    gradient through ``max_pool2d_with_indices_backward`` with the argmax of the upper bounds;
+    the other windows give the hull of their gradient and 0 to every position that may be the
+    argmax (upper bound >= the window's largest lower bound)."""
+    pool = aten.max_pool2d_with_indices.default
+    k, s = list(geo.k), list(geo.s)
+    max_lo, _ = pool(lo, k, s, [0, 0], [1, 1], ceil_mode)
+    _, arg_hi = pool(hi, k, s, [0, 0], [1, 1], ceil_mode)
+    lead = lo.shape[:-2]
+    flat_lo = lo.reshape(*lead, -1)
+    l_at_arg = flat_lo.gather(-1, arg_hi.reshape(*lead, -1)).reshape(arg_hi.shape)
+    # certain iff no other upper bound reaches the lower bound at the argmax of the uppers
+    count = F.avg_pool2d((hi >= _upsample(l_at_arg, geo)).to(lo.dtype), k, s, 0, ceil_mode, divisor_override=1)
+    certain = count <= 1.5
+    possible = hi >= _upsample(max_lo, geo)
+
+    def route(g: torch.Tensor, clamp_max: bool) -> torch.Tensor:
+        sure = aten.max_pool2d_with_indices_backward.default(
+            torch.where(certain, g, 0.0), hi, k, s, [0, 0], [1, 1], ceil_mode, arg_hi
+        )
+        unsure = torch.where(certain, 0.0, g.clamp(max=0) if clamp_max else g.clamp(min=0))
+        return sure + _upsample(unsure, geo).masked_fill_(~possible, 0)
+
+    return route(g_lo, True), route(g_hi, False)
 
 
 @implements(aten.max_pool2d_with_indices_backward.default)
@@ -111,6 +165,8 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     lo, hi = lohi(self)
     g_lo, g_hi = lohi(grad_output)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if _non_overlapping(geo) and lo.is_floating_point():
+        return make(*_backward_non_overlapping(lo, hi, g_lo, g_hi, geo, kernel_size, stride, ceil_mode), exact=True)
     w_lo, w_hi = geo.windows(lo, -math.inf), geo.windows(hi, -math.inf)
     c_lo, c_hi = max_grad_contributions(w_lo, w_hi, g_lo, g_hi)
     hw = geo.hw[0] * geo.hw[1]

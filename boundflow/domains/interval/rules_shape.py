@@ -10,20 +10,17 @@ import torch
 
 from boundflow.domains.interval.generic import accumulating, available, factory, side, structural
 from boundflow.domains.interval.table import implements
-from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, write_into
+from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, propagate_mid_rad, write_into
 
 aten = torch.ops.aten
 
+structural(*available("permute.default", "transpose.int", "t.default", "expand.default"), keep_cache=True)
 structural(
     *available(
-        "permute.default",
-        "transpose.int",
-        "t.default",
         "squeeze.default",
         "squeeze.dim",
         "squeeze.dims",
         "unsqueeze.default",
-        "expand.default",
         "cat.default",
         "stack.default",
         "slice.Tensor",
@@ -110,7 +107,9 @@ def _view_rule(op):
             except RuntimeError:
                 return t.reshape(size)
 
-        return make(v(lo), v(hi), exact=True)
+        out = make(v(lo), v(hi), exact=True)
+        propagate_mid_rad(self, out, lambda t, *a: v(t), (self, size), {})
+        return out
 
     return rule
 

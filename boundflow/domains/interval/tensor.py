@@ -42,7 +42,7 @@ class IntervalTensor(torch.Tensor):
 
     _lower: torch.Tensor
     _upper: torch.Tensor
-    __slots__ = ("_lower", "_upper")
+    __slots__ = ("_lower", "_upper", "_mr")
 
     @staticmethod
     def __new__(
@@ -72,6 +72,7 @@ class IntervalTensor(torch.Tensor):
         )
         r._lower = lower
         r._upper = upper
+        r._mr = None
         return r
 
     # -- constructors ---------------------------------------------------------------------
@@ -300,11 +301,50 @@ def make(lo: torch.Tensor, hi: torch.Tensor, *, exact: bool = False, rounded: bo
     if hi is lo:
         hi = lo.clone()
     if lo.is_floating_point() and not exact:
-        lo = torch.nan_to_num(lo, nan=_NEG_INF, posinf=_POS_INF, neginf=_NEG_INF)
-        hi = torch.nan_to_num(hi, nan=_POS_INF, posinf=_POS_INF, neginf=_NEG_INF)
+        # a NaN anywhere makes the sum NaN (so may inf - inf: then the repair pass is a no-op)
+        if lo.numel() and torch.isnan(lo.sum() + hi.sum()):
+            lo = torch.nan_to_num(lo, nan=_NEG_INF, posinf=_POS_INF, neginf=_NEG_INF)
+            hi = torch.nan_to_num(hi, nan=_POS_INF, posinf=_POS_INF, neginf=_NEG_INF)
         if not rounded and rounding.rounding_enabled():
             lo, hi = rounding.widen_ulp(lo, hi)
-    return IntervalTensor(lo, hi, check=False)
+    return _wrap(lo, hi)
+
+
+def _wrap(lo: torch.Tensor, hi: torch.Tensor) -> IntervalTensor:
+    """Wrap two same-shape bound tensors without any checks (rule results)."""
+    r = torch.Tensor._make_wrapper_subclass(IntervalTensor, lo.shape, dtype=lo.dtype, device=lo.device)
+    r._lower = lo
+    r._upper = hi
+    r._mr = None
+    return r
+
+
+def doubled_mid_rad(x: IntervalTensor) -> dict[str, torch.Tensor]:
+    """``{"m2": lower + upper, "r2": upper - lower}`` (twice the midpoint and radius), cached on
+    ``x`` until either bound is modified in place (checked with the bounds' version counters,
+    which views share with their base).  Callers may add derived entries (``"mag2"``,
+    ``"absm2"``) to the returned dict; they must not modify the cached tensors."""
+    cache = x._mr
+    lo, hi = x._lower, x._upper
+    if cache is not None and cache["v"] == (lo._version, hi._version):
+        return cache
+    cache = {"v": (lo._version, hi._version), "m2": torch.add(lo, hi), "r2": torch.sub(hi, lo)}
+    x._mr = cache
+    return cache
+
+
+def propagate_mid_rad(src: Any, out: Any, op: Any, args: tuple, kwargs: dict) -> None:
+    """After a view-like op, give ``out`` the view of ``src``'s cached midpoint/radius."""
+    cache = getattr(src, "_mr", None) if isinstance(src, IntervalTensor) else None
+    if cache is None or not isinstance(out, IntervalTensor):
+        return
+    if cache["v"] != (src._lower._version, src._upper._version):
+        return
+    new = {"v": (out._lower._version, out._upper._version)}
+    for k, t in cache.items():
+        if k != "v":
+            new[k] = op(t, *args[1:], **kwargs)
+    out._mr = new
 
 
 def _shapes(args: Sequence[Any]) -> str:
