@@ -31,9 +31,14 @@ def mlp() -> nn.Module:
 
 def cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
     )
 
 
@@ -94,7 +99,9 @@ def main() -> None:
         measure("MLP 784-256-256-10", mlp(), torch.rand(args.batch, 784), args.repeats),
         measure("CNN conv16-conv32-fc", cnn(), torch.rand(args.batch // 4, 1, 28, 28), args.repeats),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, {args.repeats} repeats, medians")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, {args.repeats} repeats, medians"
+    )
     print(f"{'model':<24} {'batch':>5} {'plain ms':>9} {'interval ms':>12} {'ratio':>6}")
     for r in rows:
         print(f"{r['model']:<24} {r['batch']:>5} {r['plain_ms']:>9.2f} {r['interval_ms']:>12.2f} {r['ratio']:>5.2f}x")

@@ -76,7 +76,9 @@ def compute_bounds(
         known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
         unknown = set(params) - known
         if unknown:
-            raise KeyError(f"compute_bounds: params names {sorted(unknown)} are not parameters of {type(model).__name__}")
+            raise KeyError(
+                f"compute_bounds: params names {sorted(unknown)} are not parameters of {type(model).__name__}"
+            )
         for name, t in params.items():
             full[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     return domain.bounds(model, spec, full or None)

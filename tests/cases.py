@@ -33,16 +33,82 @@ def _t(g, shape, scale=1.0, low=None) -> torch.Tensor:
 
 CASES: dict[str, object] = {}
 
-SHAPE_OPS = ["view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "expand", "slice", "select", "index",
-             "index_bool", "gather", "index_select", "flip", "t", "contiguous", "narrow", "split", "unbind", "repeat",
-             "pad", "roll", "chunk", "unfold"]
-UNARY = ["neg", "abs", "square", "pow2", "pow3", "pow_half", "pow_neg", "sqrt", "rsqrt", "exp", "log", "log1p",
-         "expm1", "sign_mul", "clamp", "clamp_min", "pow_base"]
-REDUCTIONS = ["sum", "sum_dim", "mean", "mean_dim", "amax", "amax_keep", "max_dim", "max_all", "min_dim", "amin",
-              "logsumexp", "cumsum", "min_all", "argmax", "aten_amax", "aten_max_dim", "aten_max"]
-LOSSES = ["ce", "ce_weight", "ce_sum", "nll", "mse", "mse_interval_target", "bce", "bce_pos_weight",
-          "bce_interval_target", "bce_none"]
-
+SHAPE_OPS = [
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "slice",
+    "select",
+    "index",
+    "index_bool",
+    "gather",
+    "index_select",
+    "flip",
+    "t",
+    "contiguous",
+    "narrow",
+    "split",
+    "unbind",
+    "repeat",
+    "pad",
+    "roll",
+    "chunk",
+    "unfold",
+]
+UNARY = [
+    "neg",
+    "abs",
+    "square",
+    "pow2",
+    "pow3",
+    "pow_half",
+    "pow_neg",
+    "sqrt",
+    "rsqrt",
+    "exp",
+    "log",
+    "log1p",
+    "expm1",
+    "sign_mul",
+    "clamp",
+    "clamp_min",
+    "pow_base",
+]
+REDUCTIONS = [
+    "sum",
+    "sum_dim",
+    "mean",
+    "mean_dim",
+    "amax",
+    "amax_keep",
+    "max_dim",
+    "max_all",
+    "min_dim",
+    "amin",
+    "logsumexp",
+    "cumsum",
+    "min_all",
+    "argmax",
+    "aten_amax",
+    "aten_max_dim",
+    "aten_max",
+]
+LOSSES = [
+    "ce",
+    "ce_weight",
+    "ce_sum",
+    "nll",
+    "mse",
+    "mse_interval_target",
+    "bce",
+    "bce_pos_weight",
+    "bce_interval_target",
+    "bce_none",
+]
 
 
 def case(name: str, variants: list[str] | None = None):
@@ -210,7 +276,9 @@ def _(draw, kind):
     ceil, cip = draw(st.booleans()), draw(st.booleans())
     hw = k + draw(st.integers(0, 4))
     if kind == "2d":
-        return (lambda x: F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=cip)), [_iv(draw, g, [2, 2, hw, hw])]
+        return (lambda x: F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=cip)), [
+            _iv(draw, g, [2, 2, hw, hw])
+        ]
     return (lambda x: F.avg_pool1d(x, k, s, p, ceil_mode=ceil, count_include_pad=cip)), [_iv(draw, g, [2, 2, hw])]
 
 
@@ -366,7 +434,10 @@ def _(draw, op):
     return fns[op], [_iv(draw, g, shape), y]
 
 
-@case("compare", [f"{o}-{m}" for o in ["gt", "ge", "lt", "le", "eq", "ne"] for m in ["where", "bool", "masked_fill", "logic"]])
+@case(
+    "compare",
+    [f"{o}-{m}" for o in ["gt", "ge", "lt", "le", "eq", "ne"] for m in ["where", "bool", "masked_fill", "logic"]],
+)
 def _(draw, variant):
     op, mode = variant.split("-")
     g = _gen(draw)
@@ -384,7 +455,10 @@ def _(draw, variant):
     if mode == "masked_fill":
         return (lambda x, y: x.masked_fill(cmp(x, y), 0.25)), [_iv(draw, g, shape), _iv(draw, g, shape)]
     if mode == "logic":
-        return (lambda x, y: torch.logical_or(cmp(x, y), ~(x > 0.0)) & (y < 1.0)), [_iv(draw, g, shape), _iv(draw, g, shape)]
+        return (lambda x, y: torch.logical_or(cmp(x, y), ~(x > 0.0)) & (y < 1.0)), [
+            _iv(draw, g, shape),
+            _iv(draw, g, shape),
+        ]
     return (lambda x, y: cmp(x, y)), [_iv(draw, g, shape), _t(g, shape) if draw(st.booleans()) else 0.0]
 
 
@@ -484,34 +558,89 @@ DIRECT = {
     "addcdiv": lambda a, b, g: ((lambda x, y: A.addcdiv.default(x, x, y, value=0.3)), ["pos"]),
     "addmv": lambda a, b, g: ((lambda x, y: A.addmv.default(x[:, 0], x, y[0], beta=0.5, alpha=2.0)), ["iv"]),
     "baddbmm": lambda a, b, g: (
-        (lambda x, y: A.baddbmm.default(x[:, :1].expand(a, a).unsqueeze(0), x.unsqueeze(0), y.t().unsqueeze(0),
-                                        beta=0.5, alpha=2.0)),
+        (
+            lambda x, y: A.baddbmm.default(
+                x[:, :1].expand(a, a).unsqueeze(0), x.unsqueeze(0), y.t().unsqueeze(0), beta=0.5, alpha=2.0
+            )
+        ),
         ["iv"],
     ),
     "bitwise_or_xor": lambda a, b, g: ((lambda x, y: ((x > 0) | (y > 0)) ^ (x < y)), ["iv"]),
     "logical_not_xor": lambda a, b, g: ((lambda x, y: torch.logical_xor(torch.logical_not(x > 0), y > 0)), ["iv"]),
-    "rounding_ops": lambda a, b, g: ((lambda x: torch.floor(x) + torch.ceil(x) * 2 + torch.round(x) + torch.trunc(x)), []),
-    "clamp_min_max": lambda a, b, g: ((lambda x, y: A.clamp_min.default(x, -0.2) + A.clamp_max.default(x, 0.3)
-                                       + A.clamp_min.Tensor(x, y) + A.clamp_max.Tensor(x, y)), ["iv"]),
+    "rounding_ops": lambda a, b, g: (
+        (lambda x: torch.floor(x) + torch.ceil(x) * 2 + torch.round(x) + torch.trunc(x)),
+        [],
+    ),
+    "clamp_min_max": lambda a, b, g: (
+        (
+            lambda x, y: (
+                A.clamp_min.default(x, -0.2)
+                + A.clamp_max.default(x, 0.3)
+                + A.clamp_min.Tensor(x, y)
+                + A.clamp_max.Tensor(x, y)
+            )
+        ),
+        ["iv"],
+    ),
     "fmax_fmin": lambda a, b, g: ((lambda x, y: torch.fmax(x, y) - torch.fmin(x, y * 2.0)), ["iv"]),
     "erf_exp2": lambda a, b, g: ((lambda x: torch.erf(x) + torch.exp2(x)), []),
     "log2_log10": lambda a, b, g: ((lambda x: torch.log2(x) + torch.log10(x)), ["pos_x"]),
-    "all_any": lambda a, b, g: ((lambda x, y: torch.stack([(x > y).all(), (x > 0).any(), (x < y).all(1).any(), (x > y).any(1).all(), (x < 0).all((0, 1)), (x < 1).any((0, 1))])), ["iv"]),
+    "all_any": lambda a, b, g: (
+        (
+            lambda x, y: torch.stack(
+                [
+                    (x > y).all(),
+                    (x > 0).any(),
+                    (x < y).all(1).any(),
+                    (x > y).any(1).all(),
+                    (x < 0).all((0, 1)),
+                    (x < 1).any((0, 1)),
+                ]
+            )
+        ),
+        ["iv"],
+    ),
     "lerp": lambda a, b, g: ((lambda x, y: torch.lerp(x, y, 0.3)), ["iv"]),
     "masked_fill_tensor": lambda a, b, g: ((lambda x, y: x.masked_fill(x > y, y[0, 0])), ["iv"]),
-    "narrow_split_sizes": lambda a, b, g: ((lambda x: torch.cat(torch.split(x.narrow(1, 0, b), [1, b - 1], 1)[::-1], 1)), []),
-    "scatter": lambda a, b, g: ((lambda x, y: x.scatter(0, torch.zeros(1, b, dtype=torch.long), y[:1]).scatter(1, torch.zeros(a, 1, dtype=torch.long), 0.5)), ["iv"]),
+    "narrow_split_sizes": lambda a, b, g: (
+        (lambda x: torch.cat(torch.split(x.narrow(1, 0, b), [1, b - 1], 1)[::-1], 1)),
+        [],
+    ),
+    "scatter": lambda a, b, g: (
+        (
+            lambda x, y: x.scatter(0, torch.zeros(1, b, dtype=torch.long), y[:1]).scatter(
+                1, torch.zeros(a, 1, dtype=torch.long), 0.5
+            )
+        ),
+        ["iv"],
+    ),
     "squeeze_dims_diag": lambda a, b, g: ((lambda x: x.unsqueeze(0).unsqueeze(2).squeeze((0, 2)).diagonal()), []),
-    "sub_rsub_square": lambda a, b, g: ((lambda x, y: A.sub.Scalar(x, 1.5) + A.rsub.Tensor(x, y) + torch.square(x)), ["iv"]),
+    "sub_rsub_square": lambda a, b, g: (
+        (lambda x, y: A.sub.Scalar(x, 1.5) + A.rsub.Tensor(x, y) + torch.square(x)),
+        ["iv"],
+    ),
     "embedding": lambda a, b, g: ((lambda w: F.embedding(torch.tensor([[0, a - 1], [1, 0]]), w)), []),
-    "factories_fill": lambda a, b, g: ((lambda x: x + torch.full_like(x, 2.0) + x.new_ones(x.shape) + x.new_full(x.shape, 3.0)
-                                        + A.fill.Scalar(x, 0.5) + x.new_empty(x.shape).fill_(1.0)
-                                        + torch.empty_like(x).copy_(x)), []),
-    "to_copy_alias": lambda a, b, g: ((lambda x: x.to(torch.float32).to(D) + A.alias.default(x)
-                                      ), []),
+    "factories_fill": lambda a, b, g: (
+        (
+            lambda x: (
+                x
+                + torch.full_like(x, 2.0)
+                + x.new_ones(x.shape)
+                + x.new_full(x.shape, 3.0)
+                + A.fill.Scalar(x, 0.5)
+                + x.new_empty(x.shape).fill_(1.0)
+                + torch.empty_like(x).copy_(x)
+            )
+        ),
+        [],
+    ),
+    "to_copy_alias": lambda a, b, g: ((lambda x: x.to(torch.float32).to(D) + A.alias.default(x)), []),
     "bn_legit_no_training": lambda a, b, g: (
-        (lambda x, w: A._native_batch_norm_legit_no_training.default(
-            x, w[0], w[1], torch.linspace(-1, 1, b, dtype=D), torch.linspace(0.5, 2, b, dtype=D), 0.1, 1e-5)[0]),
+        (
+            lambda x, w: A._native_batch_norm_legit_no_training.default(
+                x, w[0], w[1], torch.linspace(-1, 1, b, dtype=D), torch.linspace(0.5, 2, b, dtype=D), 0.1, 1e-5
+            )[0]
+        ),
         ["iv"],
     ),
     "unsafe_index": lambda a, b, g: ((lambda x: A._unsafe_index.Tensor(x, [torch.tensor([0, a - 1])])), []),

@@ -92,8 +92,7 @@ def check_containment(
 
     # -- interval evaluation ---------------------------------------------------------------
     iv_args = {
-        i: IntervalTensor(args[i].lo, args[i].hi, requires_grad=grad and args[i].lo.is_floating_point())
-        for i in iv_idx
+        i: IntervalTensor(args[i].lo, args[i].hi, requires_grad=grad and args[i].lo.is_floating_point()) for i in iv_idx
     }
     out = (interval_fn or fn)(*build(iv_args))
     outs = _floats(out)
@@ -130,7 +129,8 @@ def check_containment(
     for _ in range(n_random):
         points.append(
             {
-                i: los[i] + (his[i] - los[i]) * torch.rand(los[i].shape, generator=gen, dtype=torch.float64).to(los[i].dtype)
+                i: los[i]
+                + (his[i] - los[i]) * torch.rand(los[i].shape, generator=gen, dtype=torch.float64).to(los[i].dtype)
                 if los[i].is_floating_point()
                 else los[i]
                 for i in iv_idx
@@ -156,7 +156,9 @@ def check_containment(
                 lo, hi = lo.to(torch.int64), hi.to(torch.int64)
             if not co.is_floating_point():
                 bad = (co < lo) | (co > hi)
-                assert not bad.any(), f"output {k}: integer/bool value outside its interval at {torch.nonzero(bad)[0].tolist()}"
+                assert not bad.any(), (
+                    f"output {k}: integer/bool value outside its interval at {torch.nonzero(bad)[0].tolist()}"
+                )
                 continue
             tol = _tol(lo, hi, rtol)
             v = torch.maximum(lo - co, co - hi).max().item() if co.numel() else 0.0
@@ -201,7 +203,8 @@ def _attacks(fn, args, iv_idx, los, his, weights, steps, gen) -> list[dict[int, 
     pts = []
     for direction in (1.0, -1.0):
         cur = {
-            i: los[i] + (his[i] - los[i]) * torch.rand(los[i].shape, generator=gen, dtype=torch.float64).to(los[i].dtype)
+            i: los[i]
+            + (his[i] - los[i]) * torch.rand(los[i].shape, generator=gen, dtype=torch.float64).to(los[i].dtype)
             if los[i].is_floating_point()
             else los[i]
             for i in iv_idx

@@ -7,7 +7,9 @@ from torch import nn
 
 
 def mlp(d_in: int = 6, hidden: int = 8, d_out: int = 3) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out)
+    )
 
 
 class SmallCNN(nn.Module):

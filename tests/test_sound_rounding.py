@@ -29,7 +29,7 @@ def _samples_inside(model, x32, eps, out, n=100):
         if i == 0:
             xs = x32.double()
         else:
-            xs = (x32.double() + (torch.rand(x32.shape, generator=g, dtype=torch.float64) * 2 - 1) * eps)
+            xs = x32.double() + (torch.rand(x32.shape, generator=g, dtype=torch.float64) * 2 - 1) * eps
             # keep the sample inside the float32 box exactly
             xs = torch.minimum(torch.maximum(xs, (x32 - eps).double()), (x32 + eps).double())
         y = model64(xs)

@@ -170,7 +170,9 @@ def test_inplace_ops_update_the_interval():
 
 
 def test_max_and_argmax_report_index_intervals():
-    x = IntervalTensor(torch.tensor([[0.0, 5.0, 1.0], [0.0, 1.0, 0.5]]), torch.tensor([[1.0, 6.0, 2.0], [2.0, 3.0, 0.7]]))
+    x = IntervalTensor(
+        torch.tensor([[0.0, 5.0, 1.0], [0.0, 1.0, 0.5]]), torch.tensor([[1.0, 6.0, 2.0], [2.0, 3.0, 0.7]])
+    )
     values, idx = torch.max(x, dim=1)
     assert torch.equal(values.lower, torch.tensor([5.0, 1.0])) and torch.equal(values.upper, torch.tensor([6.0, 3.0]))
     assert torch.equal(idx.lower, torch.tensor([1, 0])) and torch.equal(idx.upper, torch.tensor([1, 1]))

@@ -52,5 +52,7 @@ def get_domain(method: str) -> Domain:
             f"method={method!r} is reserved for {RESERVED[method]} and is not implemented yet; "
             f"available methods: {', '.join(sorted(DOMAINS))}"
         )
-    raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(DOMAINS))}; "
-                     f"reserved for later: {', '.join(sorted(RESERVED))}")
+    raise ValueError(
+        f"unknown method {method!r}; available: {', '.join(sorted(DOMAINS))}; "
+        f"reserved for later: {', '.join(sorted(RESERVED))}"
+    )

@@ -238,4 +238,3 @@ def reduce_sum(a: Bounds, dims: list[int], keepdim: bool = False) -> Bounds:
         mag = torch.maximum(a[0].abs(), a[1].abs()).sum(dims, keepdim=keepdim)
         return rounding.widen_abs(lo, hi, rounding.dot_error(n, mag))
     return lo, hi
-

@@ -160,9 +160,20 @@ implements(aten.log2.default)(_monotone_checked(torch.log2, "log2", 0.0))
 implements(aten.log10.default)(_monotone_checked(torch.log10, "log10", 0.0))
 implements(aten.log1p.default)(_monotone_checked(torch.log1p, "log1p", -1.0))
 monotone_rule(aten.exp.default, aten.exp2.default, aten.expm1.default, aten.erf.default, ulps=ULPS)
-monotone_rule(*available("clamp.default", "clamp.Tensor", "clamp_min.default", "clamp_max.default",
-                         "clamp_min.Tensor", "clamp_max.Tensor", "maximum.default", "minimum.default",
-                         "fmax.default", "fmin.default"))
+monotone_rule(
+    *available(
+        "clamp.default",
+        "clamp.Tensor",
+        "clamp_min.default",
+        "clamp_max.default",
+        "clamp_min.Tensor",
+        "clamp_max.Tensor",
+        "maximum.default",
+        "minimum.default",
+        "fmax.default",
+        "fmin.default",
+    )
+)
 
 
 @implements(aten.addcmul.default)
@@ -179,4 +190,3 @@ def addcdiv(self, tensor1, tensor2, value=1):
 def lerp(self, end, weight):
     w = float(weight)
     return _out(arith.add(arith.scale(_b(self), 1 - w), arith.scale(_b(end), w)))
-

@@ -10,9 +10,9 @@ import math
 
 import torch
 
+from boundflow import rounding
 from boundflow.domains.interval import arith
 from boundflow.domains.interval.table import implements
-from boundflow import rounding
 from boundflow.domains.interval.tensor import doubled_mid_rad, exact_value, is_exact, lohi, make
 from boundflow.errors import UnsupportedOperation, where_called
 
@@ -160,7 +160,16 @@ def convolution_backward(
 
         def f_in(g, w):
             return aten.convolution_backward.default(
-                g, x_shape_holder, w, None, stride, padding, dilation, transposed, output_padding, groups,
+                g,
+                x_shape_holder,
+                w,
+                None,
+                stride,
+                padding,
+                dilation,
+                transposed,
+                output_padding,
+                groups,
                 [True, False, False],
             )[0]
 
@@ -170,7 +179,16 @@ def convolution_backward(
 
         def f_w(g, x):
             return aten.convolution_backward.default(
-                g, x, w_shape_holder, None, stride, padding, dilation, transposed, output_padding, groups,
+                g,
+                x,
+                w_shape_holder,
+                None,
+                stride,
+                padding,
+                dilation,
+                transposed,
+                output_padding,
+                groups,
                 [False, True, False],
             )[1]
 

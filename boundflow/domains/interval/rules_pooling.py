@@ -117,8 +117,11 @@ def max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
 
 
 def _non_overlapping(geo: _Geometry) -> bool:
-    return geo.s == geo.k and geo.p == (0, 0) and geo.d == (1, 1) and all(
-        geo.o[i] * geo.k[i] <= geo.hw[i] for i in range(2)
+    return (
+        geo.s == geo.k
+        and geo.p == (0, 0)
+        and geo.d == (1, 1)
+        and all(geo.o[i] * geo.k[i] <= geo.hw[i] for i in range(2))
     )
 
 
@@ -195,8 +198,6 @@ def _kernel_terms(kernel_size) -> int:
 
 
 accumulating(aten.avg_pool2d.default, lambda self, kernel_size, *a, **k: _kernel_terms(kernel_size))
-accumulating(
-    aten.avg_pool2d_backward.default, lambda grad, self, kernel_size, *a, **k: _kernel_terms(kernel_size)
-)
+accumulating(aten.avg_pool2d_backward.default, lambda grad, self, kernel_size, *a, **k: _kernel_terms(kernel_size))
 accumulating(aten._adaptive_avg_pool2d.default, lambda self, output_size: math.prod(self.shape[-2:]) + 1)
 accumulating(aten._adaptive_avg_pool2d_backward.default, lambda grad, self: math.prod(self.shape[-2:]) + 1)

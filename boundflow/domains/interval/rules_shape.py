@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from boundflow.domains.interval.generic import accumulating, available, factory, side, structural
+from boundflow.domains.interval.generic import accumulating, available, factory, structural
 from boundflow.domains.interval.table import implements
 from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, propagate_mid_rad, write_into
 
@@ -127,15 +127,15 @@ def to_copy(self, **kwargs):
     lo, hi = lohi(self)
     r_lo, r_hi = lo.to(**_copy_kwargs(kwargs)), hi.to(**_copy_kwargs(kwargs))
     narrowing = (
-        r_lo.is_floating_point()
-        and lo.is_floating_point()
-        and torch.finfo(r_lo.dtype).eps > torch.finfo(lo.dtype).eps
+        r_lo.is_floating_point() and lo.is_floating_point() and torch.finfo(r_lo.dtype).eps > torch.finfo(lo.dtype).eps
     )
     return make(r_lo, r_hi, exact=not narrowing)
 
 
 def _copy_kwargs(kwargs: dict) -> dict:
-    out = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "memory_format") and v is not None}
+    out = {
+        k: v for k, v in kwargs.items() if k in ("dtype", "device", "non_blocking", "memory_format") and v is not None
+    }
     return out
 
 
@@ -161,4 +161,3 @@ def equal(a, b):
     a_lo, a_hi = lohi(a)
     b_lo, b_hi = lohi(b)
     return bool(torch.equal(a_lo, b_lo) and torch.equal(a_hi, b_hi))
-

@@ -10,8 +10,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from boundflow import rounding
-from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation, where_called
 from boundflow.domains.interval.table import FUNCTION_OVERRIDES, RULES
+from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation, where_called
 
 __all__ = ["IntervalTensor", "make", "lohi", "is_exact", "exact_value", "is_interval"]
 

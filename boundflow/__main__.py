@@ -1,0 +1,3 @@
+from boundflow.cli import main
+
+raise SystemExit(main())

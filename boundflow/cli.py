@@ -1,0 +1,28 @@
+"""The ``boundflow`` command (thin: parses options, calls the library)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="boundflow", description="Deterministic bound propagation for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="bound a small model's outputs and gradients on interval data")
+    demo.add_argument("--eps", type=float, default=0.05, help="input perturbation (l-infinity radius)")
+    demo.add_argument("--param-radius", type=float, default=0.01, help="parameter interval radius")
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from boundflow.demo import run_demo
+
+        return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The demo and the benchmark script run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from boundflow.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_and_its_bounds_hold(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "certified" in out and "all inside" in out
+
+
+def test_overhead_benchmark_prints_ratios(tmp_path):
+    out_json = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "interval_overhead.py"),
+            "--repeats",
+            "2",
+            "--batch",
+            "32",
+            "--json",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "ratio" in proc.stdout
+    data = json.loads(out_json.read_text())
+    assert len(data["rows"]) == 2 and all(r["ratio"] > 0 for r in data["rows"])
