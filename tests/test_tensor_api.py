@@ -116,6 +116,14 @@ def test_batchnorm_training_mode_is_refused():
         bn(IntervalTensor(torch.zeros(4, 3), torch.ones(4, 3)))
 
 
+def test_dropout_in_training_mode_is_refused():
+    x = IntervalTensor(torch.zeros(4, 3), torch.ones(4, 3))
+    with pytest.raises(bf.UnsupportedOperation, match=r"Dropout in training mode.*model.eval\(\)"):
+        nn.Dropout(0.5).train()(x)
+    y = nn.Dropout(0.5).eval()(x)
+    assert torch.equal(y.lower, x.lower) and torch.equal(y.upper, x.upper)
+
+
 def test_reserved_methods_raise_clear_errors():
     model = nn.Linear(2, 1)
     for m in ("crown", "alpha-crown", "lp", "milp"):

@@ -107,7 +107,8 @@ def monotone_rule(
 ) -> None:
     """Ops non-decreasing (or non-increasing) in every interval operand, e.g. ``exp``,
     ``sigmoid``, ``relu``, ``clamp``, ``maximum``.  ``ulps``: relative rounding allowance under
-    ``sound_rounding`` for functions that are not correctly rounded (default: one ulp)."""
+    ``sound_rounding`` for functions that are not correctly rounded (default: one ulp).  They
+    must map every non-NaN operand (including infinities) to a non-NaN value."""
     for op in ops:
 
         def make_rule(op: torch._ops.OpOverload) -> Callable:
@@ -118,8 +119,8 @@ def monotone_rule(
                     lo, hi = hi, lo
                 if ulps is not None and rounding.rounding_enabled():
                     lo, hi = rounding.widen_rel(lo, hi, ulps)
-                    return make(lo, hi, rounded=True)
-                return make(lo, hi)
+                    return make(lo, hi, rounded=True, nan_free=True)
+                return make(lo, hi, nan_free=True)
 
             return rule
 

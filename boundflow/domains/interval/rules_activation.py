@@ -68,10 +68,19 @@ def _gated(grad, take: torch.Tensor, drop: torch.Tensor):
 
 @implements(aten.threshold_backward.default)
 def threshold_backward(grad_output, self, threshold):
-    """``grad if self > threshold else 0`` (ReLU's backward; ``self`` may be input or output)."""
-    lo, hi = lohi(self)
-    t = float(threshold)
-    return _gated(grad_output, lo > t, hi <= t)
+    """``grad if self > threshold else 0`` (ReLU's backward; ``self`` may be input or output).
+
+    With ``thr`` the op itself on plain tensors:
+    ``lower = thr(max(g_lo, 0), s_lo) + thr(min(g_lo, 0), s_hi)`` and
+    ``upper = thr(min(g_hi, 0), s_lo) + thr(max(g_hi, 0), s_hi)``: where ``s_lo > t`` the gate
+    is open for every operand (``g``), where only ``s_hi > t`` it may be (hull of ``g`` and 0),
+    elsewhere it is closed (0).  One of each pair of terms is 0, so no ``inf - inf``."""
+    s_lo, s_hi = lohi(self)
+    g_lo, g_hi = lohi(grad_output)
+    thr = aten.threshold_backward.default
+    lo = thr(g_lo.clamp(min=0), s_lo, threshold).add_(thr(g_lo.clamp(max=0), s_hi, threshold))
+    hi = thr(g_hi.clamp(max=0), s_lo, threshold).add_(thr(g_hi.clamp(min=0), s_hi, threshold))
+    return make(lo, hi, exact=True)
 
 
 @implements(aten.hardtanh_backward.default)

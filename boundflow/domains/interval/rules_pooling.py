@@ -105,10 +105,11 @@ def max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
     to the last flat input index of each window, which contains every possible argmax (the
     backward rule does not use them; it reads the input bounds)."""
     lo, hi = lohi(self)
-    stride = stride if stride else kernel_size
-    v_lo = F.max_pool2d(lo, kernel_size, stride, padding, dilation, ceil_mode)
-    v_hi = F.max_pool2d(hi, kernel_size, stride, padding, dilation, ceil_mode)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    # the max over the window slots (strided views) equals torch's pooling and is faster
+    # than its NCHW kernel on small planes
+    v_lo = functools.reduce(torch.maximum, _slots(_padded(lo, geo, -math.inf), geo))
+    v_hi = functools.reduce(torch.maximum, _slots(_padded(hi, geo, -math.inf), geo))
     idx = geo.index_windows(lo.device)
     big = torch.iinfo(torch.int64).max
     first = torch.where(idx >= 0, idx, big).amin(-1).expand(v_lo.shape)
@@ -116,51 +117,78 @@ def max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
     return make(v_lo, v_hi, exact=True), make(first, last, exact=True)
 
 
-def _non_overlapping(geo: _Geometry) -> bool:
-    return (
-        geo.s == geo.k
-        and geo.p == (0, 0)
-        and geo.d == (1, 1)
-        and all(geo.o[i] * geo.k[i] <= geo.hw[i] for i in range(2))
-    )
+def _padded(x: torch.Tensor, geo: _Geometry, fill: float) -> torch.Tensor:
+    """Pad so every window of every slot lies inside (``padding`` plus the ceil-mode tail)."""
+    span = [geo.d[i] * (geo.k[i] - 1) + 1 for i in range(2)]
+    need = [(geo.o[i] - 1) * geo.s[i] + span[i] for i in range(2)]
+    extra = [max(0, need[i] - (geo.hw[i] + 2 * geo.p[i])) for i in range(2)]
+    if not (geo.p[0] or geo.p[1] or extra[0] or extra[1]):
+        return x
+    return F.pad(x, (geo.p[1], geo.p[1] + extra[1], geo.p[0], geo.p[0] + extra[0]), value=fill)
 
 
-def _upsample(t: torch.Tensor, geo: _Geometry) -> torch.Tensor:
-    """Per-window values onto their (non-overlapping) input positions; uncovered rows and
-    columns (the remainder cropped by floor mode) get 0."""
-    (kh, kw) = geo.k
-    up = t.repeat_interleave(kh, -2).repeat_interleave(kw, -1)
-    pad_h, pad_w = geo.hw[0] - up.shape[-2], geo.hw[1] - up.shape[-1]
-    if pad_h or pad_w:
-        up = F.pad(up, (0, pad_w, 0, pad_h))
-    return up
+def _slots(xp: torch.Tensor, geo: _Geometry) -> list[torch.Tensor]:
+    """One strided view per window slot ``(i, j)``: entry ``[..., a, b]`` is the slot's element
+    of window ``(a, b)``.  Within one slot, different windows never share an input position."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.k, geo.s, geo.d, geo.o
+    return [
+        xp[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
 
 
-def _backward_non_overlapping(lo, hi, g_lo, g_hi, geo: _Geometry, kernel_size, stride, ceil_mode):
-    """Fast path with torch's own pooling kernels: windows whose argmax is certain route the
-    gradient through ``max_pool2d_with_indices_backward`` with the argmax of the upper bounds;
-    the other windows give the hull of their gradient and 0 to every position that may be the
-    argmax (upper bound >= the window's largest lower bound)."""
-    pool = aten.max_pool2d_with_indices.default
-    k, s = list(geo.k), list(geo.s)
-    max_lo, _ = pool(lo, k, s, [0, 0], [1, 1], ceil_mode)
-    _, arg_hi = pool(hi, k, s, [0, 0], [1, 1], ceil_mode)
-    lead = lo.shape[:-2]
-    flat_lo = lo.reshape(*lead, -1)
-    l_at_arg = flat_lo.gather(-1, arg_hi.reshape(*lead, -1)).reshape(arg_hi.shape)
-    # certain iff no other upper bound reaches the lower bound at the argmax of the uppers
-    count = F.avg_pool2d((hi >= _upsample(l_at_arg, geo)).to(lo.dtype), k, s, 0, ceil_mode, divisor_override=1)
-    certain = count <= 1.5
-    possible = hi >= _upsample(max_lo, geo)
+_thr = aten.threshold_backward.default
 
-    def route(g: torch.Tensor, clamp_max: bool) -> torch.Tensor:
-        sure = aten.max_pool2d_with_indices_backward.default(
-            torch.where(certain, g, 0.0), hi, k, s, [0, 0], [1, 1], ceil_mode, arg_hi
-        )
-        unsure = torch.where(certain, 0.0, g.clamp(max=0) if clamp_max else g.clamp(min=0))
-        return sure + _upsample(unsure, geo).masked_fill_(~possible, 0)
 
-    return route(g_lo, True), route(g_hi, False)
+def _max_pool_backward(lo, hi, g_lo, g_hi, geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Slot by slot (kh*kw strided views, no unfolding copies, no bool-mask selects):
+
+    * slot k of a window is the certain argmax iff ``l_k > max_{m != k} u_m``: it gets ``g``;
+    * it may be the argmax iff ``u_k >= max_m l_m``: it gets the hull of ``g`` and 0;
+    * otherwise 0.
+
+    ``threshold_backward(x, mask, 0.5)`` selects ``x`` where a 0/1 mask is 1 (0 elsewhere, inf
+    safe).  Contributions are accumulated into the (padded) input gradient; overlapping windows
+    add up.  Returns ``(grad_lo, grad_hi, magnitude)`` (magnitude only under sound rounding)."""
+    lo_s = _slots(_padded(lo, geo, -math.inf), geo)
+    hi_s = _slots(_padded(hi, geo, -math.inf), geo)
+    n = len(lo_s)
+    max_lo = functools.reduce(torch.maximum, lo_s)
+    prefix = [None] * n
+    suffix = [None] * n
+    for k in range(1, n):
+        prefix[k] = hi_s[k - 1] if k == 1 else torch.maximum(prefix[k - 1], hi_s[k - 1])
+    for k in range(n - 2, -1, -1):
+        suffix[k] = hi_s[k + 1] if k == n - 2 else torch.maximum(suffix[k + 1], hi_s[k + 1])
+    g_lo_pos, g_lo_neg = g_lo.clamp(min=0), g_lo.clamp(max=0)
+    g_hi_pos, g_hi_neg = g_hi.clamp(min=0), g_hi.clamp(max=0)
+    dt = lo.dtype
+    shape = _padded(lo, geo, 0.0).shape
+    out_lo = lo.new_zeros(shape)
+    out_hi = lo.new_zeros(shape)
+    mag = lo.new_zeros(shape) if rounding.rounding_enabled() else None
+    out_lo_s, out_hi_s = _slots(out_lo, geo), _slots(out_hi, geo)
+    mag_s = _slots(mag, geo) if mag is not None else None
+    for k in range(n):
+        others = [t for t in (prefix[k], suffix[k]) if t is not None]
+        if others:
+            max_other = others[0] if len(others) == 1 else torch.maximum(others[0], others[1])
+            certain = (lo_s[k] > max_other).to(dt)
+        else:
+            certain = torch.ones_like(lo_s[k])
+        possible = (hi_s[k] >= max_lo).to(dt)
+        c_lo = _thr(g_lo_pos, certain, 0.5).add_(_thr(g_lo_neg, possible, 0.5))
+        c_hi = _thr(g_hi_neg, certain, 0.5).add_(_thr(g_hi_pos, possible, 0.5))
+        out_lo_s[k].add_(c_lo)
+        out_hi_s[k].add_(c_hi)
+        if mag_s is not None:
+            mag_s[k].add_(torch.maximum(c_lo.abs(), c_hi.abs()))
+
+    def crop(t: torch.Tensor) -> torch.Tensor:
+        return t[..., geo.p[0] : geo.p[0] + geo.hw[0], geo.p[1] : geo.p[1] + geo.hw[1]]
+
+    return crop(out_lo), crop(out_hi), (crop(mag) if mag is not None else None)
 
 
 @implements(aten.max_pool2d_with_indices_backward.default)
@@ -168,28 +196,13 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     lo, hi = lohi(self)
     g_lo, g_hi = lohi(grad_output)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    if _non_overlapping(geo) and lo.is_floating_point():
-        return make(*_backward_non_overlapping(lo, hi, g_lo, g_hi, geo, kernel_size, stride, ceil_mode), exact=True)
-    w_lo, w_hi = geo.windows(lo, -math.inf), geo.windows(hi, -math.inf)
-    c_lo, c_hi = max_grad_contributions(w_lo, w_hi, g_lo, g_hi)
-    hw = geo.hw[0] * geo.hw[1]
-    idx = geo.index_windows(lo.device).reshape(-1)
-    idx = torch.where(idx < 0, hw, idx)
-    lead = lo.shape[:-2]
-    flat = math.prod(lead)
-
-    def scatter(c: torch.Tensor) -> torch.Tensor:
-        out = c.new_zeros(flat, hw + 1)
-        out.scatter_add_(1, idx.expand(flat, -1), c.reshape(flat, -1))
-        return out[:, :hw].reshape(*lead, *geo.hw)
-
-    r_lo, r_hi = scatter(c_lo), scatter(c_hi)
-    if rounding.rounding_enabled():
+    r_lo, r_hi, mag = _max_pool_backward(lo, hi, g_lo, g_hi, geo)
+    if mag is not None:
         n = math.prod(-(-(geo.d[i] * (geo.k[i] - 1) + 1) // geo.s[i]) for i in range(2)) + 1
-        mag = scatter(torch.maximum(c_lo.abs(), c_hi.abs()))
         r_lo, r_hi = rounding.widen_abs(r_lo, r_hi, rounding.dot_error(n, mag))
         return make(r_lo, r_hi, rounded=True)
-    return make(r_lo, r_hi)
+    overlapping = any(geo.s[i] < geo.d[i] * (geo.k[i] - 1) + 1 for i in range(2))
+    return make(r_lo, r_hi, exact=not overlapping)
 
 
 def _kernel_terms(kernel_size) -> int:

@@ -161,3 +161,14 @@ def equal(a, b):
     a_lo, a_hi = lohi(a)
     b_lo, b_hi = lohi(b)
     return bool(torch.equal(a_lo, b_lo) and torch.equal(a_hi, b_hi))
+
+
+@implements(*available("native_dropout.default", "bernoulli_.float", "bernoulli.default", "bernoulli.p"))
+def random_ops(*args, **kwargs):
+    """Random masks have no interval semantics here: refuse with a pointer to eval mode."""
+    from boundflow.errors import UnsupportedOperation, where_called
+
+    raise UnsupportedOperation(
+        "random ops (Dropout in training mode) are not supported on intervals: the bound would have to "
+        f"cover every mask. Call model.eval() (called from {where_called()})."
+    )

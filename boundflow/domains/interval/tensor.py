@@ -244,11 +244,16 @@ def _repr(t: IntervalTensor) -> str:
         head += ", requires_grad=True"
     if t.grad_fn is not None:
         head += f", grad_fn={type(t.grad_fn).__name__}"
-    if lo.numel() <= 12:
-        pairs = torch.stack([lo, hi], dim=-1).reshape(-1, 2).tolist()
+    if lo.numel() <= 24:
         fmt = "{:.6g}" if lo.is_floating_point() else "{}"
-        body = ", ".join(f"[{fmt.format(a)}, {fmt.format(b)}]" for a, b in pairs)
-        return f"{head},\n  [{body}])"
+
+        def nest(a, b, depth: int) -> str:
+            if not isinstance(a, list):
+                return f"[{fmt.format(a)}, {fmt.format(b)}]"
+            sep = ", " if depth == lo.dim() - 1 else ",\n   " + " " * depth
+            return "(" + sep.join(nest(x, y, depth + 1) for x, y in zip(a, b)) + ")"
+
+        return f"{head},\n  {nest(lo.tolist(), hi.tolist(), 0)})"
     if lo.is_floating_point():
         w = hi - lo
         return (
@@ -293,16 +298,19 @@ def exact_value(x: Any, what: str) -> Any:
     return x
 
 
-def make(lo: torch.Tensor, hi: torch.Tensor, *, exact: bool = False, rounded: bool = False) -> IntervalTensor:
+def make(
+    lo: torch.Tensor, hi: torch.Tensor, *, exact: bool = False, rounded: bool = False, nan_free: bool = False
+) -> IntervalTensor:
     """Wrap rule results.  NaN bounds (from ``inf - inf`` or ``0 * inf``) become ``-inf``/``+inf``
-    so a bound is never NaN.  Under :func:`boundflow.sound_rounding`, results are widened by one
-    ulp unless ``exact`` (structural ops: no arithmetic) or ``rounded`` (the rule rounded
-    itself)."""
+    so a bound is never NaN; ``nan_free`` skips that check for rules that cannot create NaN
+    from NaN-free operands (monotone functions, selections).  Under
+    :func:`boundflow.sound_rounding`, results are widened by one ulp unless ``exact``
+    (structural ops: no arithmetic) or ``rounded`` (the rule rounded itself)."""
     if hi is lo:
         hi = lo.clone()
     if lo.is_floating_point() and not exact:
         # a NaN anywhere makes the sum NaN (so may inf - inf: then the repair pass is a no-op)
-        if lo.numel() and torch.isnan(lo.sum() + hi.sum()):
+        if not nan_free and lo.numel() and torch.isnan(lo.sum() + hi.sum()):
             lo = torch.nan_to_num(lo, nan=_NEG_INF, posinf=_POS_INF, neginf=_NEG_INF)
             hi = torch.nan_to_num(hi, nan=_POS_INF, posinf=_POS_INF, neginf=_NEG_INF)
         if not rounded and rounding.rounding_enabled():
