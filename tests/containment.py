@@ -59,6 +59,16 @@ def _tol(lo: torch.Tensor, hi: torch.Tensor, rtol: float) -> torch.Tensor:
     return rtol * (1 + scale)
 
 
+def _assert_inside(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, rtol: float, what: str) -> None:
+    tol = _tol(lo, hi, rtol)
+    ok = (v >= lo - tol) & (v <= hi + tol)
+    if not ok.all():
+        idx = tuple(torch.nonzero(~ok)[0].tolist())
+        raise AssertionError(
+            f"{what} outside bounds at {list(idx)}: value {v[idx].item()!r} not in [{lo[idx].item()!r}, {hi[idx].item()!r}]"
+        )
+
+
 @dataclass
 class Report:
     samples: int
@@ -160,15 +170,8 @@ def check_containment(
                     f"output {k}: integer/bool value outside its interval at {torch.nonzero(bad)[0].tolist()}"
                 )
                 continue
-            tol = _tol(lo, hi, rtol)
+            _assert_inside(co, lo, hi, rtol, f"output {k}")
             v = torch.maximum(lo - co, co - hi).max().item() if co.numel() else 0.0
-            ok = (co >= lo - tol) & (co <= hi + tol)
-            if not ok.all():
-                idx = torch.nonzero(~ok)[0].tolist()
-                raise AssertionError(
-                    f"output {k} outside bounds at {idx}: value {co[tuple(idx)].item()!r} not in "
-                    f"[{lo[tuple(idx)].item()!r}, {hi[tuple(idx)].item()!r}]"
-                )
             worst = max(worst, v)
         if grad and grad_bounds:
             loss = sum((o * w).sum() for o, w in zip(c_outs, weights) if w is not None and o.requires_grad)
@@ -177,14 +180,7 @@ def check_containment(
                 for (i, (glo, ghi)), g in zip(grad_bounds.items(), gs):
                     if g is None:
                         g = torch.zeros_like(glo)
-                    tol = _tol(glo, ghi, rtol)
-                    ok = (g >= glo - tol) & (g <= ghi + tol)
-                    if not ok.all():
-                        idx = torch.nonzero(~ok)[0].tolist()
-                        raise AssertionError(
-                            f"gradient of argument {i} outside bounds at {idx}: {g[tuple(idx)].item()!r} not in "
-                            f"[{glo[tuple(idx)].item()!r}, {ghi[tuple(idx)].item()!r}]"
-                        )
+                    _assert_inside(g, glo, ghi, rtol, f"gradient of argument {i}")
         n += 1
     return Report(n, worst, where)
 

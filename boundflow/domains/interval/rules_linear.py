@@ -153,47 +153,27 @@ def convolution_backward(
 ):
     """``grad_input`` is bilinear in (grad_output, weight), ``grad_weight`` in (grad_output,
     input), ``grad_bias`` a sum of grad_output."""
-    x_shape_holder = lohi(input)[0]
-    w_shape_holder = lohi(weight)[0]
+    conv_args = (stride, padding, dilation, transposed, output_padding, groups)
+
+    def part(which: int):
+        """Bilinear map for one output of convolution_backward (the other operand only
+        supplies its shape)."""
+        mask = [which == 0, which == 1, False]
+        shape_holder = lohi(input)[0] if which == 0 else lohi(weight)[0]
+
+        def f(g, other):
+            x, w = (shape_holder, other) if which == 0 else (other, shape_holder)
+            return aten.convolution_backward.default(g, x, w, None, *conv_args, mask)[which]
+
+        return f
+
     results: list = [None, None, None]
     if output_mask[0]:
-
-        def f_in(g, w):
-            return aten.convolution_backward.default(
-                g,
-                x_shape_holder,
-                w,
-                None,
-                stride,
-                padding,
-                dilation,
-                transposed,
-                output_padding,
-                groups,
-                [True, False, False],
-            )[0]
-
-        lo, hi, r = _product(f_in, grad_output, weight, _conv_terms(weight, transposed, groups))
+        lo, hi, r = _product(part(0), grad_output, weight, _conv_terms(weight, transposed, groups))
         results[0] = make(lo, hi, rounded=r)
     if output_mask[1]:
-
-        def f_w(g, x):
-            return aten.convolution_backward.default(
-                g,
-                x,
-                w_shape_holder,
-                None,
-                stride,
-                padding,
-                dilation,
-                transposed,
-                output_padding,
-                groups,
-                [False, True, False],
-            )[1]
-
         n = grad_output.shape[0] * max(math.prod(grad_output.shape[2:]), math.prod(input.shape[2:]))
-        lo, hi, r = _product(f_w, grad_output, input, n)
+        lo, hi, r = _product(part(1), grad_output, input, n)
         results[1] = make(lo, hi, rounded=r)
     if output_mask[2]:
         dims = [0] + list(range(2, grad_output.dim()))
