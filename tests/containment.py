@@ -65,7 +65,8 @@ def _assert_inside(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, rtol: fl
     if not ok.all():
         idx = tuple(torch.nonzero(~ok)[0].tolist())
         raise AssertionError(
-            f"{what} outside bounds at {list(idx)}: value {v[idx].item()!r} not in [{lo[idx].item()!r}, {hi[idx].item()!r}]"
+            f"{what} outside bounds at {list(idx)}: value {v[idx].item()!r} "
+            f"not in [{lo[idx].item()!r}, {hi[idx].item()!r}]"
         )
 
 
