@@ -1,0 +1,36 @@
+"""Certified training on bounded data (FullCert; bounded poisoning and label flipping as in
+Abstract Gradient Training)."""
+
+from boundflow.train.bounded import BoundedDataset, label_flip, linf, linf_subset, missing, poison
+from boundflow.train.certify import Certification, certify
+from boundflow.train.datasets import DATASETS, Dataset, load_dataset, load_file
+from boundflow.train.io import load_bounds, save_bounds
+from boundflow.train.losses import LOSSES, bounded_loss, plain_loss
+from boundflow.train.optim import IntervalSGD
+from boundflow.train.trainer import ParameterBounds, TrainConfig, TrainingDiverged, batch_indices, certified_training
+
+__all__ = [
+    "BoundedDataset",
+    "Certification",
+    "DATASETS",
+    "Dataset",
+    "IntervalSGD",
+    "LOSSES",
+    "ParameterBounds",
+    "TrainConfig",
+    "TrainingDiverged",
+    "batch_indices",
+    "bounded_loss",
+    "certified_training",
+    "certify",
+    "label_flip",
+    "linf",
+    "linf_subset",
+    "load_bounds",
+    "load_dataset",
+    "load_file",
+    "missing",
+    "plain_loss",
+    "poison",
+    "save_bounds",
+]

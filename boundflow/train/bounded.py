@@ -1,0 +1,135 @@
+"""Bounded datasets: the *set* of training sets a threat model allows.
+
+A :class:`BoundedDataset` holds the nominal data, per-sample feature bounds, optional per-sample
+label sets, and a per-batch budget ``k``: with ``k=None`` every sample may take any value in its
+bounds at once; with an integer ``k`` at most ``k`` samples of each batch deviate from the
+nominal data (the others are exactly nominal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BoundedDataset", "linf", "linf_subset", "poison", "label_flip", "missing"]
+
+
+@dataclass
+class BoundedDataset:
+    """``x``: nominal features (n, ...); ``lower``/``upper``: feature bounds containing ``x``;
+    ``y``: nominal labels (n,); ``label_sets``: optional bool (n, C), True where a label is
+    possible (must include the nominal label); ``k``: per-batch budget of deviating samples
+    (``None``: all may deviate); ``threat``: a short description."""
+
+    x: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    y: torch.Tensor
+    label_sets: torch.Tensor | None = None
+    k: int | None = None
+    threat: str = "linf"
+
+    def __post_init__(self) -> None:
+        if self.x.shape != self.lower.shape or self.x.shape != self.upper.shape:
+            raise ValueError(
+                f"BoundedDataset: x {tuple(self.x.shape)}, lower {tuple(self.lower.shape)} and upper "
+                f"{tuple(self.upper.shape)} must have the same shape"
+            )
+        if self.y.shape != (self.x.shape[0],):
+            raise ValueError(f"BoundedDataset: y has shape {tuple(self.y.shape)}, expected ({self.x.shape[0]},)")
+        bad = (self.lower > self.x) | (self.x > self.upper)
+        if bad.any():
+            raise ValueError(f"BoundedDataset: nominal x outside [lower, upper] in {int(bad.sum())} entries")
+        if self.label_sets is not None:
+            if self.label_sets.shape[0] != len(self.y):
+                raise ValueError("BoundedDataset: label_sets must have one row per sample")
+            if not self.label_sets[torch.arange(len(self.y)), self.y].all():
+                raise ValueError("BoundedDataset: every label set must contain the nominal label")
+        if self.k is not None and self.k < 0:
+            raise ValueError(f"BoundedDataset: k must be >= 0, got {self.k}")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        if self.label_sets is not None:
+            return self.label_sets.shape[1]
+        return int(self.y.max().item()) + 1
+
+    @property
+    def feature_radius(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
+
+
+def _f64(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _box(x: torch.Tensor, eps: float, clamp: tuple[float, float] | None):
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    lo, hi = x - eps, x + eps
+    if clamp is not None:
+        lo, hi = lo.clamp(*clamp), hi.clamp(*clamp)
+    return lo, hi
+
+
+def linf(x, y, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
+    """Every sample's features may move by up to ``eps`` in ℓ∞ (FullCert's threat model),
+    optionally clipped to ``clamp``."""
+    x = _f64(x)
+    lo, hi = _box(x, eps, clamp)
+    return BoundedDataset(x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"linf(eps={eps})")
+
+
+def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, float] | None = None) -> BoundedDataset:
+    """Only the samples in ``indices`` may move by ``eps``; the rest are exact."""
+    x = _f64(x)
+    lo, hi = x.clone(), x.clone()
+    idx = torch.as_tensor(list(indices), dtype=torch.int64)
+    if idx.numel() and (idx.min() < 0 or idx.max() >= len(x)):
+        raise IndexError(f"linf_subset: indices must be in [0, {len(x)}), got {idx.min().item()}..{idx.max().item()}")
+    blo, bhi = _box(x[idx], eps, clamp)
+    lo[idx], hi[idx] = blo, bhi
+    return BoundedDataset(
+        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"linf_subset(eps={eps}, n={len(idx)})"
+    )
+
+
+def poison(x, y, k: int, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
+    """At most ``k`` samples of each batch may move by ``eps`` in ℓ∞ (Abstract Gradient
+    Training's bounded poisoning); the batch gradient is bounded by the ``k`` largest (smallest)
+    per-sample deviations per parameter."""
+    x = _f64(x)
+    lo, hi = _box(x, eps, clamp)
+    return BoundedDataset(
+        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), k=int(k), threat=f"poison(k={k}, eps={eps})"
+    )
+
+
+def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
+    """At most ``k`` labels of each batch may be changed to any other class."""
+    x = _f64(x)
+    y = torch.as_tensor(y, dtype=torch.int64)
+    c = n_classes or int(y.max().item()) + 1
+    sets = torch.ones(len(y), max(c, 2), dtype=torch.bool)
+    return BoundedDataset(x, x.clone(), x.clone(), y, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
+
+
+def missing(x, y, features: Sequence[int], ranges: Sequence[tuple[float, float]]) -> BoundedDataset:
+    """The listed features (of every sample) may take any value in their range (e.g. missing or
+    imputed values)."""
+    x = _f64(x)
+    if len(features) != len(ranges):
+        raise ValueError(f"missing: {len(features)} features but {len(ranges)} ranges")
+    lo, hi = x.clone(), x.clone()
+    for f, (a, b) in zip(features, ranges, strict=True):
+        if a > b:
+            raise ValueError(f"missing: empty range ({a}, {b}) for feature {f}")
+        lo[:, f] = torch.minimum(lo[:, f], torch.tensor(float(a), dtype=torch.float64))
+        hi[:, f] = torch.maximum(hi[:, f], torch.tensor(float(b), dtype=torch.float64))
+    return BoundedDataset(
+        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"missing(features={list(features)})"
+    )

@@ -1,0 +1,67 @@
+"""Certified predictions from a parameter box."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from boundflow.domains.interval import IntervalTensor, lohi
+
+__all__ = ["Certification", "certify", "logit_bounds"]
+
+
+@dataclass
+class Certification:
+    """``classes``: per sample the certified class, or -1 (abstain); ``accuracy``: fraction of
+    samples certified *and* correct (None without labels); ``certified``: fraction certified."""
+
+    classes: torch.Tensor
+    accuracy: float | None
+    certified: float
+
+
+def logit_bounds(
+    model: nn.Module,
+    lower: Mapping[str, torch.Tensor],
+    upper: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    eps: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output bounds for every parameter vector in the box and every input within ``eps``."""
+    params = {n: IntervalTensor(lower[n], upper[n]) for n in lower}
+    xi = IntervalTensor(x - eps, x + eps) if eps else IntervalTensor.exact(x)
+    with torch.no_grad():
+        out = functional_call(model, params, (xi,), strict=False)
+    return tuple(t.clone() for t in lohi(out))  # type: ignore[return-value]
+
+
+def certify(
+    model: nn.Module, bounds, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 0.0
+) -> Certification:
+    """Certify ``model`` with parameters anywhere in ``bounds`` (a :class:`ParameterBounds` or a
+    ``(lower, upper)`` pair of dicts) on inputs ``x`` with test-time radius ``eps``.
+
+    Strict margins: class ``c`` is certified when the lower bound of its logit exceeds the upper
+    bound of every other logit; with a single logit, class 1 when the lower bound is > 0 and
+    class 0 when the upper bound is < 0.  Everything else abstains (-1)."""
+    lower, upper = (bounds.lower, bounds.upper) if hasattr(bounds, "lower") else bounds
+    x = x.to(next(iter(lower.values())).dtype)
+    lo, hi = logit_bounds(model, lower, upper, x, eps)
+    if lo.dim() == 1 or lo.shape[-1] == 1:
+        lo, hi = lo.reshape(-1), hi.reshape(-1)
+        classes = torch.full(lo.shape, -1, dtype=torch.int64)
+        classes[lo > 0] = 1
+        classes[hi < 0] = 0
+    else:
+        c = lo.argmax(1)
+        others = hi.clone()
+        others[torch.arange(len(c)), c] = -float("inf")
+        ok = lo[torch.arange(len(c)), c] > others.amax(1)
+        classes = torch.where(ok, c, torch.full_like(c, -1))
+    cert = float((classes >= 0).double().mean()) if len(classes) else 0.0
+    acc = float((classes == y).double().mean()) if y is not None and len(classes) else None
+    return Certification(classes, acc, cert)

@@ -1,0 +1,253 @@
+"""Certified training (FullCert, with bounded poisoning and label flipping as in Abstract
+Gradient Training): ordinary PyTorch training on interval data and interval parameters."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from boundflow.domains.interval import IntervalTensor, lohi
+from boundflow.train.bounded import BoundedDataset
+from boundflow.train.certify import certify
+from boundflow.train.losses import LOSSES, Target, bounded_loss, plain_loss
+from boundflow.train.optim import IntervalSGD
+
+__all__ = ["TrainConfig", "ParameterBounds", "certified_training", "batch_indices", "TrainingDiverged"]
+
+
+@dataclass
+class TrainConfig:
+    """``loss``: ``bce`` (one logit, labels 0/1), ``cross_entropy``, ``hinge`` (one logit) or
+    ``mse``.  Batch order: with ``shuffle=False`` batch ``i`` is samples ``[i*B, (i+1)*B)`` and an
+    incomplete last batch is dropped; with ``shuffle=True`` the same on a permutation drawn from
+    ``seed`` and the epoch (see :func:`batch_indices`).  ``pretrain_epochs``: ordinary training on
+    the *nominal* data first; the certificate then covers only the certified epochs that follow
+    (the pretraining data must be trusted)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    loss: str = "bce"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    shuffle: bool = False
+    pretrain_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.epochs < 0 or self.batch_size < 1 or self.pretrain_epochs < 0:
+            raise ValueError("epochs and pretrain_epochs must be >= 0 and batch_size >= 1")
+
+
+@dataclass
+class ParameterBounds:
+    """Every parameter vector reachable by the configured training from any dataset in the
+    bounded dataset lies in ``[lower, upper]`` (per name).  ``nominal``: the parameters
+    trained on the nominal data.  ``history``: per-epoch metrics."""
+
+    lower: dict[str, torch.Tensor]
+    upper: dict[str, torch.Tensor]
+    nominal: dict[str, torch.Tensor]
+    epochs_done: int = 0
+    diverged_at: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def mean_width(self) -> float:
+        tot = sum((self.upper[n] - self.lower[n]).sum().item() for n in self.lower)
+        cnt = sum(self.lower[n].numel() for n in self.lower)
+        return tot / max(cnt, 1)
+
+    def contains(self, params: dict[str, torch.Tensor], atol: float = 0.0) -> bool:
+        return all(
+            bool(((params[n] >= self.lower[n] - atol) & (params[n] <= self.upper[n] + atol)).all()) for n in self.lower
+        )
+
+
+class TrainingDiverged(RuntimeWarning):
+    """Bounds became non-finite; training stopped with the last finite (sound) bounds."""
+
+
+def batch_indices(n: int, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
+    """The batches of one epoch (the contract replays follow)."""
+    order = torch.arange(n)
+    if config.shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+    nb = n // config.batch_size
+    return [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(nb)]
+
+
+def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes) -> None:
+    """Fill ``params[*].grad`` with bounds on the batch gradient over the threat model."""
+    x_lo, x_hi, y = data.lower[idx], data.upper[idx], data.y[idx]
+    if data.k is None:
+        sets = data.label_sets[idx] if data.label_sets is not None else None
+        out = functional_call(model, params, (IntervalTensor(x_lo, x_hi),))
+        bounded_loss(out, Target(y, sets, n_classes), config.loss).backward()
+        return
+    # at most k samples of the batch deviate: per-sample gradients of the nominal and of the
+    # perturbed sample, combined with the k largest (smallest) deviations per parameter
+    names = list(params)
+    clean = {n: [] for n in names}
+    dev = {n: [] for n in names}
+    b = len(idx)
+    for i in range(b):
+        for which in ("clean", "perturbed"):
+            for p in params.values():
+                p.grad = None
+            if which == "clean":
+                xi = IntervalTensor.exact(data.x[idx[i : i + 1]])
+                tgt = Target(y[i : i + 1], None, n_classes)
+            else:
+                xi = IntervalTensor(x_lo[i : i + 1], x_hi[i : i + 1])
+                sets = data.label_sets[idx[i : i + 1]] if data.label_sets is not None else None
+                tgt = Target(y[i : i + 1], sets, n_classes)
+            out = functional_call(model, params, (xi,))
+            (bounded_loss(out, tgt, config.loss) * (1.0 / b)).backward()
+            for n in names:
+                g = lohi(params[n].grad) if params[n].grad is not None else (torch.zeros_like(params[n].lower),) * 2
+                (clean if which == "clean" else dev)[n].append((g[0].clone(), g[1].clone()))
+    k = min(data.k, b)
+    for n in names:
+        c_lo = torch.stack([g[0] for g in clean[n]])
+        c_hi = torch.stack([g[1] for g in clean[n]])
+        d_lo = torch.stack([g[0] for g in dev[n]]) - c_lo
+        d_hi = torch.stack([g[1] for g in dev[n]]) - c_hi
+        lo = c_lo.sum(0)
+        hi = c_hi.sum(0)
+        if k:
+            lo = lo + d_lo.clamp(max=0).topk(k, dim=0, largest=False).values.sum(0)
+            hi = hi + d_hi.clamp(min=0).topk(k, dim=0, largest=True).values.sum(0)
+        params[n].grad = IntervalTensor(lo, hi, check=False)
+
+
+def certified_training(
+    model: nn.Module,
+    dataset: BoundedDataset,
+    config: TrainConfig,
+    *,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    test_eps: float = 0.0,
+    progress: bool = False,
+    start: ParameterBounds | None = None,
+    on_epoch: Callable[[ParameterBounds, dict], None] | None = None,
+) -> ParameterBounds:
+    """Train ``model`` (its own parameters are the start; the model is not modified) on every
+    dataset in ``dataset`` at once and return the parameter box.
+
+    Guarantee: for every concrete dataset in ``dataset`` (respecting its per-batch budget),
+    ordinary SGD with ``config`` (same batch order, loss, momentum, weight decay) from the same
+    start ends inside the returned box; at every epoch boundary it is inside that epoch's box.
+    Sound in exact arithmetic on the float64 data (rounding of the concrete run is of the same
+    order as that of the bounds).  ``start`` resumes from a checkpoint.  If bounds become
+    non-finite, training stops with a :class:`TrainingDiverged` warning and the last finite
+    bounds (``diverged_at`` set)."""
+    dtype = torch.float64
+    model = copy.deepcopy(model).to(dtype)
+    n_classes = max(dataset.n_classes, 2)
+    if start is None:
+        nominal = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if config.pretrain_epochs:
+            nominal = _plain_epochs(model, nominal, dataset.x, dataset.y, config, config.pretrain_epochs, offset=0)
+        bounds = ParameterBounds(
+            {n: t.clone() for n, t in nominal.items()}, {n: t.clone() for n, t in nominal.items()}, nominal
+        )
+        momentum_state = None
+    else:
+        bounds = copy.deepcopy(start)
+        momentum_state = getattr(start, "optimizer_state", None)
+    params = {n: IntervalTensor(bounds.lower[n], bounds.upper[n], requires_grad=True) for n in bounds.lower}
+    opt = IntervalSGD(params, config.lr, config.momentum, config.weight_decay)
+    if momentum_state:
+        opt.load_state_dict(momentum_state)
+    nominal_opt_state: dict = getattr(start, "nominal_state", {}) if start is not None else {}
+    epochs = range(bounds.epochs_done, config.epochs)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(epochs, desc="certified training", unit="epoch")
+        epochs = bar
+    for epoch in epochs:
+        last = ({n: p.lower.clone() for n, p in params.items()}, {n: p.upper.clone() for n, p in params.items()})
+        last_buffers = opt.state_dict()
+        for idx in batch_indices(len(dataset), config, epoch + config.pretrain_epochs):
+            for p in params.values():
+                p.grad = None
+            _interval_grads(model, params, dataset, idx, config, n_classes)
+            opt.step()
+        bounds.nominal, nominal_opt_state = _plain_sgd_epoch(
+            model, bounds.nominal, dataset, config, epoch + config.pretrain_epochs, nominal_opt_state
+        )
+        finite = all(torch.isfinite(p.lower).all() and torch.isfinite(p.upper).all() for p in params.values())
+        if not finite:
+            bounds.lower, bounds.upper = last
+            opt.load_state_dict(last_buffers)
+            bounds.diverged_at = epoch
+            warnings.warn(
+                f"parameter bounds became non-finite in epoch {epoch + 1}; stopping with the bounds after epoch "
+                f"{epoch} (still sound)",
+                TrainingDiverged,
+                stacklevel=2,
+            )
+            break
+        bounds.lower = {n: p.lower.clone() for n, p in params.items()}
+        bounds.upper = {n: p.upper.clone() for n, p in params.items()}
+        bounds.epochs_done = epoch + 1
+        metrics = {"epoch": epoch + 1, "mean_width": bounds.mean_width()}
+        if test is not None:
+            cert = certify(model, bounds, test[0], test[1], test_eps)
+            metrics.update(certified_accuracy=cert.accuracy, certified_fraction=cert.certified)
+            metrics["nominal_accuracy"] = _accuracy(model, bounds.nominal, test[0], test[1])
+        bounds.history.append(metrics)
+        bounds.optimizer_state = opt.state_dict()  # type: ignore[attr-defined]
+        bounds.nominal_state = nominal_opt_state  # type: ignore[attr-defined]
+        if bar is not None:
+            post = {"width": f"{metrics['mean_width']:.3g}"}
+            if "certified_accuracy" in metrics:
+                post["cert_acc"] = f"{metrics['certified_accuracy']:.3f}"
+            bar.set_postfix(post)
+        if on_epoch is not None:
+            on_epoch(bounds, metrics)
+    return bounds
+
+
+def _accuracy(model, params, x, y) -> float:
+    with torch.no_grad():
+        out = functional_call(model, params, (x.to(torch.float64),))
+    pred = (out.reshape(-1) > 0).long() if out.dim() == 1 or out.shape[-1] == 1 else out.argmax(1)
+    return float((pred == y).double().mean())
+
+
+def _plain_sgd_epoch(model, params, dataset, config, epoch, state):
+    """One epoch of ordinary ``torch.optim.SGD`` on the nominal data (the ``nominal`` run)."""
+    p = {n: t.clone().requires_grad_(True) for n, t in params.items()}
+    opt = torch.optim.SGD(list(p.values()), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if state:
+        opt.load_state_dict(state)
+    for idx in batch_indices(len(dataset), config, epoch):
+        opt.zero_grad()
+        plain_loss(functional_call(model, p, (dataset.x[idx],)), dataset.y[idx], config.loss).backward()
+        opt.step()
+    return {n: t.detach().clone() for n, t in p.items()}, opt.state_dict()
+
+
+def _plain_epochs(model, params, x, y, config, epochs, offset):
+    state: dict = {}
+    from boundflow.train.bounded import BoundedDataset as _BD
+
+    data = _BD(x, x, x, y)
+    for e in range(epochs):
+        params, state = _plain_sgd_epoch(model, params, data, config, offset + e, state)
+    return params
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

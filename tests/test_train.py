@@ -1,0 +1,229 @@
+"""Certified training: zero-width equivalence with torch.optim.SGD, replay of concrete
+training runs inside the certified box, certified predictions, threat models, persistence."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import boundflow.train as T
+from boundflow.train.losses import plain_loss
+
+D = torch.float64
+
+
+def _mlp(d_in: int, out: int, hidden: int = 8, layers: int = 2, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    d = d_in
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden), nn.ReLU()]
+        d = hidden
+    mods.append(nn.Linear(d, out))
+    return nn.Sequential(*mods).to(D)
+
+
+class _CNN(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(3 * 4 * 4, classes)
+
+    def forward(self, x):
+        x = x.reshape(-1, 1, 8, 8)
+        return self.head(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def _replay(model, x, y, config: T.TrainConfig) -> dict[str, torch.Tensor]:
+    """Ordinary torch training with the same order, lr, loss, momentum, weight decay."""
+    params = {n: p.detach().clone().to(D).requires_grad_(True) for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(
+        list(params.values()), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    for epoch in range(config.epochs):
+        for idx in T.batch_indices(len(x), config, epoch):
+            opt.zero_grad()
+            plain_loss(functional_call(model, params, (x[idx],)), y[idx], config.loss).backward()
+            opt.step()
+    return {n: p.detach() for n, p in params.items()}
+
+
+@pytest.mark.parametrize(
+    "momentum,weight_decay,loss", [(0.0, 0.0, "bce"), (0.9, 0.01, "bce"), (0.5, 0.0, "hinge"), (0.0, 0.05, "mse")]
+)
+def test_zero_width_reproduces_torch_sgd(momentum, weight_decay, loss):
+    d = T.load_dataset("moons", n_samples=200)
+    model = _mlp(2, 1)
+    cfg = T.TrainConfig(epochs=3, lr=0.3, batch_size=25, loss=loss, momentum=momentum, weight_decay=weight_decay)
+    bounds = T.certified_training(model, T.linf(d.x_train, d.y_train, 0.0), cfg)
+    ref = _replay(model.to(D), d.x_train, d.y_train, cfg)
+    for n in ref:
+        torch.testing.assert_close(bounds.lower[n], ref[n], atol=1e-6, rtol=0)
+        torch.testing.assert_close(bounds.upper[n], ref[n], atol=1e-6, rtol=0)
+        torch.testing.assert_close(bounds.nominal[n], ref[n], atol=1e-9, rtol=0)
+
+
+def test_zero_width_cross_entropy_and_shuffle():
+    d = T.load_dataset("iris")
+    model = _mlp(4, 3)
+    cfg = T.TrainConfig(epochs=2, lr=0.1, batch_size=16, loss="cross_entropy", momentum=0.9, shuffle=True, seed=3)
+    bounds = T.certified_training(model, T.linf(d.x_train, d.y_train, 0.0), cfg)
+    ref = _replay(model, d.x_train, d.y_train, cfg)
+    for n in ref:
+        torch.testing.assert_close(bounds.lower[n], ref[n], atol=1e-6, rtol=0)
+
+
+def _adversarial_dataset(model, x, y, lo, hi, loss, sign: float) -> torch.Tensor:
+    xa = x.clone().requires_grad_(True)
+    plain_loss(model(xa), y, loss).backward()
+    return torch.where(sign * xa.grad >= 0, hi, lo)
+
+
+def _concrete_datasets(model, data: T.BoundedDataset, loss: str, n: int = 20, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi, x = data.lower, data.upper, data.x
+    out = [lo, hi, x]
+    out += [_adversarial_dataset(model, x, data.y, lo, hi, loss, s) for s in (1.0, -1.0)]
+    while len(out) < n:
+        if len(out) % 2:
+            out.append(torch.where(torch.rand(x.shape, generator=g) < 0.5, lo, hi))  # random corner
+        else:
+            out.append(lo + (hi - lo) * torch.rand(x.shape, generator=g, dtype=D))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,loss,model_fn,eps",
+    [
+        ("moons-mlp-bce", "bce", lambda: _mlp(2, 1, hidden=10), 0.01),
+        ("moons-mlp3-bce-momentum", "bce", lambda: _mlp(2, 1, hidden=10, layers=3), 0.005),
+        ("digits-cnn-ce", "cross_entropy", lambda: _CNN(2).to(D), 0.005),
+        ("digits-cnn-bce", "bce", lambda: _CNN(1).to(D), 0.005),
+        ("iris-mlp-ce", "cross_entropy", lambda: _mlp(4, 3), 0.01),
+    ],
+)
+def test_replay_ends_inside_the_certified_box(name, loss, model_fn, eps):
+    dataset = {"moons": "moons", "digits": "digits-1v7", "iris": "iris"}[name.split("-")[0]]
+    d = T.load_dataset(dataset, n_samples=200)
+    x, y = d.x_train[:96], d.y_train[:96]
+    model = model_fn()
+    momentum = 0.5 if "momentum" in name else 0.0
+    cfg = T.TrainConfig(epochs=2, lr=0.2, batch_size=16, loss=loss, momentum=momentum, weight_decay=0.001)
+    data = T.linf(x, y, eps)
+    bounds = T.certified_training(model, data, cfg)
+    assert bounds.diverged_at is None
+    for xs in _concrete_datasets(model, data, loss):
+        final = _replay(model, xs, y, cfg)
+        assert bounds.contains(final, atol=1e-9), name
+
+
+def test_poison_replay_respects_budget():
+    d = T.load_dataset("moons", n_samples=120)
+    x, y = d.x_train[:40], d.y_train[:40]
+    model = _mlp(2, 1, hidden=6)
+    cfg = T.TrainConfig(epochs=2, lr=0.3, batch_size=10, loss="bce")
+    data = T.poison(x, y, k=2, eps=0.05)
+    bounds = T.certified_training(model, data, cfg)
+    g = torch.Generator().manual_seed(1)
+    for trial in range(20):
+        xs = x.clone()
+        for idx in T.batch_indices(len(x), cfg, 0):  # batches are the same every epoch (no shuffle)
+            chosen = idx[torch.randperm(len(idx), generator=g)[:2]]
+            corner = torch.where(torch.rand(len(chosen), 2, generator=g) < 0.5, data.lower[chosen], data.upper[chosen])
+            xs[chosen] = corner if trial % 2 else data.lower[chosen] + (data.upper[chosen] - data.lower[chosen]) * 0.3
+        assert bounds.contains(_replay(model, xs, y, cfg), atol=1e-9)
+    # the budget matters: the box for k=2 is narrower than for every point moving
+    all_moving = T.certified_training(model, T.linf(x, y, 0.05), cfg)
+    assert bounds.mean_width() < all_moving.mean_width()
+
+
+def test_label_flip_replay_respects_budget():
+    d = T.load_dataset("moons", n_samples=120)
+    x, y = d.x_train[:40], d.y_train[:40]
+    model = _mlp(2, 1, hidden=6)
+    cfg = T.TrainConfig(epochs=2, lr=0.3, batch_size=10, loss="bce")
+    bounds = T.certified_training(model, T.label_flip(x, y, k=1), cfg)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        ys = y.clone()
+        for idx in T.batch_indices(len(x), cfg, 0):
+            i = idx[torch.randint(len(idx), (1,), generator=g)]
+            ys[i] = 1 - ys[i]
+        assert bounds.contains(_replay(model, x, ys, cfg), atol=1e-9)
+
+
+def test_certified_predictions_hold_under_sampling():
+    d = T.load_dataset("moons", n_samples=400)
+    model = _mlp(2, 1, hidden=16)
+    cfg = T.TrainConfig(epochs=1, lr=0.5, batch_size=50, loss="bce", pretrain_epochs=10)
+    bounds = T.certified_training(model, T.linf(d.x_train, d.y_train, 0.001), cfg)
+    cert = T.certify(model, bounds, d.x_test, d.y_test, eps=0.01)
+    assert cert.certified > 0.2, "expected some certified points for this easy setting"
+    g = torch.Generator().manual_seed(0)
+    idx = torch.nonzero(cert.classes >= 0).reshape(-1)
+    for _ in range(50):
+        params = {
+            n: bounds.lower[n]
+            + (bounds.upper[n] - bounds.lower[n]) * torch.rand(bounds.lower[n].shape, generator=g, dtype=D)
+            for n in bounds.lower
+        }
+        xs = d.x_test[idx] + (torch.rand(len(idx), 2, generator=g, dtype=D) * 2 - 1) * 0.01
+        out = functional_call(model, params, (xs,)).reshape(-1)
+        assert torch.equal((out > 0).long(), cert.classes[idx])
+
+
+def test_threat_model_constructors_and_errors():
+    x = torch.zeros(4, 3, dtype=D)
+    y = torch.tensor([0, 1, 1, 0])
+    sub = T.linf_subset(x, y, 0.1, [1])
+    assert (sub.upper[1] - sub.lower[1]).max() == pytest.approx(0.2) and (sub.upper[0] == sub.lower[0]).all()
+    m = T.missing(x, y, [2], [(-1.0, 1.0)])
+    assert m.lower[:, 2].eq(-1).all() and m.upper[:, 2].eq(1).all() and m.lower[:, :2].eq(0).all()
+    c = T.linf(x + 0.05, y, 0.1, clamp=(0.0, 1.0))
+    assert c.lower.min() == 0.0
+    lf = T.label_flip(x, y, 1)
+    assert lf.label_sets.all() and lf.k == 1
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        T.linf(x, y, -1.0)
+    with pytest.raises(IndexError, match="indices must be in"):
+        T.linf_subset(x, y, 0.1, [7])
+    with pytest.raises(ValueError, match="unknown loss"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=2, loss="nope")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        T.load_dataset("nope")
+
+
+def test_divergence_stops_with_last_finite_bounds():
+    d = T.load_dataset("moons", n_samples=200)
+    model = _mlp(2, 1, hidden=20)
+    cfg = T.TrainConfig(epochs=300, lr=5.0, batch_size=25, loss="bce")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        bounds = T.certified_training(model, T.linf(d.x_train, d.y_train, 0.3), cfg)
+    assert bounds.diverged_at is not None
+    assert any(issubclass(x.category, T.TrainingDiverged) for x in w)
+    assert all(torch.isfinite(t).all() for t in bounds.lower.values())
+    assert bounds.epochs_done == bounds.diverged_at
+
+
+def test_save_load_and_resume(tmp_path):
+    d = T.load_dataset("moons", n_samples=200)
+    model = _mlp(2, 1)
+    cfg = T.TrainConfig(epochs=4, lr=0.3, batch_size=25, loss="bce", momentum=0.9)
+    data = T.linf(d.x_train, d.y_train, 0.001)
+    full = T.certified_training(model, data, cfg)
+    half = T.certified_training(model, data, T.TrainConfig(**{**cfg.__dict__, "epochs": 2}))
+    T.save_bounds(tmp_path / "b.pt", half, cfg)
+    loaded, cfg2, _ = T.load_bounds(tmp_path / "b.pt")
+    assert cfg2 == cfg and loaded.epochs_done == 2
+    resumed = T.certified_training(model, data, cfg, start=loaded)
+    for n in full.lower:
+        torch.testing.assert_close(resumed.lower[n], full.lower[n])
+        torch.testing.assert_close(resumed.upper[n], full.upper[n])
+        torch.testing.assert_close(resumed.nominal[n], full.nominal[n])
+    assert not list(tmp_path.glob("*.tmp"))
