@@ -15,11 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--eps", type=float, default=0.05, help="input perturbation (l-infinity radius)")
     demo.add_argument("--param-radius", type=float, default=0.01, help="parameter interval radius")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="results", help="folder for the demo's plots")
+    from boundflow.train.cli import add_train_parser
+
+    add_train_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from boundflow.demo import run_demo
 
-        return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed)
+        return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed, out_dir=args.out)
+    if args.command == "train":
+        from boundflow.train.cli import run_train
+
+        return run_train(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -12,8 +12,9 @@ from boundflow.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_and_its_bounds_hold(capsys):
-    assert main(["demo"]) == 0
+def test_demo_runs_and_its_bounds_hold(capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "demo_training.png").exists() and (tmp_path / "demo_regions.png").exists()
     out = capsys.readouterr().out
     assert "certified" in out and "all inside" in out
 
