@@ -105,7 +105,7 @@ def _certified_training_demo(out_dir: str) -> bool:
     d = T.load_dataset("moons", n_samples=1000)
     model = mlp(2, 1, hidden=20, layers=2, seed=0)
     eps = 0.01
-    cfg = T.TrainConfig(epochs=3, lr=0.5, batch_size=100, loss="bce")
+    cfg = T.TrainConfig(epochs=4, lr=0.1, batch_size=100, loss="bce")
     print(
         f"\n4. Certified training (FullCert) on Two-Moons, every training point within eps={eps}, "
         f"2-20-1 MLP, {cfg.epochs} epochs:"

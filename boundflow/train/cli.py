@@ -36,7 +36,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, default=20)
     p.add_argument("--layers", type=int, default=2, help="number of linear layers")
-    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument(
         "--loss",
