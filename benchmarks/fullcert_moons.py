@@ -104,7 +104,8 @@ def main() -> None:
         "",
         f"1000 training points, batch 100, BCE, lr {args.lr}, {args.epochs} epochs, medians over {args.seeds} seeds. "
         "Certified accuracy: test points whose prediction is certified and correct for every parameter vector "
-        "in the box (test-time eps 0). Collapse: first epoch at which no test point is certified.",
+        "in the box (test-time eps 0). Collapse: first epoch at which no test point is certified. "
+        "Runs stop when bounds become non-finite; the plot counts them as 0 afterwards.",
         "",
         "| model | eps | best cert. acc. | at epoch | final cert. acc. | nominal acc. | collapse epoch "
         "| runs collapsed |",
@@ -133,9 +134,13 @@ def _plot(runs, path, epochs):
     for ax, m in zip(axes, MODELS):
         for i, e in enumerate(EPSILONS):
             rs = [r for r in runs if r["model"] == m and r["eps"] == e]
-            n = min(len(r["certified_accuracy_per_epoch"]) for r in rs)
-            med = [statistics.median(r["certified_accuracy_per_epoch"][k] for r in rs) for k in range(n)]
-            ax.plot(range(1, n + 1), med, marker="o", ms=3, color=f"C{i}", label=f"eps = {e:g}")
+            # a run stopped on non-finite bounds certifies nothing afterwards: pad with 0
+            padded = [
+                r["certified_accuracy_per_epoch"] + [0.0] * (epochs - len(r["certified_accuracy_per_epoch"]))
+                for r in rs
+            ]
+            med = [statistics.median(p[k] for p in padded) for k in range(epochs)]
+            ax.plot(range(1, epochs + 1), med, marker="o", ms=3, color=f"C{i}", label=f"eps = {e:g}")
         ax.set_title(f"MLP {m}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -227,3 +227,30 @@ def test_save_load_and_resume(tmp_path):
         torch.testing.assert_close(resumed.upper[n], full.upper[n])
         torch.testing.assert_close(resumed.nominal[n], full.nominal[n])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_label_flip_multiclass_cross_entropy_replay():
+    d = T.load_dataset("iris")
+    x, y = d.x_train[:48], d.y_train[:48]
+    model = _mlp(4, 3, hidden=6)
+    cfg = T.TrainConfig(epochs=1, lr=0.1, batch_size=12, loss="cross_entropy")
+    bounds = T.certified_training(model, T.label_flip(x, y, k=1, n_classes=3), cfg)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        ys = y.clone()
+        for idx in T.batch_indices(len(x), cfg, 0):
+            i = idx[torch.randint(len(idx), (1,), generator=g)]
+            ys[i] = (ys[i] + torch.randint(1, 3, (1,), generator=g)) % 3
+        assert bounds.contains(_replay(model, x, ys, cfg), atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge"])
+def test_missing_features_and_subset_replay(loss):
+    d = T.load_dataset("breast-cancer")
+    x, y = d.x_train[:64, :6], d.y_train[:64]
+    model = _mlp(6, 1, hidden=6)
+    cfg = T.TrainConfig(epochs=2, lr=0.05, batch_size=16, loss=loss)
+    for data in (T.missing(x, y, [0, 3], [(-0.5, 0.5), (0.0, 0.2)]), T.linf_subset(x, y, 0.05, [0, 5, 17, 40])):
+        bounds = T.certified_training(model, data, cfg)
+        for xs in _concrete_datasets(model, data, loss, n=20, seed=4):
+            assert bounds.contains(_replay(model, xs, y, cfg), atol=1e-9)
