@@ -13,11 +13,14 @@ from boundflow.api import compute_bounds, interval_parameters
 from boundflow.domains.base import register_domain
 from boundflow.domains.interval import IntervalTensor, implements
 from boundflow.domains.interval.domain import IntervalDomain
+from boundflow.domains.linear import AlphaCrownDomain, CrownDomain
 from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation
 from boundflow.rounding import sound_rounding
 from boundflow.specs import Box
 
 register_domain(IntervalDomain())
+register_domain(CrownDomain())
+register_domain(AlphaCrownDomain())
 
 __version__ = "0.1.0"
 

@@ -46,14 +46,19 @@ def compute_bounds(
     x_upper: torch.Tensor,
     method: str = "ibp",
     params: Mapping[str, torch.Tensor] | None = None,
+    C: torch.Tensor | None = None,
     *,
     dtype: torch.dtype | None = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds ``(lower, upper)`` on ``model(x)`` for every ``x`` with
     ``x_lower <= x <= x_upper`` and every parameter vector in ``params``.
 
-    ``method``: ``"ibp"`` (interval bound propagation).  ``"crown"``, ``"alpha-crown"``,
+    ``method``: ``"ibp"`` (interval bound propagation), ``"crown"`` (linear relaxation by
+    back-substitution on the captured ATen graph, never looser than ``ibp`` per output) or
+    ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``).
     ``"lp"`` and ``"milp"`` are reserved for later domains and raise ``NotImplementedError``.
+    ``C``: a specification matrix ``(S, n_out)`` or ``(B, S, n_out)``; then the result bounds
+    ``C @ y`` per sample, shape ``(B, S)`` (bounded directly, not via the output box).
     ``params``: name -> tensor or ``IntervalTensor`` (see :func:`interval_parameters`); names
     not given use the model's own values.  ``dtype``: the computation runs in this dtype
     (float64 by default; the model is not modified); ``None`` keeps the input's dtype.
@@ -81,4 +86,6 @@ def compute_bounds(
             )
         for name, t in params.items():
             full[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    return domain.bounds(model, spec, full or None)
+    if C is not None:
+        C = torch.as_tensor(C, dtype=x_lower.dtype)
+    return domain.bounds(model, spec, full or None, C)

@@ -15,8 +15,8 @@ __all__ = ["Domain", "DOMAINS", "RESERVED", "register_domain", "get_domain"]
 
 class Domain(Protocol):
     """An abstract domain.  ``bounds`` must be *sound*: for every input in ``spec`` and every
-    parameter vector in ``params`` (plain tensors = exact), the model's output lies in
-    ``[lower, upper]``."""
+    parameter vector in ``params`` (plain tensors = exact), the model's output (or ``C @ y``
+    per sample when a specification matrix ``C`` is given) lies in ``[lower, upper]``."""
 
     name: str
 
@@ -25,6 +25,7 @@ class Domain(Protocol):
         model: nn.Module,
         spec: Box,
         params: Mapping[str, torch.Tensor] | None = None,
+        C: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -32,8 +33,6 @@ DOMAINS: dict[str, Domain] = {}
 
 # method names promised by the design whose domains have not landed yet
 RESERVED: dict[str, str] = {
-    "crown": "the linear-relaxation domain (CROWN back-substitution, issue #4)",
-    "alpha-crown": "the linear-relaxation domain with optimised slopes (issue #4)",
     "lp": "the LP-relaxation back end (issue #6)",
     "milp": "the exact MILP back end (issue #6)",
 }

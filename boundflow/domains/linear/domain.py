@@ -1,0 +1,134 @@
+"""``crown`` and ``alpha-crown`` behind the common Domain interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from boundflow.domains.interval import IntervalTensor
+from boundflow.domains.linear.crown import BoundState, backsub, crown, prepare
+from boundflow.errors import UnsupportedOperation
+from boundflow.graph import capture
+from boundflow.specs import Box
+
+__all__ = ["CrownDomain", "AlphaCrownDomain", "alpha_crown"]
+
+
+def _exact_params(params: Mapping[str, torch.Tensor] | None) -> dict | None:
+    if not params:
+        return None
+    out = {}
+    for n, t in params.items():
+        if isinstance(t, IntervalTensor):
+            if not t.is_exact():
+                raise UnsupportedOperation(
+                    f"method='crown' with interval parameters ({n!r}) is not supported yet; use method='ibp'"
+                )
+            t = t.lower
+        out[n] = t
+    return out
+
+
+class CrownDomain:
+    """CROWN: sound bounds, never looser than interval propagation per output."""
+
+    name = "crown"
+
+    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
+        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
+        lb, ub, _ = crown(g, spec.lower, spec.upper, C)
+        return _shape_out(lb, ub, g, spec, C)
+
+
+def _shape_out(lb, ub, g, spec, C):
+    if C is not None:
+        return lb, ub
+    out_val = next(n for n in g.gm.graph.nodes if n.op == "output").args[0].meta.get("val")
+    shape = tuple(out_val.shape) if out_val is not None else lb.shape
+    return lb.reshape(shape), ub.reshape(shape)
+
+
+def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1):
+    """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons optimised by projected
+    gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
+    Every iterate is a sound bound, so the best per entry is kept and stopping early is safe;
+    the result is never looser than CROWN (iteration 0 uses CROWN's slopes)."""
+    from boundflow.domains.linear.relaxations import RELAXATIONS
+
+    lb0, ub0, state = crown(graph, x_lo, x_hi, C)
+    out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
+    relus = [
+        n
+        for n in graph.gm.graph.nodes
+        if n.op == "call_function"
+        and n.target in RELAXATIONS
+        and n.target in (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
+    ]
+    if not relus:
+        return lb0, ub0
+    best_lb, best_ub = lb0.clone(), ub0.clone()
+    for sense in ("lower", "upper"):
+        alphas = {}
+        for r in relus:
+            l, u = state.lower[r.args[0]], state.upper[r.args[0]]
+            alphas[(r, out_node)] = (u >= -l).to(l.dtype).clone().requires_grad_(True)
+        state.alpha = alphas
+        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+        for _ in range(iterations):
+            lb, ub = _final(state, graph, out_node, x_lo, C)
+            with torch.no_grad():
+                best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
+                best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
+            loss = -lb.sum() if sense == "lower" else ub.sum()
+            if not loss.requires_grad:  # no unstable neuron: nothing to optimise
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for a in alphas.values():
+                    a.clamp_(0, 1)
+        with torch.no_grad():
+            lb, ub = _final(state, graph, out_node, x_lo, C)
+            best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
+            best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
+    state.alpha = {}
+    return best_lb, best_ub
+
+
+def _final(state: BoundState, graph, out_node, x_lo, C):
+    from boundflow.domains.linear.crown import _shape
+
+    shape = _shape(state, out_node)
+    b = shape[0]
+    n_out = 1
+    for s in shape[1:]:
+        n_out *= s
+    if C is None:
+        A = torch.eye(n_out, dtype=x_lo.dtype).reshape(n_out, 1, *shape[1:]).expand(n_out, b, *shape[1:])
+    else:
+        Ct = torch.as_tensor(C, dtype=x_lo.dtype)
+        if Ct.dim() == 2:
+            Ct = Ct.unsqueeze(0).expand(b, *Ct.shape)
+        A = Ct.transpose(0, 1).reshape(Ct.shape[1], b, *shape[1:])
+    lb, ub = backsub(state, out_node, A, A)
+    return lb.transpose(0, 1), ub.transpose(0, 1)
+
+
+class AlphaCrownDomain:
+    """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN."""
+
+    name = "alpha-crown"
+
+    def __init__(self, iterations: int = 20, lr: float = 0.1):
+        self.iterations, self.lr = iterations, lr
+
+    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
+        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
+        lb, ub = alpha_crown(g, spec.lower, spec.upper, C, self.iterations, self.lr)
+        return _shape_out(lb, ub, g, spec, C)
+
+
+_ = prepare

@@ -1,0 +1,132 @@
+"""Linear relaxations of elementwise nonlinearities over an input interval ``[l, u]``:
+``a_l x + b_l <= f(x) <= a_u x + b_u`` for every ``x`` in ``[l, u]`` (sound in exact
+arithmetic; the containment tests check them by dense sampling)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["Relaxation", "relu", "leaky_relu", "s_shaped", "RELAXATIONS"]
+
+Relaxation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def relu(l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) -> Relaxation:
+    """Upper: the chord through ``(l, 0)`` and ``(u, u)`` where unstable.  Lower: slope
+    ``alpha`` in [0, 1] through the origin (CROWN's adaptive choice ``u >= -l`` by default)."""
+    return leaky_relu(l, u, 0.0, alpha)
+
+
+def leaky_relu(l: torch.Tensor, u: torch.Tensor, slope: float, alpha: torch.Tensor | None = None) -> Relaxation:
+    active, inactive = l >= 0, u <= 0
+    unstable = ~(active | inactive)
+    one = torch.ones_like(l)
+    s = torch.full_like(l, slope)
+    width = torch.where(unstable, u - l, one)
+    a_u = torch.where(unstable, (u - slope * l) / width, torch.where(active, one, s))
+    b_u = torch.where(unstable, l * (slope - a_u), torch.zeros_like(l))
+    if alpha is None:
+        lo_slope = torch.where(u >= -l, one, s)
+    else:
+        lo_slope = slope + (1 - slope) * alpha.clamp(0, 1)
+    a_l = torch.where(unstable, lo_slope, torch.where(active, one, s))
+    b_l = torch.zeros_like(l)
+    return a_l, b_l, a_u, b_u
+
+
+def _tangent(f, df, d):
+    return df(d), f(d) - df(d) * d
+
+
+def _bisect(cond: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, iters: int = 40):
+    """Smallest ``d`` in [lo, hi] (up to bisection accuracy, rounded up) with ``cond(d)`` True,
+    assuming monotone ``cond`` (False then True) and ``cond(hi)`` True."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        ok = cond(mid)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    return hi
+
+
+def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+    """Sigmoid-like ``f``: convex on x <= 0, concave on x >= 0 (sigmoid, tanh).
+
+    * ``u <= 0`` (convex): upper = chord; lower = tangent at the midpoint.
+    * ``l >= 0`` (concave): lower = chord; upper = tangent at the midpoint.
+    * ``l < 0 < u``: upper = tangent at the smallest ``d`` in ``[0, u]`` whose tangent passes
+      above ``(l, f(l))`` (above f on the concave part by concavity, above the convex part's
+      chord by linearity), or the chord if none; lower symmetric on ``[l, 0]``.
+    """
+    fl, fu = f(l), f(u)
+    same = (u - l) <= 1e-12
+    width = torch.where(same, torch.ones_like(l), u - l)
+    chord_a = torch.where(same, df(l), (fu - fl) / width)
+    chord_b = fl - chord_a * l
+    mid = (l + u) / 2
+    tan_a, tan_b = _tangent(f, df, mid)
+
+    # mixed case, upper bound: tangent at d >= 0 with line(l) >= f(l)
+    def above_at_l(d):
+        a, b = _tangent(f, df, d)
+        return a * l + b >= fl
+
+    u_pos = u.clamp(min=0)
+    has_u = above_at_l(u_pos)
+    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos)
+    up_a, up_b = _tangent(f, df, d_u)
+    up_a = torch.where(has_u, up_a, chord_a)
+    up_b = torch.where(has_u, up_b, chord_b)
+
+    # mixed case, lower bound: tangent at d <= 0 with line(u) <= f(u)
+    def below_at_u(d):
+        a, b = _tangent(f, df, d)
+        return a * u + b <= fu
+
+    l_neg = l.clamp(max=0)
+    has_l = below_at_u(l_neg)
+    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg)
+    lo_a, lo_b = _tangent(f, df, d_l)
+    lo_a = torch.where(has_l, lo_a, chord_a)
+    lo_b = torch.where(has_l, lo_b, chord_b)
+
+    convex, concave = u <= 0, l >= 0
+    a_u = torch.where(convex, chord_a, torch.where(concave, tan_a, up_a))
+    b_u = torch.where(convex, chord_b, torch.where(concave, tan_b, up_b))
+    a_l = torch.where(convex, tan_a, torch.where(concave, chord_a, lo_a))
+    b_l = torch.where(convex, tan_b, torch.where(concave, chord_b, lo_b))
+    # guard against rounding in the line evaluation: make the lines hold at both endpoints
+    b_u = b_u + torch.clamp(torch.maximum(fl - (a_u * l + b_u), fu - (a_u * u + b_u)), min=0)
+    b_l = b_l - torch.clamp(torch.maximum((a_l * l + b_l) - fl, (a_l * u + b_l) - fu), min=0)
+    return a_l, b_l, a_u, b_u
+
+
+def _dsigmoid(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _dtanh(x):
+    return 1 - torch.tanh(x) ** 2
+
+
+def sigmoid(l, u, alpha=None) -> Relaxation:
+    return s_shaped(torch.sigmoid, _dsigmoid, l, u)
+
+
+def tanh(l, u, alpha=None) -> Relaxation:
+    return s_shaped(torch.tanh, _dtanh, l, u)
+
+
+aten = torch.ops.aten
+
+RELAXATIONS: dict = {
+    aten.relu.default: lambda node, l, u, alpha=None: relu(l, u, alpha),
+    aten.leaky_relu.default: lambda node, l, u, alpha=None: leaky_relu(
+        l, u, float(node.args[1]) if len(node.args) > 1 else 0.01, alpha
+    ),
+    aten.sigmoid.default: lambda node, l, u, alpha=None: sigmoid(l, u),
+    aten.tanh.default: lambda node, l, u, alpha=None: tanh(l, u),
+}

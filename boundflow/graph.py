@@ -1,0 +1,48 @@
+"""Capture a model as one ATen-level FX graph, parameters as explicit inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
+
+__all__ = ["CapturedGraph", "capture"]
+
+
+@dataclass
+class CapturedGraph:
+    """``gm(x, *params)`` computes ``model(x)``; ``param_names[i]`` names the (i+1)-th
+    placeholder.  Shapes in the graph (e.g. ``view`` sizes) are those of the example input."""
+
+    gm: fx.GraphModule
+    param_names: list[str]
+    params: list[torch.Tensor]
+
+    @property
+    def input_node(self) -> fx.Node:
+        return next(n for n in self.gm.graph.nodes if n.op == "placeholder")
+
+
+def capture(
+    model: nn.Module, example_input: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+) -> CapturedGraph:
+    """Trace ``model`` on ``example_input`` with ``make_fx`` into ATen ops.  Parameters and
+    buffers (``params`` overrides by name) become placeholders after the input."""
+    named = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    if params:
+        for n, t in params.items():
+            if n not in named:
+                raise KeyError(f"capture: {n!r} is not a parameter or buffer of {type(model).__name__}")
+            named[n] = t.detach() if isinstance(t, torch.Tensor) else t
+    names = list(named)
+
+    def f(x, *ps):
+        return functional_call(model, dict(zip(names, ps, strict=True)), (x,))
+
+    with torch.no_grad():
+        gm = make_fx(f)(example_input, *[named[n] for n in names])
+    return CapturedGraph(gm, names, [named[n] for n in names])

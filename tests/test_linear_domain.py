@@ -1,0 +1,168 @@
+"""The linear-relaxation domain (CROWN, alpha-CROWN): containment by sampling, corners and
+attacks; never looser than IBP (and alpha-CROWN never looser than CROWN); zero-width
+equivalence; exact optimum by grid search on tiny networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import boundflow as bf
+from tests.models import init_bn
+
+D = torch.float64
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, pool: str = "max") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.head = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn(self.conv1(x))))
+        x = torch.relu(self.conv2(x))
+        return self.head(torch.flatten(x, 1))
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "mlp-relu": (
+            nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)),
+            (6, 4),
+        ),
+        "mlp-leaky": (nn.Sequential(nn.Linear(4, 10), nn.LeakyReLU(0.1), nn.Linear(10, 3)), (6, 4)),
+        "mlp-sigmoid-tanh": (
+            nn.Sequential(nn.Linear(3, 10), nn.Sigmoid(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 2)),
+            (5, 3),
+        ),
+        "cnn-maxpool-bn": (init_bn(SmallCNN("max")), (3, 1, 8, 8)),
+        "cnn-avgpool": (SmallCNN("avg").eval(), (3, 1, 8, 8)),
+    }
+
+
+def _attack(model, x, lo_x, hi_x, w, steps=30):
+    """Projected sign-gradient ascent on sum(w * y) from the centre and random starts."""
+    pts = []
+    for start in (x, lo_x + (hi_x - lo_x) * torch.rand_like(x)):
+        z = start.clone()
+        for _ in range(steps):
+            z.requires_grad_(True)
+            (model(z) * w).sum().backward()
+            z = torch.minimum(torch.maximum(z.detach() + 0.1 * (hi_x - lo_x) * z.grad.sign(), lo_x), hi_x)
+        pts.append(z.detach())
+    return pts
+
+
+def _samples(model, x, eps, n=200):
+    lo_x, hi_x = x - eps, x + eps
+    g = torch.Generator().manual_seed(0)
+    pts = [lo_x, hi_x, x]
+    pts += [torch.where(torch.rand(x.shape, generator=g) < 0.5, lo_x, hi_x) for _ in range(40)]
+    pts += [lo_x + (hi_x - lo_x) * torch.rand(x.shape, generator=g, dtype=D) for _ in range(n - 43)]
+    out_dim = model(x).shape[1]
+    for k in range(out_dim):
+        for sign in (1.0, -1.0):
+            w = torch.zeros(x.shape[0], out_dim, dtype=D)
+            w[:, k] = sign
+            pts += _attack(model, x, lo_x, hi_x, w)
+    return pts
+
+
+@pytest.mark.parametrize("name", sorted(_models()))
+@pytest.mark.parametrize("eps", [0.02, 0.2])
+def test_containment_and_ordering(name, eps):
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(1))
+    ibp = bf.compute_bounds(model, x - eps, x + eps, method="ibp")
+    crown = bf.compute_bounds(model, x - eps, x + eps, method="crown")
+    alpha = bf.compute_bounds(model, x - eps, x + eps, method="alpha-crown")
+    tol = 1e-9
+    assert (crown[0] >= ibp[0] - tol).all() and (crown[1] <= ibp[1] + tol).all(), "crown looser than ibp"
+    assert (alpha[0] >= crown[0] - tol).all() and (alpha[1] <= crown[1] + tol).all(), "alpha looser than crown"
+    pts = _samples(model, x, eps)
+    with torch.no_grad():
+        for pt in pts:
+            y = model(pt)
+            for lo, hi in (ibp, crown, alpha):
+                assert (y >= lo - tol).all() and (y <= hi + tol).all()
+
+
+@pytest.mark.parametrize("name", ["mlp-relu", "cnn-maxpool-bn", "mlp-sigmoid-tanh"])
+def test_specification_matrix(name):
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(2))
+    eps = 0.05
+    n_out = model(x).shape[1]
+    C = torch.zeros(n_out - 1, n_out, dtype=D)
+    C[:, 0] = 1
+    C[torch.arange(n_out - 1), torch.arange(1, n_out)] = -1  # margins y_0 - y_j
+    res = {m: bf.compute_bounds(model, x - eps, x + eps, method=m, C=C) for m in ("ibp", "crown", "alpha-crown")}
+    for m, (lo, hi) in res.items():
+        assert lo.shape == (shape[0], n_out - 1), m
+    # bounding C y directly is at least as tight as going through the output box
+    box_lo, box_hi = bf.compute_bounds(model, x - eps, x + eps, method="crown")
+    via_box = box_lo[:, :1] - box_hi[:, 1:]
+    assert (res["crown"][0] >= via_box - 1e-9).all()
+    assert (res["crown"][0] >= res["ibp"][0] - 1e-9).all() and (res["alpha-crown"][0] >= res["crown"][0] - 1e-9).all()
+    pts = _samples(model, x, eps, n=100)
+    with torch.no_grad():
+        for pt in pts:
+            m = model(pt) @ C.T
+            for lo, hi in res.values():
+                assert (m >= lo - 1e-9).all() and (m <= hi + 1e-9).all()
+
+
+@pytest.mark.parametrize("name", sorted(_models()))
+def test_zero_width_equals_forward(name):
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(3))
+    y = model(x)
+    for m in ("crown", "alpha-crown"):
+        lo, hi = bf.compute_bounds(model, x, x, method=m)
+        torch.testing.assert_close(lo, y, atol=1e-6, rtol=0)
+        torch.testing.assert_close(hi, y, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+def test_tiny_networks_against_grid_search_optimum(act):
+    torch.manual_seed(4)
+    a = nn.ReLU() if act == "relu" else nn.Sigmoid()
+    model = nn.Sequential(nn.Linear(2, 10), a, nn.Linear(10, 10), a, nn.Linear(10, 1)).to(D)
+    x = torch.tensor([[0.3, -0.2]], dtype=D)
+    eps = 0.5
+    g = torch.linspace(-eps, eps, 401, dtype=D)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2) + x
+    with torch.no_grad():
+        y = model(grid)
+    true_lo, true_hi = y.min().item(), y.max().item()
+    gaps = {}
+    for m in ("ibp", "crown", "alpha-crown"):
+        lo, hi = bf.compute_bounds(model, x - eps, x + eps, method=m)
+        assert lo.item() <= true_lo + 1e-12 and hi.item() >= true_hi - 1e-12, m
+        gaps[m] = (true_lo - lo.item()) + (hi.item() - true_hi)
+    print(f"{act}: width gap to the grid optimum", gaps)
+    assert gaps["alpha-crown"] <= gaps["crown"] + 1e-12 <= gaps["ibp"] + 2e-12
+
+
+def test_unsupported_op_in_linear_domain_names_it():
+    class Sq(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    class Div(nn.Module):
+        def forward(self, x):
+            return 1.0 / (x + 3.0)
+
+    with pytest.raises(bf.UnsupportedOperation, match="bilinear term"):
+        bf.compute_bounds(nn.Sequential(nn.Linear(2, 2), Sq()), torch.zeros(1, 2), torch.ones(1, 2), method="crown")
+    with pytest.raises(bf.UnsupportedOperation, match=r"no linear-relaxation rule|not affine"):
+        bf.compute_bounds(nn.Sequential(nn.Linear(2, 2), Div()), torch.zeros(1, 2), torch.ones(1, 2), method="crown")
