@@ -105,7 +105,7 @@ def test_specification_matrix(name):
     C[:, 0] = 1
     C[torch.arange(n_out - 1), torch.arange(1, n_out)] = -1  # margins y_0 - y_j
     res = {m: bf.compute_bounds(model, x - eps, x + eps, method=m, C=C) for m in ("ibp", "crown", "alpha-crown")}
-    for m, (lo, hi) in res.items():
+    for m, (lo, _hi) in res.items():
         assert lo.shape == (shape[0], n_out - 1), m
     # bounding C y directly is at least as tight as going through the output box
     box_lo, box_hi = bf.compute_bounds(model, x - eps, x + eps, method="crown")
