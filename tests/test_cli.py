@@ -40,3 +40,18 @@ def test_overhead_benchmark_prints_ratios(tmp_path):
     assert "ratio" in proc.stdout
     data = json.loads(out_json.read_text())
     assert len(data["rows"]) == 2 and all(r["ratio"] > 0 for r in data["rows"])
+
+
+def test_tightness_quick_benchmark_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tightness.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "crown / ibp" in proc.stdout
+    data = json.loads((tmp_path / "tightness_quick.json").read_text())
+    for r in data["rows"]:
+        assert r["width_vs_ibp"] <= 1.0 + 1e-9  # never looser than ibp
+    assert (tmp_path / "tightness_quick.png").stat().st_size > 0

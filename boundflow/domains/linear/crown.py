@@ -213,7 +213,9 @@ def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[
         k = min(rows, n - start)
         eye = torch.zeros(k, n, dtype=state.x_lo.dtype)
         eye[torch.arange(k), torch.arange(start, start + k)] = 1
-        eye = eye.reshape(k, 1, *shape[1:]).expand(k, b, *shape[1:])
+        # batch dimension 1: the identity is the same for every sample; relaxations make the
+        # coefficients sample-specific later (broadcasting), so the first products are shared
+        eye = eye.reshape(k, 1, *shape[1:])
         lb, ub = backsub(state, node, eye, eye)
         lbs.append(lb)
         ubs.append(ub)
@@ -231,9 +233,14 @@ def _shape(state: BoundState, node: fx.Node) -> tuple[int, ...]:
 
 
 def _add(pending: dict, node, lA, uA) -> None:
+    """Accumulate coefficients for ``node`` (``lA is uA`` is kept shared while possible)."""
     if node in pending:
         pl, pu = pending[node]
-        pending[node] = (pl + lA, pu + uA)
+        if pl is pu and lA is uA:
+            t = pl + lA
+            pending[node] = (t, t)
+        else:
+            pending[node] = (pl + lA, pu + uA)
     else:
         pending[node] = (lA, uA)
 
@@ -249,7 +256,8 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
     nodes = list(state.graph.gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     pending: dict = {start: (lA, uA)}
-    s, b = lA.shape[0], lA.shape[1]
+    s = lA.shape[0]
+    b = _shape(state, start)[0]
     lb = torch.zeros(s, b, dtype=lA.dtype)
     ub = torch.zeros(s, b, dtype=lA.dtype)
     x_node = state.graph.input_node
@@ -315,10 +323,14 @@ def _linear_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> bool:
     if not isinstance(x, fx.Node) or x in state.const or not _is_const(state, w) or not _is_const(state, bias):
         return False
     wv = state.const[w] if isinstance(w, fx.Node) else w
-    both = torch.cat([lA, uA], 0)
-    ax = both @ wv.T
-    s = lA.shape[0]
-    _add(pending, x, ax[:s], ax[s:])
+    if lA is uA:
+        ax = lA @ wv.T
+        _add(pending, x, ax, ax)
+    else:
+        both = torch.cat([lA, uA], 0)
+        ax = both @ wv.T
+        s = lA.shape[0]
+        _add(pending, x, ax[:s], ax[s:])
     if bias is not None:
         bv = state.const[bias] if isinstance(bias, fx.Node) else bias
         _linear_fast.bias = (_sum_tail(lA * bv), _sum_tail(uA * bv))
@@ -375,7 +387,14 @@ def _affine_back(state: BoundState, node: fx.Node, lA, uA, pending, output_index
     zeros = [torch.zeros(_shape(state, v), dtype=lA.dtype) for v in var_nodes]
     c, vjp_fn = vjp(f, *zeros)
     s = lA.shape[0]
-    grads = vmap(vjp_fn)(torch.cat([lA, uA], 0))
+    full = (s, *c.shape)
+    if lA is uA:
+        grads = vmap(vjp_fn)(lA.expand(full))
+        for v, g in zip(var_nodes, grads, strict=True):
+            _add(pending, v, g, g)
+        d = _sum_tail(lA * c)
+        return d, d
+    grads = vmap(vjp_fn)(torch.cat([lA.expand(full), uA.expand(full)], 0))
     for v, g in zip(var_nodes, grads, strict=True):
         _add(pending, v, g[:s], g[s:])
     return _sum_tail(lA * c), _sum_tail(uA * c)
@@ -404,6 +423,7 @@ def _maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending):
         out.scatter_add_(-1, index, a.flatten(-2))
         return out.reshape(s, *l.shape)
 
+    lA, uA = lA.expand(lA.shape[0], *ml.shape), uA.expand(uA.shape[0], *ml.shape)
     lA_p, lA_n = lA.clamp(min=0), lA.clamp(max=0)
     uA_p, uA_n = uA.clamp(min=0), uA.clamp(max=0)
     # lower bound: positive coeffs use y >= x_sel; negative use upper (x_sel if exact else const mu)
@@ -435,7 +455,7 @@ def crown(
     for s in shape[1:]:
         n_out *= s
     if C is None:
-        A = torch.eye(n_out, dtype=x_lo.dtype).reshape(n_out, 1, *shape[1:]).expand(n_out, b, *shape[1:])
+        A = torch.eye(n_out, dtype=x_lo.dtype).reshape(n_out, 1, *shape[1:])
     else:
         C = torch.as_tensor(C, dtype=x_lo.dtype)
         if C.dim() == 2:
