@@ -21,6 +21,7 @@ class CapturedGraph:
     gm: fx.GraphModule
     param_names: list[str]
     params: list[torch.Tensor]
+    radii: list[torch.Tensor | None] | None = None
 
     @property
     def input_node(self) -> fx.Node:
@@ -31,13 +32,23 @@ def capture(
     model: nn.Module, example_input: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
 ) -> CapturedGraph:
     """Trace ``model`` on ``example_input`` with ``make_fx`` into ATen ops.  Parameters and
-    buffers (``params`` overrides by name) become placeholders after the input."""
+    buffers (``params`` overrides by name) become placeholders after the input.  An
+    ``IntervalTensor`` in ``params`` is traced at its centre and its radius recorded in
+    ``radii`` (bounded weights)."""
     named = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    radius: dict[str, torch.Tensor] = {}
     if params:
+        from boundflow.domains.interval import IntervalTensor
+
         for n, t in params.items():
             if n not in named:
                 raise KeyError(f"capture: {n!r} is not a parameter or buffer of {type(model).__name__}")
-            named[n] = t.detach() if isinstance(t, torch.Tensor) else t
+            if isinstance(t, IntervalTensor):
+                named[n] = (t.lower + t.upper) / 2
+                if not t.is_exact():
+                    radius[n] = (t.upper - t.lower) / 2
+            else:
+                named[n] = t.detach() if isinstance(t, torch.Tensor) else t
     names = list(named)
 
     def f(x, *ps):
@@ -45,4 +56,4 @@ def capture(
 
     with torch.no_grad():
         gm = make_fx(f)(example_input, *[named[n] for n in names])
-    return CapturedGraph(gm, names, [named[n] for n in names])
+    return CapturedGraph(gm, names, [named[n] for n in names], [radius.get(n) for n in names])

@@ -166,3 +166,34 @@ def test_unsupported_op_in_linear_domain_names_it():
         bf.compute_bounds(nn.Sequential(nn.Linear(2, 2), Sq()), torch.zeros(1, 2), torch.ones(1, 2), method="crown")
     with pytest.raises(bf.UnsupportedOperation, match=r"no linear-relaxation rule|not affine"):
         bf.compute_bounds(nn.Sequential(nn.Linear(2, 2), Div()), torch.zeros(1, 2), torch.ones(1, 2), method="crown")
+
+
+@pytest.mark.parametrize("name", ["mlp-relu", "cnn-maxpool-bn", "mlp-sigmoid-tanh"])
+def test_bounded_weights_containment(name):
+    """Interval parameters: sampled and corner parameter vectors with sampled inputs stay inside;
+    CROWN is never looser than IBP."""
+    from torch.func import functional_call
+
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(5))
+    eps = 0.03
+    params = bf.interval_parameters(model, 0.005, requires_grad=False)
+    res = {
+        m: bf.compute_bounds(model, x - eps, x + eps, method=m, params=params) for m in ("ibp", "crown", "alpha-crown")
+    }
+    assert (res["crown"][0] >= res["ibp"][0] - 1e-9).all() and (res["crown"][1] <= res["ibp"][1] + 1e-9).all()
+    assert (res["alpha-crown"][0] >= res["crown"][0] - 1e-9).all()
+    g = torch.Generator().manual_seed(6)
+    for i in range(300):
+        if i % 3 == 0:
+            p = {n: torch.where(torch.rand(t.shape, generator=g) < 0.5, t.lower, t.upper) for n, t in params.items()}
+        else:
+            p = {
+                n: t.lower + (t.upper - t.lower) * torch.rand(t.shape, generator=g, dtype=D) for n, t in params.items()
+            }
+        xs = x + (torch.rand(x.shape, generator=g, dtype=D) * 2 - 1) * eps
+        with torch.no_grad():
+            y = functional_call(model, p, (xs,))
+        for lo, hi in res.values():
+            assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()

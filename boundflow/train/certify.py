@@ -40,17 +40,25 @@ def logit_bounds(
 
 
 def certify(
-    model: nn.Module, bounds, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 0.0
+    model: nn.Module, bounds, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 0.0, method: str = "ibp"
 ) -> Certification:
     """Certify ``model`` with parameters anywhere in ``bounds`` (a :class:`ParameterBounds` or a
     ``(lower, upper)`` pair of dicts) on inputs ``x`` with test-time radius ``eps``.
 
     Strict margins: class ``c`` is certified when the lower bound of its logit exceeds the upper
     bound of every other logit; with a single logit, class 1 when the lower bound is > 0 and
-    class 0 when the upper bound is < 0.  Everything else abstains (-1)."""
+    class 0 when the upper bound is < 0.  Everything else abstains (-1).  ``method``: the
+    domain bounding the logits (``ibp``, or ``crown``/``alpha-crown`` with bounded weights:
+    tighter, slower)."""
     lower, upper = (bounds.lower, bounds.upper) if hasattr(bounds, "lower") else bounds
     x = x.to(next(iter(lower.values())).dtype)
-    lo, hi = logit_bounds(model, lower, upper, x, eps)
+    if method == "ibp":
+        lo, hi = logit_bounds(model, lower, upper, x, eps)
+    else:
+        from boundflow.api import compute_bounds
+
+        params = {n: IntervalTensor(lower[n], upper[n]) for n in lower}
+        lo, hi = compute_bounds(model, x - eps, x + eps, method=method, params=params)
     if lo.dim() == 1 or lo.shape[-1] == 1:
         lo, hi = lo.reshape(-1), hi.reshape(-1)
         classes = torch.full(lo.shape, -1, dtype=torch.int64)

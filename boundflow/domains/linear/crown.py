@@ -104,6 +104,7 @@ class BoundState:
     lower: dict = field(default_factory=dict)  # node -> lower bound (non-constant tensor nodes)
     upper: dict = field(default_factory=dict)
     alpha: dict = field(default_factory=dict)  # relu node -> slope parameters (alpha-CROWN)
+    radius: dict = field(default_factory=dict)  # bounded constant node -> radius (centre in const)
     needs_bounds: set = field(default_factory=set)
 
 
@@ -115,12 +116,22 @@ def _is_const(state: BoundState, a) -> bool:
     return True
 
 
-def _value(state: BoundState, a, env):
+def _value(state: BoundState, a, env, intervals: bool = False):
+    """The value of an argument; with ``intervals``, bounded constants as ``IntervalTensor``."""
     if isinstance(a, fx.Node):
-        return state.const[a] if a in state.const else env[a]
+        if a in state.const:
+            if intervals and a in state.radius:
+                c, r = state.const[a], state.radius[a]
+                return IntervalTensor(c - r, c + r, check=False)
+            return state.const[a]
+        return env[a]
     if isinstance(a, (list, tuple)):
-        return type(a)(_value(state, b, env) for b in a)
+        return type(a)(_value(state, b, env, intervals) for b in a)
     return a
+
+
+def _bounded(state: BoundState, a) -> bool:
+    return any(n in state.radius for n in _flat_nodes(a))
 
 
 def _nonlinear_input(node: fx.Node) -> fx.Node | None:
@@ -138,13 +149,17 @@ def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine
     nodes = list(graph.gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     x_node = placeholders[0]
-    for n, v in zip(placeholders[1:], graph.params, strict=False):
+    radii = graph.radii or [None] * len(graph.params)
+    for n, v, r in zip(placeholders[1:], graph.params, radii, strict=False):
         state.const[n] = v
+        if r is not None:
+            state.radius[n] = r
     for n in nodes:
         t = _nonlinear_input(n) if n.op == "call_function" else None
         if t is not None:
             state.needs_bounds.add(t)
     env: dict = {x_node: IntervalTensor(x_lo, x_hi, check=False)}
+    state.lower[x_node], state.upper[x_node] = x_lo, x_hi
     # nodes that are an affine function of the input through single-operand affine ops: their
     # interval bounds are already exact (an affine image of a box), so CROWN is skipped there
     affine_of_input = {x_node}
@@ -157,10 +172,17 @@ def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine
             raise UnsupportedOperation(f"graph node {n.op} {n.target} is not supported by the linear domain")
         if _is_const(state, list(n.args)) and _is_const(state, list(n.kwargs.values())):
             with torch.no_grad():
-                state.const[n] = n.target(*_value(state, n.args, env), **_value(state, n.kwargs, env))
+                if _bounded(state, list(n.args) + list(n.kwargs.values())):
+                    # a function of bounded weights (e.g. their transpose): keep centre and radius
+                    v = n.target(*_value(state, n.args, env, True), **_value(state, n.kwargs, env, True))
+                    lo_v, hi_v = lohi(v)
+                    state.const[n] = (lo_v + hi_v) / 2
+                    state.radius[n] = (hi_v - lo_v) / 2
+                else:
+                    state.const[n] = n.target(*_value(state, n.args, env), **_value(state, n.kwargs, env))
             continue
         with torch.no_grad():
-            val = n.target(*_value(state, n.args, env), **_value(state, n.kwargs, env))
+            val = n.target(*_value(state, n.args, env, True), **_value(state, n.kwargs, env, True))
         env[n] = val
         var_inputs = [a for a in _flat_nodes(n.args) if a not in state.const]
         if (
@@ -322,6 +344,8 @@ def _linear_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> bool:
         bias = None
     if not isinstance(x, fx.Node) or x in state.const or not _is_const(state, w) or not _is_const(state, bias):
         return False
+    if _bounded(state, [w, bias]):
+        return False
     wv = state.const[w] if isinstance(w, fx.Node) else w
     if lA is uA:
         ax = lA @ wv.T
@@ -386,9 +410,10 @@ def _affine_back(state: BoundState, node: fx.Node, lA, uA, pending, output_index
 
     zeros = [torch.zeros(_shape(state, v), dtype=lA.dtype) for v in var_nodes]
     c, vjp_fn = vjp(f, *zeros)
+    noise = _weight_noise(state, node, var_nodes, output_index) if _bounded(state, node.args) else None
     s = lA.shape[0]
     full = (s, *c.shape)
-    if lA is uA:
+    if lA is uA and noise is None:
         grads = vmap(vjp_fn)(lA.expand(full))
         for v, g in zip(var_nodes, grads, strict=True):
             _add(pending, v, g, g)
@@ -397,7 +422,55 @@ def _affine_back(state: BoundState, node: fx.Node, lA, uA, pending, output_index
     grads = vmap(vjp_fn)(torch.cat([lA.expand(full), uA.expand(full)], 0))
     for v, g in zip(var_nodes, grads, strict=True):
         _add(pending, v, g[:s], g[s:])
-    return _sum_tail(lA * c), _sum_tail(uA * c)
+    dl, du = _sum_tail(lA * c), _sum_tail(uA * c)
+    if noise is not None:
+        dl = dl - _sum_tail(lA.abs() * noise)
+        du = du + _sum_tail(uA.abs() * noise)
+    return dl, du
+
+
+def _weight_noise(state: BoundState, node: fx.Node, var_nodes, output_index) -> torch.Tensor:
+    """Bound on ``|op(x, W, b) - op(x, W_c, b_c)|`` for bounded constants ``W = W_c ± W_r``
+    (and ``b``): ``op(|x|_max, W_r, b_r)`` for ops that are sums of products (matrix products,
+    convolutions, elementwise products) plus additive terms.  The CROWN coefficient of ``x``
+    then uses the centre ``W_c``, and ``|A| * noise`` widens the bound (a sound relaxation of the
+    bilinear term ``W x``; tight when the weight radius is small)."""
+    if node.target in (aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default):
+        # y = (x - mean) * invstd * w + b with bounded w, b: deviation <= |x_hat|_max * w_r + b_r
+        x, w, b, rm, rv = node.args[:5]
+        eps = node.args[-1]
+        shape = [1, -1] + [1] * (len(_shape(state, x)) - 2)
+        mean = state.const[rm].reshape(shape)
+        inv = torch.rsqrt(state.const[rv] + eps).reshape(shape)
+        lo, hi = state.lower[x], state.upper[x]
+        xhat = torch.maximum((lo - mean).abs(), (hi - mean).abs()) * inv
+        out = torch.zeros_like(xhat)
+        if isinstance(w, fx.Node) and w in state.radius:
+            out = out + xhat * state.radius[w].reshape(shape)
+        if isinstance(b, fx.Node) and b in state.radius:
+            out = out + state.radius[b].reshape(shape)
+        return out
+    if node.target not in PRODUCT_OPS and node.target not in (aten.add.Tensor, aten.sub.Tensor):
+        raise UnsupportedOperation(f"linear domain: bounded weights in {node.target} are not supported")
+
+    def sub(a):
+        if isinstance(a, fx.Node):
+            if a in var_nodes:
+                lo, hi = state.lower[a], state.upper[a]
+                return torch.maximum(lo.abs(), hi.abs())
+            if a in state.radius:
+                return state.radius[a]
+            return torch.zeros_like(state.const[a])  # exact operand: no deviation
+        if isinstance(a, (list, tuple)):
+            return type(a)(sub(b) for b in a)
+        return a
+
+    if node.target in (aten.add.Tensor, aten.sub.Tensor):
+        r = sum(state.radius[a] for a in node.args if isinstance(a, fx.Node) and a in state.radius)
+        return r
+    args = sub(node.args)
+    out = node.target(*args, **{k: sub(v) for k, v in node.kwargs.items()})
+    return out[output_index] if output_index is not None else out
 
 
 def _maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending):

@@ -7,9 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.interval import IntervalTensor
 from boundflow.domains.linear.crown import BoundState, backsub, crown, prepare
-from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
 from boundflow.specs import Box
 
@@ -17,18 +15,8 @@ __all__ = ["CrownDomain", "AlphaCrownDomain", "alpha_crown"]
 
 
 def _exact_params(params: Mapping[str, torch.Tensor] | None) -> dict | None:
-    if not params:
-        return None
-    out = {}
-    for n, t in params.items():
-        if isinstance(t, IntervalTensor):
-            if not t.is_exact():
-                raise UnsupportedOperation(
-                    f"method='crown' with interval parameters ({n!r}) is not supported yet; use method='ibp'"
-                )
-            t = t.lower
-        out[n] = t
-    return out
+    """Parameters for capture; ``IntervalTensor`` entries become bounded weights."""
+    return dict(params) if params else None
 
 
 class CrownDomain:
