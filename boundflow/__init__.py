@@ -13,7 +13,7 @@ from boundflow.api import compute_bounds, interval_parameters
 from boundflow.domains.base import register_domain
 from boundflow.domains.interval import IntervalTensor, implements
 from boundflow.domains.interval.domain import IntervalDomain
-from boundflow.domains.linear import AlphaCrownDomain, CrownDomain
+from boundflow.domains.linear import AlphaCrownDomain, CrownDomain, ForwardDomain
 from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation
 from boundflow.rounding import sound_rounding
 from boundflow.specs import Box
@@ -21,6 +21,7 @@ from boundflow.specs import Box
 register_domain(IntervalDomain())
 register_domain(CrownDomain())
 register_domain(AlphaCrownDomain())
+register_domain(ForwardDomain())
 
 __version__ = "0.1.0"
 

@@ -55,7 +55,8 @@ def compute_bounds(
 
     ``method``: ``"ibp"`` (interval bound propagation), ``"crown"`` (linear relaxation by
     back-substitution on the captured ATen graph, never looser than ``ibp`` per output) or
-    ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``).
+    ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``) or
+    ``"forward"`` (forward-mode linear bounds, for low-dimensional inputs).
     ``"lp"`` and ``"milp"`` are reserved for later domains and raise ``NotImplementedError``.
     ``C``: a specification matrix ``(S, n_out)`` or ``(B, S, n_out)``; then the result bounds
     ``C @ y`` per sample, shape ``(B, S)`` (bounded directly, not via the output box).

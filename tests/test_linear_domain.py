@@ -197,3 +197,21 @@ def test_bounded_weights_containment(name):
             y = functional_call(model, p, (xs,))
         for lo, hi in res.values():
             assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()
+
+
+@pytest.mark.parametrize("name", sorted(_models()))
+def test_forward_mode_containment(name):
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(7))
+    eps = 0.05
+    ibp = bf.compute_bounds(model, x - eps, x + eps, method="ibp")
+    fwd = bf.compute_bounds(model, x - eps, x + eps, method="forward")
+    assert (fwd[0] >= ibp[0] - 1e-9).all() and (fwd[1] <= ibp[1] + 1e-9).all()
+    pts = _samples(model, x, eps, n=100)
+    with torch.no_grad():
+        for pt in pts:
+            y = model(pt)
+            assert (y >= fwd[0] - 1e-9).all() and (y <= fwd[1] + 1e-9).all()
+    lo, hi = bf.compute_bounds(model, x, x, method="forward")
+    torch.testing.assert_close(lo, model(x).detach(), atol=1e-6, rtol=0)

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from boundflow.domains.linear.crown import BoundState, backsub, crown, prepare
+from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
 from boundflow.specs import Box
 
-__all__ = ["CrownDomain", "AlphaCrownDomain", "alpha_crown"]
+__all__ = ["CrownDomain", "AlphaCrownDomain", "ForwardDomain", "alpha_crown"]
 
 
 def _exact_params(params: Mapping[str, torch.Tensor] | None) -> dict | None:
@@ -120,3 +121,21 @@ class AlphaCrownDomain:
 
 
 _ = prepare
+
+
+class ForwardDomain:
+    """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs."""
+
+    name = "forward"
+
+    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
+        from boundflow.domains.interval.domain import spec_bounds
+        from boundflow.domains.linear.forward import forward_bounds
+
+        if params and any(getattr(t, "is_exact", lambda: True)() is False for t in params.values()):
+            raise UnsupportedOperation("method='forward' does not support interval parameters yet; use 'crown'")
+        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
+        lo, hi = forward_bounds(g, spec.lower, spec.upper)
+        if C is not None:
+            return spec_bounds(lo, hi, C)
+        return lo, hi
