@@ -215,3 +215,35 @@ def test_forward_mode_containment(name):
             assert (y >= fwd[0] - 1e-9).all() and (y <= fwd[1] + 1e-9).all()
     lo, hi = bf.compute_bounds(model, x, x, method="forward")
     torch.testing.assert_close(lo, model(x).detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("act", ["exp", "log", "softplus"])
+def test_convex_concave_relaxations(act):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            if act == "exp":
+                h = torch.exp(h)
+            elif act == "log":
+                h = torch.log(torch.sigmoid(h) + 0.5)
+            else:
+                h = nn.functional.softplus(h)
+            return self.b(h)
+
+    torch.manual_seed(8)
+    model = Net().to(D)
+    x = torch.randn(4, 3, dtype=D)
+    eps = 0.2
+    res = {m: bf.compute_bounds(model, x - eps, x + eps, method=m) for m in ("ibp", "crown", "forward")}
+    for m in ("crown", "forward"):
+        assert (res[m][0] >= res["ibp"][0] - 1e-9).all() and (res[m][1] <= res["ibp"][1] + 1e-9).all()
+    pts = _samples(model, x, eps, n=150)
+    with torch.no_grad():
+        for pt in pts:
+            y = model(pt)
+            for lo, hi in res.values():
+                assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()

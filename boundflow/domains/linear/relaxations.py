@@ -120,6 +120,30 @@ def tanh(l, u, alpha=None) -> Relaxation:
     return s_shaped(torch.tanh, _dtanh, l, u)
 
 
+def convex(f, df, l: torch.Tensor, u: torch.Tensor, concave: bool = False) -> Relaxation:
+    """Convex ``f``: upper = chord, lower = tangent at the midpoint (both sound on [l, u]);
+    concave: the reverse."""
+    fl, fu = f(l), f(u)
+    same = (u - l) <= 1e-12
+    width = torch.where(same, torch.ones_like(l), u - l)
+    mid = (l + u) / 2
+    chord_a = torch.where(same, df(mid), (fu - fl) / width)
+    chord_b = fl - chord_a * l
+    tan_a = df(mid)
+    tan_b = f(mid) - tan_a * mid
+    if concave:
+        return chord_a, chord_b, tan_a, tan_b
+    return tan_a, tan_b, chord_a, chord_b
+
+
+def _log_relax(l, u):
+    from boundflow.errors import DomainError
+
+    if (l <= 0).any():
+        raise DomainError("linear relaxation of log needs a positive input interval")
+    return convex(torch.log, torch.reciprocal, l, u, concave=True)
+
+
 aten = torch.ops.aten
 
 RELAXATIONS: dict = {
@@ -129,4 +153,19 @@ RELAXATIONS: dict = {
     ),
     aten.sigmoid.default: lambda node, l, u, alpha=None: sigmoid(l, u),
     aten.tanh.default: lambda node, l, u, alpha=None: tanh(l, u),
+    aten.exp.default: lambda node, l, u, alpha=None: convex(torch.exp, torch.exp, l, u),
+    aten.log.default: lambda node, l, u, alpha=None: _log_relax(l, u),
+    aten.softplus.default: lambda node, l, u, alpha=None: _softplus_relax(node, l, u),
 }
+
+
+def _softplus_relax(node, l, u):
+    beta = float(node.args[1]) if len(node.args) > 1 else 1.0
+    threshold = float(node.args[2]) if len(node.args) > 2 else 20.0
+    if beta <= 0 or (torch.maximum(l.abs(), u.abs()) * beta >= threshold).any():
+        # torch switches to the identity above the threshold (a small jump): not convex there
+        from boundflow.errors import UnsupportedOperation
+
+        raise UnsupportedOperation("linear relaxation of softplus beyond its threshold; use method='ibp'")
+    f = lambda x: torch.nn.functional.softplus(x, beta, threshold)  # noqa: E731
+    return convex(f, lambda x: torch.sigmoid(beta * x), l, u)
