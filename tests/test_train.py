@@ -11,20 +11,14 @@ from torch import nn
 from torch.func import functional_call
 
 import boundflow.train as T
+from boundflow.train.cli import mlp
 from boundflow.train.losses import plain_loss
 
 D = torch.float64
 
 
 def _mlp(d_in: int, out: int, hidden: int = 8, layers: int = 2, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    mods: list[nn.Module] = []
-    d = d_in
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
-        d = hidden
-    mods.append(nn.Linear(d, out))
-    return nn.Sequential(*mods).to(D)
+    return mlp(d_in, out, hidden, layers, seed)
 
 
 class _CNN(nn.Module):

@@ -32,8 +32,8 @@ aten = torch.ops.aten
 
 __all__ = ["BoundState", "crown", "AFFINE_OPS"]
 
-# ops that are affine in their non-constant tensor operands (jointly, for several operands)
-AFFINE_OPS = {
+# linear maps with non-negative coefficients (moving, selecting or averaging entries)
+POSITIVE_LINEAR = {
     aten.view.default,
     aten._unsafe_view.default,
     aten.reshape.default,
@@ -48,12 +48,21 @@ AFFINE_OPS = {
     aten.clone.default,
     aten.detach.default,
     aten.alias.default,
-    aten.cat.default,
-    aten.stack.default,
     aten.slice.Tensor,
     aten.select.int,
     aten.index_select.default,
     aten.flip.default,
+    aten.avg_pool2d.default,
+    aten._adaptive_avg_pool2d.default,
+    aten.mean.dim,
+    aten.sum.dim_IntList,
+    aten.constant_pad_nd.default,
+    aten._to_copy.default,
+}
+# ops that are affine in their non-constant tensor operands (jointly, for several operands)
+AFFINE_OPS = POSITIVE_LINEAR | {
+    aten.cat.default,
+    aten.stack.default,
     aten.add.Tensor,
     aten.sub.Tensor,
     aten.add.Scalar,
@@ -66,13 +75,7 @@ AFFINE_OPS = {
     aten.mv.default,
     aten.convolution.default,
     aten._native_batch_norm_legit_no_training.default,
-    aten.avg_pool2d.default,
-    aten._adaptive_avg_pool2d.default,
-    aten.mean.dim,
-    aten.sum.dim_IntList,
-    aten.constant_pad_nd.default,
     aten.lift_fresh_copy.default,
-    aten._to_copy.default,
 }
 # ops affine when all but one tensor operand is constant
 PRODUCT_OPS = {
@@ -508,6 +511,23 @@ def _maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending):
     return _sum_tail(l_const), _sum_tail(u_const)
 
 
+def spec_coefficients(C, shape, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The starting coefficients ``(S, B or 1, *out)`` for ``C @ y`` (identity without ``C``),
+    and ``C`` normalised to ``(B, S, n_out)``."""
+    b = shape[0]
+    n_out = 1
+    for s in shape[1:]:
+        n_out *= s
+    if C is None:
+        return torch.eye(n_out, dtype=dtype).reshape(n_out, 1, *shape[1:]), None
+    C = torch.as_tensor(C, dtype=dtype)
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(b, *C.shape)
+    if C.shape[0] != b or C.shape[-1] != n_out:
+        raise ValueError(f"C must have shape (S, {n_out}) or ({b}, S, {n_out}), got {tuple(C.shape)}")
+    return C.transpose(0, 1).reshape(C.shape[1], b, *shape[1:]), C
+
+
 def crown(
     graph: CapturedGraph,
     x_lo: torch.Tensor,
@@ -524,18 +544,7 @@ def crown(
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
     shape = _shape(state, out_node)
     b = shape[0]
-    n_out = 1
-    for s in shape[1:]:
-        n_out *= s
-    if C is None:
-        A = torch.eye(n_out, dtype=x_lo.dtype).reshape(n_out, 1, *shape[1:])
-    else:
-        C = torch.as_tensor(C, dtype=x_lo.dtype)
-        if C.dim() == 2:
-            C = C.unsqueeze(0).expand(b, *C.shape)
-        if C.shape[0] != b or C.shape[-1] != n_out:
-            raise ValueError(f"C must have shape (S, {n_out}) or ({b}, S, {n_out}), got {tuple(C.shape)}")
-        A = C.transpose(0, 1).reshape(C.shape[1], b, *shape[1:])
+    A, C = spec_coefficients(C, shape, x_lo.dtype)
     lb, ub = backsub(state, out_node, A, A)
     lb, ub = lb.transpose(0, 1), ub.transpose(0, 1)
     if out_node in state.lower:

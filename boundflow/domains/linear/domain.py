@@ -88,20 +88,9 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
 
 
 def _final(state: BoundState, graph, out_node, x_lo, C):
-    from boundflow.domains.linear.crown import _shape
+    from boundflow.domains.linear.crown import _shape, spec_coefficients
 
-    shape = _shape(state, out_node)
-    b = shape[0]
-    n_out = 1
-    for s in shape[1:]:
-        n_out *= s
-    if C is None:
-        A = torch.eye(n_out, dtype=x_lo.dtype).reshape(n_out, 1, *shape[1:]).expand(n_out, b, *shape[1:])
-    else:
-        Ct = torch.as_tensor(C, dtype=x_lo.dtype)
-        if Ct.dim() == 2:
-            Ct = Ct.unsqueeze(0).expand(b, *Ct.shape)
-        A = Ct.transpose(0, 1).reshape(Ct.shape[1], b, *shape[1:])
+    A, _ = spec_coefficients(C, _shape(state, out_node), x_lo.dtype)
     lb, ub = backsub(state, out_node, A, A)
     return lb.transpose(0, 1), ub.transpose(0, 1)
 

@@ -16,7 +16,7 @@ import torch
 from torch import fx
 from torch.func import vmap
 
-from boundflow.domains.linear.crown import TUPLE_OPS, _flat_nodes, _shape, prepare
+from boundflow.domains.linear.crown import AFFINE_OPS, POSITIVE_LINEAR, TUPLE_OPS, _flat_nodes, _shape, prepare
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph
@@ -24,33 +24,6 @@ from boundflow.graph import CapturedGraph
 aten = torch.ops.aten
 
 __all__ = ["forward_bounds"]
-
-_POSITIVE_LINEAR = {
-    aten.view.default,
-    aten._unsafe_view.default,
-    aten.reshape.default,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.t.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.expand.default,
-    aten.clone.default,
-    aten.detach.default,
-    aten.alias.default,
-    aten.slice.Tensor,
-    aten.select.int,
-    aten.index_select.default,
-    aten.flip.default,
-    aten.avg_pool2d.default,
-    aten._adaptive_avg_pool2d.default,
-    aten.mean.dim,
-    aten.sum.dim_IntList,
-    aten.constant_pad_nd.default,
-    aten._to_copy.default,
-}
 
 
 class _Lin:
@@ -135,23 +108,12 @@ def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor)
     return lo, hi
 
 
-_SIGNED_LINEAR = {
-    aten.addmm.default,
-    aten.mm.default,
-    aten.convolution.default,
+_SIGNED_LINEAR = (AFFINE_OPS - POSITIVE_LINEAR) | {
     aten.mul.Tensor,
     aten.mul.Scalar,
     aten.div.Tensor,
     aten.div.Scalar,
-    aten.add.Tensor,
-    aten.sub.Tensor,
-    aten.add.Scalar,
-    aten.sub.Scalar,
-    aten.neg.default,
-    aten.rsub.Scalar,
     aten.native_batch_norm.default,
-    aten._native_batch_norm_legit_no_training.default,
-    aten.cat.default,
 }
 
 
@@ -159,7 +121,7 @@ def _split_linear(state, node, target, v):
     """``(f, positive, offset)``: the op's linear part ``f(t) = op(t) - op(0)`` in its one
     non-constant operand ``v``, whether ``f`` has non-negative coefficients (shape ops, average
     pools, sums), and ``op(0)``."""
-    if target not in _POSITIVE_LINEAR and target not in _SIGNED_LINEAR:
+    if target not in POSITIVE_LINEAR and target not in _SIGNED_LINEAR:
         raise UnsupportedOperation(f"forward linear bounds: no rule for {target} (node {node.name})")
     if target in (aten.div.Tensor, aten.div.Scalar) and any(a is v for a in node.args[1:]):
         raise UnsupportedOperation(f"forward linear bounds: division by a variable ({node.name}) is not affine")
@@ -176,7 +138,7 @@ def _split_linear(state, node, target, v):
         return out[0] if target in TUPLE_OPS else out
 
     c = call(torch.zeros(_shape(state, v), dtype=state.x_lo.dtype))
-    return (lambda t: call(t) - c), target in _POSITIVE_LINEAR, c
+    return (lambda t: call(t) - c), target in POSITIVE_LINEAR, c
 
 
 def _affine(state, node, target, v, lin):
