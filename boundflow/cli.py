@@ -19,11 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     from boundflow.train.cli import add_train_parser
 
     add_train_parser(sub)
+    ver = sub.add_parser("verify", help="verify an ONNX model against a VNN-LIB property")
+    ver.add_argument("onnx")
+    ver.add_argument("vnnlib")
+    ver.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from boundflow.demo import run_demo
 
         return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed, out_dir=args.out)
+    if args.command == "verify":
+        from boundflow.train.io import atomic_write_text
+        from boundflow.verify import verify
+
+        res = verify(args.onnx, args.vnnlib, timeout=args.timeout)
+        print(f"{res.status}  ({res.seconds:.2f} s, {res.boxes} boxes)")
+        if args.out:
+            atomic_write_text(args.out, res.vnncomp())
+        return 0
     if args.command == "train":
         from boundflow.train.cli import run_train
 

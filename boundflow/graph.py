@@ -28,6 +28,29 @@ class CapturedGraph:
         return next(n for n in self.gm.graph.nodes if n.op == "placeholder")
 
 
+_INPLACE_VIEWS = {
+    torch.ops.aten.squeeze_.dim: torch.ops.aten.squeeze.dim,
+    torch.ops.aten.squeeze_.default: torch.ops.aten.squeeze.default,
+    torch.ops.aten.unsqueeze_.default: torch.ops.aten.unsqueeze.default,
+    torch.ops.aten.t_.default: torch.ops.aten.t.default,
+    torch.ops.aten.transpose_.default: torch.ops.aten.transpose.int,
+}
+
+
+def _functionalize_view_inplace(gm: fx.GraphModule) -> None:
+    """Replace in-place view ops (``squeeze_`` from 1-D ``matmul``) by their out-of-place forms
+    where the mutated value has no other user, so every domain sees a pure graph."""
+    changed = False
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in _INPLACE_VIEWS:
+            src = n.args[0]
+            if isinstance(src, fx.Node) and len(src.users) == 1:
+                n.target = _INPLACE_VIEWS[n.target]
+                changed = True
+    if changed:
+        gm.recompile()
+
+
 def capture(
     model: nn.Module, example_input: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
 ) -> CapturedGraph:
@@ -56,4 +79,5 @@ def capture(
 
     with torch.no_grad():
         gm = make_fx(f)(example_input, *[named[n] for n in names])
+    _functionalize_view_inplace(gm)
     return CapturedGraph(gm, names, [named[n] for n in names], [radius.get(n) for n in names])

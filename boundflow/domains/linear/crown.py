@@ -196,6 +196,12 @@ def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine
             affine_of_input.add(n)
         if isinstance(val, IntervalTensor) and val.is_floating_point():
             lo, hi = lohi(val)
+            if lo.dim() == 0 or lo.shape[0] != x_lo.shape[0]:
+                raise UnsupportedOperation(
+                    f"linear domain: node {n.name} ({n.target}) has shape {tuple(lo.shape)} without the batch "
+                    f"dimension {x_lo.shape[0]} in front; the linear domain needs batch-first models "
+                    "(use method='ibp' for this model)"
+                )
             if refine and n in state.needs_bounds and n not in affine_of_input:
                 c_lo, c_hi = node_bounds(state, n)
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
