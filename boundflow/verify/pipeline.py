@@ -141,13 +141,52 @@ def _falsify(f, dj: Disjunct, checker: _Checker, n_random: int = 512, starts: in
     return None
 
 
-def _bounds(f, lo, hi, C, d, method):
-    lb, _ = bf.compute_bounds(f, lo, hi, method=method, C=C)
-    return lb - d  # (N, rows) lower bounds of the margins
+class _Bounder:
+    """Margin lower bounds for batches of boxes; the captured graph is reused per (padded)
+    batch size, since capturing costs more than a CROWN pass on small networks."""
+
+    def __init__(self, f: nn.Module):
+        self.f = f
+        self.graphs: dict[int, object] = {}
+
+    def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
+        from boundflow.domains.linear.crown import crown
+        from boundflow.domains.linear.domain import alpha_crown
+        from boundflow.graph import capture
+
+        n = lo.shape[0]
+        if method == "ibp":
+            lb, _ = bf.compute_bounds(self.f, lo, hi, method="ibp", C=C)
+            return lb - d
+        size = 1 << max(0, (n - 1).bit_length())
+        if size > n:
+            lo = torch.cat([lo, lo[-1:].expand(size - n, -1)])
+            hi = torch.cat([hi, hi[-1:].expand(size - n, -1)])
+        g = self.graphs.get(size)
+        if g is None:
+            g = self.graphs[size] = capture(self.f, (lo + hi) / 2)
+        if method == "crown":
+            lb, _, _ = crown(g, lo, hi, C)
+        else:
+            lb, _ = alpha_crown(g, lo, hi, C)
+        return (lb - d)[:n]
 
 
-def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 256):
+def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
+    """Per box, the input dimension with the largest ``width * |d margin / d x|`` for the margin
+    row closest to being proved (largest lower bound), at the box centre."""
+    centres = ((blo + bhi) / 2).requires_grad_(True)
+    best = m.argmax(1)
+    margins = _margins(f, centres, dj)
+    sel = margins.gather(1, best[:, None]).sum()
+    (grad,) = torch.autograd.grad(sel, centres)
+    score = grad.abs() * (bhi - blo)
+    return score.argmax(1)
+
+
+def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024):
     linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
+    bounder = _Bounder(f)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
         return ("sat", w, 0) if w is not None else ("unknown", None, 0)
@@ -167,10 +206,10 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
         for s in range(0, len(lo), batch):
             blo, bhi = lo[s : s + batch], hi[s : s + batch]
             boxes += len(blo)
-            m = _bounds(f, blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
+            m = bounder(blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
             open_ = ~(m > 0).any(1)
             if linear and open_.any() and len(blo) <= 8:
-                m2 = _bounds(f, blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
+                m2 = bounder(blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
                 idx = torch.nonzero(open_).reshape(-1)
                 open_[idx[(m2 > 0).any(1)]] = False
             if not open_.any():
@@ -185,7 +224,10 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
                     return "sat", w, boxes
             if n_in > 64:
                 return "unknown", None, boxes  # input splitting does not scale; ReLU splitting not yet
-            dim = ((bhi - blo) / width0).argmax(1)
+            if linear:
+                dim = _split_dims(f, blo, bhi, m[open_], dj)
+            else:
+                dim = ((bhi - blo) / width0).argmax(1)
             mid = centres.gather(1, dim[:, None]).squeeze(1)
             rows = torch.arange(len(blo))
             left_hi, right_lo = bhi.clone(), blo.clone()

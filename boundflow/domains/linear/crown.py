@@ -196,7 +196,8 @@ def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine
             affine_of_input.add(n)
         if isinstance(val, IntervalTensor) and val.is_floating_point():
             lo, hi = lohi(val)
-            if lo.dim() == 0 or lo.shape[0] != x_lo.shape[0]:
+            aux = n.target is operator.getitem and n.args[1] != 0  # statistics outputs of batch norm
+            if not aux and lo.numel() and (lo.dim() == 0 or lo.shape[0] != x_lo.shape[0]):
                 raise UnsupportedOperation(
                     f"linear domain: node {n.name} ({n.target}) has shape {tuple(lo.shape)} without the batch "
                     f"dimension {x_lo.shape[0]} in front; the linear domain needs batch-first models "
@@ -327,6 +328,14 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
             ub = ub + _sum_tail(uA_p * b_u + uA_n * b_l)
             _add(pending, inp, lA_p * a_l + lA_n * a_u, uA_p * a_u + uA_n * a_l)
             continue
+        if target in (aten.add.Tensor, aten.sub.Tensor) and _add_const_fast(state, node, lA, uA, pending):
+            dl, du = _add_const_fast.bias
+            lb, ub = lb + dl, ub + du
+            continue
+        if target in (aten.view.default, aten._unsafe_view.default, aten.reshape.default) and _view_fast(
+            state, node, lA, uA, pending
+        ):
+            continue
         if target in (aten.addmm.default, aten.mm.default) and _linear_fast(state, node, lA, uA, pending):
             dl, du = _linear_fast.bias
             lb, ub = lb + dl, ub + du
@@ -339,6 +348,52 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
             f"no linear-relaxation rule for {target} (node {node.name}); method='ibp' supports it"
         )
     return lb, ub
+
+
+def _add_const_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> bool:
+    """``x + c`` / ``x - c`` / ``c - x`` with one variable operand and a constant (no alpha):
+    the coefficients pass through (negated for ``c - x``) and ``A * c`` joins the bias."""
+    if node.kwargs or len(node.args) != 2:
+        return False
+    a, c = node.args
+    sign = 1.0
+    if not (isinstance(a, fx.Node) and a not in state.const):
+        if node.target is aten.sub.Tensor:
+            sign = -1.0
+        a, c = c, a
+    if not (isinstance(a, fx.Node) and a not in state.const) or _is_const(state, a):
+        return False
+    if isinstance(c, fx.Node) and (c not in state.const or c in state.radius):
+        return False
+    cv = state.const[c] if isinstance(c, fx.Node) else c
+    if node.target is aten.sub.Tensor and sign == 1.0:
+        cv = -cv
+    if tuple(_shape(state, a)) != tuple(_shape(state, node)):
+        return False  # broadcasting of the variable: use the generic rule
+    if sign == 1.0:
+        _add(pending, a, lA, uA)
+    else:
+        _add(pending, a, -lA, -uA)
+    dl, du = _sum_tail(lA * cv), _sum_tail(uA * cv)
+    _add_const_fast.bias = (dl, du)
+    return True
+
+
+def _view_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> bool:
+    """A batch-first view: reshape the coefficients to the input's shape."""
+    x = node.args[0]
+    if not isinstance(x, fx.Node) or x in state.const:
+        return False
+    in_shape, out_shape = _shape(state, x), _shape(state, node)
+    if in_shape[0] != out_shape[0] or lA.shape[1] not in (1, out_shape[0]):
+        return False
+    s = lA.shape[0]
+    if lA is uA:
+        r = lA.reshape(s, lA.shape[1], *in_shape[1:])
+        _add(pending, x, r, r)
+    else:
+        _add(pending, x, lA.reshape(s, lA.shape[1], *in_shape[1:]), uA.reshape(s, uA.shape[1], *in_shape[1:]))
+    return True
 
 
 def _linear_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> bool:
