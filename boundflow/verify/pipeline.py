@@ -184,6 +184,76 @@ def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
     return score.argmax(1)
 
 
+def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 32):
+    """Branch and bound on ReLU activation states over the whole input box (for wide inputs):
+    a sub-domain fixes some neurons active (pre-activation >= 0) or inactive (<= 0); its bounds
+    are CROWN's with those constraints intersected into the intermediate bounds (sound on the
+    sub-domain; without beta-CROWN's Lagrangian terms).  Splits the unstable neuron with the
+    largest relaxation area ``u (-l) / (u - l)``.  ``unsat`` when every sub-domain has a proved
+    margin row or is empty."""
+    from boundflow.domains.linear.crown import crown, empty_domains, prepare
+    from boundflow.domains.linear.relaxations import RELAXATIONS
+    from boundflow.graph import capture
+
+    relu_inputs = None
+    queue: list[dict] = [{}]  # node name -> {flat index: +1 active / -1 inactive}
+    n_done = 0
+    graphs: dict[int, object] = {}
+    while queue:
+        if time.monotonic() > deadline:
+            return "timeout", n_done
+        doms, queue = queue[:batch], queue[batch:]
+        b = len(doms)
+        lo = dj.lower[None].expand(b, -1).clone()
+        hi = dj.upper[None].expand(b, -1).clone()
+        g = graphs.get(b)
+        if g is None:
+            g = graphs[b] = capture(f, (lo + hi) / 2)
+        if relu_inputs is None:
+            relu_inputs = [
+                n.args[0].name
+                for n in g.gm.graph.nodes
+                if n.op == "call_function" and n.target in RELAXATIONS and n.target is torch.ops.aten.relu.default
+            ]
+        name_to_node = {n.name: n for n in g.gm.graph.nodes}
+        overrides = {}
+        for name in relu_inputs:
+            shape = name_to_node[name].meta["val"].shape
+            o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
+            o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
+            for i, dom in enumerate(doms):
+                for idx, sign in dom.get(name, {}).items():
+                    if sign > 0:
+                        o_lo[i, idx] = 0.0
+                    else:
+                        o_hi[i, idx] = 0.0
+            overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
+        state = prepare(g, lo, hi, overrides=overrides)
+        lb, _, state = crown(g, lo, hi, dj.C, state=state)
+        m = lb - dj.d
+        done = (m > 0).any(1) | empty_domains(state)
+        n_done += int(done.sum())
+        for i in torch.nonzero(~done).reshape(-1).tolist():
+            best, best_score = None, 0.0
+            for name in relu_inputs:
+                l_, u_ = state.lower[name_to_node[name]][i].reshape(-1), state.upper[name_to_node[name]][i].reshape(-1)
+                unstable = (l_ < 0) & (u_ > 0)
+                if not unstable.any():
+                    continue
+                score = torch.where(unstable, u_ * (-l_) / (u_ - l_).clamp(min=1e-12), torch.zeros_like(u_))
+                j = int(score.argmax())
+                if score[j] > best_score:
+                    best, best_score = (name, j), float(score[j])
+            if best is None:
+                return "unknown", n_done  # all neurons fixed and still not proved: relaxation-free gap
+            name, j = best
+            for sign in (1, -1):
+                child = {k: dict(v) for k, v in doms[i].items()}
+                child.setdefault(name, {})[j] = sign
+                queue.append(child)
+    return "unsat", n_done
+
+
 def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024):
     linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
     bounder = _Bounder(f)
@@ -223,7 +293,10 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
                 if w is not None:
                     return "sat", w, boxes
             if n_in > 64:
-                return "unknown", None, boxes  # input splitting does not scale; ReLU splitting not yet
+                if not linear:
+                    return "unknown", None, boxes
+                st, nb = _relu_bab(f, dj, deadline, bounder)
+                return st, None, boxes + nb
             if linear:
                 dim = _split_dims(f, blo, bhi, m[open_], dj)
             else:

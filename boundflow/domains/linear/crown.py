@@ -145,9 +145,18 @@ def _nonlinear_input(node: fx.Node) -> fx.Node | None:
     return None
 
 
-def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine: bool = True) -> BoundState:
+def prepare(
+    graph: CapturedGraph,
+    x_lo: torch.Tensor,
+    x_hi: torch.Tensor,
+    refine: bool = True,
+    overrides: dict | None = None,
+) -> BoundState:
     """Constants, interval bounds of every node, and CROWN bounds (intersected) for every
-    input of a nonlinearity, in one forward sweep."""
+    input of a nonlinearity, in one forward sweep.  ``overrides``: node name -> ``(lo, hi)``
+    extra bounds intersected into that node (ReLU splitting: a sub-domain where a neuron is
+    known active has ``lo = 0`` there); they must hold on the sub-domain being bounded.
+    Entries with lower > upper mark an empty sub-domain (see :func:`empty_domains`)."""
     state = BoundState(graph, x_lo, x_hi)
     nodes = list(graph.gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -207,6 +216,14 @@ def prepare(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, refine
                 c_lo, c_hi = node_bounds(state, n)
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
                 env[n] = IntervalTensor(lo, hi, check=False)
+            if overrides and n.name in overrides:
+                o_lo, o_hi = overrides[n.name]
+                lo, hi = torch.maximum(lo, o_lo), torch.minimum(hi, o_hi)
+                state.empty = getattr(state, "empty", torch.zeros(lo.shape[0], dtype=torch.bool)) | (
+                    (lo > hi).reshape(lo.shape[0], -1).any(1)
+                )
+                hi = torch.maximum(hi, lo)  # keep later arithmetic well-defined on empty domains
+                env[n] = IntervalTensor(lo, hi, check=False)
             state.lower[n], state.upper[n] = lo, hi
     return state
 
@@ -226,6 +243,11 @@ def _is_tuple_head(n: fx.Node) -> bool:
         and n.args[1] == 0
         and n.args[0].target in (aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default)
     )
+
+
+def empty_domains(state: BoundState) -> torch.Tensor:
+    """Per batch element: True where the overrides made the sub-domain empty."""
+    return getattr(state, "empty", torch.zeros(state.x_lo.shape[0], dtype=torch.bool))
 
 
 def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
