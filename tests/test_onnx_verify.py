@@ -95,6 +95,18 @@ def test_acasxu_instances_never_wrong(row):
         assert res.status != "sat"
 
 
+def test_relu_splitting_proves_a_wide_input_instance():
+    """mnist_fc prop 9 at eps 0.05: CROWN alone cannot prove it; ReLU splitting does."""
+    folder = ROOT / "mnist_fc"
+    m = load_onnx(folder / "onnx" / "mnist-net_256x2.onnx").double()
+    f = _Batched(m, m.input_shape, _batchable(m, m.input_shape))
+    dj = parse_vnnlib(folder / "vnnlib" / "prop_9_0.05.vnnlib")[0]
+    lb, _ = bf.compute_bounds(f, dj.lower[None], dj.upper[None], method="crown", C=dj.C)
+    assert not ((lb - dj.d) > 0).any()
+    res = verify(folder / "onnx" / "mnist-net_256x2.onnx", folder / "vnnlib" / "prop_9_0.05.vnnlib", timeout=100)
+    assert res.status == "unsat"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", ["acasxu", "mnist_fc", "rl_benchmarks"])
 def test_never_unsat_on_sat_instances(folder):
