@@ -163,3 +163,67 @@ def test_verify_cli(tmp_path, capsys):
         == 0
     )
     assert out.read_text().startswith("sat")
+
+
+def _roundtrip(nodes, inits, in_shape, out_name="y", opset=13):
+    """Build an ONNX model, import it, compare with onnxruntime."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), name=k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    data = model.SerializeToString()
+    from boundflow.onnx import check_against_onnxruntime
+    from boundflow.onnx.importer import OnnxModule
+
+    return check_against_onnxruntime(OnnxModule(model).eval(), data, atol=1e-5)
+
+
+def test_more_onnx_ops_match_onnxruntime():
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    # Slice + Gather + Concat + Pad + Cast + Shape/ConstantOfShape-free path
+    _roundtrip(
+        [
+            helper.make_node("Slice", ["x", "st", "en", "ax"], ["s"]),
+            helper.make_node("Gather", ["s", "idx"], ["g"], axis=1),
+            helper.make_node("Pad", ["g", "pads"], ["p"], mode="constant"),
+            helper.make_node("Cast", ["p"], ["c"], to=1),
+            helper.make_node("Split", ["c"], ["a", "b"], axis=1),
+            helper.make_node("Concat", ["b", "a"], ["y"], axis=1),
+        ],
+        {"st": i64([1]), "en": i64([4]), "ax": i64([1]), "idx": i64([0, 2, 1, 1]), "pads": i64([0, 1, 0, 1])},
+        [2, 5],
+    )
+    # ConvTranspose + Sigmoid + GlobalAveragePool + Flatten + Gemm
+    _roundtrip(
+        [
+            helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", ["t"], ["s"]),
+            helper.make_node("GlobalAveragePool", ["s"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("Gemm", ["f", "W", "c"], ["y"], transB=1),
+        ],
+        {"w": f32(2, 3, 3, 3), "b": f32(3), "W": f32(4, 3), "c": f32(4)},
+        [1, 2, 5, 5],
+    )
+    # Shape + ConstantOfShape feeding an Add
+    _roundtrip(
+        [
+            helper.make_node("Shape", ["x"], ["sh"]),
+            helper.make_node("ConstantOfShape", ["sh"], ["z"], value=helper.make_tensor("v", 1, [1], [0.5])),
+            helper.make_node("Add", ["x", "z"], ["y"]),
+        ],
+        {},
+        [2, 3],
+    )

@@ -144,7 +144,94 @@ def _clip(x, lo=None, hi=None, **a):
     return x
 
 
+def _ints(t) -> list[int]:
+    return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
+
+
+def _slice(x, starts=None, ends=None, axes=None, steps=None, **a):
+    starts = _ints(a.get("starts", starts))
+    ends = _ints(a.get("ends", ends))
+    axes = _ints(a.get("axes", axes)) if (axes is not None or "axes" in a) else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    idx = [slice(None)] * x.dim()
+    for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
+        if sp <= 0:
+            raise UnsupportedOperation("ONNX Slice with non-positive steps is not supported")
+        n = x.shape[ax]
+        st = max(0, min(n, st + n if st < 0 else st))
+        en = max(0, min(n, en + n if en < 0 else en))
+        idx[ax % x.dim()] = slice(st, en, sp)
+    return x[tuple(idx)]
+
+
+def _gather(x, indices, axis=0):
+    if indices.dim() == 0:
+        return x.select(axis, int(indices))
+    flat = torch.index_select(x, axis, indices.reshape(-1).long())
+    shape = list(x.shape[: axis % x.dim()]) + list(indices.shape) + list(x.shape[axis % x.dim() + 1 :])
+    return flat.reshape(shape)
+
+
+def _split(x, split=None, axis=0, num_outputs=None, **a):
+    split = a.get("split", split)
+    if split is None:
+        return None  # resolved with the node's output count in forward
+    return tuple(torch.split(x, _ints(split), dim=axis))
+
+
+def _pad(x, pads=None, value=None, mode=b"constant", **a):
+    pads = _ints(a.get("pads", pads))
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise UnsupportedOperation(f"ONNX Pad mode {mode!r} is not supported")
+    v = a.get("value", value)
+    v = float(v) if v is not None and not isinstance(v, torch.Tensor) else (float(v) if v is not None else 0.0)
+    k = len(pads) // 2
+    torch_pads = [p for i in reversed(range(k)) for p in (pads[i], pads[i + k])]
+    return F.pad(x, torch_pads, value=v)
+
+
+_ONNX_DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
+
+
+def _cast(x, to):
+    dt = _ONNX_DTYPES.get(int(to))
+    if dt is None:
+        raise UnsupportedOperation(f"ONNX Cast to type {to} is not supported")
+    if dt.is_floating_point and x.is_floating_point():
+        return x  # keep the computation's float precision (bounds are computed in float64)
+    return x.to(dt)
+
+
+def _constant_of_shape(shape, value=None):
+    from onnx import numpy_helper
+
+    v = numpy_helper.to_array(value).reshape(-1)[0].item() if value is not None else 0.0
+    return torch.full(_ints(shape), v, dtype=torch.float32 if isinstance(v, float) else torch.int64)
+
+
+def _conv_transpose(x, w, b=None, **a):
+    k = len(w.shape) - 2
+    stride = _pair(a.get("strides", 1), k)
+    dil = _pair(a.get("dilations", 1), k)
+    pads = list(a.get("pads", [0] * (2 * k)))
+    begin, sym = _onnx_pads_to_torch(pads)
+    if not sym or "output_shape" in a:
+        raise UnsupportedOperation("ONNX ConvTranspose with asymmetric pads or output_shape is not supported")
+    out_pad = _pair(a.get("output_padding", 0), k)
+    f = F.conv_transpose1d if k == 1 else F.conv_transpose2d
+    return f(x, w, b, stride=stride, padding=begin, output_padding=out_pad, groups=a.get("group", 1), dilation=dil)
+
+
 OPS = {
+    "Slice": _slice,
+    "Gather": _gather,
+    "Split": _split,
+    "Pad": _pad,
+    "Cast": _cast,
+    "Shape": lambda x, **a: torch.tensor(list(x.shape), dtype=torch.int64),
+    "ConstantOfShape": _constant_of_shape,
+    "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "Add": lambda a, b: a + b,
@@ -224,12 +311,22 @@ class OnnxModule(nn.Module):
         for op, ins, outs, attrs, label in self.nodes:
             args = [env[i] if i else None for i in ins]
             try:
-                out = OPS[op](*args, **attrs)
+                if op == "Split" and OPS[op](*args, **attrs) is None:
+                    axis = attrs.get("axis", 0)
+                    n_out = len(outs)
+                    size = args[0].shape[axis]
+                    out = tuple(torch.split(args[0], [size // n_out + (i < size % n_out) for i in range(n_out)], axis))
+                else:
+                    out = OPS[op](*args, **attrs)
             except (RuntimeError, TypeError, ValueError) as e:
                 if isinstance(e, BoundFlowError):
                     raise
                 raise OnnxImportError(f"{self.path}: ONNX node {label} ({op}) failed: {e}") from e
-            env[outs[0]] = out
+            if isinstance(out, tuple):
+                for name, o in zip(outs, out, strict=False):
+                    env[name] = o
+            else:
+                env[outs[0]] = out
         return env[self.output_name]
 
 
