@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,16 @@ from boundflow.onnx import OnnxImportError, VnnlibError, load_onnx, parse_vnnlib
 from boundflow.verify import verify
 from boundflow.verify.pipeline import _batchable, _Batched
 
-ROOT = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp"
-if not ROOT.exists():  # a checkout elsewhere: look next to the repository
-    ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "vnncomp"
+# the shared instances live in ../shared next to the checkout; $BOUNDFLOW_SHARED or /work/shared
+# are used when the checkout is elsewhere
+_CANDIDATES = [
+    Path(__file__).resolve().parents[2] / "shared",
+    Path(os.environ.get("BOUNDFLOW_SHARED", "/work/shared")),
+]
+ROOT = next(
+    (c / "benchmarks" / "vnncomp" for c in _CANDIDATES if (c / "benchmarks" / "vnncomp").exists()),
+    _CANDIDATES[0] / "benchmarks" / "vnncomp",
+)
 pytestmark = pytest.mark.skipif(not ROOT.exists(), reason="shared VNN-COMP instances not available")
 
 NETWORKS = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("**/*.onnx")) if ROOT.exists() else []
