@@ -559,19 +559,25 @@ def _weight_noise(state: BoundState, node: fx.Node, var_nodes, output_index) -> 
     return out[output_index] if output_index is not None else out
 
 
+def deeppoly_pool(l: torch.Tensor, u: torch.Tensor, args: list):
+    """Per window: max of the lower bounds, the argmax index of the lower bounds, max of the
+    upper bounds, and whether the argmax-l entry's lower bound beats every other upper bound
+    (then the pool equals that entry exactly)."""
+    ml, idx = aten.max_pool2d_with_indices.default(l, *args)
+    mu, _ = aten.max_pool2d_with_indices.default(u, *args)
+    # largest upper bound other than the argmax-l entry: mask it out and pool again
+    flat_u = u.flatten(-2).clone()
+    flat_u.scatter_(-1, idx.flatten(-2), -float("inf"))
+    mu_other, _ = aten.max_pool2d_with_indices.default(flat_u.reshape(u.shape), *args)
+    return ml, idx, mu, ml >= mu_other
+
+
 def _maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending):
     """DeepPoly max pooling: lower ``y >= x[argmax l]``; upper ``y <= x[argmax l]`` where that
     entry's lower bound beats every other upper bound in the window, else ``y <= max u``."""
     inp = node.args[0]
     l, u = state.lower[inp], state.upper[inp]
-    args = list(node.args[1:])
-    ml, idx = aten.max_pool2d_with_indices.default(l, *args)
-    mu, _ = aten.max_pool2d_with_indices.default(u, *args)
-    # second-largest upper bound other than the argmax-l entry: mask it out and pool again
-    flat_u = u.flatten(-2).clone()
-    flat_u.scatter_(-1, idx.flatten(-2), -float("inf"))
-    mu_other, _ = aten.max_pool2d_with_indices.default(flat_u.reshape(u.shape), *args)
-    exact = ml >= mu_other
+    ml, idx, mu, exact = deeppoly_pool(l, u, list(node.args[1:]))
     lead = l.shape[:-2]
     hw = l.shape[-2] * l.shape[-1]
 

@@ -16,7 +16,15 @@ import torch
 from torch import fx
 from torch.func import vmap
 
-from boundflow.domains.linear.crown import AFFINE_OPS, POSITIVE_LINEAR, TUPLE_OPS, _flat_nodes, _shape, prepare
+from boundflow.domains.linear.crown import (
+    AFFINE_OPS,
+    POSITIVE_LINEAR,
+    TUPLE_OPS,
+    _flat_nodes,
+    _shape,
+    deeppoly_pool,
+    prepare,
+)
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph
@@ -172,13 +180,7 @@ def _affine(state, node, target, v, lin):
 def _maxpool(state, node, lin, node_bounds):
     inp = node.args[0]
     l, u = node_bounds(inp)
-    args = list(node.args[1:])
-    ml, idx = aten.max_pool2d_with_indices.default(l, *args)
-    mu, _ = aten.max_pool2d_with_indices.default(u, *args)
-    flat_u = u.flatten(-2).clone()
-    flat_u.scatter_(-1, idx.flatten(-2), -float("inf"))
-    mu_other, _ = aten.max_pool2d_with_indices.default(flat_u.reshape(u.shape), *args)
-    exact = ml >= mu_other
+    ml, idx, mu, exact = deeppoly_pool(l, u, list(node.args[1:]))
     src = lin[inp]
 
     def gather(t):  # node-shaped (B, C, H, W[, n_in]) -> pooled positions of argmax l
