@@ -195,7 +195,6 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
     from boundflow.domains.linear.relaxations import RELAXATIONS
     from boundflow.graph import capture
 
-    relu_inputs = None
     queue: list[dict] = [{}]  # node name -> {flat index: +1 active / -1 inactive}
     n_done = 0
     graphs: dict[int, object] = {}
@@ -209,12 +208,12 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
         g = graphs.get(b)
         if g is None:
             g = graphs[b] = capture(f, (lo + hi) / 2)
-        if relu_inputs is None:
-            relu_inputs = [
-                n.args[0].name
-                for n in g.gm.graph.nodes
-                if n.op == "call_function" and n.target in RELAXATIONS and n.target is torch.ops.aten.relu.default
-            ]
+        # ReLU inputs of this graph (one capture per batch size; names are per graph)
+        relu_inputs = [
+            n.args[0].name
+            for n in g.gm.graph.nodes
+            if n.op == "call_function" and n.target in RELAXATIONS and n.target is torch.ops.aten.relu.default
+        ]
         name_to_node = {n.name: n for n in g.gm.graph.nodes}
         overrides = {}
         for name in relu_inputs:
