@@ -18,7 +18,9 @@ from boundflow.train.certify import certify
 from boundflow.train.losses import LOSSES, Target, bounded_loss, plain_loss
 from boundflow.train.optim import IntervalSGD
 
-__all__ = ["TrainConfig", "ParameterBounds", "certified_training", "batch_indices", "TrainingDiverged"]
+__all__ = ["TrainConfig", "ParameterBounds", "certified_training", "batch_indices", "TrainingDiverged", "METHODS"]
+
+METHODS = ("interval", "lp", "milp", "mibp")
 
 
 @dataclass
@@ -39,10 +41,25 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = False
     pretrain_epochs: int = 0
+    method: str = "interval"
+    workers: int = 1
+    executor: str = "process"
+    address: str | None = None
+    time_limit: float | None = None
+    decompose: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown training method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.method != "interval":
+            from boundflow.solvers.training_step import MIBP_LOSSES
+
+            if self.loss not in MIBP_LOSSES:
+                raise ValueError(f"method={self.method!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
+            if self.momentum:
+                raise ValueError(f"method={self.method!r} supports SGD without momentum (momentum={self.momentum})")
         if self.epochs < 0 or self.batch_size < 1 or self.pretrain_epochs < 0:
             raise ValueError("epochs and pretrain_epochs must be >= 0 and batch_size >= 1")
 
@@ -168,7 +185,7 @@ def certified_training(
     opt = IntervalSGD(params, config.lr, config.momentum, config.weight_decay)
     if momentum_state:
         opt.load_state_dict(momentum_state)
-    nominal_opt_state: dict = getattr(start, "nominal_state", {}) if start is not None else {}
+    bounds.nominal_state = getattr(start, "nominal_state", {}) if start is not None else {}  # type: ignore[attr-defined]
     epochs = range(bounds.epochs_done, config.epochs)
     bar = None
     if progress:
@@ -176,50 +193,163 @@ def certified_training(
 
         bar = tqdm(epochs, desc="certified training", unit="epoch")
         epochs = bar
-    for epoch in epochs:
-        last = ({n: p.lower.clone() for n, p in params.items()}, {n: p.upper.clone() for n, p in params.items()})
-        last_buffers = opt.state_dict()
-        for idx in batch_indices(len(dataset), config, epoch + config.pretrain_epochs):
-            for p in params.values():
-                p.grad = None
-            _interval_grads(model, params, dataset, idx, config, n_classes)
-            opt.step()
-        if track_nominal:
-            bounds.nominal, nominal_opt_state = _plain_sgd_epoch(
-                model, bounds.nominal, dataset, config, epoch + config.pretrain_epochs, nominal_opt_state
-            )
-        finite = all(torch.isfinite(p.lower).all() and torch.isfinite(p.upper).all() for p in params.values())
-        if not finite:
-            bounds.lower, bounds.upper = last
-            opt.load_state_dict(last_buffers)
-            bounds.diverged_at = epoch
-            warnings.warn(
-                f"parameter bounds became non-finite in epoch {epoch + 1}; stopping with the bounds after epoch "
-                f"{epoch} (still sound)",
-                TrainingDiverged,
-                stacklevel=2,
-            )
-            break
-        bounds.lower = {n: p.lower.clone() for n, p in params.items()}
-        bounds.upper = {n: p.upper.clone() for n, p in params.items()}
-        bounds.epochs_done = epoch + 1
-        metrics = {"epoch": epoch + 1, "mean_width": bounds.mean_width()}
-        if test is not None:
-            cert = certify(model, bounds, test[0], test[1], test_eps)
-            metrics.update(certified_accuracy=cert.accuracy, certified_fraction=cert.certified)
-            if track_nominal:
-                metrics["nominal_accuracy"] = _accuracy(model, bounds.nominal, test[0], test[1])
-        bounds.history.append(metrics)
-        bounds.optimizer_state = opt.state_dict()  # type: ignore[attr-defined]
-        bounds.nominal_state = nominal_opt_state  # type: ignore[attr-defined]
-        if bar is not None:
-            post = {"width": f"{metrics['mean_width']:.3g}"}
-            if "certified_accuracy" in metrics:
-                post["cert_acc"] = f"{metrics['certified_accuracy']:.3f}"
-            bar.set_postfix(post)
-        if on_epoch is not None:
-            on_epoch(bounds, metrics)
+    solver = _SolverSteps(model, dataset, config) if config.method != "interval" else None
+    try:
+        for epoch in epochs:
+            if not _train_epoch(
+                model,
+                params,
+                opt,
+                dataset,
+                config,
+                n_classes,
+                epoch,
+                bounds,
+                solver,
+                bar,
+                test,
+                test_eps,
+                track_nominal,
+                on_epoch,
+            ):
+                break
+    finally:
+        if solver is not None:
+            solver.close()
     return bounds
+
+
+class _SolverSteps:
+    """Runs the solver step (MIBP-Cert) of every batch and keeps the counters for progress."""
+
+    def __init__(self, model, dataset: BoundedDataset, config: TrainConfig):
+        from boundflow.solvers.executor import make_executor
+        from boundflow.solvers.training_step import supported_layers
+
+        supported_layers(model)
+        if dataset.k is not None or dataset.label_sets is not None:
+            raise ValueError(
+                f"method={config.method!r} supports data boxes with exact labels (linf, linf_subset, missing); "
+                f"the dataset's threat is {dataset.threat!r} (per-batch budget k={dataset.k}, "
+                f"label sets {'given' if dataset.label_sets is not None else 'none'}); use method='interval'"
+            )
+        self.model, self.dataset, self.config = model, dataset, config
+        self.executor = make_executor(config.executor, config.workers, config.address)
+        self.solves = 0
+        self.seconds = 0.0
+        self.status: dict[str, int] = {}
+
+    def step(self, before_lo, before_hi, params, idx, on_done=None) -> None:
+        """Intersect ``params`` (already holding the interval step's box) with the solver box."""
+        from boundflow.solvers.training_step import solver_step
+
+        c = self.config
+        d = self.dataset
+        lo, hi, st = solver_step(
+            self.model,
+            before_lo,
+            before_hi,
+            d.lower[idx],
+            d.upper[idx],
+            d.y[idx],
+            c.loss,
+            c.lr,
+            c.weight_decay,
+            c.method,
+            self.executor,
+            c.time_limit,
+            on_done=on_done,
+            decompose=c.decompose,
+        )
+        self.solves += st["solves"]
+        self.seconds += st["seconds"]
+        for k, v in st["status"].items():
+            self.status[k] = self.status.get(k, 0) + v
+        for n, p in params.items():
+            new_lo = torch.maximum(p.lower, lo[n])
+            new_hi = torch.minimum(p.upper, hi[n])
+            if bool((new_lo > new_hi).any()):  # cannot happen for sound boxes; keep the interval box
+                raise RuntimeError(f"solver step: empty intersection for {n}; the solver bounds are inconsistent")
+            p._lower.copy_(new_lo)
+            p._upper.copy_(new_hi)
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def _mean_width(params) -> float:
+    tot = sum(float((p.upper - p.lower).sum()) for p in params.values())
+    return tot / max(sum(p.lower.numel() for p in params.values()), 1)
+
+
+def _train_epoch(
+    model, params, opt, dataset, config, n_classes, epoch, bounds, solver, bar, test, test_eps, track_nominal, on_epoch
+) -> bool:
+    """One certified epoch; returns False when training must stop (non-finite bounds)."""
+    import time
+
+    t0 = time.perf_counter()
+    last = ({n: p.lower.clone() for n, p in params.items()}, {n: p.upper.clone() for n, p in params.items()})
+    last_buffers = opt.state_dict()
+    step_widths = []
+    for idx in batch_indices(len(dataset), config, epoch + config.pretrain_epochs):
+        before = ({n: p.lower.clone() for n, p in params.items()}, {n: p.upper.clone() for n, p in params.items()})
+        for p in params.values():
+            p.grad = None
+        _interval_grads(model, params, dataset, idx, config, n_classes)
+        opt.step()
+        if solver is not None:
+            solver.step(before[0], before[1], params, idx)
+        step_widths.append(_mean_width(params))
+        if bar is not None and solver is not None:
+            bar.set_postfix(
+                step=len(step_widths),
+                solves=solver.solves,
+                solver_s=f"{solver.seconds:.1f}",
+                width=f"{step_widths[-1]:.3g}",
+            )
+    if track_nominal:
+        bounds.nominal, bounds.nominal_state = _plain_sgd_epoch(
+            model, bounds.nominal, dataset, config, epoch + config.pretrain_epochs, bounds.nominal_state
+        )
+    finite = all(torch.isfinite(p.lower).all() and torch.isfinite(p.upper).all() for p in params.values())
+    if not finite:
+        bounds.lower, bounds.upper = last
+        opt.load_state_dict(last_buffers)
+        bounds.diverged_at = epoch
+        warnings.warn(
+            f"parameter bounds became non-finite in epoch {epoch + 1}; stopping with the bounds after epoch "
+            f"{epoch} (still sound)",
+            TrainingDiverged,
+            stacklevel=3,
+        )
+        return False
+    bounds.lower = {n: p.lower.clone() for n, p in params.items()}
+    bounds.upper = {n: p.upper.clone() for n, p in params.items()}
+    bounds.epochs_done = epoch + 1
+    metrics = {
+        "epoch": epoch + 1,
+        "mean_width": bounds.mean_width(),
+        "seconds": time.perf_counter() - t0,
+        "step_widths": step_widths,
+    }
+    if solver is not None:
+        metrics.update(solves=solver.solves, solver_seconds=solver.seconds, solver_status=dict(solver.status))
+    if test is not None:
+        cert = certify(model, bounds, test[0], test[1], test_eps)
+        metrics.update(certified_accuracy=cert.accuracy, certified_fraction=cert.certified)
+        if track_nominal:
+            metrics["nominal_accuracy"] = _accuracy(model, bounds.nominal, test[0], test[1])
+    bounds.history.append(metrics)
+    bounds.optimizer_state = opt.state_dict()  # type: ignore[attr-defined]
+    if bar is not None:
+        post = {"width": f"{metrics['mean_width']:.3g}"}
+        if "certified_accuracy" in metrics:
+            post["cert_acc"] = f"{metrics['certified_accuracy']:.3f}"
+        bar.set_postfix(post)
+    if on_epoch is not None:
+        on_epoch(bounds, metrics)
+    return True
 
 
 def _accuracy(model, params, x, y) -> float:

@@ -1,0 +1,159 @@
+"""Running many independent solves: serially, on a local process pool, or on a Ray cluster.
+
+Every executor runs the same tasks — fixed chunks of objectives, each chunk solved in order by
+one solver instance built from the program — so the results are identical whatever the
+executor and the number of workers (the solvers run single-threaded with a fixed seed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+
+from boundflow.solvers.backends import Outcome, make_solver
+from boundflow.solvers.program import Program
+
+__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "make_executor", "minimize_all", "EXECUTORS"]
+
+EXECUTORS = ("serial", "process", "ray")
+
+
+def solve_chunk(program: Program, mode: str, objectives: list, time_limit: float | None) -> list[Outcome]:
+    """Minimise each objective (``(indices, values)``, sparse) in turn with one solver."""
+    solver = make_solver(program, mode)
+    out = []
+    for idx, val in objectives:
+        c = np.zeros(program.n_vars)
+        np.add.at(c, np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.float64))
+        out.append(solver.minimize(c, time_limit))
+    return out
+
+
+class SerialExecutor:
+    """Runs the chunks one after another in this process."""
+
+    name = "serial"
+    workers = 1
+
+    def run(self, tasks, mode, time_limit, on_done: Callable[[int], None] | None = None):
+        results = []
+        for program, ch in tasks:
+            results.append(solve_chunk(program, mode, ch, time_limit))
+            if on_done:
+                on_done(len(ch))
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessExecutor:
+    """A local pool of ``workers`` processes (``spawn``: safe next to torch's threads)."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None):
+        import multiprocessing as mp
+
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+
+    def run(self, tasks, mode, time_limit, on_done=None):
+        futures = {self._pool.submit(solve_chunk, p, mode, ch, time_limit): i for i, (p, ch) in enumerate(tasks)}
+        results: list = [None] * len(tasks)
+        for f in as_completed(futures):
+            i = futures[f]
+            results[i] = f.result()
+            if on_done:
+                on_done(len(tasks[i][1]))
+        return results
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+class RayExecutor:
+    """Ray tasks, one per chunk: ``address=None`` starts a local Ray, ``"auto"`` or
+    ``"ray://host:port"`` joins a cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("the Ray executor needs ray: pip install 'boundflow[cluster]'") from e
+        self._ray = ray
+        if not ray.is_initialized():
+            kw = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+        self.workers = int(ray.available_resources().get("CPU", 1))
+        self._remote = ray.remote(num_cpus=1)(solve_chunk)
+
+    def run(self, tasks, mode, time_limit, on_done=None):
+        ray = self._ray
+        refs: dict[int, object] = {}  # one object-store copy per program
+        pending = {}
+        for i, (p, ch) in enumerate(tasks):
+            if id(p) not in refs:
+                refs[id(p)] = ray.put(p)
+            pending[self._remote.remote(refs[id(p)], mode, ch, time_limit)] = i
+        results: list = [None] * len(tasks)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for d in done:
+                i = pending.pop(d)
+                results[i] = ray.get(d)
+                if on_done:
+                    on_done(len(tasks[i][1]))
+        return results
+
+    def close(self) -> None:
+        pass  # the Ray runtime stays up for the rest of the process (ray.shutdown() ends it)
+
+
+Executor = SerialExecutor | ProcessExecutor | RayExecutor
+
+
+def make_executor(name: str = "process", workers: int | None = None, address: str | None = None) -> Executor:
+    """``serial``, ``process`` (``workers`` processes; ``1`` runs serially) or ``ray``."""
+    if name == "serial" or (name == "process" and workers == 1):
+        return SerialExecutor()
+    if name == "process":
+        return ProcessExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address, workers)
+    raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+
+
+def minimize_all(
+    tasks: Sequence[tuple[Program, Sequence[tuple[np.ndarray, np.ndarray]]]],
+    mode: str,
+    executor: Executor | None = None,
+    time_limit: float | None = None,
+    chunk: int = 16,
+    on_done: Callable[[int], None] | None = None,
+) -> list[list[Outcome]]:
+    """Sound lower bounds of every objective (sparse ``(indices, values)``) over its program:
+    ``tasks`` is a list of ``(program, objectives)``; the result has one list of outcomes per
+    task, in order.  Up to ``chunk`` objectives of a task share one solver instance (warm
+    starts); the chunking does not depend on the executor, so neither do the results."""
+    executor = executor or SerialExecutor()
+    jobs, owner = [], []
+    for t, (program, objectives) in enumerate(tasks):
+        objectives = list(objectives)
+        for i in range(0, len(objectives), chunk):
+            jobs.append((program, objectives[i : i + chunk]))
+            owner.append(t)
+    results = executor.run(jobs, mode, time_limit, on_done) if jobs else []
+    out: list[list[Outcome]] = [[] for _ in tasks]
+    for t, r in zip(owner, results):
+        out[t].extend(r)
+    for (_, objectives), r in zip(tasks, out):
+        assert len(r) == len(objectives)
+        assert all(not math.isnan(o.bound) for o in r)
+    return out
