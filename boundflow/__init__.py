@@ -16,12 +16,15 @@ from boundflow.domains.interval.domain import IntervalDomain
 from boundflow.domains.linear import AlphaCrownDomain, CrownDomain, ForwardDomain
 from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation
 from boundflow.rounding import sound_rounding
+from boundflow.solvers.network import SolverDomain
 from boundflow.specs import Box
 
 register_domain(IntervalDomain())
 register_domain(CrownDomain())
 register_domain(AlphaCrownDomain())
 register_domain(ForwardDomain())
+register_domain(SolverDomain("lp"))
+register_domain(SolverDomain("milp"))
 
 __version__ = "0.1.0"
 

@@ -57,7 +57,11 @@ def compute_bounds(
     back-substitution on the captured ATen graph, never looser than ``ibp`` per output) or
     ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``) or
     ``"forward"`` (forward-mode linear bounds, for low-dimensional inputs).
-    ``"lp"`` and ``"milp"`` are reserved for later domains and raise ``NotImplementedError``.
+    ``"lp"`` (LP relaxation: triangle ReLU relaxation on CROWN's intermediate bounds, solved by
+    HiGHS with a rigorous dual bound) and ``"milp"`` (exact for ReLU/max-pool networks with
+    exact weights: big-M binaries, HiGHS branch and bound) solve one program per sample and
+    are never looser than ``crown``; see :func:`boundflow.solvers.network_bounds` for time
+    limits, parallel executors and exact bilinear weights (``mibp``).
     ``C``: a specification matrix ``(S, n_out)`` or ``(B, S, n_out)``; then the result bounds
     ``C @ y`` per sample, shape ``(B, S)`` (bounded directly, not via the output box).
     ``params``: name -> tensor or ``IntervalTensor`` (see :func:`interval_parameters`); names

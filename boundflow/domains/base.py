@@ -32,10 +32,7 @@ class Domain(Protocol):
 DOMAINS: dict[str, Domain] = {}
 
 # method names promised by the design whose domains have not landed yet
-RESERVED: dict[str, str] = {
-    "lp": "the LP-relaxation back end (issue #6)",
-    "milp": "the exact MILP back end (issue #6)",
-}
+RESERVED: dict[str, str] = {}
 
 
 def register_domain(domain: Domain) -> Domain:

@@ -54,6 +54,19 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--method",
+        default="interval",
+        choices=["interval", "lp", "milp", "mibp"],
+        help="step bounds: interval arithmetic (FullCert) or a solver program per step (MIBP-Cert)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel solver processes (solver methods)")
+    p.add_argument("--executor", default="process", choices=["serial", "process", "ray"])
+    p.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray)")
+    p.add_argument("--time-limit", type=float, help="seconds per solve (a stopped solve keeps its proven bound)")
+    p.add_argument(
+        "--joint", action="store_true", help="one joint program per batch instead of one per sample (slower)"
+    )
     return p
 
 
@@ -100,6 +113,12 @@ def run_train(args) -> int:
         seed=args.seed,
         shuffle=args.shuffle,
         pretrain_epochs=args.pretrain_epochs,
+        method=args.method,
+        workers=args.workers,
+        executor=args.executor,
+        address=args.address,
+        time_limit=args.time_limit,
+        decompose=not args.joint,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,8 +126,9 @@ def run_train(args) -> int:
     start = None
     if args.resume and ckpt.exists():
         start, saved_cfg, _ = load_bounds(ckpt)
-        if {k: v for k, v in asdict(saved_cfg).items() if k != "epochs"} != {
-            k: v for k, v in asdict(config).items() if k != "epochs"
+        free = {"epochs", "workers", "executor", "address"}  # may change between runs
+        if {k: v for k, v in asdict(saved_cfg).items() if k not in free} != {
+            k: v for k, v in asdict(config).items() if k not in free
         }:
             raise SystemExit(f"error: {ckpt} was written with a different configuration: {asdict(saved_cfg)}")
         print(f"resuming from epoch {start.epochs_done}")

@@ -156,6 +156,7 @@ def certified_training(
     start: ParameterBounds | None = None,
     on_epoch: Callable[[ParameterBounds, dict], None] | None = None,
     track_nominal: bool = True,
+    executor=None,
 ) -> ParameterBounds:
     """Train ``model`` (its own parameters are the start; the model is not modified) on every
     dataset in ``dataset`` at once and return the parameter box.
@@ -166,7 +167,9 @@ def certified_training(
     Sound in exact arithmetic on the float64 data (rounding of the concrete run is of the same
     order as that of the bounds).  ``start`` resumes from a checkpoint.  If bounds become
     non-finite, training stops with a :class:`TrainingDiverged` warning and the last finite
-    bounds (``diverged_at`` set)."""
+    bounds (``diverged_at`` set).  ``executor``: an executor from
+    :func:`boundflow.solvers.make_executor` to use (and leave open) instead of the one the
+    config describes (solver methods only)."""
     dtype = torch.float64
     model = copy.deepcopy(model).to(dtype)
     n_classes = max(dataset.n_classes, 2)
@@ -193,7 +196,7 @@ def certified_training(
 
         bar = tqdm(epochs, desc="certified training", unit="epoch")
         epochs = bar
-    solver = _SolverSteps(model, dataset, config) if config.method != "interval" else None
+    solver = _SolverSteps(model, dataset, config, executor) if config.method != "interval" else None
     try:
         for epoch in epochs:
             if not _train_epoch(
@@ -222,7 +225,7 @@ def certified_training(
 class _SolverSteps:
     """Runs the solver step (MIBP-Cert) of every batch and keeps the counters for progress."""
 
-    def __init__(self, model, dataset: BoundedDataset, config: TrainConfig):
+    def __init__(self, model, dataset: BoundedDataset, config: TrainConfig, executor=None):
         from boundflow.solvers.executor import make_executor
         from boundflow.solvers.training_step import supported_layers
 
@@ -234,7 +237,8 @@ class _SolverSteps:
                 f"label sets {'given' if dataset.label_sets is not None else 'none'}); use method='interval'"
             )
         self.model, self.dataset, self.config = model, dataset, config
-        self.executor = make_executor(config.executor, config.workers, config.address)
+        self.own = executor is None
+        self.executor = make_executor(config.executor, config.workers, config.address) if self.own else executor
         self.solves = 0
         self.seconds = 0.0
         self.status: dict[str, int] = {}
@@ -274,7 +278,8 @@ class _SolverSteps:
             p._upper.copy_(new_hi)
 
     def close(self) -> None:
-        self.executor.close()
+        if self.own:
+            self.executor.close()
 
 
 def _mean_width(params) -> float:

@@ -1,0 +1,375 @@
+"""MILP / LP encodings of a captured ATen graph, and the ``lp`` / ``milp`` domains.
+
+One program per sample (the graph is captured at batch size 1).  Every node gets variables
+whose box is the node's bounds from the linear domain (CROWN intersected with interval), so
+big-M constants and McCormick envelopes use the tightest bounds available:
+
+* affine ops (linear, conv, batch norm, pooling averages, adds, concatenation, ...): rows
+  ``z = J x + f(0)`` with the Jacobian from ``torch.func.jacrev``; pure re-indexing ops (views,
+  permutes, slices) reuse the variables;
+* ReLU: the big-M formulation with one binary per unstable neuron (its LP relaxation is the
+  triangle relaxation);
+* max pooling: ``y >= x_i``, ``y <= x_i + (U - l_i)(1 - d_i)``, ``sum_i d_i = 1`` per window;
+* other activations (sigmoid, tanh, exp, log, softplus, leaky ReLU): their sound linear
+  relaxation from the linear domain (so ``milp`` is exact only for piecewise-linear networks);
+* bounded weights (``IntervalTensor`` parameters): the weights are variables and ``W x`` is a
+  sum of bilinear products — exact in ``mibp`` (SCIP), McCormick envelopes in ``milp``/``lp``.
+
+Modes: ``lp`` (binaries relaxed; HiGHS; rigorous dual bound), ``milp`` (HiGHS branch and
+bound), ``mibp`` (SCIP, exact bilinear).  Results are intersected with the CROWN bounds.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from boundflow.domains.linear.crown import AFFINE_OPS, PRODUCT_OPS, BoundState, _flat_nodes, crown, prepare
+from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.errors import UnsupportedOperation
+from boundflow.graph import capture
+from boundflow.solvers.program import Program
+from boundflow.specs import Box
+
+aten = torch.ops.aten
+
+__all__ = ["encode", "network_bounds", "SolverDomain"]
+
+# ops that only move entries: applied to a tensor of variable indices
+_REINDEX = {
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.t.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.expand.default,
+    aten.clone.default,
+    aten.detach.default,
+    aten.alias.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.index_select.default,
+    aten.flip.default,
+    aten.lift_fresh_copy.default,
+}
+_BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
+
+
+class _Encoder:
+    def __init__(self, state: BoundState):
+        self.state = state
+        self.p = Program()
+        self.vars: dict[fx.Node, np.ndarray] = {}
+
+    def bounds_of(self, node) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.state.lower[node], self.state.upper[node]
+        return lo.double().numpy(), hi.double().numpy()
+
+    def new(self, node) -> np.ndarray:
+        lo, hi = self.bounds_of(node)
+        return self.p.var(lo, hi)
+
+    def weight_vars(self, node) -> np.ndarray:
+        """Variables for a bounded constant (centre +- radius), created once."""
+        if node not in self.vars:
+            c, r = self.state.const[node].double(), self.state.radius[node].double()
+            self.vars[node] = self.p.var((c - r).numpy(), (c + r).numpy())
+        return self.vars[node]
+
+    def operand(self, a):
+        """Variable indices for a variable node or a bounded constant, else ``None``."""
+        if isinstance(a, fx.Node):
+            if a in self.vars:
+                return self.vars[a]
+            if a in self.state.radius:
+                return self.weight_vars(a)
+        return None
+
+    def is_var(self, a) -> bool:
+        return isinstance(a, fx.Node) and (a in self.vars or a in self.state.radius)
+
+    # -- ops ---------------------------------------------------------------------------------
+    def affine(self, node: fx.Node, head: fx.Node | None = None) -> np.ndarray:
+        """Rows ``z = J x + f(0)``; ``head``: the ``getitem(node, 0)`` holding the bounds of a
+        tuple-valued op (batch norm)."""
+        var_nodes = [a for a in _flat_nodes(node.args) if self.is_var(a)]
+        var_nodes = list(dict.fromkeys(var_nodes))
+        shapes = [tuple(self.operand(a).shape) for a in var_nodes]
+
+        def f(*vals):
+            env = dict(zip(var_nodes, vals))
+
+            def sub(a):
+                if isinstance(a, fx.Node):
+                    return env[a] if a in env else self.state.const[a]
+                if isinstance(a, (list, tuple)):
+                    return type(a)(sub(b) for b in a)
+                return a
+
+            out = node.target(*sub(node.args), **sub(node.kwargs))
+            return out[0] if isinstance(out, tuple) else out
+
+        zeros = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+        with torch.no_grad():
+            const = f(*zeros).double()
+        jac = torch.func.jacrev(f, argnums=tuple(range(len(zeros))))(*zeros)
+        out = self.new(head if head is not None else node)
+        n = const.numel()
+        terms = [(self.operand(a), J.reshape(n, -1).double().numpy()) for a, J in zip(var_nodes, jac, strict=True)]
+        self.p.affine_eq(out.ravel(), terms, const.reshape(-1).numpy())
+        return out
+
+    def bilinear(self, node: fx.Node) -> np.ndarray:
+        t = node.target
+        args = list(node.args)
+        bias = None
+        if t is aten.addmm.default:
+            bias, a, b = args[0], args[1], args[2]
+            if node.kwargs:
+                raise UnsupportedOperation(f"solver encoding: addmm with {node.kwargs} (node {node.name})")
+        else:
+            a, b = args[0], args[1]
+        A = self.operand(a) if self.is_var(a) else None
+        Bv = self.operand(b) if self.is_var(b) else None
+        if A is None or Bv is None:
+            raise UnsupportedOperation(f"solver encoding: {t} at node {node.name} is not bilinear in two variables")
+        if t is aten.mul.Tensor:
+            A, Bv = np.broadcast_arrays(A, Bv)
+            z = self.p.product(A, Bv)
+            out = self.new(node)
+            self.p.affine_eq(out.ravel(), [(z.ravel(), 1.0)], 0.0)
+            return out
+        if t is aten.mv.default:
+            Bv = Bv[:, None]
+        # (m, k) @ (k, n): products A[i, l] * B[l, j]
+        m_, k = A.shape
+        n_ = Bv.shape[1]
+        prods = self.p.product(A[:, :, None], Bv[None, :, :])  # (m, k, n)
+        out = self.new(node).reshape(m_, n_)
+        rows = [np.arange(m_ * n_), np.repeat(np.arange(m_ * n_), k)]
+        cols = [out.ravel(), prods.transpose(0, 2, 1).reshape(-1)]
+        vals = [np.ones(m_ * n_), -np.ones(m_ * n_ * k)]
+        rhs = np.zeros(m_ * n_)
+        if bias is not None:
+            bv = self.operand(bias)
+            if bv is not None:
+                bv = np.broadcast_to(bv, (m_, n_)).ravel()
+                rows.append(np.arange(m_ * n_))
+                cols.append(bv)
+                vals.append(-np.ones(m_ * n_))
+            else:
+                rhs = np.broadcast_to(self.state.const[bias].double().numpy(), (m_, n_)).ravel().copy()
+        self.p.rows(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), rhs, rhs)
+        return out.reshape(self.bounds_of(node)[0].shape)
+
+    def relu(self, node: fx.Node) -> np.ndarray:
+        x = self.operand(node.args[0])
+        lo, hi = self.bounds_of(node.args[0])
+        out = np.empty(x.shape, dtype=np.int64)
+        xf, of, lf, hf = x.ravel(), out.reshape(-1), lo.ravel(), hi.ravel()
+        for j in range(xf.size):
+            if lf[j] >= 0:
+                of[j] = xf[j]
+            elif hf[j] <= 0:
+                of[j] = self.p.var(0.0, 0.0)
+            else:
+                h = int(self.p.var(0.0, hf[j]))
+                a = int(self.p.binary(()))
+                self.p.rows(
+                    [0, 0, 1, 1, 1, 2, 2],
+                    [h, xf[j], h, xf[j], a, h, a],
+                    [1, -1, 1, -1, -lf[j], 1, -hf[j]],
+                    [0, -np.inf, -np.inf],
+                    [np.inf, -lf[j], 0],
+                )
+                of[j] = h
+        return out
+
+    def relaxed(self, node: fx.Node) -> np.ndarray:
+        x = self.operand(node.args[0])
+        lo_t, hi_t = self.state.lower[node.args[0]], self.state.upper[node.args[0]]
+        a_l, b_l, a_u, b_u = (t.double().numpy().ravel() for t in RELAXATIONS[node.target](node, lo_t, hi_t))
+        y = self.new(node).ravel()
+        n = y.size
+        pad = 1e-12 * (1 + np.abs(b_l) + np.abs(b_u))
+        r = np.concatenate([np.arange(n), np.arange(n)])
+        self.p.rows(
+            r, np.concatenate([y, x.ravel()]), np.concatenate([np.ones(n), -a_l]), b_l - pad, np.full(n, np.inf)
+        )
+        self.p.rows(
+            r, np.concatenate([y, x.ravel()]), np.concatenate([np.ones(n), -a_u]), np.full(n, -np.inf), b_u + pad
+        )
+        return y.reshape(x.shape)
+
+    def maxpool(self, node: fx.Node, head: fx.Node) -> np.ndarray:
+        """``head`` = ``getitem(node, 0)``, the pooled values (its bounds are in the state)."""
+        inp = node.args[0]
+        x = self.operand(inp)
+        lo, hi = self.bounds_of(inp)
+        args = list(node.args[1:]) + [None] * (5 - len(node.args[1:]))
+        kernel, stride, padding, dilation, ceil = args
+        stride = stride or kernel
+        padding = padding or [0, 0]
+        dilation = dilation or [1, 1]
+        if ceil:
+            raise UnsupportedOperation(f"solver encoding: max_pool2d with ceil_mode (node {node.name})")
+        idx = torch.from_numpy(x.astype(np.float64)).reshape(-1, *x.shape[-2:]).unsqueeze(1)
+        idx = F.pad(idx, (padding[1], padding[1], padding[0], padding[0]), value=-1.0)
+        win = F.unfold(idx, kernel, dilation=dilation, stride=stride)  # (C, K, L)
+        win = win.long().numpy()
+        out_lo, out_hi = self.bounds_of(head)
+        y = self.p.var(out_lo, out_hi).ravel()
+        lo_all, hi_all = np.asarray(self.p.lower), np.asarray(self.p.upper)
+        k = 0
+        for c in range(win.shape[0]):
+            for w in range(win.shape[2]):
+                members = [int(v) for v in win[c, :, w] if v >= 0]
+                yi = int(y[k])
+                k += 1
+                U = max(hi_all[m] for m in members)
+                live = [m for m in members if hi_all[m] >= max(lo_all[q] for q in members)]
+                if len(live) == 1:
+                    self.p.rows([0, 0], [yi, live[0]], [1.0, -1.0], [0.0], [0.0])
+                    continue
+                d = self.p.binary(len(live))
+                for m, dm in zip(live, d.tolist()):
+                    # y >= x_m ;  y <= x_m + (U - l_m)(1 - d_m)
+                    self.p.rows([0, 0], [yi, m], [1.0, -1.0], [0.0], [np.inf])
+                    self.p.rows([0, 0, 0], [yi, m, dm], [1.0, -1.0, U - lo_all[m]], [-np.inf], [U - lo_all[m]])
+                self.p.rows(np.zeros(len(live)), d, np.ones(len(live)), [1.0], [1.0])
+        return y.reshape(out_lo.shape)
+
+    def run(self) -> np.ndarray:
+        graph = self.state.graph
+        nodes = list(graph.gm.graph.nodes)
+        x_node = next(n for n in nodes if n.op == "placeholder")
+        self.vars[x_node] = self.new(x_node)
+        pools: set = set()
+        for n in nodes:
+            if n.op == "output":
+                return self.operand(n.args[0])
+            if n.op != "call_function" or n in self.state.const or not n.users:
+                continue  # constants and unused values (e.g. max-pool indices) need no variables
+            t = n.target
+            var_args = [a for a in _flat_nodes(n.args) if self.is_var(a)]
+            if t in _REINDEX and len(var_args) == 1 and var_args[0] is n.args[0]:
+                ids = torch.from_numpy(self.operand(n.args[0]))
+                rest = [self.state.const.get(a, a) if isinstance(a, fx.Node) else a for a in n.args[1:]]
+                self.vars[n] = t(ids, *rest, **n.kwargs).numpy()
+            elif t is aten._to_copy.default:
+                self.vars[n] = self.operand(n.args[0])
+            elif t in _BILINEAR and len(set(var_args) - ({n.args[0]} if t is aten.addmm.default else set())) == 2:
+                self.vars[n] = self.bilinear(n)
+            elif _is_bn(n):
+                pools.add(n)  # encoded at its getitem(., 0)
+            elif t is operator.getitem and n.args[0] in pools and _is_bn(n.args[0]) and n.args[1] == 0:
+                self.vars[n] = self.affine(n.args[0], n)
+            elif (t in AFFINE_OPS or t in PRODUCT_OPS) and not any(a in self.state.radius for a in var_args):
+                self.vars[n] = self.affine(n)
+            elif t is aten.relu.default:
+                self.vars[n] = self.relu(n)
+            elif t in RELAXATIONS:
+                self.vars[n] = self.relaxed(n)
+            elif t is aten.max_pool2d_with_indices.default:
+                pools.add(n)  # encoded at its getitem(., 0)
+            elif t is operator.getitem and n.args[0] in pools and n.args[1] == 0:
+                self.vars[n] = self.maxpool(n.args[0], n)  # max pooling (batch norm is matched above)
+            elif t is operator.getitem and n.args[0] in self.vars and n.args[1] == 0:
+                self.vars[n] = self.vars[n.args[0]]
+            else:
+                raise UnsupportedOperation(
+                    f"solver encoding (lp/milp/mibp): node {n.name} calls {t}, which has no encoding; "
+                    "use method='crown' or 'ibp' for this model"
+                )
+        raise RuntimeError("graph without output")
+
+
+def _is_bn(n: fx.Node) -> bool:
+    return n.target in (aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
+
+
+def encode(graph, state: BoundState) -> tuple[Program, np.ndarray]:
+    """The program of one sample (``state`` from :func:`boundflow.domains.linear.crown.prepare`
+    on a batch of one) and the variables of the output node (without the batch dimension)."""
+    if state.x_lo.shape[0] != 1:
+        raise ValueError("encode: the state must be for a batch of one sample")
+    enc = _Encoder(state)
+    out = enc.run()
+    return enc.p, out.reshape(-1)
+
+
+def network_bounds(
+    model: nn.Module,
+    x_lower: torch.Tensor,
+    x_upper: torch.Tensor,
+    mode: str = "milp",
+    params: Mapping[str, torch.Tensor] | None = None,
+    C: torch.Tensor | None = None,
+    *,
+    time_limit: float | None = None,
+    executor=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds on ``model(x)`` (or ``C @ model(x)``, shape ``(B, S)``) over the box, from the
+    ``mode`` program of each sample: ``lp``, ``milp`` (exact for piecewise-linear networks with
+    exact weights, when solved within ``time_limit``) or ``mibp`` (exact bilinear weights,
+    SCIP).  Never looser than CROWN.  ``time_limit``: seconds per solve (a stopped solve gives
+    its proven bound); ``executor``: see :mod:`boundflow.solvers.executor`."""
+    if mode not in ("lp", "milp", "mibp"):
+        raise ValueError(f"network_bounds: unknown mode {mode!r}; choose from lp, milp, mibp")
+    from boundflow.solvers.executor import minimize_all
+
+    x_lower = torch.as_tensor(x_lower, dtype=torch.float64)
+    x_upper = torch.as_tensor(x_upper, dtype=torch.float64)
+    b = x_lower.shape[0]
+    tasks, c_lb, c_ub, n_rows, out_shape = [], [], [], None, None
+    for i in range(b):
+        lo, hi = x_lower[i : i + 1], x_upper[i : i + 1]
+        g = capture(model, (lo + hi) / 2, params)
+        state = prepare(g, lo, hi)
+        Ci = None
+        if C is not None:
+            Ci = C if C.dim() == 2 else C[i : i + 1]
+        lb, ub, _ = crown(g, lo, hi, Ci, state=state)
+        c_lb.append(lb[0])
+        c_ub.append(ub[0])
+        program, out = encode(g, state)
+        out_node = next(n for n in g.gm.graph.nodes if n.op == "output").args[0]
+        out_shape = tuple(state.lower[out_node].shape[1:]) if out_node in state.lower else (len(out),)
+        rows = np.eye(len(out)) if Ci is None else Ci.reshape(-1, len(out)).double().numpy()
+        n_rows = rows.shape[0]
+        objs = []
+        for r in rows:
+            nz = np.nonzero(r)[0]
+            objs.append((out[nz], r[nz]))
+            objs.append((out[nz], -r[nz]))
+        tasks.append((program, objs))
+    results = minimize_all(tasks, mode, executor, time_limit)
+    lower = torch.tensor([[o.bound for o in r[0::2]] for r in results], dtype=torch.float64)
+    upper = torch.tensor([[-o.bound for o in r[1::2]] for r in results], dtype=torch.float64)
+    lower = torch.maximum(lower, torch.stack(c_lb))
+    upper = torch.minimum(upper, torch.stack(c_ub))
+    assert lower.shape == (b, n_rows)
+    if C is None:
+        return lower.reshape(b, *out_shape), upper.reshape(b, *out_shape)
+    return lower, upper
+
+
+class SolverDomain:
+    """``method="lp"`` / ``"milp"`` behind the common domain interface (serial, no time limit;
+    use :func:`network_bounds` for executors, limits and ``mibp``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
+        return network_bounds(model, spec.lower, spec.upper, self.name, params, C)

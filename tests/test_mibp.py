@@ -1,0 +1,186 @@
+"""Solver-based certified training (MIBP-Cert): replay soundness for every method, the
+tightness order mibp <= milp <= lp <= interval, exactness against brute force, executors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import boundflow.train as T
+from boundflow.solvers.executor import make_executor
+from boundflow.solvers.training_step import solver_step
+from boundflow.train.cli import mlp
+from tests.test_train import _concrete_datasets, _replay
+
+D = torch.float64
+
+
+def _moons(n: int):
+    d = T.load_dataset("moons", n_samples=200)
+    return d.x_train[:n], d.y_train[:n]
+
+
+@pytest.mark.parametrize(
+    "method,loss,decompose",
+    [
+        ("lp", "bce", True),
+        ("lp", "mse", False),
+        ("milp", "hinge", True),
+        ("milp", "bce", False),
+        ("mibp", "mse", True),
+        ("mibp", "hinge", False),
+    ],
+)
+def test_replay_ends_inside_the_solver_box(method, loss, decompose):
+    """Two epochs on 16 points (one on 8 for the exact bilinear program, with a time limit per
+    solve so that stopped solves are exercised too)."""
+    n, epochs, limit = (8, 1, 0.5) if method == "mibp" else (16, 2, None)
+    x, y = _moons(n)
+    model = mlp(2, 1, 4 if method != "mibp" else 3, 2, 0)
+    cfg = T.TrainConfig(
+        epochs=epochs, lr=0.3, batch_size=4 if method == "mibp" else 8, loss=loss, weight_decay=0.01,
+        method=method, decompose=decompose, time_limit=limit,
+    )  # fmt: skip
+    data = T.linf(x, y, 0.03)
+    bounds = T.certified_training(model, data, cfg)
+    interval = T.certified_training(
+        model, data, T.TrainConfig(epochs=epochs, lr=0.3, batch_size=cfg.batch_size, loss=loss, weight_decay=0.01)
+    )
+    assert bounds.mean_width() <= interval.mean_width() + 1e-12
+    for xs in _concrete_datasets(model, data, loss, n=24):
+        final = _replay(model, xs, y, cfg)
+        assert bounds.contains(final, atol=1e-9), (method, loss)
+    assert bounds.history[-1]["solves"] > 0
+
+
+def _one_step(mode, decompose, loss="mse"):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)).to(D)
+    lo = {n: p.detach() - 0.02 for n, p in model.named_parameters()}
+    hi = {n: p.detach() + 0.02 for n, p in model.named_parameters()}
+    x, y = _moons(6)
+    return (
+        model,
+        lo,
+        hi,
+        x,
+        y,
+        solver_step(model, lo, hi, x - 0.05, x + 0.05, y, loss, 0.3, 0.0, mode, decompose=decompose),
+    )
+
+
+@pytest.mark.parametrize("decompose", [True, False])
+def test_tightness_order_on_one_step(decompose):
+    from torch.func import functional_call
+
+    from boundflow.domains.interval import IntervalTensor
+    from boundflow.train.losses import bounded_loss
+    from boundflow.train.optim import IntervalSGD
+
+    res = {m: _one_step(m, decompose)[-1] for m in ("lp", "milp", "mibp")}
+    model, lo, hi, x, y, _ = _one_step("lp", decompose)
+    params = {n: IntervalTensor(lo[n].clone(), hi[n].clone(), requires_grad=True) for n in lo}
+    bounded_loss(functional_call(model, params, (IntervalTensor(x - 0.05, x + 0.05),)), y, "mse").backward()
+    IntervalSGD(params, 0.3).step()
+    tol = 1e-6
+    for n in lo:
+        assert (res["lp"][0][n] >= params[n].lower - tol).all() and (res["lp"][1][n] <= params[n].upper + tol).all()
+        assert (res["milp"][0][n] >= res["lp"][0][n] - tol).all() and (res["milp"][1][n] <= res["lp"][1][n] + tol).all()
+        assert (res["mibp"][0][n] >= res["milp"][0][n] - tol).all()
+        assert (res["mibp"][1][n] <= res["milp"][1][n] + tol).all()
+    w = {m: sum(float((r[1][n] - r[0][n]).sum()) for n in lo) for m, r in res.items()}
+    w_int = sum(float((params[n].upper - params[n].lower).sum()) for n in lo)
+    assert w["lp"] < w_int  # the program keeps dependencies the interval step loses
+
+
+def test_mibp_equals_brute_force_on_one_hidden_neuron():
+    """p' over a grid of (w1, b1, w2, b2, x) vs the exact program: contains every grid value
+    and is within the grid's resolution of its extremes; the McCormick relaxation is not."""
+    m = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).to(D)
+    c = {"0.weight": [[0.8]], "0.bias": [-0.5], "2.weight": [[1.2]], "2.bias": [0.1]}
+    lo = {n: torch.tensor(v, dtype=D) - 0.1 for n, v in c.items()}
+    hi = {n: torch.tensor(v, dtype=D) + 0.1 for n, v in c.items()}
+    x0, eps, lr = 0.7, 0.15, 0.5
+    y = torch.tensor([1])
+    xl, xh = torch.tensor([[x0 - eps]], dtype=D), torch.tensor([[x0 + eps]], dtype=D)
+    res = {md: solver_step(m, lo, hi, xl, xh, y, "mse", lr, 0.0, md)[:2] for md in ("lp", "mibp")}
+    n = 21
+    axes = [torch.linspace(lo[k].item(), hi[k].item(), n, dtype=D) for k in c] + [
+        torch.linspace(x0 - eps, x0 + eps, n, dtype=D)
+    ]
+    W1, B1, W2, B2, X = torch.meshgrid(*axes, indexing="ij")
+    z1 = W1 * X + B1
+    h = z1.clamp(min=0)
+    d2 = 2 * (W2 * h + B2 - 1.0)
+    d1 = W2 * d2 * (z1 > 0)
+    new = {"0.weight": W1 - lr * d1 * X, "0.bias": B1 - lr * d1, "2.weight": W2 - lr * d2 * h, "2.bias": B2 - lr * d2}
+    gaps = {"lp": 0.0, "mibp": 0.0}
+    for k, v in new.items():
+        bf_lo, bf_hi = v.min().item(), v.max().item()
+        for md, (r_lo, r_hi) in res.items():
+            assert r_lo[k].item() <= bf_lo + 1e-9 and r_hi[k].item() >= bf_hi - 1e-9, (md, k)
+            gaps[md] = max(gaps[md], bf_lo - r_lo[k].item(), r_hi[k].item() - bf_hi)
+    assert gaps["mibp"] <= 0.01, gaps  # grid spacing 0.01 (parameters), 0.015 (x)
+    assert gaps["lp"] >= gaps["mibp"] + 0.01, gaps
+
+
+def test_executors_give_identical_results():
+    model, lo, hi, x, y, (ref_lo, ref_hi, _) = _one_step("lp", True)
+    ex = make_executor("process", 2)
+    try:
+        p_lo, p_hi, st = solver_step(model, lo, hi, x - 0.05, x + 0.05, y, "mse", 0.3, 0.0, "lp", ex)
+    finally:
+        ex.close()
+    for n in ref_lo:
+        assert torch.equal(p_lo[n], ref_lo[n]) and torch.equal(p_hi[n], ref_hi[n])
+    assert st["solves"] == 2 * 17 * 6
+
+
+def test_ray_executor_gives_identical_results():
+    pytest.importorskip("ray")
+    model, lo, hi, x, y, (ref_lo, ref_hi, _) = _one_step("lp", True)
+    ex = make_executor("ray", 2)
+    r_lo, r_hi, _ = solver_step(model, lo, hi, x - 0.05, x + 0.05, y, "mse", 0.3, 0.0, "lp", ex)
+    for n in ref_lo:
+        assert torch.equal(r_lo[n], ref_lo[n]) and torch.equal(r_hi[n], ref_hi[n])
+
+
+def test_unsupported_settings_raise_clear_errors():
+    x, y = _moons(16)
+    with pytest.raises(ValueError, match="supports losses hinge, bce, mse, not 'cross_entropy'"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, loss="cross_entropy", method="lp")
+    with pytest.raises(ValueError, match="without momentum"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, momentum=0.9, method="milp")
+    with pytest.raises(ValueError, match="unknown training method 'exact'"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, method="exact")
+    cfg = T.TrainConfig(epochs=1, lr=0.1, batch_size=8, method="lp")
+    with pytest.raises(ValueError, match="threat is 'poison"):
+        T.certified_training(mlp(2, 1, 4, 2, 0), T.poison(x, y, 1, 0.1), cfg)
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="needs an nn.Sequential"):
+        T.certified_training(Net(), T.linf(x, y, 0.1), cfg)
+    with pytest.raises(ValueError, match="module '1' is Tanh"):
+        T.certified_training(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), T.linf(x, y, 0.1), cfg)
+
+
+def test_cli_trains_with_a_solver_method(tmp_path):
+    from boundflow.cli import main
+
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train", "--dataset", "moons", "--samples", "40", "--epochs", "1", "--batch-size", "10",
+            "--hidden", "4", "--epsilon", "0.01", "--method", "lp", "--workers", "1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["method"] == "lp"
+    assert metrics["history"][0]["solves"] > 0
