@@ -226,6 +226,8 @@ _ACT = {
     "relu6": F.relu6,
     "elu": F.elu,
     "elu_alpha2": lambda x: F.elu(x, alpha=2.0),
+    "sin": torch.sin,
+    "cos": torch.cos,
 }
 
 

@@ -9,6 +9,7 @@ their ``rounded`` return flag.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -238,3 +239,32 @@ def reduce_sum(a: Bounds, dims: list[int], keepdim: bool = False) -> Bounds:
         mag = torch.maximum(a[0].abs(), a[1].abs()).sum(dims, keepdim=keepdim)
         return rounding.widen_abs(lo, hi, rounding.dot_error(n, mag))
     return lo, hi
+
+
+def _periodic(a: Bounds, f, peak: float, trough: float) -> Bounds:
+    """Range of a 2*pi-periodic ``f`` (sin or cos) with maxima at ``peak + 2 pi k`` and minima
+    at ``trough + 2 pi k``: the endpoint values, widened to 1 / -1 where an extremum lies in the
+    interval (tested with a margin, which can only widen the result)."""
+    lo, hi = a
+    two_pi = 2 * math.pi
+    flo, fhi = f(lo), f(hi)
+    out_lo, out_hi = torch.minimum(flo, fhi), torch.maximum(flo, fhi)
+    margin = 1e-9 * (1 + torch.maximum(lo.abs(), hi.abs()))
+    wide = (hi - lo) >= two_pi - 1e-9
+    for ext, value in ((peak, 1.0), (trough, -1.0)):
+        k = torch.ceil((lo - margin - ext) / two_pi)
+        inside = (ext + two_pi * k) <= hi + margin
+        hit = inside | wide | ~torch.isfinite(lo) | ~torch.isfinite(hi)
+        if value > 0:
+            out_hi = torch.where(hit, torch.ones_like(out_hi), out_hi)
+        else:
+            out_lo = torch.where(hit, -torch.ones_like(out_lo), out_lo)
+    return out_lo.clamp(-1, 1), out_hi.clamp(-1, 1)
+
+
+def sin(a: Bounds) -> Bounds:
+    return _periodic(a, torch.sin, math.pi / 2, -math.pi / 2)
+
+
+def cos(a: Bounds) -> Bounds:
+    return _periodic(a, torch.cos, 0.0, math.pi)

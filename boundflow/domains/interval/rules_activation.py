@@ -22,6 +22,22 @@ monotone_rule(aten.relu.default, aten.hardtanh.default)
 monotone_rule(aten.sigmoid.default, aten.tanh.default, aten.elu.default, ulps=ULPS)
 
 
+def _trig(f):
+    def rule(x):
+        lo, hi = f(lohi(x))
+        if rounding.rounding_enabled():
+            lo, hi = rounding.widen_rel(lo, hi, ULPS)
+            return make(lo.clamp(min=-1), hi.clamp(max=1), rounded=True, nan_free=True)
+        return make(lo, hi, nan_free=True)
+
+    return rule
+
+
+# periodic: the endpoint values, or +-1 where an extremum lies inside (``arith.sin``/``cos``)
+implements(aten.sin.default)(_trig(arith.sin))
+implements(aten.cos.default)(_trig(arith.cos))
+
+
 @implements(aten.leaky_relu.default)
 def leaky_relu(x, negative_slope=0.01):
     lo, hi = lohi(x)
