@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -37,3 +38,9 @@ def write_text(path: str | Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def median(values):
+    """Median of the values that are not ``None`` (``None`` if there are none)."""
+    v = [x for x in values if x is not None]
+    return statistics.median(v) if v else None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json, write_text  # noqa: E402
+from _common import median as _med  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
 from boundflow.train.cli import mlp  # noqa: E402
@@ -52,11 +53,6 @@ def run(model_name: str, eps: float, seed: int, epochs: int, lr: float) -> dict:
         "collapse_epoch": collapse,
         "nonfinite_epoch": (b.diverged_at + 1) if b.diverged_at is not None else None,
     }
-
-
-def _med(v):
-    v = [x for x in v if x is not None]
-    return statistics.median(v) if v else None
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json, write_text  # noqa: E402
+from _common import median as _med  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
 from boundflow.solvers.executor import make_executor  # noqa: E402
@@ -67,11 +68,6 @@ def run(method: str, eps: float, seed: int, args, executor) -> dict:
         "solver_status": b.history[-1].get("solver_status") if b.history else None,
         "seconds": secs,
     }
-
-
-def _med(v):
-    v = [x for x in v if x is not None]
-    return statistics.median(v) if v else None
 
 
 def main() -> None:

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from boundflow.domains.linear.crown import AFFINE_OPS, PRODUCT_OPS, BoundState, _flat_nodes, crown, prepare
+from boundflow.domains.linear.crown import (
+    AFFINE_OPS,
+    POSITIVE_LINEAR,
+    PRODUCT_OPS,
+    BoundState,
+    _flat_nodes,
+    crown,
+    prepare,
+)
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
@@ -40,28 +48,19 @@ aten = torch.ops.aten
 
 __all__ = ["encode", "network_bounds", "SolverDomain"]
 
-# ops that only move entries: applied to a tensor of variable indices
-_REINDEX = {
-    aten.view.default,
-    aten._unsafe_view.default,
-    aten.reshape.default,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.t.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.expand.default,
-    aten.clone.default,
-    aten.detach.default,
-    aten.alias.default,
-    aten.slice.Tensor,
-    aten.select.int,
-    aten.index_select.default,
-    aten.flip.default,
-    aten.lift_fresh_copy.default,
-}
+# ops that only move entries (the positive-linear ops that do not average, sum or pad):
+# applied to a tensor of variable indices
+_REINDEX = (
+    POSITIVE_LINEAR
+    - {
+        aten.avg_pool2d.default,
+        aten._adaptive_avg_pool2d.default,
+        aten.mean.dim,
+        aten.sum.dim_IntList,
+        aten.constant_pad_nd.default,
+        aten._to_copy.default,
+    }
+) | {aten.lift_fresh_copy.default}
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
 
 
