@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("vnnlib")
     ver.add_argument("--timeout", type=float, default=60.0, help="seconds")
     ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
+
+    add_pointcloud_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from boundflow.demo import run_demo
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from boundflow.train.cli import run_train
 
         return run_train(args)
+    if args.command == "certify-pointcloud":
+        from boundflow.pointcloud.cli import run as run_pointcloud
+
+        return run_pointcloud(args)
     parser.print_help(sys.stderr)
     return 2
 

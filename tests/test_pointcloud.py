@@ -153,3 +153,44 @@ def test_certified_objects_hold_under_sampled_rotations():
         clouds = torch.stack([pc.apply(x[i], "rotation-z", torch.deg2rad(a).reshape(1)) for a in angles])
         with torch.no_grad():
             assert (model(clouds).argmax(1) == y[i]).all()
+
+
+def test_cascade_pool_computes_the_same_function():
+    model = pc.PointNet(len(pc.CLASSES)).double()
+    x, _ = pc.make_shapes(1, 32, seed=1)
+    with torch.no_grad():
+        a = model(x)
+        model.pool = "cascade"
+        b = model(x)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    model.pool = "cascade"
+    with pytest.raises(ValueError, match="power-of-2"):
+        model(torch.zeros(1, 3, 3, dtype=D))
+
+
+def test_cli_certifies_and_writes_results(tmp_path):
+    import json
+
+    from boundflow.cli import main
+
+    out = tmp_path / "pc"
+    argv = ["certify-pointcloud", "--objects", "3", "--points", "16", "--theta", "2deg", "--splits", "1"]
+    assert main(argv + ["--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["transform"] == "rotation-z" and len(res["objects"]) == 3 and res["theta"] == [-2.0, 2.0]
+    assert (out / "cloud.png").exists() and (out / "model.pt").exists()
+    # reuse the saved model on a user's .npz
+    np.savez(tmp_path / "c.npz", points=pc.make_shapes(1, 16, seed=9)[0].numpy())
+    argv2 = [
+        "certify-pointcloud",
+        "--model",
+        str(out / "model.pt"),
+        "--data",
+        str(tmp_path / "c.npz"),
+        "--points",
+        "16",
+    ]
+    assert (
+        main(argv2 + ["--relaxation", "interval", "--theta=-1:2deg", "--out", str(tmp_path / "pc2"), "--no-progress"])
+        == 0
+    )

@@ -1,0 +1,38 @@
+"""A picture of a cloud and its transformed extremes."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from boundflow.pointcloud import transforms as tf
+
+
+def plot_cloud(
+    points: torch.Tensor, transform: str, theta_lower, theta_upper, path: str | Path, title: str = ""
+) -> None:
+    """The cloud (grey) and the clouds at every corner of the theta range (coloured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(5.5, 5))
+    ax = fig.add_subplot(projection="3d")
+    p = points.detach().double()
+    ax.scatter(*p.T.numpy(), s=8, c="grey", label="original")
+    for i, corner in enumerate(itertools.product(*zip(theta_lower, theta_upper))):
+        q = tf.apply(p, transform, torch.tensor(corner, dtype=torch.float64))
+        ax.scatter(*q.T.numpy(), s=6, color=f"C{i}", label=f"theta = {tuple(round(c, 4) for c in corner)}")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.set_title(f"{transform}: {title}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
