@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.base import get_domain
+from boundflow.domains.base import Domain, get_domain
 from boundflow.domains.interval.tensor import IntervalTensor
 from boundflow.specs import Box
 
@@ -44,7 +44,7 @@ def compute_bounds(
     model: nn.Module,
     x_lower: torch.Tensor,
     x_upper: torch.Tensor,
-    method: str = "ibp",
+    method: str | Domain = "ibp",
     params: Mapping[str, torch.Tensor] | None = None,
     C: torch.Tensor | None = None,
     *,
@@ -56,7 +56,8 @@ def compute_bounds(
     ``method``: ``"ibp"`` (interval bound propagation), ``"crown"`` (linear relaxation by
     back-substitution on the captured ATen graph, never looser than ``ibp`` per output) or
     ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``) or
-    ``"forward"`` (forward-mode linear bounds, for low-dimensional inputs).
+    ``"forward"`` (forward-mode linear bounds, for low-dimensional inputs); a configured domain
+    instance works too (``ForwardDomain(maxpool="tight")``).
     ``"lp"`` (LP relaxation: triangle ReLU relaxation on CROWN's intermediate bounds, solved by
     HiGHS with a rigorous dual bound) and ``"milp"`` (exact for ReLU/max-pool networks with
     exact weights: big-M binaries, HiGHS branch and bound) solve one program per sample and

@@ -40,7 +40,11 @@ def register_domain(domain: Domain) -> Domain:
     return domain
 
 
-def get_domain(method: str) -> Domain:
+def get_domain(method: str | Domain) -> Domain:
+    """The registered domain named ``method``; a domain instance (anything with ``bounds``) is
+    returned as is, so configured domains (``ForwardDomain(maxpool="tight")``) plug in too."""
+    if not isinstance(method, str) and callable(getattr(method, "bounds", None)):
+        return method
     if method in DOMAINS:
         return DOMAINS[method]
     if method in RESERVED:

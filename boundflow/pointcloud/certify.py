@@ -99,9 +99,11 @@ def margins(
     transform: str,
     boxes: list[tuple[torch.Tensor, torch.Tensor]],
     relaxation: str = "taylor",
-    method: str = "crown",
+    method: str = "forward",
+    maxpool: str | None = None,
 ) -> torch.Tensor:
     """Lower bounds ``(len(boxes), n_classes - 1)`` on the true-class margins per theta box."""
+    method = _domain(method, maxpool)
     n = points.shape[0]
     with torch.no_grad():
         n_classes = model(points.unsqueeze(0)).shape[1]
@@ -123,6 +125,22 @@ def margins(
     return lb
 
 
+def _domain(method: str, maxpool: str | None):
+    """The linear-domain method with its max-pool relaxation: ``"tight"`` (default for
+    ``method="forward"``) or ``"deeppoly"``; other methods use DeepPoly's rule."""
+    if maxpool is None:
+        maxpool = "tight" if method == "forward" else "deeppoly"
+    if maxpool not in ("tight", "deeppoly"):
+        raise ValueError(f"maxpool must be 'tight' or 'deeppoly', got {maxpool!r}")
+    if method == "forward":
+        from boundflow.domains.linear import ForwardDomain
+
+        return ForwardDomain(maxpool)
+    if maxpool == "tight":
+        raise ValueError(f"maxpool='tight' is implemented for method='forward', not {method!r}")
+    return method
+
+
 @dataclass
 class CertifyResult:
     """Per object: nominal prediction correct, certified, worst margin lower bound, seconds."""
@@ -132,6 +150,7 @@ class CertifyResult:
     theta_upper: list[float]
     relaxation: str
     splits: int
+    maxpool: str = "deeppoly"
     correct: list[bool] = field(default_factory=list)
     certified: list[bool] = field(default_factory=list)
     worst_margin: list[float] = field(default_factory=list)
@@ -155,12 +174,16 @@ def certify(
     unit: str = "deg",
     splits: int = 10,
     relaxation: str = "taylor",
-    method: str = "crown",
-    batch: int = 64,
+    method: str = "forward",
+    batch: int = 16,
     progress: bool = False,
+    maxpool: str | None = None,
 ) -> CertifyResult:
     """Certify each cloud in ``points`` ((M, N, 3) or (N, 3)) against ``transform`` for every theta
     in the range (degrees by default for angles), split into ``splits`` sub-ranges per parameter.
+    ``method``: the linear-domain method for the network (``"forward"``, cheap for the few theta
+    inputs, or ``"crown"``/``"alpha-crown"``); ``maxpool``: ``"tight"`` (forward only, the
+    default there) or ``"deeppoly"`` relaxation of the global max pool.
     Guarantee: a certified object keeps its (correct) prediction for every theta in the range —
     sound like the linear domain (exact arithmetic on the float64 inputs)."""
     model = model.double().eval()
@@ -176,7 +199,10 @@ def certify(
         conv = torch.tensor([math.pi / 180 if a else 1.0 for a in _angles(transform)], dtype=torch.float64)
         lo, hi = lo * conv, hi * conv
     boxes = sub_ranges(lo, hi, splits)
-    res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits)
+    if maxpool is None:
+        maxpool = "tight" if method == "forward" else "deeppoly"
+    _domain(method, maxpool)  # validate before any work
+    res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool)
     it = range(points.shape[0])
     if progress:
         from tqdm import tqdm
@@ -190,7 +216,9 @@ def certify(
         if correct:
             worst = math.inf
             for s in range(0, len(boxes), batch):
-                lb = margins(model, points[i], int(labels[i]), transform, boxes[s : s + batch], relaxation, method)
+                lb = margins(
+                    model, points[i], int(labels[i]), transform, boxes[s : s + batch], relaxation, method, maxpool
+                )
                 worst = min(worst, float(lb.min()))
                 if worst <= 0:
                     break  # one failing sub-range is enough

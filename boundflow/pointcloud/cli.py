@@ -21,6 +21,11 @@ def add_parser(sub):
     p.add_argument("--relaxation", default="taylor", choices=["taylor", "interval"])
     p.add_argument("--method", default="forward", help="linear-domain method for the network (forward, crown)")
     p.add_argument("--pool", default="max", choices=["max", "cascade"], help="how the global max pool is written")
+    p.add_argument(
+        "--maxpool",
+        choices=["tight", "deeppoly"],
+        help="max-pool relaxation (default: tight with --method forward, deeppoly otherwise)",
+    )
     p.add_argument("--objects", type=int, default=24, help="number of clouds to certify")
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -74,7 +79,7 @@ def run(args) -> int:
     x, y = x[: args.objects], y[: args.objects]
     res = certify(
         model, x, y, args.transform, theta, unit, args.splits, args.relaxation, args.method,
-        progress=not args.no_progress,
+        progress=not args.no_progress, maxpool=args.maxpool,
     )  # fmt: skip
     rows = [
         {"object": i, "label": int(y[i]), "correct": c, "certified": k, "worst_margin": m, "seconds": s}
@@ -88,6 +93,7 @@ def run(args) -> int:
         "relaxation": args.relaxation,
         "method": args.method,
         "pool": args.pool,
+        "maxpool": res.maxpool,
         "accuracy": res.accuracy,
         "certified_fraction": res.certified_fraction,
         "seconds_per_object": sum(res.seconds) / max(len(res.seconds), 1),
@@ -95,7 +101,8 @@ def run(args) -> int:
     }
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=float))
     lines = [
-        f"# {args.transform} in {theta[0]:g}..{theta[1]:g} {unit}, {args.splits} splits, {args.relaxation}",
+        f"# {args.transform} in {theta[0]:g}..{theta[1]:g} {unit}, {args.splits} splits, {args.relaxation}, "
+        f"{res.maxpool} max pool",
         "",
         f"accuracy {res.accuracy:.3f}, certified {res.certified_fraction:.3f}, "
         f"{summary['seconds_per_object']:.2f} s per object",

@@ -113,9 +113,20 @@ _ = prepare
 
 
 class ForwardDomain:
-    """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs."""
+    """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs.
+
+    ``maxpool="tight"`` adds the pivot-difference upper bound for max pooling (see
+    :func:`boundflow.domains.linear.forward.forward_bounds`); pass the instance as ``method`` to
+    :func:`boundflow.compute_bounds`: ``compute_bounds(model, lo, hi, method=ForwardDomain("tight"))``."""
 
     name = "forward"
+
+    def __init__(self, maxpool: str = "deeppoly"):
+        from boundflow.domains.linear.forward import MAXPOOL_RELAXATIONS
+
+        if maxpool not in MAXPOOL_RELAXATIONS:
+            raise ValueError(f"maxpool must be one of {MAXPOOL_RELAXATIONS}, got {maxpool!r}")
+        self.maxpool = maxpool
 
     def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
         from boundflow.domains.interval.domain import spec_bounds
@@ -124,7 +135,7 @@ class ForwardDomain:
         if params and any(getattr(t, "is_exact", lambda: True)() is False for t in params.values()):
             raise UnsupportedOperation("method='forward' does not support interval parameters yet; use 'crown'")
         g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
-        lo, hi = forward_bounds(g, spec.lower, spec.upper)
+        lo, hi = forward_bounds(g, spec.lower, spec.upper, self.maxpool)
         if C is not None:
             return spec_bounds(lo, hi, C)
         return lo, hi

@@ -55,8 +55,17 @@ def _apply_lin(f, w: torch.Tensor) -> torch.Tensor:
     return vmap(f, in_dims=-1, out_dims=-1)(w)
 
 
-def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor):
-    """Bounds ``(lo, hi)`` of the output node (shape of the output) by forward propagation."""
+MAXPOOL_RELAXATIONS = ("deeppoly", "tight")
+
+
+def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, maxpool: str = "deeppoly"):
+    """Bounds ``(lo, hi)`` of the output node (shape of the output) by forward propagation.
+
+    ``maxpool``: ``"deeppoly"`` (lower ``y >= x_p``, upper ``max u`` unless the pivot ``p``
+    dominates) or ``"tight"`` (also the pivot-difference upper bound of :func:`_pivot_upper`,
+    chosen per pooled entry where its concretised upper bound is smaller; never looser there)."""
+    if maxpool not in MAXPOOL_RELAXATIONS:
+        raise ValueError(f"maxpool must be one of {MAXPOOL_RELAXATIONS}, got {maxpool!r}")
     state = prepare(graph, x_lo, x_hi, refine=False)
     nodes = list(graph.gm.graph.nodes)
     x_node = graph.input_node
@@ -101,7 +110,7 @@ def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor)
                 a_l.unsqueeze(-1) * src.lw, a_l * src.lb + b_l, a_u.unsqueeze(-1) * src.uw, a_u * src.ub + b_u
             )
         elif target is aten.max_pool2d_with_indices.default:
-            lin[n] = _maxpool(state, n_eff, lin, node_bounds)
+            lin[n] = _maxpool(state, n_eff, lin, node_bounds, maxpool == "tight")
         elif len(var) == 2 and target in (aten.add.Tensor, aten.sub.Tensor) and len(n_eff.args) == 2:
             a, c = (lin[v] for v in n_eff.args)
             if target is aten.add.Tensor:
@@ -149,11 +158,61 @@ def _split_linear(state, node, target, v):
     return (lambda t: call(t) - c), target in POSITIVE_LINEAR, c
 
 
+# products whose Jacobian entries are each one entry of the constant operand (convolutions,
+# matrix products, elementwise scaling): the Jacobian's positive part is the same op with the
+# constant's positive part
+_SIGN_SPLIT = {
+    aten.convolution.default: (0, 1),
+    aten.addmm.default: (1, 2),
+    aten.mm.default: (0, 1),
+    aten.bmm.default: (0, 1),
+    aten.mv.default: (0, 1),
+    aten.mul.Tensor: (0, 1),
+}
+
+
+def _sign_split(state, node, target, v):
+    """``(f_pos, f_neg)``: the op's linear part in ``v`` with the constant operand replaced by its
+    positive and by its negative part, or ``None`` when the op has no such form here."""
+    slots = _SIGN_SPLIT.get(target)
+    if slots is None or not any(node.args[i] is v for i in slots if i < len(node.args)):
+        return None
+    others = [i for i in slots if i < len(node.args) and node.args[i] is not v]
+    if len(others) != 1 or not isinstance(node.args[others[0]], fx.Node):
+        return None
+    w = state.const[node.args[others[0]]]
+
+    def make(part):
+        def f(t):
+            args = [
+                t if a is v else (part if i == others[0] else (state.const[a] if isinstance(a, fx.Node) else a))
+                for i, a in enumerate(node.args)
+            ]
+            if target is aten.convolution.default:
+                args[2] = None  # bias: part of the offset
+            if target is aten.addmm.default:
+                args[0] = torch.zeros_like(args[0])
+            return target(*args)
+
+        return f
+
+    return make(w.clamp(min=0)), make(w.clamp(max=0))
+
+
 def _affine(state, node, target, v, lin):
     f, positive, c = _split_linear(state, node, target, v)
     src = lin[v]
     if positive:  # non-negative linear map: lower to lower, upper to upper
         return _Lin(_apply_lin(f, src.lw), f(src.lb) + c, _apply_lin(f, src.uw), f(src.ub) + c)
+    split = _sign_split(state, node, target, v)
+    if split is not None:  # J = J+ + J-: lower = J+ L + J- U, upper = J+ U + J- L
+        fp, fn = split
+        return _Lin(
+            _apply_lin(fp, src.lw) + _apply_lin(fn, src.uw),
+            fp(src.lb) + fn(src.ub) + c,
+            _apply_lin(fp, src.uw) + _apply_lin(fn, src.lw),
+            fp(src.ub) + fn(src.lb) + c,
+        )
     # signed linear map J: lower = J+ L + J- U; J materialised as a dense per-sample matrix from
     # its action on the unit vectors (fine for the small inputs forward mode is meant for)
     shape_in = _shape(state, v)
@@ -177,23 +236,99 @@ def _affine(state, node, target, v, lin):
     return _Lin(lw, lb, uw, ub)
 
 
-def _maxpool(state, node, lin, node_bounds):
+def _maxpool(state, node, lin, node_bounds, tight: bool = False):
+    """DeepPoly max pooling on forward linear forms; with ``tight``, the upper form is replaced
+    by the pivot-difference bound wherever that is smaller after concretisation."""
     inp = node.args[0]
     l, u = node_bounds(inp)
-    ml, idx, mu, exact = deeppoly_pool(l, u, list(node.args[1:]))
+    args = list(node.args[1:])
+    ml, idx, mu, exact = deeppoly_pool(l, u, args)
     src = lin[inp]
+    spatial = l.dim()  # (B, C, H, W): forms carry one more trailing dim (n_in)
 
     def gather(t):  # node-shaped (B, C, H, W[, n_in]) -> pooled positions of argmax l
-        extra = t.dim() - l.dim()
-        flat = t.flatten(2, 3) if extra == 0 else t.flatten(2, 3)
+        extra = t.dim() - spatial
+        flat = t.flatten(2, 3)
         index = idx.flatten(-2)
         if extra:
             index = index.unsqueeze(-1).expand(*index.shape, t.shape[-1])
         g = flat.gather(2, index)
-        return g.reshape(*ml.shape, *t.shape[l.dim() :])
+        return g.reshape(*ml.shape, *t.shape[spatial:])
 
     lw, lb = gather(src.lw), gather(src.lb)
     uw_sel, ub_sel = gather(src.uw), gather(src.ub)
     uw = torch.where(exact.unsqueeze(-1), uw_sel, torch.zeros_like(uw_sel))
     ub = torch.where(exact, ub_sel, mu)
+    windows = _windows(l.shape[-2:], args) if tight else None
+    if windows is not None:
+        p_uw, p_ub = _pivot_upper(state, src, idx, l, u, windows, (lw, lb, uw_sel, ub_sel))
+        p_uw, p_ub = p_uw.reshape(uw.shape), p_ub.reshape(ub.shape)
+        # choose per entry the form that is lower on average over the input box (its value at
+        # the centre), like CROWN's area-based slope choice; both are sound
+        centre = ((state.x_lo + state.x_hi) / 2).reshape(state.x_lo.shape[0], *([1] * (uw.dim() - 2)), -1)
+        better = (p_uw * centre).sum(-1) + p_ub < (uw * centre).sum(-1) + ub
+        uw = torch.where(better.unsqueeze(-1), p_uw, uw)
+        ub = torch.where(better, p_ub, ub)
     return _Lin(lw, lb, uw, ub)
+
+
+def _windows(hw, args):
+    """``(index, valid)``, each ``(O, K)``: the flat input position of every entry of every
+    pooling window (``O`` output positions, ``K`` window entries); ``None`` for ``ceil_mode``."""
+    kernel = list(args[0])
+    stride = list(args[1]) if len(args) > 1 and args[1] else kernel
+    padding = list(args[2]) if len(args) > 2 else [0, 0]
+    dilation = list(args[3]) if len(args) > 3 else [1, 1]
+    ceil_mode = bool(args[4]) if len(args) > 4 else False
+    if ceil_mode:
+        return None
+    kernel, stride, padding, dilation = ((v * 2 if len(v) == 1 else v) for v in (kernel, stride, padding, dilation))
+    pos = torch.arange(1, hw[0] * hw[1] + 1, dtype=torch.float64).reshape(1, 1, *hw)
+    cols = torch.nn.functional.unfold(pos, kernel, dilation, padding, stride)[0]  # (K, O), 0 = padding
+    cols = cols.t().round().long()
+    return (cols - 1).clamp(min=0), cols > 0
+
+
+def _pivot_upper(state, src, idx, l, u, windows, pivot):
+    """Upper form of ``y = max_i x_i`` over each window from the pivot ``p`` (argmax of the lower
+    bounds): ``y = x_p + max_i (x_i - x_p) <= x_p + sum_i relu(d_i)`` with ``d_i = x_i - x_p``
+    bounded *symbolically* (both forms are functions of the same input, so shared terms cancel)
+    and each ``relu(d_i)`` replaced by its triangle upper line ``lam_i (d_i - dl_i)``.  Sound
+    for every input in the box: each step is an upper bound.  Returns ``(uw, ub)`` flattened
+    to ``(B, C, O[, n_in])``."""
+    index, valid = windows
+    o, k = index.shape
+    b, c = l.shape[:2]
+    p_lw, p_lb, p_uw, p_ub = (t.flatten(2, 3) if t.dim() == l.dim() + 1 else t.flatten(2) for t in pivot)
+    pidx = idx.flatten(2)  # (B, C, O)
+
+    def win(t):  # (B, C, H, W[, n]) -> (B, C, O, K[, n])
+        flat = t.flatten(2, 3)
+        g = flat[:, :, index.reshape(-1)]
+        return g.reshape(b, c, o, k, *t.shape[l.dim() :])
+
+    # d_i = x_i - x_p: lower form L_i - U_p, upper form U_i - L_p
+    d_lo_w = win(src.lw) - p_uw.unsqueeze(3)
+    d_lo_b = win(src.lb) - p_ub.unsqueeze(3)
+    d_hi_w = win(src.uw) - p_lw.unsqueeze(3)
+    d_hi_b = win(src.ub) - p_lb.unsqueeze(3)
+    dl, _ = _Lin(d_lo_w, d_lo_b, d_lo_w, d_lo_b).concretize(state.x_lo, state.x_hi)
+    _, du = _Lin(d_hi_w, d_hi_b, d_hi_w, d_hi_b).concretize(state.x_lo, state.x_hi)
+    # interval fallback: d_i in [l_i - u_p, u_i - l_p]
+    lp = l.flatten(2).gather(2, pidx).unsqueeze(3)
+    up = u.flatten(2).gather(2, pidx).unsqueeze(3)
+    dl = torch.maximum(dl, win(l) - up)
+    du = torch.minimum(du, win(u) - lp)
+    is_pivot = index.reshape(1, 1, o, k) == pidx.unsqueeze(3)
+    active = valid.reshape(1, 1, o, k) & ~is_pivot & (du > 0)
+    stable = dl >= 0
+    lam = torch.where(stable, torch.ones_like(du), du / (du - dl).clamp(min=torch.finfo(du.dtype).tiny))
+    lam = torch.where(active, lam, torch.zeros_like(lam))
+    const = torch.where(active & ~stable, -lam * dl, torch.zeros_like(dl)).sum(3)  # (B, C, O)
+    a_p = 1 - lam.sum(3)  # coefficient of x_p
+    uw = (lam.unsqueeze(-1) * win(src.uw)).sum(3)
+    ub = (lam * win(src.ub)).sum(3) + const
+    pos = a_p >= 0
+    uw = uw + a_p.unsqueeze(-1) * torch.where(pos.unsqueeze(-1), p_uw, p_lw)
+    ub = ub + a_p * torch.where(pos, p_ub, p_lb)
+    return uw, ub
