@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
 
     add_pointcloud_parser(sub)
+    from boundflow.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from boundflow.demo import run_demo
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from boundflow.pointcloud.cli import run as run_pointcloud
 
         return run_pointcloud(args)
+    if args.command == "bench":
+        from boundflow.bench.cli import run as run_bench
+
+        return run_bench(args)
     parser.print_help(sys.stderr)
     return 2
 

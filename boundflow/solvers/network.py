@@ -69,6 +69,8 @@ class _Encoder:
         self.state = state
         self.p = Program()
         self.vars: dict[fx.Node, np.ndarray] = {}
+        # the MILP is the network exactly (no relaxed activation, no bilinear product)
+        self.exact = True
 
     def bounds_of(self, node) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.state.lower[node], self.state.upper[node]
@@ -129,6 +131,7 @@ class _Encoder:
         return out
 
     def bilinear(self, node: fx.Node) -> np.ndarray:
+        self.exact = False
         t = node.target
         args = list(node.args)
         bias = None
@@ -195,6 +198,7 @@ class _Encoder:
         return out
 
     def relaxed(self, node: fx.Node) -> np.ndarray:
+        self.exact = False
         x = self.operand(node.args[0])
         lo_t, hi_t = self.state.lower[node.args[0]], self.state.upper[node.args[0]]
         a_l, b_l, a_u, b_u = (t.double().numpy().ravel() for t in RELAXATIONS[node.target](node, lo_t, hi_t))
@@ -297,13 +301,16 @@ def _is_bn(n: fx.Node) -> bool:
     return n.target in (aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
 
 
-def encode(graph, state: BoundState) -> tuple[Program, np.ndarray]:
+def encode(graph, state: BoundState, *, with_exact: bool = False):
     """The program of one sample (``state`` from :func:`boundflow.domains.linear.crown.prepare`
-    on a batch of one) and the variables of the output node (without the batch dimension)."""
+    on a batch of one) and the variables of the output node (without the batch dimension);
+    with ``with_exact`` also whether the mixed-integer program is the network exactly."""
     if state.x_lo.shape[0] != 1:
         raise ValueError("encode: the state must be for a batch of one sample")
     enc = _Encoder(state)
     out = enc.run()
+    if with_exact:
+        return enc.p, out.reshape(-1), enc.exact
     return enc.p, out.reshape(-1)
 
 
@@ -317,12 +324,18 @@ def network_bounds(
     *,
     time_limit: float | None = None,
     executor=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_exact: bool = False,
+):
     """Bounds on ``model(x)`` (or ``C @ model(x)``, shape ``(B, S)``) over the box, from the
     ``mode`` program of each sample: ``lp``, ``milp`` (exact for piecewise-linear networks with
     exact weights, when solved within ``time_limit``) or ``mibp`` (exact bilinear weights,
     SCIP).  Never looser than CROWN.  ``time_limit``: seconds per solve (a stopped solve gives
-    its proven bound); ``executor``: see :mod:`boundflow.solvers.executor`."""
+    its proven bound); ``executor``: see :mod:`boundflow.solvers.executor`.
+
+    With ``return_exact``, also a boolean tensor (shape of the bounds): both bounds of that
+    entry are the optimum (up to the solver's relative gap, 1e-4) — the mode is ``milp`` or
+    ``mibp``, the program is the network exactly (``milp``: no relaxed activation and no
+    bounded weight), and both solves reported optimality."""
     if mode not in ("lp", "milp", "mibp"):
         raise ValueError(f"network_bounds: unknown mode {mode!r}; choose from lp, milp, mibp")
     from boundflow.solvers.executor import minimize_all
@@ -330,7 +343,7 @@ def network_bounds(
     x_lower = torch.as_tensor(x_lower, dtype=torch.float64)
     x_upper = torch.as_tensor(x_upper, dtype=torch.float64)
     b = x_lower.shape[0]
-    tasks, c_lb, c_ub, n_rows, out_shape = [], [], [], None, None
+    tasks, c_lb, c_ub, n_rows, out_shape, exact_programs = [], [], [], None, None, []
     for i in range(b):
         lo, hi = x_lower[i : i + 1], x_upper[i : i + 1]
         g = capture(model, (lo + hi) / 2, params)
@@ -341,7 +354,8 @@ def network_bounds(
         lb, ub, _ = crown(g, lo, hi, Ci, state=state)
         c_lb.append(lb[0])
         c_ub.append(ub[0])
-        program, out = encode(g, state)
+        program, out, is_exact = encode(g, state, with_exact=True)
+        exact_programs.append(is_exact or mode == "mibp")
         out_node = next(n for n in g.gm.graph.nodes if n.op == "output").args[0]
         out_shape = tuple(state.lower[out_node].shape[1:]) if out_node in state.lower else (len(out),)
         rows = np.eye(len(out)) if Ci is None else Ci.reshape(-1, len(out)).double().numpy()
@@ -358,9 +372,17 @@ def network_bounds(
     lower = torch.maximum(lower, torch.stack(c_lb))
     upper = torch.minimum(upper, torch.stack(c_ub))
     assert lower.shape == (b, n_rows)
+    exact = torch.tensor(
+        [
+            [exact_programs[i] and mode != "lp" and lo.status.lower() == "optimal" and up.status.lower() == "optimal"
+             for lo, up in zip(r[0::2], r[1::2])]
+            for i, r in enumerate(results)
+        ],
+        dtype=torch.bool,
+    )  # fmt: skip
     if C is None:
-        return lower.reshape(b, *out_shape), upper.reshape(b, *out_shape)
-    return lower, upper
+        lower, upper, exact = (t.reshape(b, *out_shape) for t in (lower, upper, exact))
+    return (lower, upper, exact) if return_exact else (lower, upper)
 
 
 class SolverDomain:

@@ -1,0 +1,109 @@
+"""``boundflow bench tightness`` and ``boundflow bench training``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: relaxation tightness, training-time tightness")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    t = bsub.add_parser("tightness", help="bound the same networks and properties with every method")
+    t.add_argument("--quick", action="store_true", help="three small networks, 3 points, 2 eps (about a minute)")
+    t.add_argument("--methods", default="ibp,crown,alpha-crown,lp,milp", help="comma-separated methods")
+    t.add_argument("--eps", default=None, help="comma-separated l-inf radii (default 0.003,0.01,0.03,0.1)")
+    t.add_argument("--points", type=int, default=None, help="points per network (default 16; 3 with --quick)")
+    t.add_argument("--time-limit", type=float, default=None, help="seconds per solver bound (default 5; 0.5 quick)")
+    t.add_argument("--onnx", action="append", default=[], help="also bound this ONNX network (repeatable)")
+    t.add_argument("--onnx-data", default=None, help=".npz with x (and y) for the ONNX networks' points")
+    t.add_argument("--factory", action="append", default=[], help="module:function returning a network case")
+    t.add_argument("--no-builtin", action="store_true", help="only the --onnx / --factory networks")
+    t.add_argument("--out", default="runs/tightness", help="folder for tightness.json, .md, .png")
+    t.add_argument("--no-progress", action="store_true")
+    tr = bsub.add_parser("training", help="parameter-bound width and certified accuracy per epoch, per method")
+    tr.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, interval/lp/milp, one eps")
+    tr.add_argument("--methods", default=None, help="default interval,lp,milp,mibp (interval,lp,milp with --quick)")
+    tr.add_argument("--eps", default=None, help="default 1e-4,1e-3,1e-2 (1e-2 with --quick)")
+    tr.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
+    tr.add_argument("--mibp-seeds", type=int, default=None)
+    tr.add_argument("--mibp-eps", default=None)
+    tr.add_argument("--epochs", type=int, default=None, help="default 5 (3 with --quick)")
+    tr.add_argument("--n-train", type=int, default=100)
+    tr.add_argument("--n-test", type=int, default=200)
+    tr.add_argument("--batch-size", type=int, default=100)
+    tr.add_argument("--hidden", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=2.0)
+    tr.add_argument("--loss", default="bce")
+    tr.add_argument("--workers", type=int, default=2)
+    tr.add_argument("--time-limit", type=float, default=0.05, help="seconds per solve")
+    tr.add_argument("--out", default="runs/training-tightness")
+    tr.add_argument("--name", default="training", help="file stem of the outputs (<name>.json, .md, .png)")
+    tr.add_argument("--cmd", default="boundflow bench training", help=argparse.SUPPRESS)
+    tr.add_argument("--no-progress", action="store_true")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {what} {text!r}: expected comma-separated numbers") from None
+    if not vals or any(v < 0 for v in vals):
+        raise SystemExit(f"error: {what} {text!r}: expected non-negative numbers")
+    return vals
+
+
+def run(args) -> int:
+    if args.bench == "tightness":
+        return _tightness(args)
+    from boundflow.bench.training import run_cli
+
+    return run_cli(args)
+
+
+def _tightness(args) -> int:
+    from boundflow.bench import tightness as T
+    from boundflow.bench.networks import builtin_cases, factory_case, onnx_case
+    from boundflow.train.io import atomic_write_text
+
+    eps = _floats(args.eps or ("0.01,0.03" if args.quick else "0.003,0.01,0.03,0.1"), "--eps")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in T.METHODS]
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {unknown}; choose from {', '.join(T.METHODS)}")
+    points = args.points or (3 if args.quick else 16)
+    time_limit = args.time_limit if args.time_limit is not None else (0.5 if args.quick else 5.0)
+    cases = [] if args.no_builtin else builtin_cases(args.quick, points)
+    for path in args.onnx:
+        try:
+            cases.append(onnx_case(path, points, args.onnx_data))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: --onnx {path}: {e}") from None
+    for spec in args.factory:
+        cases.append(factory_case(spec))
+    if not cases:
+        raise SystemExit("error: no networks (--no-builtin without --onnx or --factory)")
+    settings = {"eps": eps, "methods": methods, "points": points, "time_limit": time_limit, "quick": args.quick}
+    res = T.run(cases, eps, methods, time_limit, progress=not args.no_progress, settings=settings)
+    bad = T.check_consistency(res)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "boundflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
+        f"boundflow bench tightness{' --quick' if args.quick else ''} --out {args.out}"
+    )  # fmt: skip
+    payload = res.to_json() | {"consistency_violations": bad, "command": command}
+    atomic_write_text(out / "tightness.json", json.dumps(payload, indent=1))
+    md = T.markdown(res, command) + "\n![width vs eps per method; time vs tightness](tightness.png)\n"
+    atomic_write_text(out / "tightness.md", md)
+    T.plot(res, out / "tightness.png")
+    print("\n".join(md.splitlines()[8 : 10 + len(methods)]))
+    print(f"wrote {out}/tightness.json, tightness.md, tightness.png")
+    if bad:
+        print("CONSISTENCY VIOLATIONS:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,165 @@
+"""The tightness benchmark: its numbers are consistent (exact MILP >= LP >= CROWN >= IBP and
+alpha-CROWN >= CROWN for lower bounds, every bound below the best attack value), the consistency
+check can fail, and the CLI runs end to end (quick mode) for built-in, ONNX and factory networks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from boundflow.bench import Case, check_consistency, run
+from boundflow.bench.networks import ibp_bounds, mlp
+from boundflow.bench.tightness import attack
+
+D = torch.float64
+_ROOTS = (Path(__file__).resolve().parents[2] / "shared", Path(os.environ.get("BOUNDFLOW_SHARED", "/work/shared")))
+SHARED = next((c / "benchmarks" / "vnncomp" for c in _ROOTS if (c / "benchmarks" / "vnncomp").exists()), None)
+
+
+def tiny_case() -> Case:
+    """A random ReLU MLP 6-10-10-4 at 3 points (used by the factory test too)."""
+    model = mlp([6, 10, 10, 4], seed=1).eval()
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(2), dtype=D)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return Case("tiny relu", model, x, y)
+
+
+def tiny_factory():
+    c = tiny_case()
+    return c.model, c.points
+
+
+@pytest.fixture(scope="module")
+def result():
+    cases = [tiny_case()]
+    torch.manual_seed(3)
+    sig = nn.Sequential(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).to(D).eval()
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(4), dtype=D)
+    cases.append(Case("tiny sigmoid-tanh", sig, x, torch.tensor([0, 1, 2])))
+    return run(cases, [0.02, 0.1], time_limit=10, progress=False)
+
+
+def test_orderings_hold_and_milp_is_exact_on_relu(result):
+    assert check_consistency(result) == []
+    for r in result.bounds:
+        lower = {m: torch.tensor(v) for m, v in r["lower"].items()}
+        att = torch.tensor(r["attack"])
+        tol = 1e-6 * (1 + att.abs())
+        for m in lower:
+            assert (lower[m] <= att + tol).all(), m
+        assert (lower["lp"] >= lower["crown"] - 1e-9).all()
+        assert (lower["milp"] >= lower["lp"] - 1e-9).all()
+        assert (lower["alpha-crown"] >= lower["crown"] - 1e-9).all()
+        assert (lower["crown"] >= lower["ibp"] - 1e-9).all()
+        if r["network"] == "tiny relu":
+            # the MILP is the network exactly and finishes: its bound is the optimum, which the
+            # attack approaches from above
+            assert all(all(row) for row in r["exact"])
+            # the attack (the reference where no exact optimum exists) finds the optimum mostly
+            found = (att - lower["milp"] <= 1e-3 * (1 + att.abs())).double().mean()
+            assert found >= 0.8, float(found)
+        else:
+            assert not any(any(row) for row in r["exact"])  # relaxed activations: never called exact
+
+
+def test_rows_report_gaps_widths_and_certified_fractions(result):
+    rows = [r for r in result.rows if r["network"] == "tiny relu" and r["eps"] == 0.1]
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"ibp", "crown", "alpha-crown", "lp", "milp"}
+    assert by["milp"]["mean_gap"] == pytest.approx(0, abs=1e-9)
+    assert by["ibp"]["mean_gap"] > by["crown"]["mean_gap"] >= by["lp"]["mean_gap"] - 1e-12
+    assert by["ibp"]["mean_width"] > by["crown"]["mean_width"] >= by["milp"]["mean_width"] - 1e-12
+    assert by["milp"]["certified"] >= by["lp"]["certified"] >= by["crown"]["certified"] >= by["ibp"]["certified"]
+    assert all(r["seconds"] >= 0 and r["reference_exact_fraction"] == 1.0 for r in rows)
+    assert result.environment["torch"] == torch.__version__
+
+
+def test_consistency_check_catches_an_unsound_or_loose_method(result):
+    import copy
+
+    bad = copy.deepcopy(result)
+    r = bad.bounds[0]
+    r["lower"]["crown"] = [[v + 10 for v in row] for row in r["lower"]["crown"]]  # above the attack
+    r["lower"]["milp"] = [[v - 10 for v in row] for row in r["lower"]["milp"]]  # looser than lp
+    msgs = check_consistency(bad)
+    assert any("crown lower bound above the attack" in m for m in msgs)
+    assert any("milp looser than lp" in m for m in msgs)
+
+
+def test_attack_values_are_reached_by_points_in_the_box():
+    c = tiny_case()
+    lo, hi = c.points - 0.1, c.points + 0.1
+    C = torch.eye(4, dtype=D).unsqueeze(0).expand(3, -1, -1)
+    att = attack(c.model, lo, hi, C)
+    with torch.no_grad():
+        centre = c.model((lo + hi) / 2)
+    assert (att <= centre + 1e-12).all()  # never worse than the centre, which it tries
+
+
+def test_ibp_bounds_for_training_contain_samples():
+    model = mlp([5, 7, 3], nn.Tanh, seed=0)
+    x = torch.rand(4, 5, dtype=D)
+    lo, hi = ibp_bounds(model, x - 0.1, x + 0.1)
+    for _ in range(50):
+        with torch.no_grad():
+            y = model(x + (torch.rand_like(x) * 2 - 1) * 0.1)
+        assert (y >= lo - 1e-12).all() and (y <= hi + 1e-12).all()
+    with pytest.raises(TypeError, match="no rule for Softmax"):
+        ibp_bounds(nn.Sequential(nn.Softmax(1)), x, x)
+
+
+def test_cli_quick_runs_end_to_end(tmp_path):
+    from boundflow.cli import main
+
+    out = tmp_path / "t"
+    assert main(["bench", "tightness", "--quick", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "tightness.json").read_text())
+    assert res["consistency_violations"] == []
+    assert {r["method"] for r in res["rows"]} == {"ibp", "crown", "alpha-crown", "lp", "milp"}
+    assert len({r["network"] for r in res["rows"]}) == 3
+    assert (out / "tightness.png").stat().st_size > 10_000
+    assert "| milp |" in (out / "tightness.md").read_text()
+
+
+@pytest.mark.skipif(SHARED is None, reason="shared VNN-COMP networks not available")
+def test_cli_onnx_and_factory_networks(tmp_path):
+    from boundflow.cli import main
+
+    out = tmp_path / "o"
+    onnx = SHARED / "rl_benchmarks" / "onnx" / "cartpole.onnx"
+    argv = ["bench", "tightness", "--no-builtin", "--onnx", str(onnx), "--factory", "tests.test_bench:tiny_factory"]
+    argv += ["--points", "2", "--eps", "0.05", "--methods", "ibp,crown,milp", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "tightness.json").read_text())
+    assert {r["network"] for r in res["rows"]} == {"cartpole", "tiny_factory"}
+    assert res["consistency_violations"] == []
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    from boundflow.cli import main
+
+    with pytest.raises(SystemExit, match="unknown \\['deeppoly'\\]"):
+        main(["bench", "tightness", "--quick", "--methods", "ibp,deeppoly", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--eps 'a,b'"):
+        main(["bench", "tightness", "--quick", "--eps", "a,b", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no ONNX file"):
+        main(["bench", "tightness", "--no-builtin", "--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path)])
+
+
+def test_training_tightness_cli(tmp_path):
+    from boundflow.cli import main
+
+    argv = ["bench", "training", "--methods", "interval,lp", "--epochs", "2", "--n-train", "40", "--n-test", "40"]
+    argv += ["--batch-size", "40", "--workers", "1", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "training.json").read_text())
+    widths = {r["method"]: r["final_width"] for r in res["rows"] if r["eps"] == 1e-2}
+    assert widths["lp"] <= widths["interval"] + 1e-12  # the solver step is intersected with the interval step
+    assert all(len(r["width_per_epoch"]) == 2 for r in res["runs"])
+    assert (tmp_path / "training.png").exists()
