@@ -1,8 +1,15 @@
-"""``make demo``: bound a small classifier's outputs and its training gradients when the
-inputs and the parameters are intervals, and check the bounds against sampled concrete models.
+"""``make demo``: the first thing a new user sees, on embedded data, in a few minutes on 2 cores.
 
-Data: scikit-learn-free, deterministic Two-Moons-like points generated here (the certified
-training issue brings the real datasets)."""
+1-3. bound a small classifier's outputs and its training gradients when the inputs and the
+     parameters are intervals, and check the bounds against sampled concrete models;
+4.   a short certified training run (FullCert) on Two-Moons with its plots and a replay check;
+5.   verification of shared VNN-COMP instances (``../shared``; skipped when absent), every answer
+     compared with the known one;
+6.   a short relaxation-tightness table (every method on one digits network);
+7.   a point-cloud certification (rotation, interval vs Taylor relaxation) with its picture.
+
+The exit status is non-zero when any check fails (a bound violated, a wrong verification answer,
+an inconsistent tightness ordering)."""
 
 from __future__ import annotations
 
@@ -91,7 +98,133 @@ def run_demo(eps: float = 0.05, param_radius: float = 0.01, seed: int = 0, out_d
     verdict = "all inside" if inside else "VIOLATION"
     print(f"\n3. 200 sampled concrete (input, parameter) pairs: loss and all gradients {verdict}")
     ok = inside and _certified_training_demo(out_dir)
+    ok = _verify_demo() and ok
+    ok = _tightness_demo(out_dir) and ok
+    ok = _pointcloud_demo(out_dir) and ok
+    print(f"\nDemo {'finished: every check passed' if ok else 'FAILED: see above'}; outputs in {out_dir}/")
     return 0 if ok else 1
+
+
+# instances that the verifier settles in about a second each (see docs/benchmarks/vnncomp.md)
+DEMO_INSTANCES = [
+    ("test", "test_nano.onnx", "test_nano.vnnlib"),
+    ("test", "test_small.onnx", "test_small.vnnlib"),
+    ("test", "test_sat.onnx", "test_prop.vnnlib"),
+    ("test", "test_unsat.onnx", "test_prop.vnnlib"),
+    ("acasxu", "onnx/ACASXU_run2a_1_7_batch_2000.onnx", "vnnlib/prop_1.vnnlib"),
+    ("acasxu", "onnx/ACASXU_run2a_4_5_batch_2000.onnx", "vnnlib/prop_2.vnnlib"),
+    ("mnist_fc", "onnx/mnist-net_256x2.onnx", "vnnlib/prop_0_0.03.vnnlib"),
+]
+
+
+def shared_vnncomp():
+    """The shared VNN-COMP folder: ``$BOUNDFLOW_SHARED``, ``../shared`` next to the checkout or
+    ``/work/shared``; ``None`` when none exists."""
+    import os
+    from pathlib import Path
+
+    roots = [os.environ.get("BOUNDFLOW_SHARED"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]
+    for r in roots:
+        if r and (Path(r) / "benchmarks" / "vnncomp").exists():
+            return Path(r) / "benchmarks" / "vnncomp"
+    return None
+
+
+def _expected(root, bench: str, onnx: str, vnnlib: str) -> str | None:
+    import csv
+
+    with open(root / bench / "instances.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["onnx"] == onnx and row["vnnlib"] == vnnlib:
+                return row.get("expected")
+    return None
+
+
+def _verify_demo() -> bool:
+    from boundflow.verify import verify
+
+    root = shared_vnncomp()
+    print("\n5. Verifying shared VNN-COMP instances (boundflow verify):")
+    if root is None:
+        print("   shared VNN-COMP instances not found (set BOUNDFLOW_SHARED); skipped")
+        return True
+    ok = True
+    print(f"   {'benchmark':9} {'network':34} {'property':22} {'answer':7} {'known':6} {'s':>5}")
+    for bench, onnx, vnnlib in DEMO_INSTANCES:
+        if not (root / bench / onnx).exists():
+            continue
+        res = verify(root / bench / onnx, root / bench / vnnlib, timeout=30)
+        known = _expected(root, bench, onnx, vnnlib)
+        wrong = known in ("sat", "unsat") and res.status in ("sat", "unsat") and res.status != known
+        ok &= not wrong
+        name = onnx.split("/")[-1].replace("_batch_2000", "")
+        print(
+            f"   {bench:9} {name:34} {vnnlib.split('/')[-1]:22} {res.status:7} {known or '?':6} {res.seconds:5.2f}"
+            + ("  WRONG" if wrong else "")
+        )
+    print("   sat answers carry a counterexample re-checked in onnxruntime")
+    return ok
+
+
+def _tightness_demo(out_dir: str) -> bool:
+    from pathlib import Path
+
+    from boundflow.bench import Case, check_consistency, run
+    from boundflow.bench.networks import builtin_cases
+    from boundflow.bench.tightness import markdown, plot
+
+    case = builtin_cases(quick=True, points=3)[0]
+    print(f"\n6. Relaxation tightness on {case.name} (digits), 3 test points, eps 0.01 and 0.03:")
+    res = run([Case(case.name, case.model, case.points, case.labels)], [0.01, 0.03], time_limit=2.0, progress=False)
+    print("   method       eps    mean gap to exact   mean width   certified   ms/point")
+    for r in res.rows:
+        print(
+            f"   {r['method']:12} {r['eps']:<6g} {r['mean_gap']:17.4g} {r['mean_width']:12.4g} "
+            f"{r['certified']:11.2f} {r['ms_per_point']:10.1f}"
+        )
+    bad = check_consistency(res)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(res, out / "demo_tightness.png")
+    (out / "demo_tightness.md").write_text(markdown(res, "boundflow demo (section 6)"))
+    print(f"   orderings (milp >= lp >= crown >= ibp, all below the attack): {'hold' if not bad else bad}")
+    print(f"   full run: boundflow bench tightness [--quick]; plot {out / 'demo_tightness.png'}")
+    return not bad
+
+
+def _pointcloud_demo(out_dir: str) -> bool:
+    from pathlib import Path
+
+    import boundflow.pointcloud as pc
+    from boundflow.pointcloud.plots import plot_cloud
+
+    print("\n7. Point-cloud certification (3DCertify): PointNet on embedded 3-D shapes, rotation-z by +-3 deg:")
+    model, info = pc.train_pointnet(n_per_class=60, n_points=32, epochs=20, seed=0)
+    x, y = pc.make_shapes(2, 32, seed=20_000)
+    print(f"   trained PointNet (32 points): test accuracy {info['test_accuracy']:.3f}")
+    res = {}
+    for rel in ("interval", "taylor"):
+        res[rel] = pc.certify(model, x, y, "rotation-z", 3, "deg", splits=2, relaxation=rel)
+        r = res[rel]
+        print(
+            f"   {rel:8} relaxation: {sum(r.certified)}/{len(r.certified)} clouds certified "
+            f"({sum(r.correct)} correct), {sum(r.seconds) / len(r.seconds):.2f} s per cloud"
+        )
+    # check: no sampled rotation changes a certified prediction
+    ok = True
+    g = torch.Generator().manual_seed(0)
+    for i, cert in enumerate(res["taylor"].certified):
+        if cert:
+            angles = (torch.rand(20, generator=g, dtype=torch.float64) * 2 - 1) * math.radians(3)
+            clouds = torch.stack([pc.apply(x[i], "rotation-z", a.reshape(1)) for a in angles])
+            with torch.no_grad():
+                ok &= bool((model(clouds).argmax(1) == y[i]).all())
+    first = next((i for i, c in enumerate(res["taylor"].certified) if c), 0)
+    path = Path(out_dir) / "demo_pointcloud.png"
+    plot_cloud(x[first], "rotation-z", res["taylor"].theta_lower, res["taylor"].theta_upper, path,
+               title=f"object {first}: certified for rotation-z +-3 deg")  # fmt: skip
+    print(f"   20 sampled rotations per certified cloud keep the prediction: {ok}; picture {path}")
+    return ok
 
 
 def _certified_training_demo(out_dir: str) -> bool:
