@@ -25,11 +25,12 @@ import boundflow.pointcloud as pc  # noqa: E402
 SETTINGS = [
     ("rotation-z", 1, "deg", 1),
     ("rotation-z", 3, "deg", 1),
-    ("rotation-z", 10, "deg", 4),
-    ("rotation-z", 60, "deg", 60),
-    ("twisting-z", 10, "deg", 4),
-    ("tapering-z", 0.1, "rad", 2),
-    ("shearing-z", 0.05, "rad", 1),
+    ("rotation-z", 10, "deg", 1),
+    ("rotation-z", 20, "deg", 2),
+    ("rotation-z", 60, "deg", 20),
+    ("twisting-z", 20, "deg", 2),
+    ("tapering-z", 0.3, "rad", 2),
+    ("shearing-z", 0.1, "rad", 1),
 ]
 
 

@@ -254,6 +254,7 @@ def test_tight_maxpool_is_sound_and_tighter(kernel, stride, padding):
         for pt in pts:
             y = model(pt)
             assert (y >= tight[0] - 1e-9).all() and (y <= tight[1] + 1e-9).all()
+    assert (tight[0] >= dp[0] - 1e-12).all() and (tight[1] <= dp[1] + 1e-12).all()  # never looser
     w_dp, w_t = (dp[1] - dp[0]).mean(), (tight[1] - tight[0]).mean()
     assert w_t < 0.95 * w_dp, (float(w_t), float(w_dp))
     with pytest.raises(ValueError, match="maxpool must be one of"):

@@ -155,6 +155,26 @@ def test_certified_objects_hold_under_sampled_rotations():
             assert (model(clouds).argmax(1) == y[i]).all()
 
 
+def test_tight_maxpool_certifies_at_least_as_much_and_soundly():
+    model, _ = pc.train_pointnet(n_per_class=20, n_points=32, epochs=10, seed=0)
+    x, y = pc.make_shapes(2, 32, seed=5)
+    args = (model, x, y, "shearing-z", 0.1, "rad", 1, "taylor", "forward")
+    dp = pc.certify(*args, maxpool="deeppoly")
+    tight = pc.certify(*args, maxpool="tight")
+    assert tight.maxpool == "tight" and dp.maxpool == "deeppoly"
+    assert all(t >= d - 1e-12 for t, d in zip(tight.worst_margin, dp.worst_margin))
+    g = torch.Generator().manual_seed(1)
+    for i, ok in enumerate(tight.certified):
+        if ok:
+            s = torch.cat([torch.tensor([[-0.1, -0.1], [0.1, 0.1], [-0.1, 0.1]], dtype=D),
+                           (torch.rand(30, 2, generator=g, dtype=D) * 2 - 1) * 0.1])  # fmt: skip
+            clouds = torch.stack([pc.apply(x[i], "shearing-z", t) for t in s])
+            with torch.no_grad():
+                assert (model(clouds).argmax(1) == y[i]).all()
+    with pytest.raises(ValueError, match="maxpool='tight' is implemented for method='forward'"):
+        pc.certify(model, x[:1], y[:1], method="crown", maxpool="tight")
+
+
 def test_cascade_pool_computes_the_same_function():
     model = pc.PointNet(len(pc.CLASSES)).double()
     x, _ = pc.make_shapes(1, 32, seed=1)
@@ -191,6 +211,18 @@ def test_cli_certifies_and_writes_results(tmp_path):
         "16",
     ]
     assert (
-        main(argv2 + ["--relaxation", "interval", "--theta=-1:2deg", "--out", str(tmp_path / "pc2"), "--no-progress"])
+        main(
+            argv2
+            + [
+                "--relaxation",
+                "interval",
+                "--theta=-1:2deg",
+                "--maxpool",
+                "deeppoly",
+                "--out",
+                str(tmp_path / "pc2"),
+                "--no-progress",
+            ]
+        )  # fmt: skip
         == 0
     )

@@ -116,7 +116,8 @@ class ForwardDomain:
     """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs.
 
     ``maxpool="tight"`` adds the pivot-difference upper bound for max pooling (see
-    :func:`boundflow.domains.linear.forward.forward_bounds`); pass the instance as ``method`` to
+    :func:`boundflow.domains.linear.forward.forward_bounds`) and intersects the result with the
+    ``deeppoly`` run, so it is never looser than that; pass the instance as ``method`` to
     :func:`boundflow.compute_bounds`: ``compute_bounds(model, lo, hi, method=ForwardDomain("tight"))``."""
 
     name = "forward"
@@ -136,6 +137,14 @@ class ForwardDomain:
             raise UnsupportedOperation("method='forward' does not support interval parameters yet; use 'crown'")
         g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
         lo, hi = forward_bounds(g, spec.lower, spec.upper, self.maxpool)
+        if self.maxpool == "tight":
+            # the per-channel choice of upper form is a heuristic, so intersect with DeepPoly's
+            # run: both are sound, and the result is never looser than either
+            lo_d, hi_d = forward_bounds(g, spec.lower, spec.upper, "deeppoly")
+            if C is not None:
+                (lo, hi), (lo_d, hi_d) = spec_bounds(lo, hi, C), spec_bounds(lo_d, hi_d, C)
+                return torch.maximum(lo, lo_d), torch.minimum(hi, hi_d)
+            lo, hi = torch.maximum(lo, lo_d), torch.minimum(hi, hi_d)
         if C is not None:
             return spec_bounds(lo, hi, C)
         return lo, hi
