@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for reproducible result records
     if args.command == "demo":
         from boundflow.demo import run_demo
 

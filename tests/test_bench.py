@@ -163,3 +163,24 @@ def test_training_tightness_cli(tmp_path):
     assert widths["lp"] <= widths["interval"] + 1e-12  # the solver step is intersected with the interval step
     assert all(len(r["width_per_epoch"]) == 2 for r in res["runs"])
     assert (tmp_path / "training.png").exists()
+
+
+def test_a_method_that_cannot_encode_the_network_is_reported_not_fatal(monkeypatch):
+    import boundflow.bench.tightness as bt
+    from boundflow.bench.tightness import markdown, summary
+    from boundflow.errors import UnsupportedOperation
+
+    real = bt._bound
+
+    def no_milp(method, *a):
+        if method == "milp":
+            raise UnsupportedOperation("solver encoding: node x calls aten.foo, which has no encoding")
+        return real(method, *a)
+
+    monkeypatch.setattr(bt, "_bound", no_milp)
+    res = run([tiny_case()], [0.05], methods=["ibp", "crown", "milp"], progress=False)
+    skipped = [r for r in res.rows if "skipped" in r]
+    assert [r["method"] for r in skipped] == ["milp"] and "aten.foo" in skipped[0]["skipped"]
+    assert {r["method"] for r in summary(res)} == {"ibp", "crown"}
+    assert "skipped: solver encoding" in markdown(res, "test")
+    assert check_consistency(res) == []

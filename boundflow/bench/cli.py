@@ -93,9 +93,7 @@ def _tightness(args) -> int:
     bad = T.check_consistency(res)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "boundflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else (
-        f"boundflow bench tightness{' --quick' if args.quick else ''} --out {args.out}"
-    )  # fmt: skip
+    command = "boundflow " + shlex.join(getattr(args, "argv", []) or ["bench", "tightness"])
     payload = res.to_json() | {"consistency_violations": bad, "command": command}
     atomic_write_text(out / "tightness.json", json.dumps(payload, indent=1))
     md = T.markdown(res, command) + "\n![width vs eps per method; time vs tightness](tightness.png)\n"

@@ -28,6 +28,7 @@ import torch
 
 import boundflow as bf
 from boundflow.bench.networks import Case
+from boundflow.errors import UnsupportedOperation
 
 __all__ = ["METHODS", "TightnessResult", "run_case", "run", "attack", "environment"]
 
@@ -145,10 +146,16 @@ def run_case(
         if case.domain is not None:
             lo, hi = lo.clamp(*case.domain), hi.clamp(*case.domain)
         att = attack(model, lo, hi, C)
-        lbs, secs, exact = {}, {}, None
+        lbs, secs, exact, skipped = {}, {}, None, {}
         for m in methods:
             t0 = time.perf_counter()
-            lb, ex = _bound(m, model, lo, hi, C, time_limit)
+            try:
+                lb, ex = _bound(m, model, lo, hi, C, time_limit)
+            except UnsupportedOperation as e:  # e.g. an op the solver encoding lacks: report, go on
+                skipped[m] = str(e)
+                if progress is not None:
+                    progress.update(1)
+                continue
             secs[m] = time.perf_counter() - t0
             lbs[m] = lb
             if m == "milp":
@@ -159,7 +166,9 @@ def run_case(
         if exact is not None:
             ref = torch.where(exact, lbs["milp"], att)
         n_exact = int(exact.sum()) if exact is not None else 0
-        for m in methods:
+        for m, why in skipped.items():
+            rows.append({"network": case.name, "source": case.source, "eps": eps, "method": m, "skipped": why})
+        for m in lbs:
             gap = ref - lbs[m]
             width = (-lbs[m][:, n_out:n_rng] - lbs[m][:, :n_out]).mean()
             cert = (lbs[m][:, n_rng:] > 0).all(1).double().mean()
@@ -184,7 +193,7 @@ def run_case(
                 "network": case.name,
                 "eps": eps,
                 "n_out": n_out,
-                "lower": {m: lbs[m].tolist() for m in methods},
+                "lower": {m: lb.tolist() for m, lb in lbs.items()},
                 "attack": att.tolist(),
                 "exact": exact.tolist() if exact is not None else None,
             }
@@ -245,8 +254,9 @@ def summary(res: TightnessResult) -> list[dict]:
     """Per method over all cases and eps: median of the mean gaps, worst gap, certified
     fraction (mean) and median milliseconds per point."""
     out = []
-    for m in dict.fromkeys(r["method"] for r in res.rows):
-        rs = [r for r in res.rows if r["method"] == m]
+    done = [r for r in res.rows if "skipped" not in r]
+    for m in dict.fromkeys(r["method"] for r in done):
+        rs = [r for r in done if r["method"] == m]
         out.append(
             {
                 "method": m,
@@ -293,6 +303,9 @@ def markdown(res: TightnessResult, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res.rows:
+        if "skipped" in r:
+            lines.append(f"| {r['network']} | {r['eps']:g} | {r['method']} | skipped: {r['skipped'][:80]} ||||||")
+            continue
         lines.append(
             f"| {r['network']} | {r['eps']:g} | {r['method']} | {r['mean_gap']:.4g} | {r['worst_gap']:.4g} | "
             f"{r['mean_width']:.4g} | {r['certified']:.3f} | {r['ms_per_point']:.1f} | "
@@ -309,15 +322,16 @@ def plot(res: TightnessResult, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nets = list(dict.fromkeys(r["network"] for r in res.rows))
-    methods = list(dict.fromkeys(r["method"] for r in res.rows))
+    rows = [r for r in res.rows if "skipped" not in r]
+    nets = list(dict.fromkeys(r["network"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     cols = min(4, len(nets) + 1)
     nrow = math.ceil((len(nets) + 1) / cols)
     fig, axes = plt.subplots(nrow, cols, figsize=(4.2 * cols, 3.6 * nrow), squeeze=False)
     axes = axes.ravel()
     for ax, net in zip(axes, nets):
         for i, m in enumerate(methods):
-            rs = [r for r in res.rows if r["network"] == net and r["method"] == m]
+            rs = [r for r in rows if r["network"] == net and r["method"] == m]
             ax.plot([r["eps"] for r in rs], [max(r["mean_width"], 1e-12) for r in rs], marker="o", ms=3,
                     color=f"C{i}", label=m)  # fmt: skip
         ax.set_xscale("log")
@@ -329,13 +343,13 @@ def plot(res: TightnessResult, path) -> None:
     axes[0].legend(fontsize=7)
     ax = axes[len(nets)]
     for i, m in enumerate(methods):
-        rs = [r for r in res.rows if r["method"] == m]
+        rs = [r for r in rows if r["method"] == m]
         ax.scatter([r["ms_per_point"] for r in rs], [max(r["mean_gap"], 1e-9) for r in rs], s=14, color=f"C{i}",
                    label=m, alpha=0.7)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("time per point (ms)")
-    ax.set_ylabel("mean gap to reference (lower is tighter)")
+    ax.set_ylabel("mean gap to reference (0 drawn at 1e-9)")
     ax.set_title("time vs tightness (all networks, eps)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
