@@ -169,13 +169,13 @@ def _verify_demo() -> bool:
 def _tightness_demo(out_dir: str) -> bool:
     from pathlib import Path
 
-    from boundflow.bench import Case, check_consistency, run
+    from boundflow.bench import check_consistency, run
     from boundflow.bench.networks import builtin_cases
     from boundflow.bench.tightness import markdown, plot
 
     case = builtin_cases(quick=True, points=3)[0]
     print(f"\n6. Relaxation tightness on {case.name} (digits), 3 test points, eps 0.01 and 0.03:")
-    res = run([Case(case.name, case.model, case.points, case.labels)], [0.01, 0.03], time_limit=2.0, progress=False)
+    res = run([case], [0.01, 0.03], time_limit=2.0, progress=False)
     print("   method       eps    mean gap to exact   mean width   certified   ms/point")
     for r in res.rows:
         print(

@@ -125,11 +125,17 @@ def margins(
     return lb
 
 
+def _maxpool_default(method: str, maxpool: str | None) -> str:
+    """``"tight"`` for ``method="forward"``, ``"deeppoly"`` otherwise, unless given."""
+    if maxpool is None:
+        return "tight" if method == "forward" else "deeppoly"
+    return maxpool
+
+
 def _domain(method: str, maxpool: str | None):
     """The linear-domain method with its max-pool relaxation: ``"tight"`` (default for
     ``method="forward"``) or ``"deeppoly"``; other methods use DeepPoly's rule."""
-    if maxpool is None:
-        maxpool = "tight" if method == "forward" else "deeppoly"
+    maxpool = _maxpool_default(method, maxpool)
     if maxpool not in ("tight", "deeppoly"):
         raise ValueError(f"maxpool must be 'tight' or 'deeppoly', got {maxpool!r}")
     if method == "forward":
@@ -199,8 +205,7 @@ def certify(
         conv = torch.tensor([math.pi / 180 if a else 1.0 for a in _angles(transform)], dtype=torch.float64)
         lo, hi = lo * conv, hi * conv
     boxes = sub_ranges(lo, hi, splits)
-    if maxpool is None:
-        maxpool = "tight" if method == "forward" else "deeppoly"
+    maxpool = _maxpool_default(method, maxpool)
     _domain(method, maxpool)  # validate before any work
     res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool)
     it = range(points.shape[0])

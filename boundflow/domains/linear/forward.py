@@ -267,6 +267,8 @@ def _maxpool(state, node, lin, node_bounds, tight: bool = False):
         # the centre), like CROWN's area-based slope choice; both are sound
         centre = ((state.x_lo + state.x_hi) / 2).reshape(state.x_lo.shape[0], *([1] * (uw.dim() - 2)), -1)
         better = (p_uw * centre).sum(-1) + p_ub < (uw * centre).sum(-1) + ub
+        # unbounded differences (infinite intermediate bounds) give no usable line: keep DeepPoly's
+        better = better & torch.isfinite(p_ub) & torch.isfinite(p_uw).all(-1)
         uw = torch.where(better.unsqueeze(-1), p_uw, uw)
         ub = torch.where(better, p_ub, ub)
     return _Lin(lw, lb, uw, ub)
