@@ -67,9 +67,12 @@ def capture(
             if n not in named:
                 raise KeyError(f"capture: {n!r} is not a parameter or buffer of {type(model).__name__}")
             if isinstance(t, IntervalTensor):
-                named[n] = (t.lower + t.upper) / 2
+                c = (t.lower + t.upper) / 2
+                named[n] = c
                 if not t.is_exact():
-                    radius[n] = (t.upper - t.lower) / 2
+                    # a radius that covers both ends despite the rounding of the centre
+                    r = torch.maximum(t.upper - c, c - t.lower)
+                    radius[n] = torch.nextafter(r, torch.full_like(r, float("inf")))
             else:
                 named[n] = t.detach() if isinstance(t, torch.Tensor) else t
     names = list(named)

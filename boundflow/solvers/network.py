@@ -36,6 +36,7 @@ from boundflow.domains.linear.crown import (
     BoundState,
     _flat_nodes,
     crown,
+    intersect,
     prepare,
 )
 from boundflow.domains.linear.relaxations import RELAXATIONS
@@ -369,8 +370,7 @@ def network_bounds(
     results = minimize_all(tasks, mode, executor, time_limit)
     lower = torch.tensor([[o.bound for o in r[0::2]] for r in results], dtype=torch.float64)
     upper = torch.tensor([[-o.bound for o in r[1::2]] for r in results], dtype=torch.float64)
-    lower = torch.maximum(lower, torch.stack(c_lb))
-    upper = torch.minimum(upper, torch.stack(c_ub))
+    lower, upper = intersect(lower, upper, torch.stack(c_lb), torch.stack(c_ub))
     assert lower.shape == (b, n_rows)
     exact = torch.tensor(
         [

@@ -175,12 +175,17 @@ def certified_training(
     n_classes = max(dataset.n_classes, 2)
     if start is None:
         nominal = {n: p.detach().clone() for n, p in model.named_parameters()}
+        pre_state: dict = {}
         if config.pretrain_epochs:
-            nominal = _plain_epochs(model, nominal, dataset.x, dataset.y, config, config.pretrain_epochs, offset=0)
+            nominal, pre_state = _plain_epochs(
+                model, nominal, dataset.x, dataset.y, config, config.pretrain_epochs, offset=0
+            )
         bounds = ParameterBounds(
             {n: t.clone() for n, t in nominal.items()}, {n: t.clone() for n, t in nominal.items()}, nominal
         )
-        momentum_state = None
+        # the optimiser keeps its state across the switch from pretraining (one SGD run: its
+        # momentum buffers carry over, exactly known since pretraining data is trusted)
+        momentum_state = _interval_sgd_state(pre_state, list(nominal))
     else:
         bounds = copy.deepcopy(start)
         momentum_state = getattr(start, "optimizer_state", None)
@@ -188,7 +193,10 @@ def certified_training(
     opt = IntervalSGD(params, config.lr, config.momentum, config.weight_decay)
     if momentum_state:
         opt.load_state_dict(momentum_state)
-    bounds.nominal_state = getattr(start, "nominal_state", {}) if start is not None else {}  # type: ignore[attr-defined]
+    if start is not None:
+        bounds.nominal_state = getattr(start, "nominal_state", {})  # type: ignore[attr-defined]
+    else:
+        bounds.nominal_state = pre_state  # type: ignore[attr-defined]
     epochs = range(bounds.epochs_done, config.epochs)
     bar = None
     if progress:
@@ -384,7 +392,18 @@ def _plain_epochs(model, params, x, y, config, epochs, offset):
     data = _BD(x, x, x, y)
     for e in range(epochs):
         params, state = _plain_sgd_epoch(model, params, data, config, offset + e, state)
-    return params
+    return params, state
+
+
+def _interval_sgd_state(sgd_state: dict, names: list[str]) -> dict | None:
+    """``torch.optim.SGD``'s state dict (parameters in ``names`` order) as
+    :class:`IntervalSGD` state: each momentum buffer as the exact interval ``[b, b]``."""
+    buffers = {}
+    for i, st in (sgd_state or {}).get("state", {}).items():
+        buf = st.get("momentum_buffer")
+        if buf is not None:
+            buffers[names[int(i)]] = (buf.detach().clone(), buf.detach().clone())
+    return {"buffers": buffers} if buffers else None
 
 
 def config_dict(config: TrainConfig) -> dict:

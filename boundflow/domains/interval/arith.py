@@ -43,6 +43,16 @@ def exact(a: Bounds) -> bool:
     return a[0] is a[1]
 
 
+def _rounded(lo, hi) -> Bounds:
+    """Under :func:`boundflow.sound_rounding`, one ulp outward: the result of one correctly
+    rounded IEEE operation per bound then contains the exact real result.  Every step of a
+    compound rule built from these functions (``add`` with ``alpha``, ``addcmul``, batch norm)
+    is rounded on its own, so the whole chain is covered, not only its last operation."""
+    if rounding.rounding_enabled() and isinstance(lo, torch.Tensor):
+        return rounding.widen_ulp(lo, hi)
+    return lo, hi
+
+
 def hull(a: Bounds, b: Bounds) -> Bounds:
     return torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1])
 
@@ -57,8 +67,8 @@ def add(a: Bounds, b: Bounds, alpha: float = 1) -> Bounds:
         b = scale(b, alpha)
     if exact(a) and exact(b):
         r = a[0] + b[0]
-        return r, r
-    return a[0] + b[0], a[1] + b[1]
+        return _rounded(r, r)
+    return _rounded(a[0] + b[0], a[1] + b[1])
 
 
 def neg(a: Bounds) -> Bounds:
@@ -73,14 +83,25 @@ def sub(a: Bounds, b: Bounds, alpha: float = 1) -> Bounds:
 
 
 def scale(a: Bounds, s) -> Bounds:
-    """``a * s`` for an exact scalar or tensor ``s``."""
+    """``a * s`` for an exact scalar or tensor ``s``.  Under ``sound_rounding`` a Python-float
+    factor gets two ulps: torch may first round it to the tensor's dtype, then the product."""
+    if isinstance(s, float) and rounding.rounding_enabled():
+        lo, hi = _rounded(*_scale_plain(a, s))
+        return _rounded(lo, hi)
+    if exact(a):
+        r = a[0] * s
+        return _rounded(r, r)
+    if isinstance(s, (int, float, bool)):
+        return _rounded(*((a[0] * s, a[1] * s) if s >= 0 else (a[1] * s, a[0] * s)))
+    p, q = _nan_to_zero(a[0] * s), _nan_to_zero(a[1] * s)
+    return _rounded(torch.minimum(p, q), torch.maximum(p, q))
+
+
+def _scale_plain(a: Bounds, s: float) -> Bounds:
     if exact(a):
         r = a[0] * s
         return r, r
-    if isinstance(s, (int, float, bool)):
-        return (a[0] * s, a[1] * s) if s >= 0 else (a[1] * s, a[0] * s)
-    p, q = _nan_to_zero(a[0] * s), _nan_to_zero(a[1] * s)
-    return torch.minimum(p, q), torch.maximum(p, q)
+    return (a[0] * s, a[1] * s) if s >= 0 else (a[1] * s, a[0] * s)
 
 
 def _nan_to_zero(t: torch.Tensor) -> torch.Tensor:
@@ -97,32 +118,36 @@ def mul(a: Bounds, b: Bounds) -> Bounds:
     p1, p2, p3, p4 = (_nan_to_zero(x * y) for x in a for y in b)
     lo = torch.minimum(torch.minimum(p1, p2), torch.minimum(p3, p4))
     hi = torch.maximum(torch.maximum(p1, p2), torch.maximum(p3, p4))
-    return lo, hi
+    return _rounded(lo, hi)
 
 
 def recip(b: Bounds) -> Bounds:
     """``1 / b``; ``[-inf, inf]`` where ``b`` contains 0."""
     if exact(b):
         r = 1 / b[0]
-        return r, r
+        return _rounded(r, r)
     lo, hi = b
     has_zero = (lo <= 0) & (hi >= 0)
     inf = torch.full_like(lo, float("inf"))
     r_lo = torch.where(has_zero, -inf, 1 / hi)
     r_hi = torch.where(has_zero, inf, 1 / lo)
-    return r_lo, r_hi
+    return _rounded(r_lo, r_hi)
 
 
 def div(a: Bounds, b: Bounds) -> Bounds:
     if exact(b):
         if exact(a):
             r = a[0] / b[0]
-            return r, r
+            return _rounded(r, r)
         d = b[0]
         if isinstance(d, (int, float)):
-            return (a[0] / d, a[1] / d) if d > 0 else (a[1] / d, a[0] / d)
+            if d == 0:  # x / 0 is -inf, +inf or NaN (0 / 0): only the whole line contains them
+                t = torch.as_tensor(a[0])
+                inf = torch.full_like(t, float("inf"), dtype=t.dtype if t.is_floating_point() else None)
+                return -inf, inf
+            return _rounded(*((a[0] / d, a[1] / d) if d > 0 else (a[1] / d, a[0] / d)))
         p, q = a[0] / d, a[1] / d
-        return torch.minimum(p, q), torch.maximum(p, q)
+        return _rounded(torch.minimum(p, q), torch.maximum(p, q))
     return mul(a, recip(b))
 
 
@@ -137,9 +162,9 @@ def abs_(a: Bounds) -> Bounds:
 def square(a: Bounds) -> Bounds:
     if exact(a):
         r = a[0] * a[0]
-        return r, r
+        return _rounded(r, r)
     m_lo, m_hi = abs_(a)
-    return m_lo * m_lo, m_hi * m_hi
+    return _rounded(m_lo * m_lo, m_hi * m_hi)
 
 
 def pow_int(a: Bounds, p: int) -> Bounds:

@@ -138,10 +138,11 @@ def _magnitude(tree: Any) -> Any:
     return tree_map(f, tree)
 
 
-def accumulating(op: torch._ops.OpOverload, n_terms: Callable[..., int]) -> None:
+def accumulating(op: torch._ops.OpOverload, n_terms: Callable[..., int], register: bool = True) -> Callable:
     """Linear ops with non-negative coefficients (sums, means, average pools, scatter-add):
     monotone, so applied to each bound; under ``sound_rounding`` widened by the a-priori error
-    of an ``n_terms(*args)``-term sum evaluated on magnitude bounds."""
+    of an ``n_terms(*args)``-term sum evaluated on magnitude bounds.  Returns the rule
+    (registered for ``op`` unless ``register`` is False)."""
 
     def rule(*args: Any, **kwargs: Any) -> Any:
         lo = op(*side(args, 0, data_first=True), **side(kwargs, 0))
@@ -153,7 +154,9 @@ def accumulating(op: torch._ops.OpOverload, n_terms: Callable[..., int]) -> None
             return _zip(lo, hi, exact=False, err_tree=err)
         return _zip(lo, hi, exact=False)
 
-    implements(op)(rule)
+    if register:
+        implements(op)(rule)
+    return rule
 
 
 def factory(*ops: torch._ops.OpOverload) -> None:

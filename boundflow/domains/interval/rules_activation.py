@@ -19,7 +19,29 @@ aten = torch.ops.aten
 ULPS = rounding.TRANSCENDENTAL_ULPS
 
 monotone_rule(aten.relu.default, aten.hardtanh.default)
-monotone_rule(aten.sigmoid.default, aten.tanh.default, aten.elu.default, ulps=ULPS)
+monotone_rule(aten.sigmoid.default, aten.tanh.default, ulps=ULPS)
+
+
+@implements(aten.elu.default)
+def elu(x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """``scale * x`` for ``x > 0``, ``scale * alpha * (exp(input_scale * x) - 1)`` below, for
+    arguments of any sign: each piece is monotone and both meet at ``(0, 0)``, so the range over
+    ``[l, u]`` is the hull of ``f(l)``, ``f(u)`` and, where the interval holds 0, ``0``."""
+    lo, hi = lohi(x)
+    a, sc, isc = float(alpha), float(scale), float(input_scale)
+    f_lo = torch.ops.aten.elu.default(lo, a, sc, isc)
+    if lo is hi:
+        r_lo = r_hi = f_lo
+    else:
+        f_hi = torch.ops.aten.elu.default(hi, a, sc, isc)
+        r_lo, r_hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+        if not (a >= 0 and sc >= 0 and isc >= 0):  # not monotone: the kink at 0 can be an extremum
+            zero = (lo <= 0) & (hi >= 0)
+            r_lo = torch.where(zero, r_lo.clamp(max=0), r_lo)
+            r_hi = torch.where(zero, r_hi.clamp(min=0), r_hi)
+    if rounding.rounding_enabled():
+        return make(*rounding.widen_rel(r_lo, r_hi, ULPS), rounded=True, nan_free=True)
+    return make(r_lo, r_hi, nan_free=True)
 
 
 def _trig(f):

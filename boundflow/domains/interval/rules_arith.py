@@ -189,4 +189,5 @@ def addcdiv(self, tensor1, tensor2, value=1):
 @implements(aten.lerp.Scalar)
 def lerp(self, end, weight):
     w = float(weight)
+    # 1 - w is rounded once; scale's allowance for a Python-float factor covers it
     return _out(arith.add(arith.scale(_b(self), 1 - w), arith.scale(_b(end), w)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from boundflow.domains.interval import arith
-from boundflow.domains.interval.generic import available, monotone_rule
+from boundflow.domains.interval.generic import available
 from boundflow.domains.interval.table import implements
 from boundflow.domains.interval.tensor import exact_value, lohi, make
 
@@ -19,10 +19,19 @@ aten = torch.ops.aten
 
 
 def _bool(x) -> arith.Bounds:
+    """The truth value of each entry as a boolean interval ``(certainly True, possibly True)``.
+    A bool interval is already one; a numeric interval is certainly True where it excludes 0
+    and possibly True unless it is exactly ``[0, 0]`` (its bounds' own truth values are not
+    enough: ``[-1, 1]`` contains 0)."""
     lo, hi = lohi(x)
     if not isinstance(lo, torch.Tensor):
         lo = hi = torch.as_tensor(bool(lo))
-    return lo.bool(), hi.bool()
+    if lo.dtype == torch.bool:
+        return lo, hi
+    if lo is hi:
+        t = lo != 0
+        return t, t
+    return (lo > 0) | (hi < 0), (lo != 0) | (hi != 0)
 
 
 def _cmp_gt(a, b, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +87,26 @@ def logical_not(a):
     return make(~hi, ~lo, exact=True)
 
 
-monotone_rule(aten.logical_and.default, aten.logical_or.default)
+def _logical(op):
+    def rule(a, b):
+        """On the truth values of the operands (boolean intervals), where ``op`` is monotone."""
+        (a_lo, a_hi), (b_lo, b_hi) = _bool(a), _bool(b)
+        return make(op(a_lo, b_lo), op(a_hi, b_hi), exact=True)
+
+    return rule
+
+
+implements(aten.logical_and.default)(_logical(torch.logical_and))
+implements(aten.logical_or.default)(_logical(torch.logical_or))
+
+
+@implements(aten.logical_xor.default)
+def logical_xor(a, b):
+    """Decided only where the truth values of both operands are."""
+    (a_lo, a_hi), (b_lo, b_hi) = _bool(a), _bool(b)
+    decided = (a_lo == a_hi) & (b_lo == b_hi)
+    v = a_lo ^ b_lo
+    return make(v & decided, v | ~decided, exact=True)
 
 
 @implements(aten.isnan.default)
@@ -142,7 +170,16 @@ def _bitwise(kind: str):
 implements(aten.bitwise_and.Tensor)(_bitwise("and"))
 implements(aten.bitwise_or.Tensor)(_bitwise("or"))
 implements(aten.bitwise_xor.Tensor)(_bitwise("xor"))
-implements(aten.logical_xor.default)(_bitwise("xor"))
 
 
-monotone_rule(*available("all.default", "all.dim", "all.dims", "any.default", "any.dim", "any.dims"))
+def _reduction(op):
+    def rule(a, *args, **kwargs):
+        """On the truth values of the entries: ``any``/``all`` are monotone in them."""
+        lo, hi = _bool(a)
+        return make(op(lo, *args, **kwargs), op(hi, *args, **kwargs), exact=True)
+
+    return rule
+
+
+for _op in available("all.default", "all.dim", "all.dims", "any.default", "any.dim", "any.dims"):
+    implements(_op)(_reduction(_op))

@@ -195,16 +195,24 @@ def _channel_shape(x) -> list[int]:
     return [1, -1] + [1] * (x.dim() - 2)
 
 
-def _bn_scale(running_var, eps: float, shape) -> torch.Tensor:
+def _bn_scale(running_var, eps: float, shape) -> arith.Bounds:
+    """``1 / sqrt(running_var + eps)`` per channel: exact (one object twice) normally; under
+    ``sound_rounding`` an interval holding the real value (the sum is rounded once, ``rsqrt``
+    is allowed ``TRANSCENDENTAL_ULPS``)."""
     rv = exact_value(running_var, "running_var")
-    return torch.rsqrt(rv + eps).reshape(shape)
+    if not rounding.rounding_enabled():
+        inv = torch.rsqrt(rv + eps).reshape(shape)
+        return inv, inv
+    s_lo, s_hi = rounding.widen_ulp(rv + eps, rv + eps)
+    lo, hi = rounding.widen_rel(torch.rsqrt(s_hi), torch.rsqrt(s_lo), rounding.TRANSCENDENTAL_ULPS)
+    return lo.clamp(min=0).reshape(shape), hi.reshape(shape)
 
 
 def _bn_eval(input, weight, bias, running_mean, running_var, eps):
     shape = _channel_shape(input)
     rm = exact_value(running_mean, "running_mean").reshape(shape)
     inv = _bn_scale(running_var, eps, shape)
-    xn = arith.scale(arith.sub(lohi(input), (rm, rm)), inv)
+    xn = arith.mul(arith.sub(lohi(input), (rm, rm)), inv)
     if weight is not None:
         xn = arith.mul(xn, _per_channel(weight, input.dim()))
     if bias is not None:
@@ -241,12 +249,12 @@ def native_batch_norm_backward(
     results: list = [None, None, None]
     if output_mask[0]:
         if weight is None:
-            results[0] = make(*arith.scale(g, inv))
+            results[0] = make(*arith.mul(g, inv))
         else:
-            results[0] = make(*arith.mul(g, arith.scale(_per_channel(weight, grad_out.dim()), inv)))
+            results[0] = make(*arith.mul(g, arith.mul(_per_channel(weight, grad_out.dim()), inv)))
     if output_mask[1]:
         rm = exact_value(running_mean, "running_mean").reshape(shape)
-        xn = arith.scale(arith.sub(lohi(input), (rm, rm)), inv)
+        xn = arith.mul(arith.sub(lohi(input), (rm, rm)), inv)
         results[1] = make(*arith.reduce_sum(arith.mul(g, xn), dims))
     if output_mask[2]:
         results[2] = make(*arith.reduce_sum(g, dims))

@@ -72,6 +72,34 @@ def _index_windows(hw, k, s, p, d, o, device: str) -> torch.Tensor:
     return geo.windows(idx, -1.0).long()
 
 
+def pool_index_windows(shape, args, device="cpu") -> torch.Tensor:
+    """For ``max_pool2d`` arguments ``args = (kernel, stride, padding, dilation, ceil_mode)``
+    (trailing ones optional) on an input of ``shape (..., H, W)``: the flat input position of
+    every entry of every window, ``(OH, OW, KH*KW)``, with -1 for padding (torch's geometry,
+    ``ceil_mode`` included)."""
+    args = list(args) + [None] * (5 - len(args))
+    kernel, stride, padding, dilation, ceil_mode = args[:5]
+    geo = _Geometry(shape, kernel, stride, padding if padding is not None else 0, dilation or 1, bool(ceil_mode))
+    win = geo.index_windows(device)
+    _check_windows(win, geo)
+    return win
+
+
+def _check_windows(win: torch.Tensor, geo: _Geometry) -> None:
+    """Refuse a geometry with a window made only of padding: torch returns -inf and an
+    out-of-range index there (its backward then writes outside the gradient's memory)."""
+    empty = ~(win >= 0).any(-1)
+    if empty.any():
+        from boundflow.errors import UnsupportedOperation
+
+        at = tuple(torch.nonzero(empty)[0].tolist())
+        raise UnsupportedOperation(
+            f"max_pool2d(kernel={geo.k}, stride={geo.s}, padding={geo.p}, dilation={geo.d}) on a "
+            f"{geo.hw[0]}x{geo.hw[1]} plane: output window {at} lies entirely in the padding (torch gives -inf "
+            "and an invalid index there); use less padding or dilation"
+        )
+
+
 def _argmax_sets(w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per window position: (certainly the argmax, possibly the argmax).
 
@@ -106,6 +134,7 @@ def max_pool2d_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
     backward rule does not use them; it reads the input bounds)."""
     lo, hi = lohi(self)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_windows(geo.index_windows(lo.device), geo)
     # the max over the window slots (strided views) equals torch's pooling and is faster
     # than its NCHW kernel on small planes
     v_lo = functools.reduce(torch.maximum, _slots(_padded(lo, geo, -math.inf), geo))
@@ -196,6 +225,7 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     lo, hi = lohi(self)
     g_lo, g_hi = lohi(grad_output)
     geo = _Geometry(lo.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_windows(geo.index_windows(lo.device), geo)
     r_lo, r_hi, mag = _max_pool_backward(lo, hi, g_lo, g_hi, geo)
     if mag is not None:
         n = math.prod(-(-(geo.d[i] * (geo.k[i] - 1) + 1) // geo.s[i]) for i in range(2)) + 1

@@ -10,7 +10,7 @@ import torch
 
 from boundflow.domains.interval.generic import accumulating, available, factory, structural
 from boundflow.domains.interval.table import implements
-from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, propagate_mid_rad, write_into
+from boundflow.domains.interval.tensor import IntervalTensor, lohi, make, note_write, propagate_mid_rad, write_into
 
 aten = torch.ops.aten
 
@@ -73,7 +73,23 @@ def _numel(t) -> int:
 accumulating(aten.index_put.default, lambda self, indices, values, accumulate=False: _numel(values) + 1)
 accumulating(aten._unsafe_index_put.default, lambda self, indices, values, accumulate=False: _numel(values) + 1)
 accumulating(aten.scatter_add.default, lambda self, dim, index, src: _numel(src) + 1)
-accumulating(aten.index_add.default, lambda self, dim, index, source, alpha=1: _numel(source) + 2)
+_index_add_terms = lambda self, dim, index, source, alpha=1: _numel(source) + 2  # noqa: E731
+_index_add_positive = accumulating(aten.index_add.default, _index_add_terms, register=False)
+
+
+@implements(aten.index_add.default)
+def index_add(self, dim, index, source, alpha=1):
+    """``self + alpha * source`` scattered along ``dim``: monotone in ``source`` for
+    ``alpha >= 0``; a negative ``alpha`` is rewritten exactly as ``|alpha| * (-source)``."""
+    if alpha < 0:
+        if isinstance(source, IntervalTensor):
+            source = IntervalTensor(-source.upper, -source.lower, check=False)
+        else:
+            source = -source
+        alpha = -alpha
+    return _index_add_positive(self, dim, index, source, alpha=alpha)
+
+
 accumulating(
     aten.embedding_dense_backward.default,
     lambda grad, indices, num_weights, padding_idx, scale_grad_by_freq: _numel(indices) + 2,
@@ -84,11 +100,14 @@ accumulating(
 def copy_(self, src, non_blocking: bool = False):
     """In-place copy: the target keeps its identity; its bounds become those of ``src``
     (cast to the target dtype; casting is monotone so the cast bounds contain the cast value)."""
+    if isinstance(src, IntervalTensor) and isinstance(self, torch.Tensor) and src.dtype != self.dtype:
+        src = to_copy(src, dtype=self.dtype)  # the cast's own rule (truth values, integer range)
     src_lo, src_hi = lohi(src)
     if isinstance(self, IntervalTensor) and not isinstance(src, IntervalTensor):
         src_hi = src_lo
     if not isinstance(self, IntervalTensor):
         return write_into(self, src, "aten.copy_")
+    note_write()
     with torch.no_grad():
         self._lower.copy_(src_lo.expand_as(self._lower) if isinstance(src_lo, torch.Tensor) else src_lo)
         self._upper.copy_(src_hi.expand_as(self._upper) if isinstance(src_hi, torch.Tensor) else src_hi)
@@ -125,11 +144,36 @@ def to_copy(self, **kwargs):
     contain the converted value; under ``sound_rounding`` a narrowing float conversion is
     widened by one ulp so the bounds also contain the unrounded value."""
     lo, hi = lohi(self)
+    target = kwargs.get("dtype") or lo.dtype
+    if target == torch.bool and lo.dtype != torch.bool:
+        # truth values: certainly True where 0 is excluded, possibly True unless exactly 0
+        certain, possible = (lo > 0) | (hi < 0), (lo != 0) | (hi != 0)
+        other = {k: v for k, v in _copy_kwargs(kwargs).items() if k != "dtype"}
+        return make(certain.to(**other), possible.to(**other), exact=True)
+    if not target.is_floating_point and not target.is_complex and target != torch.bool and lo.dtype != torch.bool:
+        _check_int_range(lo, hi, target)
     r_lo, r_hi = lo.to(**_copy_kwargs(kwargs)), hi.to(**_copy_kwargs(kwargs))
     narrowing = (
         r_lo.is_floating_point() and lo.is_floating_point() and torch.finfo(r_lo.dtype).eps > torch.finfo(lo.dtype).eps
     )
     return make(r_lo, r_hi, exact=not narrowing)
+
+
+def _check_int_range(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype) -> None:
+    """A cast to an integer type truncates (monotone) only inside the type's range; outside it
+    values wrap or are undefined, so an interval reaching out of range is refused."""
+    info = torch.iinfo(dtype)
+    if lo.is_floating_point():
+        bad = (lo != hi) & ((lo <= info.min - 1) | (hi >= info.max + 1))
+    else:
+        bad = (lo != hi) & ((lo < info.min) | (hi > info.max))
+    if bad.any():
+        from boundflow.errors import DomainError
+
+        raise DomainError(
+            f"cast to {dtype}: the interval leaves the type's range [{info.min}, {info.max}] in "
+            f"{int(bad.sum())} of {lo.numel()} entries, where the cast wraps around (not monotone)"
+        )
 
 
 def _copy_kwargs(kwargs: dict) -> dict:

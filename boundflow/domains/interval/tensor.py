@@ -327,16 +327,35 @@ def _wrap(lo: torch.Tensor, hi: torch.Tensor) -> IntervalTensor:
     return r
 
 
+# Bumped by every in-place write that the interval rules make into bounds.  Inside
+# ``__torch_dispatch__`` autograd's version counters are not bumped by in-place ops (that
+# happens in the ADInplaceOrView layer above), so they alone cannot tell a cache that a bound
+# changed through an in-place rule or through a view of it.
+_WRITES = [0]
+
+
+def note_write() -> None:
+    """Record an in-place write into interval bounds (invalidates every midpoint-radius cache)."""
+    _WRITES[0] += 1
+
+
+def _cache_key(x: IntervalTensor) -> tuple[int, int, int]:
+    return (x._lower._version, x._upper._version, _WRITES[0])
+
+
 def doubled_mid_rad(x: IntervalTensor) -> dict[str, torch.Tensor]:
     """``{"m2": lower + upper, "r2": upper - lower}`` (twice the midpoint and radius), cached on
-    ``x`` until either bound is modified in place (checked with the bounds' version counters,
-    which views share with their base).  Callers may add derived entries (``"mag2"``,
-    ``"absm2"``) to the returned dict; they must not modify the cached tensors."""
+    ``x`` until any bound is modified in place: the key holds the bounds' version counters
+    (writes from outside, e.g. ``x.lower.mul_(2)``) and the count of in-place writes made by
+    the interval rules (writes through ``x`` itself, its views or its base).  Callers may add
+    derived entries (``"mag2"``, ``"absm2"``) to the returned dict; they must not modify the
+    cached tensors."""
     cache = x._mr
     lo, hi = x._lower, x._upper
-    if cache is not None and cache["v"] == (lo._version, hi._version):
+    key = _cache_key(x)
+    if cache is not None and cache["v"] == key:
         return cache
-    cache = {"v": (lo._version, hi._version), "m2": torch.add(lo, hi), "r2": torch.sub(hi, lo)}
+    cache = {"v": key, "m2": torch.add(lo, hi), "r2": torch.sub(hi, lo)}
     x._mr = cache
     return cache
 
@@ -346,9 +365,9 @@ def propagate_mid_rad(src: Any, out: Any, op: Any, args: tuple, kwargs: dict) ->
     cache = getattr(src, "_mr", None) if isinstance(src, IntervalTensor) else None
     if cache is None or not isinstance(out, IntervalTensor):
         return
-    if cache["v"] != (src._lower._version, src._upper._version):
+    if cache["v"] != _cache_key(src):
         return
-    new = {"v": (out._lower._version, out._upper._version)}
+    new = {"v": _cache_key(out)}
     for k, t in cache.items():
         if k != "v":
             new[k] = op(t, *args[1:], **kwargs)
@@ -411,6 +430,7 @@ def _inplace(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
 def write_into(target: Any, result: Any, what: str) -> Any:
     """Store ``result`` into ``target`` in place (``target`` keeps its identity and storage)."""
     r_lo, r_hi = lohi(result)
+    note_write()
     if isinstance(target, IntervalTensor):
         with torch.no_grad():
             target._lower.copy_(r_lo)

@@ -24,6 +24,7 @@ from torch import fx
 from torch.func import vjp, vmap
 
 from boundflow.domains.interval import IntervalTensor, lohi
+from boundflow.domains.interval.rules_pooling import pool_index_windows
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph
@@ -180,6 +181,9 @@ def prepare(
             continue
         if n.op == "output":
             break
+        if n.op == "get_attr":  # a tensor constant of the traced code (not a parameter or buffer)
+            state.const[n] = _attr(graph.gm, n.target)
+            continue
         if n.op != "call_function":
             raise UnsupportedOperation(f"graph node {n.op} {n.target} is not supported by the linear domain")
         if _is_const(state, list(n.args)) and _is_const(state, list(n.kwargs.values())):
@@ -214,7 +218,7 @@ def prepare(
                 )
             if refine and n in state.needs_bounds and n not in affine_of_input:
                 c_lo, c_hi = node_bounds(state, n)
-                lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
+                lo, hi = intersect(lo, hi, c_lo, c_hi)
                 env[n] = IntervalTensor(lo, hi, check=False)
             if overrides and n.name in overrides:
                 o_lo, o_hi = overrides[n.name]
@@ -226,6 +230,29 @@ def prepare(
                 env[n] = IntervalTensor(lo, hi, check=False)
             state.lower[n], state.upper[n] = lo, hi
     return state
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def intersect(lo1: torch.Tensor, hi1: torch.Tensor, lo2: torch.Tensor, hi2: torch.Tensor):
+    """The intersection of two sound ranges of the same quantity.  Where rounding makes the
+    intersection cross (lower > upper: both bounds are nearly exact), the crossed pair is
+    returned in order instead, ``[min, max]``: the true value lies within rounding of both, and
+    a crossed bound is never read as an empty set."""
+    return ordered(torch.maximum(lo1, lo2), torch.minimum(hi1, hi2))
+
+
+def ordered(lo: torch.Tensor, hi: torch.Tensor):
+    """``(lo, hi)`` with entries where rounding crossed them (lower > upper) swapped."""
+    crossed = lo > hi
+    if crossed.any():
+        lo, hi = torch.where(crossed, hi, lo), torch.where(crossed, lo, hi)
+    return lo, hi
 
 
 def _flat_nodes(a) -> list:
@@ -538,6 +565,20 @@ def _weight_noise(state: BoundState, node: fx.Node, var_nodes, output_index) -> 
         return out
     if node.target not in PRODUCT_OPS and node.target not in (aten.add.Tensor, aten.sub.Tensor):
         raise UnsupportedOperation(f"linear domain: bounded weights in {node.target} are not supported")
+    if node.target in (aten.div.Tensor, aten.div.Scalar):
+        # x / s with s in [c - r, c + r] not containing 0: |x/s - x/c| <= |x| max|1/s - 1/c|,
+        # the maximum at an end point of the divisor's interval (1/s is monotone there)
+        x, d = node.args[:2]
+        if not (isinstance(d, fx.Node) and d in state.radius) or isinstance(x, fx.Node) and x in state.radius:
+            raise UnsupportedOperation(f"linear domain: bounded numerator in division {node.name} is not supported")
+        c, r = state.const[d], state.radius[d]
+        if ((c - r <= 0) & (c + r >= 0)).any():
+            raise UnsupportedOperation(
+                f"linear domain: the bounded divisor of {node.name} contains 0; the quotient is unbounded "
+                "(use method='ibp')"
+            )
+        dev = torch.maximum((1 / (c - r) - 1 / c).abs(), (1 / (c + r) - 1 / c).abs())
+        return torch.maximum(state.lower[x].abs(), state.upper[x].abs()) * dev
 
     def sub(a):
         if isinstance(a, fx.Node):
@@ -552,23 +593,35 @@ def _weight_noise(state: BoundState, node: fx.Node, var_nodes, output_index) -> 
         return a
 
     if node.target in (aten.add.Tensor, aten.sub.Tensor):
-        r = sum(state.radius[a] for a in node.args if isinstance(a, fx.Node) and a in state.radius)
-        return r
+        # a + alpha * b: the deviation of b counts |alpha| times
+        scale = (1.0, abs(float(node.kwargs.get("alpha", 1))))
+        return sum(
+            state.radius[a] * k for a, k in zip(node.args, scale) if isinstance(a, fx.Node) and a in state.radius
+        )
     args = sub(node.args)
-    out = node.target(*args, **{k: sub(v) for k, v in node.kwargs.items()})
+    # deviations are magnitudes: scalings (addmm's beta and alpha) count with their absolute value
+    kwargs = {k: abs(v) if k in ("alpha", "beta") else sub(v) for k, v in node.kwargs.items()}
+    if node.target is aten.addmm.default:
+        args = [*args[:3], *(abs(v) for v in args[3:])]
+    out = node.target(*args, **kwargs)
     return out[output_index] if output_index is not None else out
 
 
 def deeppoly_pool(l: torch.Tensor, u: torch.Tensor, args: list):
     """Per window: max of the lower bounds, the argmax index of the lower bounds, max of the
     upper bounds, and whether the argmax-l entry's lower bound beats every other upper bound
-    (then the pool equals that entry exactly)."""
+    of *its own* window (then the pool equals that entry exactly).  Windows may overlap
+    (stride < kernel), be padded or dilated, or use ``ceil_mode``: the other entries are read
+    from each window's own index list, never from a plane shared between windows."""
     ml, idx = aten.max_pool2d_with_indices.default(l, *args)
     mu, _ = aten.max_pool2d_with_indices.default(u, *args)
-    # largest upper bound other than the argmax-l entry: mask it out and pool again
-    flat_u = u.flatten(-2).clone()
-    flat_u.scatter_(-1, idx.flatten(-2), -float("inf"))
-    mu_other, _ = aten.max_pool2d_with_indices.default(flat_u.reshape(u.shape), *args)
+    win = pool_index_windows(l.shape, args, l.device)  # (OH, OW, K) flat input positions, -1 = padding
+    k = win.shape[-1]
+    win = win.reshape(-1, k)  # (O, K)
+    u_win = u.flatten(-2)[..., win.clamp(min=0)]  # (..., O, K)
+    chosen = idx.flatten(-2).unsqueeze(-1)  # (..., O, 1)
+    others = u_win.masked_fill((win < 0) | (win == chosen), -float("inf"))
+    mu_other = others.amax(-1).reshape(ml.shape)
     return ml, idx, mu, ml >= mu_other
 
 
@@ -639,10 +692,10 @@ def crown(
     if out_node in state.lower:
         o_lo, o_hi = state.lower[out_node].reshape(b, -1), state.upper[out_node].reshape(b, -1)
         if C is None:
-            lb, ub = torch.maximum(lb, o_lo), torch.minimum(ub, o_hi)
+            lb, ub = intersect(lb, ub, o_lo, o_hi)
         else:
             # interval bound of C @ y from the output box, as a fallback
             c_lo = (C.clamp(min=0) * o_lo.unsqueeze(1) + C.clamp(max=0) * o_hi.unsqueeze(1)).sum(-1)
             c_hi = (C.clamp(min=0) * o_hi.unsqueeze(1) + C.clamp(max=0) * o_lo.unsqueeze(1)).sum(-1)
-            lb, ub = torch.maximum(lb, c_lo), torch.minimum(ub, c_hi)
+            lb, ub = intersect(lb, ub, c_lo, c_hi)
     return lb, ub, state

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.linear.crown import BoundState, backsub, crown, prepare
+from boundflow.domains.linear.crown import BoundState, backsub, crown, intersect, ordered, prepare
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
 from boundflow.specs import Box
@@ -84,7 +84,7 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
             best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
             best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
     state.alpha = {}
-    return best_lb, best_ub
+    return ordered(best_lb, best_ub)
 
 
 def _final(state: BoundState, graph, out_node, x_lo, C):
@@ -143,8 +143,8 @@ class ForwardDomain:
             lo_d, hi_d = forward_bounds(g, spec.lower, spec.upper, "deeppoly")
             if C is not None:
                 (lo, hi), (lo_d, hi_d) = spec_bounds(lo, hi, C), spec_bounds(lo_d, hi_d, C)
-                return torch.maximum(lo, lo_d), torch.minimum(hi, hi_d)
-            lo, hi = torch.maximum(lo, lo_d), torch.minimum(hi, hi_d)
+                return intersect(lo, hi, lo_d, hi_d)
+            lo, hi = intersect(lo, hi, lo_d, hi_d)
         if C is not None:
             return spec_bounds(lo, hi, C)
         return lo, hi

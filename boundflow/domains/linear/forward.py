@@ -16,6 +16,7 @@ import torch
 from torch import fx
 from torch.func import vmap
 
+from boundflow.domains.interval.rules_pooling import pool_index_windows
 from boundflow.domains.linear.crown import (
     AFFINE_OPS,
     POSITIVE_LINEAR,
@@ -23,6 +24,7 @@ from boundflow.domains.linear.crown import (
     _flat_nodes,
     _shape,
     deeppoly_pool,
+    intersect,
     prepare,
 )
 from boundflow.domains.linear.relaxations import RELAXATIONS
@@ -48,6 +50,45 @@ class _Lin:
         lo = (self.lw.clamp(min=0) * xl + self.lw.clamp(max=0) * xh).sum(-1) + self.lb
         hi = (self.uw.clamp(min=0) * xh + self.uw.clamp(max=0) * xl).sum(-1) + self.ub
         return lo, hi
+
+
+def _compose(src: _Lin, a_l, b_l, a_u, b_u) -> _Lin:
+    """The forms of ``f(t)`` from ``a_l t + b_l <= f(t) <= a_u t + b_u`` and the forms of ``t``:
+    a slope's sign decides which form of ``t`` it takes (``a t >= a U(x)`` where ``a < 0``)."""
+    lp, ln, up, un = a_l.clamp(min=0), a_l.clamp(max=0), a_u.clamp(min=0), a_u.clamp(max=0)
+    return _Lin(
+        lp.unsqueeze(-1) * src.lw + ln.unsqueeze(-1) * src.uw,
+        lp * src.lb + ln * src.ub + b_l,
+        up.unsqueeze(-1) * src.uw + un.unsqueeze(-1) * src.lw,
+        up * src.ub + un * src.lb + b_u,
+    )
+
+
+def _join(state, node, lin) -> _Lin:
+    """``cat`` / ``stack`` of variable and constant operands: the forms of each operand joined
+    along the same dimension (a constant ``c`` has forms ``0 x + c``)."""
+    parts, dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    n_in = state.x_lo[0].numel()
+    forms = []
+    for a in parts:
+        if isinstance(a, fx.Node) and a in lin:
+            forms.append(lin[a])
+        else:
+            c = state.const[a] if isinstance(a, fx.Node) else torch.as_tensor(a)
+            c = c.to(state.x_lo.dtype)
+            z = torch.zeros(*c.shape, n_in, dtype=c.dtype)
+            forms.append(_Lin(z, c, z, c))
+    ndim = forms[0].lb.dim() + (1 if node.target is aten.stack.default else 0)
+    d = dim % ndim  # the forms' coefficients carry one more (trailing) dimension
+    op = torch.cat if node.target is aten.cat.default else torch.stack
+    return _Lin(*(op([getattr(f, k) for f in forms], d) for k in ("lw", "lb", "uw", "ub")))
+
+
+def _scale(src: _Lin, k: float) -> _Lin:
+    """The forms of ``k * t`` for a real ``k`` (a negative one swaps lower and upper)."""
+    if k >= 0:
+        return _Lin(src.lw * k, src.lb * k, src.uw * k, src.ub * k)
+    return _Lin(src.uw * k, src.ub * k, src.lw * k, src.lb * k)
 
 
 def _apply_lin(f, w: torch.Tensor) -> torch.Tensor:
@@ -80,7 +121,7 @@ def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor,
         if n not in bounds:
             lo, hi = lin[n].concretize(x_lo, x_hi)
             if n in state.lower:
-                lo, hi = torch.maximum(lo, state.lower[n]), torch.minimum(hi, state.upper[n])
+                lo, hi = intersect(lo, hi, state.lower[n], state.upper[n])
             bounds[n] = (lo, hi)
         return bounds[n]
 
@@ -105,18 +146,19 @@ def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor,
             inp = n_eff.args[0]
             l, u = node_bounds(inp)
             a_l, b_l, a_u, b_u = RELAXATIONS[target](n_eff, l, u)
-            src = lin[inp]
-            lin[n] = _Lin(
-                a_l.unsqueeze(-1) * src.lw, a_l * src.lb + b_l, a_u.unsqueeze(-1) * src.uw, a_u * src.ub + b_u
-            )
+            lin[n] = _compose(lin[inp], a_l, b_l, a_u, b_u)
         elif target is aten.max_pool2d_with_indices.default:
             lin[n] = _maxpool(state, n_eff, lin, node_bounds, maxpool == "tight")
         elif len(var) == 2 and target in (aten.add.Tensor, aten.sub.Tensor) and len(n_eff.args) == 2:
+            # a + alpha * c (a - alpha * c): the second operand's forms scaled with a sign split
             a, c = (lin[v] for v in n_eff.args)
-            if target is aten.add.Tensor:
-                lin[n] = _Lin(a.lw + c.lw, a.lb + c.lb, a.uw + c.uw, a.ub + c.ub)
-            else:
-                lin[n] = _Lin(a.lw - c.uw, a.lb - c.ub, a.uw - c.lw, a.ub - c.lb)
+            k = float(n_eff.kwargs.get("alpha", 1))
+            if target is aten.sub.Tensor:
+                k = -k
+            c = _scale(c, k)
+            lin[n] = _Lin(a.lw + c.lw, a.lb + c.lb, a.uw + c.uw, a.ub + c.ub)
+        elif target in (aten.cat.default, aten.stack.default):
+            lin[n] = _join(state, n_eff, lin)
         elif len(var) == 1:
             lin[n] = _affine(state, n_eff, target, var[0], lin)
         else:
@@ -259,7 +301,7 @@ def _maxpool(state, node, lin, node_bounds, tight: bool = False):
     uw_sel, ub_sel = gather(src.uw), gather(src.ub)
     uw = torch.where(exact.unsqueeze(-1), uw_sel, torch.zeros_like(uw_sel))
     ub = torch.where(exact, ub_sel, mu)
-    windows = _windows(l.shape[-2:], args) if tight else None
+    windows = _windows(l.shape, args, l.device) if tight else None
     if windows is not None:
         p_uw, p_ub = _pivot_upper(state, src, idx, l, u, windows, (lw, lb, uw_sel, ub_sel))
         p_uw, p_ub = p_uw.reshape(uw.shape), p_ub.reshape(ub.shape)
@@ -274,21 +316,13 @@ def _maxpool(state, node, lin, node_bounds, tight: bool = False):
     return _Lin(lw, lb, uw, ub)
 
 
-def _windows(hw, args):
+def _windows(shape, args, device):
     """``(index, valid)``, each ``(O, K)``: the flat input position of every entry of every
-    pooling window (``O`` output positions, ``K`` window entries); ``None`` for ``ceil_mode``."""
-    kernel = list(args[0])
-    stride = list(args[1]) if len(args) > 1 and args[1] else kernel
-    padding = list(args[2]) if len(args) > 2 else [0, 0]
-    dilation = list(args[3]) if len(args) > 3 else [1, 1]
-    ceil_mode = bool(args[4]) if len(args) > 4 else False
-    if ceil_mode:
-        return None
-    kernel, stride, padding, dilation = ((v * 2 if len(v) == 1 else v) for v in (kernel, stride, padding, dilation))
-    pos = torch.arange(1, hw[0] * hw[1] + 1, dtype=torch.float64).reshape(1, 1, *hw)
-    cols = torch.nn.functional.unfold(pos, kernel, dilation, padding, stride)[0]  # (K, O), 0 = padding
-    cols = cols.t().round().long()
-    return (cols - 1).clamp(min=0), cols > 0
+    pooling window (``O`` output positions, ``K`` window entries; torch's geometry, padding
+    and ``ceil_mode`` included) and whether it is a real entry (not padding)."""
+    win = pool_index_windows(shape, args, device)
+    win = win.reshape(-1, win.shape[-1])
+    return win.clamp(min=0), win >= 0
 
 
 def _pivot_upper(state, src, idx, l, u, windows, pivot):

@@ -20,20 +20,33 @@ def relu(l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) ->
 
 
 def leaky_relu(l: torch.Tensor, u: torch.Tensor, slope: float, alpha: torch.Tensor | None = None) -> Relaxation:
+    """``f(x) = x`` for ``x >= 0``, ``slope * x`` below, for any real ``slope``.
+
+    Where the sign is undecided, ``f`` is convex for ``slope <= 1`` and concave for
+    ``slope > 1``.  The convex side of the relaxation is the chord through ``(l, f(l))`` and
+    ``(u, f(u))``; the other side is a line through the origin whose slope lies between
+    ``slope`` and 1 (every such line is on the correct side of both pieces), chosen by
+    CROWN's adaptive rule or by ``alpha`` in [0, 1] (0 = ``slope``, 1 = 1)."""
     active, inactive = l >= 0, u <= 0
     unstable = ~(active | inactive)
     one = torch.ones_like(l)
     s = torch.full_like(l, slope)
     width = torch.where(unstable, u - l, one)
-    a_u = torch.where(unstable, (u - slope * l) / width, torch.where(active, one, s))
-    b_u = torch.where(unstable, l * (slope - a_u), torch.zeros_like(l))
+    chord_a = (u - slope * l) / width
+    chord_b = l * (slope - chord_a)
     if alpha is None:
-        lo_slope = torch.where(u >= -l, one, s)
+        # the side of the box with the larger extent gets the exact piece
+        origin = torch.where(u >= -l, one, s)
     else:
-        lo_slope = slope + (1 - slope) * alpha.clamp(0, 1)
-    a_l = torch.where(unstable, lo_slope, torch.where(active, one, s))
-    b_l = torch.zeros_like(l)
-    return a_l, b_l, a_u, b_u
+        origin = slope + (1 - slope) * alpha.clamp(0, 1)
+    stable_a = torch.where(active, one, s)
+    zero = torch.zeros_like(l)
+    chord_a = torch.where(unstable, chord_a, stable_a)
+    chord_b = torch.where(unstable, chord_b, zero)
+    origin = torch.where(unstable, origin, stable_a)
+    if slope <= 1:  # convex: chord above, origin line below
+        return origin, zero, chord_a, chord_b
+    return chord_a, chord_b, origin, zero  # concave: chord below, origin line above
 
 
 def _tangent(f, df, d):
