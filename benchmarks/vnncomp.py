@@ -1,17 +1,20 @@
-"""Run VNN-COMP instances and compare with the expected answers.
+"""Run VNN-COMP instances as the competition does and compare with the expected answers.
 
     python benchmarks/vnncomp.py [FOLDER ...] [--timeout-factor 1.0] [--out docs/benchmarks]
+                                 [--results results/vnncomp] [--limit N]
 
 Each FOLDER has an ``instances.csv`` (onnx, vnnlib, timeout_s, expected); default: every
-benchmark under ../shared/benchmarks/vnncomp.  Prints solved / wrong / timeout-or-unknown counts
-per benchmark and the total time; writes vnncomp.json and vnncomp.md.  A *wrong* answer is
-``unsat`` on a ``sat`` instance or ``sat`` on an ``unsat`` one.
+benchmark under ../shared/benchmarks/vnncomp.  Every folder runs through
+``boundflow vnncomp`` (:func:`boundflow.verify.vnncomp.run_benchmark`: competition timeouts,
+an answer after the timeout counts as a timeout, one result file per instance, resumable under
+``--results``).  Prints solved / wrong / timeout-or-unknown per benchmark and the distribution
+of wall time over the timeout; writes vnncomp.json, vnncomp.md and vnncomp.png.  A *wrong*
+answer is ``unsat`` on a ``sat`` instance or ``sat`` on an ``unsat`` one.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -19,9 +22,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json, write_text  # noqa: E402
 
-from boundflow.verify import verify  # noqa: E402
+from boundflow.verify.vnncomp import read_instances, run_benchmark  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp"
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {"sat": "tab:red", "unsat": "tab:green", "timeout": "tab:grey", "unknown": "tab:orange"}
+    for status, c in colours.items():
+        pts = [(float(r["timeout"]), float(r["run_time"])) for r in rows if r["result"] == status]
+        if pts:
+            ax.scatter(*zip(*pts), s=12, c=c, label=status, alpha=0.7)
+    top = max(float(r["timeout"]) for r in rows)
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="timeout")
+    ax.set_xlabel("instance timeout (s)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("VNN-COMP shared instances: wall time per answer")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -29,41 +56,57 @@ def main() -> None:
     ap.add_argument("folders", nargs="*")
     ap.add_argument("--timeout-factor", type=float, default=1.0)
     ap.add_argument("--out", default="docs/benchmarks")
+    ap.add_argument("--results", default="results/vnncomp", help="per-instance results (resumable)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many instances per benchmark")
     args = ap.parse_args()
     folders = [Path(f) for f in args.folders] or sorted(p.parent for p in DEFAULT_ROOT.glob("*/instances.csv"))
-    from tqdm import tqdm
-
     rows, summary = [], []
     for folder in folders:
-        inst = list(csv.DictReader(open(folder / "instances.csv")))[: args.limit]
-        t0 = time.monotonic()
-        counts = {"solved": 0, "wrong": 0, "unsolved": 0}
-        for r in tqdm(inst, desc=folder.name, unit="inst"):
-            to = float(r["timeout_s"]) * args.timeout_factor
-            res = verify(folder / r["onnx"], folder / r["vnnlib"], timeout=to)
-            exp = r["expected"].strip()
-            wrong = (res.status == "unsat" and exp == "sat") or (res.status == "sat" and exp == "unsat")
-            solved = res.status == exp
-            counts["wrong" if wrong else "solved" if solved else "unsolved"] += 1
-            rows.append(
-                {
-                    "benchmark": folder.name,
-                    "onnx": r["onnx"],
-                    "vnnlib": r["vnnlib"],
-                    "expected": exp,
-                    "answer": res.status,
-                    "seconds": res.seconds,
-                    "timeout_s": to,
-                    "boxes": res.boxes,
-                }
+        csv_path = folder / "instances.csv"
+        if args.limit:
+            lines = csv_path.read_text().splitlines()
+            csv_path = Path(args.results) / f"{folder.name}_limited.csv"
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            keep = [ln for ln in lines if not ln.startswith("onnx,")][: args.limit]
+            # paths stay relative to the original folder
+            csv_path.write_text(
+                "\n".join(
+                    ",".join([str(folder / c) if i < 2 else c for i, c in enumerate(ln.split(","))]) for ln in keep
+                )
+                + "\n"
             )
-        summary.append({"benchmark": folder.name, "instances": len(inst), **counts, "seconds": time.monotonic() - t0})
+        expected = {(i.onnx_text, i.vnnlib_text): i.expected for i in read_instances(csv_path)}
+        t0 = time.monotonic()
+        got = run_benchmark(
+            csv_path, Path(args.results) / folder.name, benchmark=folder.name, timeout_factor=args.timeout_factor
+        )
+        counts = {"solved": 0, "wrong": 0, "unsolved": 0}
+        for r in got:
+            exp = (expected.get((r["onnx"], r["vnnlib"])) or r.get("expected") or "").strip()
+            ans = r["result"]
+            wrong = (ans == "unsat" and exp == "sat") or (ans == "sat" and exp == "unsat")
+            counts["wrong" if wrong else "solved" if ans == exp else "unsolved"] += 1
+            rows.append({**r, "expected": exp, "overrun": float(r["run_time"]) - float(r["timeout"])})
+        summary.append({"benchmark": folder.name, "instances": len(got), **counts, "seconds": time.monotonic() - t0})
+    over = sorted(r["overrun"] for r in rows)
+
+    def q(p):
+        return over[min(len(over) - 1, int(p * (len(over) - 1)))] if over else 0.0
+
+    overrun = {"max": q(1.0), "p99": q(0.99), "p90": q(0.9), "median": q(0.5), "over_timeout": sum(o > 0 for o in over)}
     out = Path(args.out)
     write_json(
         out / "vnncomp.json",
-        {"benchmark": "vnncomp", "args": vars(args), "environment": environment(), "summary": summary, "rows": rows},
+        {
+            "benchmark": "vnncomp",
+            "args": vars(args),
+            "environment": environment(),
+            "summary": summary,
+            "overrun_s": overrun,
+            "rows": rows,
+        },
     )
+    _plot(rows, out / "vnncomp.png")
     cmd = "python benchmarks/vnncomp.py" + (
         f" --timeout-factor {args.timeout_factor}" if args.timeout_factor != 1 else ""
     )
@@ -72,7 +115,7 @@ def main() -> None:
     lines = [
         "# VNN-COMP instances",
         "",
-        f"Command: `{cmd}`",
+        f"Command: `{cmd}` (each folder through `boundflow vnncomp`; an answer after the timeout counts as a timeout)",
         "",
         "| benchmark | instances | solved | wrong | timeout/unknown | total s |",
         "|---|---|---|---|---|---|",
@@ -82,13 +125,24 @@ def main() -> None:
             f"| {s['benchmark']} | {s['instances']} | {s['solved']} | {s['wrong']} | {s['unsolved']} | "
             f"{s['seconds']:.1f} |"
         )
-    lines += ["", "| benchmark | onnx | vnnlib | expected | answer | s |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Wall time minus the instance's timeout (s): median {overrun['median']:.2f}, 90th percentile "
+        f"{overrun['p90']:.2f}, 99th {overrun['p99']:.2f}, max {overrun['max']:.2f}; "
+        f"{overrun['over_timeout']} of {len(over)} instances ran past their timeout.",
+        "",
+        "![wall time per answer](vnncomp.png)",
+        "",
+        "| benchmark | onnx | vnnlib | expected | answer | s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['benchmark']} | {r['onnx']} | {r['vnnlib']} | {r['expected']} | {r['answer']} | {r['seconds']:.2f} |"
+            f"| {r['benchmark']} | {r['onnx']} | {r['vnnlib']} | {r['expected']} | {r['result']} | "
+            f"{float(r['run_time']):.2f} |"
         )
     write_text(out / "vnncomp.md", "\n".join(lines) + "\n")
-    print("\n".join(lines[4 : 6 + len(summary)]))
+    print("\n".join(lines[4 : 8 + len(summary)]))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,85 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
 __all__ = ["main"]
+
+
+def _process_start() -> float:
+    """``time.monotonic()`` at this process's start (Linux: from /proc), else now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        elapsed = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, elapsed)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+_START = _process_start()  # interpreter start and imports count against `verify --timeout`
+
+# exit codes of `boundflow verify` (documented in docs/verify.md)
+EXIT_UNSAT, EXIT_SAT, EXIT_INPUT_ERROR, EXIT_UNDECIDED = 0, 10, 2, 20
+
+
+def _check_writable(path: str) -> str | None:
+    """Why ``path`` cannot be written (before any work), or None."""
+    p = Path(path)
+    if p.is_dir():
+        return f"--out {path} is a folder"
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        return f"--out {path}: folder {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"--out {path}: folder {parent} is not writable"
+    return None
+
+
+def _run_verify(args) -> int:
+    from boundflow.errors import BoundFlowError
+
+    if not args.timeout > 0:
+        print(f"boundflow verify: --timeout must be > 0 seconds, got {args.timeout}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    if args.out and (why := _check_writable(args.out)):
+        print(f"boundflow verify: {why}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    try:
+        from boundflow.train.io import atomic_write_text
+        from boundflow.verify import verify
+
+        res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start)
+    except (BoundFlowError, FileNotFoundError, ValueError) as e:
+        print(f"boundflow verify: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    print(f"{res.status}  ({time.monotonic() - args.start:.2f} s, {res.boxes} boxes)")
+    for note in res.notes:
+        print(f"  note: {note}")
+    if args.out:
+        atomic_write_text(args.out, res.vnncomp())
+    return {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}.get(res.status, EXIT_UNDECIDED)
+
+
+def _run_vnncomp(args) -> int:
+    from boundflow.errors import BoundFlowError
+    from boundflow.verify.vnncomp import run_benchmark
+
+    try:
+        rows = run_benchmark(args.instances, args.out, timeout_factor=args.timeout_factor, progress=True)
+    except BoundFlowError as e:
+        print(f"boundflow vnncomp: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["result"]] = counts.get(r["result"], 0) + 1
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"  -> {Path(args.out) / 'results.csv'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="verify an ONNX model against a VNN-LIB property")
     ver.add_argument("onnx")
     ver.add_argument("vnnlib")
-    ver.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    ver.add_argument("--timeout", type=float, default=60.0, help="seconds, start-up included")
     ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    comp = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv (onnx,vnnlib,timeout) as the competition does")
+    comp.add_argument("instances", help="instances CSV; paths relative to it, .gz allowed")
+    comp.add_argument("--out", default="vnncomp_results", help="folder for results.csv and per-instance results")
+    comp.add_argument("--timeout-factor", type=float, default=1.0, help="scale every instance's timeout")
     from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
 
     add_pointcloud_parser(sub)
@@ -32,19 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for reproducible result records
+    args.start = _START if argv is None else time.monotonic()  # a command line counts its start-up
     if args.command == "demo":
         from boundflow.demo import run_demo
 
         return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed, out_dir=args.out)
     if args.command == "verify":
-        from boundflow.train.io import atomic_write_text
-        from boundflow.verify import verify
-
-        res = verify(args.onnx, args.vnnlib, timeout=args.timeout)
-        print(f"{res.status}  ({res.seconds:.2f} s, {res.boxes} boxes)")
-        if args.out:
-            atomic_write_text(args.out, res.vnncomp())
-        return 0
+        return _run_verify(args)
+    if args.command == "vnncomp":
+        return _run_vnncomp(args)
     if args.command == "train":
         from boundflow.train.cli import run_train
 

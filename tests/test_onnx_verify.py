@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import boundflow as bf
+from boundflow.cli import EXIT_SAT
 from boundflow.onnx import OnnxImportError, VnnlibError, load_onnx, parse_vnnlib
 from boundflow.verify import verify
 from boundflow.verify.pipeline import _batchable, _Batched
@@ -115,12 +116,17 @@ def test_relu_splitting_proves_a_wide_input_instance():
     assert res.status == "unsat"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("folder", ["acasxu", "mnist_fc", "rl_benchmarks"])
+@pytest.mark.parametrize("folder", ["acasxu", "mnist_fc", "rl_benchmarks", "test"])
 def test_never_unsat_on_sat_instances(folder):
-    for row in [r for r in _instances(folder) if r["expected"] == "sat"]:
-        res = verify(ROOT / folder / row["onnx"], ROOT / folder / row["vnnlib"], timeout=10)
+    """Every shared ``sat`` instance (100 of them): never ``unsat``; in CI (needs ../shared)."""
+    rows = [r for r in _instances(folder) if r["expected"] == "sat"]
+    assert rows
+    answers = []
+    for row in rows:
+        res = verify(ROOT / folder / row["onnx"], ROOT / folder / row["vnnlib"], timeout=5)
         assert res.status != "unsat", row
+        answers.append(res.status)
+    assert answers.count("sat") >= len(rows) // 2, answers  # the falsifier finds most of them
 
 
 def test_malformed_files_give_clear_errors(tmp_path):
@@ -168,7 +174,7 @@ def test_verify_cli(tmp_path, capsys):
         main(
             ["verify", str(ROOT / "test" / "test_sat.onnx"), str(ROOT / "test" / "test_prop.vnnlib"), "--out", str(out)]
         )
-        == 0
+        == EXIT_SAT
     )
     assert out.read_text().startswith("sat")
 

@@ -75,8 +75,7 @@ def _conv(x, w, b=None, **a):
     stride = _pair(a.get("strides", 1), k)
     dil = _pair(a.get("dilations", 1), k)
     pads = a.get("pads", [0] * (2 * k))
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise UnsupportedOperation("ONNX Conv with auto_pad is not supported; export with explicit pads")
+    _no_auto_pad("Conv", a)
     begin, sym = _onnx_pads_to_torch(list(pads))
     if not sym:
         x = F.pad(x, [p for i in reversed(range(k)) for p in (pads[i], pads[i + k])])
@@ -87,6 +86,7 @@ def _conv(x, w, b=None, **a):
 
 def _pool(kind):
     def op(x, **a):
+        _no_auto_pad(f"{kind}Pool", a)
         k = list(a["kernel_shape"])
         n = len(k)
         stride = _pair(a.get("strides", 1), n)
@@ -199,8 +199,31 @@ def _cast(x, to):
     if dt is None:
         raise UnsupportedOperation(f"ONNX Cast to type {to} is not supported")
     if dt.is_floating_point and x.is_floating_point():
-        return x  # keep the computation's float precision (bounds are computed in float64)
+        if dt == torch.float16:
+            # a narrowing cast rounds (up to 2^-11 relative): bounds that ignored it could
+            # prove properties onnxruntime's model violates
+            raise UnsupportedOperation("ONNX Cast to FLOAT16 (a narrowing float cast that rounds) is not supported")
+        return x  # FLOAT/DOUBLE: keep the computation's float precision (bounds are in float64)
     return x.to(dt)
+
+
+def _softmax(opset: int):
+    def op(x, axis=None):
+        if opset >= 13:
+            return torch.softmax(x, -1 if axis is None else axis)
+        # before opset 13: flatten to 2-D at ``axis`` (default 1), softmax over the second dim
+        axis = (1 if axis is None else axis) % x.dim()
+        lead = math.prod(x.shape[:axis]) if axis else 1
+        return torch.softmax(x.reshape(lead, -1), -1).reshape(x.shape)
+
+    return op
+
+
+def _no_auto_pad(op: str, a: dict) -> None:
+    pad = a.get("auto_pad", b"NOTSET")
+    pad = pad.decode() if isinstance(pad, bytes) else pad
+    if pad not in ("NOTSET", "VALID"):
+        raise UnsupportedOperation(f"ONNX {op} with auto_pad={pad} is not supported; export with explicit pads")
 
 
 def _constant_of_shape(shape, value=None):
@@ -243,7 +266,6 @@ OPS = {
     "LeakyRelu": lambda x, alpha=0.01: F.leaky_relu(x, alpha),
     "Sigmoid": torch.sigmoid,
     "Tanh": torch.tanh,
-    "Softmax": lambda x, axis=-1: torch.softmax(x, axis),
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Transpose": lambda x, perm=None: x.permute(*perm) if perm is not None else x.permute(*reversed(range(x.dim()))),
@@ -270,12 +292,16 @@ class OnnxModule(nn.Module):
 
         g = model.graph
         self.path = path
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+        self._ops = {**OPS, "Softmax": _softmax(self.opset)}  # ops whose semantics depend on the opset
         inits = {t.name for t in g.initializer}
         self._consts: dict[str, str] = {}
         for i, t in enumerate(g.initializer):
             arr = numpy_helper.to_array(t)
             name = f"c{i}"
-            tensor = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype))
+            # float64 initializers stay float64 (rounding them to float32 changes the model)
+            keep = arr.dtype in (np.float32, np.float64) or arr.dtype.kind != "f"
+            tensor = torch.from_numpy(np.array(arr, dtype=arr.dtype if keep else np.float32))
             self.register_buffer(name, tensor)
             self._consts[t.name] = name
         inputs = [i for i in g.input if i.name not in inits]
@@ -297,10 +323,10 @@ class OnnxModule(nn.Module):
                 self.register_buffer(name, torch.from_numpy(np.array(arr)))
                 self._consts[n.output[0]] = name
                 continue
-            if n.op_type not in OPS:
+            if n.op_type not in self._ops:
                 raise UnsupportedOperation(
                     f"{path}: node {k} ({n.name or 'unnamed'}) uses ONNX op {n.op_type!r}, which the importer does not "
-                    f"support; supported: {', '.join(sorted(OPS))}"
+                    f"support; supported: {', '.join(sorted(self._ops))}"
                 )
             self.nodes.append((n.op_type, list(n.input), list(n.output), _attrs(n), n.name or f"node{k}"))
 
@@ -311,13 +337,13 @@ class OnnxModule(nn.Module):
         for op, ins, outs, attrs, label in self.nodes:
             args = [env[i] if i else None for i in ins]
             try:
-                if op == "Split" and OPS[op](*args, **attrs) is None:
+                if op == "Split" and self._ops[op](*args, **attrs) is None:
                     axis = attrs.get("axis", 0)
                     n_out = len(outs)
                     size = args[0].shape[axis]
                     out = tuple(torch.split(args[0], [size // n_out + (i < size % n_out) for i in range(n_out)], axis))
                 else:
-                    out = OPS[op](*args, **attrs)
+                    out = self._ops[op](*args, **attrs)
             except (RuntimeError, TypeError, ValueError) as e:
                 if isinstance(e, BoundFlowError):
                     raise
@@ -359,8 +385,10 @@ def check_against_onnxruntime(module: OnnxModule, data: bytes, n: int = 5, atol:
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
+    double = next(i for i in sess.get_inputs() if i.name == module.input_name).type == "tensor(double)"
     for _ in range(n):
         x = torch.rand(module.input_shape, generator=g) * 2 - 1
+        x = x.double() if double else x
         ref = sess.run(None, {module.input_name: x.numpy()})[0]
         with torch.no_grad():
             out = module(x).numpy()

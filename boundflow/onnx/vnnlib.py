@@ -22,10 +22,41 @@ class VnnlibError(BoundFlowError, ValueError):
 
 @dataclass
 class Disjunct:
+    """``{x in [lower, upper] : C f(x) <= d}`` row by row; rows with ``strict`` need ``<``."""
+
     lower: torch.Tensor  # (n_in,)
     upper: torch.Tensor
     C: torch.Tensor  # (rows, n_out)
     d: torch.Tensor  # (rows,)
+    strict: torch.Tensor | None = None  # (rows,) bool: the row was written with < or >
+
+    def __post_init__(self):
+        if self.strict is None:
+            self.strict = torch.zeros(len(self.d), dtype=torch.bool)
+
+    def unsafe(self, y) -> bool:
+        """Whether output ``y`` (one sample, flat) satisfies every unsafe constraint as written."""
+        import numpy as np
+
+        m = self.C.numpy() @ np.asarray(y, dtype=np.float64).reshape(-1) - self.d.numpy()
+        s = self.strict.numpy()
+        return bool(np.all(np.where(s, m < 0, m <= 0)))
+
+
+def read_text(path: Path) -> str:
+    """The text of a ``.vnnlib`` or gzipped ``.vnnlib.gz`` file."""
+    import gzip
+
+    data = path.read_bytes()
+    if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except OSError as e:
+            raise VnnlibError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise VnnlibError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
 
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
@@ -97,9 +128,9 @@ def _dnf(expr, path) -> list[list]:
 def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> list[Disjunct]:
     """Parse a VNN-LIB file into disjuncts (see module docstring)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no VNN-LIB file at {path}")
-    exprs = _parse(_tokens(path.read_text()), path)
+    if not path.is_file():
+        raise VnnlibError(f"{path}: no VNN-LIB file there")
+    exprs = _parse(_tokens(read_text(path)), path)
     nx = ny = 0
     conj: list[list] = [[]]
     for e in exprs:
@@ -121,20 +152,28 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
             conj = [a + b for a in conj for b in d]
         else:
             raise VnnlibError(f"{path}:{_line(e)}: unsupported command {h!r}")
+    declared_x, declared_y = nx, ny
     nx = n_inputs or nx
     ny = n_outputs or ny
     if nx == 0:
         raise VnnlibError(f"{path}: no input variables X_i declared")
+    if n_outputs is not None and declared_y > n_outputs:
+        raise VnnlibError(f"{path}: declares Y_{declared_y - 1}, but the model has {n_outputs} outputs")
     out = []
     for atoms in conj:
         lo = torch.full((nx,), -float("inf"), dtype=torch.float64)
         hi = torch.full((nx,), float("inf"), dtype=torch.float64)
-        rows, rhs = [], []
+        rows, rhs, strict = [], [], []
         for op, a, b, line in atoms:
             if op in (">=", ">"):
                 a, b = b, a  # a <= b
+            for t in (a, b):
+                if isinstance(t, tuple) and t[1] >= (declared_x if t[0] == "X" else declared_y):
+                    raise VnnlibError(f"{path}:{line}: {t[0]}_{t[1]} is used but not declared")
             ax, bx = isinstance(a, tuple) and a[0] == "X", isinstance(b, tuple) and b[0] == "X"
             if ax or bx:
+                # a strict input bound is widened to <=: the box is closed, which only adds
+                # boundary points to the proof's obligations (a witness is still checked as written)
                 if ax and isinstance(b, float):
                     hi[a[1]] = min(hi[a[1]].item(), b)
                 elif bx and isinstance(a, float):
@@ -153,11 +192,16 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
                     row[term[1]] += sign
             rows.append(row)
             rhs.append(c)
+            strict.append(op in ("<", ">"))
         if torch.isinf(lo).any() or torch.isinf(hi).any():
             missing = torch.nonzero(torch.isinf(lo) | torch.isinf(hi)).reshape(-1).tolist()
             raise VnnlibError(f"{path}: input variables {missing[:5]} have no lower or upper bound in a disjunct")
         if (lo > hi).any():
-            continue  # empty input box: this disjunct cannot be reached
+            bad = torch.nonzero(lo > hi).reshape(-1).tolist()
+            raise VnnlibError(
+                f"{path}: input X_{bad[0]} has lower bound {lo[bad[0]].item():g} > upper bound {hi[bad[0]].item():g} "
+                f"({len(bad)} such inputs): an empty input set is a malformed property, not a proof"
+            )
         C = torch.stack(rows) if rows else torch.zeros(0, ny, dtype=torch.float64)
-        out.append(Disjunct(lo, hi, C, torch.tensor(rhs, dtype=torch.float64)))
+        out.append(Disjunct(lo, hi, C, torch.tensor(rhs, dtype=torch.float64), torch.tensor(strict, dtype=torch.bool)))
     return out

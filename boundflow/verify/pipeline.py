@@ -1,16 +1,21 @@
 """Verification of an ONNX model against a VNN-LIB property.
 
-Per disjunct ``{x in box : C f(x) <= d}`` of the unsafe set: falsification (random points and
-projected sign-gradient descent on the worst margin; every candidate re-run in onnxruntime) →
-CROWN bounds on the margins ``C f(x) - d`` → branch and bound by input splitting with batched
-CROWN (alpha-CROWN on hard boxes) until every box has a margin row whose lower bound is > 0, a
-counterexample is confirmed, or time runs out.
+1. Falsification of *every* disjunct first (random points and multi-restart projected
+   sign-gradient descent on the worst margin of all rows; every candidate is re-run in
+   onnxruntime), so a late ``sat`` disjunct is not found only after earlier ones time out.
+2. Per disjunct: CROWN bounds on the margins ``C f(x) - d``, then branch and bound by input
+   splitting with batched CROWN (alpha-CROWN on hard boxes), or by ReLU splitting for wide
+   inputs, until every leaf is proved (:func:`leaf_proved`), a counterexample is confirmed, or
+   the deadline passes.
+3. Before ``unsat``: the imported model is cross-checked against onnxruntime on points of every
+   disjunct's box; a mismatch answers ``unknown``.
 
-Answers: ``unsat`` (proved: no input reaches the unsafe set, in exact arithmetic on the float64
-evaluation of the network's float32 weights), ``sat`` (a counterexample whose onnxruntime
-output satisfies every unsafe constraint), ``timeout``, or ``unknown``.  Never a wrong answer
-by construction: ``unsat`` needs a sound bound for every box, ``sat`` needs onnxruntime's
-confirmation.
+Answers: ``unsat`` (proved: every leaf box or sub-domain of every disjunct has a margin row
+whose sound lower bound is > 0, or a split set contradicting a sound bound by more than
+:data:`EMPTY_TOLERANCE`; in exact arithmetic on the float64 evaluation of the network's
+weights), ``sat`` (a float32 witness whose onnxruntime output satisfies every unsafe
+constraint as written, strict ones strictly; see :class:`_Checker` for the input tolerance),
+``timeout``, or ``unknown``.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ import torch
 from torch import nn
 
 import boundflow as bf
+from boundflow.domains.linear.crown import EMPTY_TOLERANCE
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
 
-__all__ = ["Result", "verify", "verify_model"]
+__all__ = ["Result", "verify", "verify_model", "leaf_proved", "EMPTY_TOLERANCE"]
+
+
+def leaf_proved(margin_lower: torch.Tensor, empty: torch.Tensor | None = None) -> torch.Tensor:
+    """The one rule an ``unsat`` rests on, per leaf (box or sub-domain): some margin row has a
+    sound lower bound > 0, or the leaf was proved empty (``empty``)."""
+    proved = (margin_lower > 0).any(1)
+    return proved | empty if empty is not None else proved
 
 
 @dataclass
@@ -76,8 +89,38 @@ def _batchable(module, shape) -> bool:
         return False
 
 
+def _float32_in_box(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor | None:
+    """A float32 point for candidate ``x``: per coordinate the float32 nearest to ``x`` clipped
+    to the box, moved one float32 step inward if rounding left the box.  Where no float32 lies in
+    ``[lower, upper]`` (a fixed input that is not a float32 number, or a box narrower than the
+    float32 spacing), the nearest float32 to the box, which is within one float32 spacing of it
+    (:data:`WITNESS_TOLERANCE` documents this).  ``None`` if that is impossible."""
+    xc = torch.minimum(torch.maximum(x.double(), lower), upper)
+    xf = xc.to(torch.float32)
+    up = torch.nextafter(xf, torch.full_like(xf, float("inf")))
+    down = torch.nextafter(xf, torch.full_like(xf, -float("inf")))
+    xf = torch.where(xf.double() < lower, up, xf)
+    xf = torch.where(xf.double() > upper, down, xf)
+    outside = (xf.double() < lower) | (xf.double() > upper)
+    if outside.any():
+        # no float32 inside for these coordinates: the nearest float32 to the box
+        near = lower.to(torch.float32)
+        gap = torch.maximum(lower - near.double(), near.double() - upper).clamp(min=0)
+        spacing = (torch.nextafter(near, torch.full_like(near, float("inf"))) - near).double()
+        if bool((outside & (gap > spacing)).any()):
+            return None
+        xf = torch.where(outside, near, xf)
+    return xf
+
+
+# A witness coordinate may lie outside the input box only where no float32 number lies inside
+# it, and then by at most one float32 spacing of the bound (much less than the 1e-4 that the
+# VNN-COMP scorer accepts); its output is always onnxruntime's.
+WITNESS_TOLERANCE = "one float32 spacing, only where no float32 lies in the box"
+
+
 class _Checker:
-    """Re-runs candidates in onnxruntime (float32, the network's own precision)."""
+    """Re-runs candidates in onnxruntime (the network's own precision)."""
 
     def __init__(self, path: Path, module):
         import gzip
@@ -85,26 +128,39 @@ class _Checker:
         import onnxruntime as ort
 
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        self.data = data
         self.sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         self.name, self.shape = module.input_name, module.input_shape
+        inp = next(i for i in self.sess.get_inputs() if i.name == self.name)
+        self.np_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {self.name: x.reshape(self.shape).astype(self.np_dtype)})[0].reshape(-1)
 
     def check(self, x: torch.Tensor, dj: Disjunct) -> np.ndarray | None:
-        xf = x.detach().to(torch.float32)
-        if (xf.double() < dj.lower).any() or (xf.double() > dj.upper).any():
-            xf = torch.minimum(torch.maximum(xf.double(), dj.lower), dj.upper).to(torch.float32)
-            if (xf.double() < dj.lower).any() or (xf.double() > dj.upper).any():
+        if self.np_dtype == np.float64:
+            xf = torch.minimum(torch.maximum(x.detach().double(), dj.lower), dj.upper)
+        else:
+            xf = _float32_in_box(x.detach(), dj.lower, dj.upper)
+            if xf is None:
                 return None
-        y = self.sess.run(None, {self.name: xf.reshape(self.shape).numpy()})[0].reshape(-1)
-        if len(dj.C) == 0 or bool((dj.C.numpy() @ y.astype(np.float64) - dj.d.numpy() <= 0).all()):
-            return np.concatenate([xf.numpy().reshape(-1), y])
+        xn = xf.numpy()
+        y = self.run(xn)
+        if len(dj.C) == 0 or dj.unsafe(y):
+            return np.concatenate([xn.reshape(-1).astype(np.float64), y.astype(np.float64)])
         return None
 
 
 def _margins(f, x, dj):
-    return f(x) @ dj.C.T - dj.d  # (N, rows): unsafe iff all <= 0
+    return f(x) @ dj.C.T - dj.d  # (N, rows): unsafe iff all <= 0 (< 0 on strict rows)
 
 
-def _falsify(f, dj: Disjunct, checker: _Checker, n_random: int = 512, starts: int = 8, steps: int = 30):
+def _falsify(
+    f, dj: Disjunct, checker: _Checker, deadline: float, n_random: int = 1024, restarts: int = 16, steps: int = 60
+):
+    """Random points, then projected sign-gradient descent on the worst margin of all rows from
+    ``restarts`` starts (the best random points and fresh random ones), every candidate with a
+    non-positive worst margin confirmed in onnxruntime."""
     lo, hi = dj.lower, dj.upper
     g = torch.Generator().manual_seed(0)
     pts = torch.cat(
@@ -118,14 +174,19 @@ def _falsify(f, dj: Disjunct, checker: _Checker, n_random: int = 512, starts: in
     with torch.no_grad():
         worst = _margins(f, pts, dj).amax(1)
     order = worst.argsort()
-    for i in order[:4].tolist():
+    for i in order[:8].tolist():
         if worst[i] <= 0:
             w = checker.check(pts[i], dj)
             if w is not None:
                 return w
-    z = pts[order[:starts]].clone()
-    step = (hi - lo) / 10
-    for _ in range(steps):
+    half = restarts // 2
+    z = torch.cat(
+        [pts[order[:half]], lo + (hi - lo) * torch.rand(restarts - half, len(lo), generator=g, dtype=torch.float64)]
+    )
+    step = (hi - lo) / 8
+    for k in range(steps):
+        if time.monotonic() > deadline:
+            return None
         z.requires_grad_(True)
         m = _margins(f, z, dj)
         obj = m.amax(1).sum()
@@ -137,7 +198,7 @@ def _falsify(f, dj: Disjunct, checker: _Checker, n_random: int = 512, starts: in
                 w = checker.check(z[i], dj)
                 if w is not None:
                     return w
-        step = step * 0.9
+        step = step * (0.5 if k == steps // 2 else 0.95)
     return None
 
 
@@ -198,9 +259,11 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
     queue: list[dict] = [{}]  # node name -> {flat index: +1 active / -1 inactive}
     n_done = 0
     graphs: dict[int, object] = {}
+    last = 0.0  # seconds the previous batch took
     while queue:
-        if time.monotonic() > deadline:
+        if time.monotonic() + last > deadline:
             return "timeout", n_done
+        t_batch = time.monotonic()
         doms, queue = queue[:batch], queue[batch:]
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
@@ -230,7 +293,7 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
         state = prepare(g, lo, hi, overrides=overrides)
         lb, _, state = crown(g, lo, hi, dj.C, state=state)
         m = lb - dj.d
-        done = (m > 0).any(1) | empty_domains(state)
+        done = leaf_proved(m, empty_domains(state))
         n_done += int(done.sum())
         for i in torch.nonzero(~done).reshape(-1).tolist():
             best, best_score = None, 0.0
@@ -250,22 +313,22 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
                 child = {k: dict(v) for k, v in doms[i].items()}
                 child.setdefault(name, {})[j] = sign
                 queue.append(child)
+        last = time.monotonic() - t_batch
     return "unsat", n_done
 
 
 def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024):
+    """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
     linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
     bounder = _Bounder(f)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
         return ("sat", w, 0) if w is not None else ("unknown", None, 0)
-    w = _falsify(f, dj, checker)
-    if w is not None:
-        return "sat", w, 0
     n_in = len(dj.lower)
     queue = [(dj.lower[None], dj.upper[None])]
     boxes = 0
     width0 = (dj.upper - dj.lower).clamp(min=1e-12)
+    last = 0.0  # seconds the previous batch took: no batch is started that would overrun the deadline
     while queue:
         if time.monotonic() > deadline:
             return "timeout", None, boxes
@@ -273,14 +336,17 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
         hi = torch.cat([q[1] for q in queue])
         queue = []
         for s in range(0, len(lo), batch):
+            if time.monotonic() + last > deadline:  # the next batch would likely end past it
+                return "timeout", None, boxes
+            t_batch = time.monotonic()
             blo, bhi = lo[s : s + batch], hi[s : s + batch]
             boxes += len(blo)
             m = bounder(blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
-            open_ = ~(m > 0).any(1)
+            open_ = ~leaf_proved(m)
             if linear and open_.any() and len(blo) <= 8:
                 m2 = bounder(blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
                 idx = torch.nonzero(open_).reshape(-1)
-                open_[idx[(m2 > 0).any(1)]] = False
+                open_[idx[leaf_proved(m2)]] = False
             if not open_.any():
                 continue
             blo, bhi = blo[open_], bhi[open_]
@@ -300,45 +366,106 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
                 dim = _split_dims(f, blo, bhi, m[open_], dj)
             else:
                 dim = ((bhi - blo) / width0).argmax(1)
+            if bool(((bhi - blo).gather(1, dim[:, None]) <= 0).any()):
+                return "unknown", None, boxes  # a zero-width box that is not proved: splitting cannot help
             mid = centres.gather(1, dim[:, None]).squeeze(1)
             rows = torch.arange(len(blo))
             left_hi, right_lo = bhi.clone(), blo.clone()
             left_hi[rows, dim] = mid
             right_lo[rows, dim] = mid
             queue.append((torch.cat([blo, right_lo]), torch.cat([left_hi, bhi])))
-            if time.monotonic() > deadline:
-                return "timeout", None, boxes
+            last = time.monotonic() - t_batch
     return "unsat", None, boxes
 
 
-def verify_model(module, onnx_path: Path, disjuncts: list[Disjunct], timeout: float) -> Result:
-    start = time.monotonic()
+def _cross_check(f, checker: _Checker, disjuncts: list[Disjunct], n: int = 8, seed: int = 0) -> str | None:
+    """Compare the imported model with onnxruntime on the box centres, corners and random
+    points of every disjunct; a message if they differ by more than float32 evaluation error."""
+    g = torch.Generator().manual_seed(seed)
+    for k, dj in enumerate(disjuncts):
+        lo, hi = dj.lower, dj.upper
+        pts = [(lo + hi) / 2, lo, hi] + [
+            lo + (hi - lo) * torch.rand(len(lo), generator=g, dtype=torch.float64) for _ in range(n)
+        ]
+        for x in pts:
+            xf = x.to(torch.float32).double() if checker.np_dtype == np.float32 else x
+            ref = checker.run(xf.numpy()).astype(np.float64)
+            with torch.no_grad():
+                out = f(xf[None]).reshape(-1).numpy()
+            tol = 1e-4 * (1 + np.abs(ref).max())
+            if out.shape != ref.shape or np.abs(out - ref).max() > tol:
+                diff = np.abs(out - ref).max() if out.shape == ref.shape else float("nan")
+                return f"imported model differs from onnxruntime by {diff:.3g} on disjunct {k} (tolerance {tol:.3g})"
+    return None
+
+
+def verify_model(
+    module, onnx_path: Path, disjuncts: list[Disjunct], timeout: float, start: float | None = None
+) -> Result:
+    """Verify ``disjuncts`` on an imported ``module``; the deadline is ``start + timeout``
+    (``start``: a ``time.monotonic()`` reading, by default now)."""
+    start = time.monotonic() if start is None else start
     deadline = start + timeout
     module = module.double().eval()
     f = _Batched(module, module.input_shape, _batchable(module, module.input_shape)).eval()
     checker = _Checker(onnx_path, module)
+
+    def answer(status, boxes=0, w=None, n_in=0, notes=None):
+        if status in ("sat", "unsat") and time.monotonic() > deadline:
+            status = "timeout"  # a late answer counts as a timeout
+        if status == "sat":
+            return Result("sat", w[:n_in], w[n_in:], time.monotonic() - start, boxes, notes or [])
+        return Result(status, seconds=time.monotonic() - start, boxes=boxes, notes=notes or [])
+
+    for dj in disjuncts:  # attack every disjunct before bounding any
+        if time.monotonic() > deadline:
+            return answer("timeout")
+        w = _falsify(f, dj, checker, deadline) if len(dj.C) else checker.check((dj.lower + dj.upper) / 2, dj)
+        if w is not None:
+            return answer("sat", 0, w, len(dj.lower))
     status, boxes = "unsat", 0
     for dj in disjuncts:
         st, w, nb = _verify_disjunct(f, dj, checker, deadline)
         boxes += nb
         if st == "sat":
-            n_in = len(dj.lower)
-            return Result("sat", w[:n_in], w[n_in:], time.monotonic() - start, boxes)
+            return answer("sat", boxes, w, len(dj.lower))
         if st != "unsat":
             status = st if status in ("unsat", "unknown") else status
-    return Result(status, seconds=time.monotonic() - start, boxes=boxes)
+            if st == "timeout":
+                break
+    if status == "unsat":
+        problem = _cross_check(f, checker, disjuncts)
+        if problem is not None:
+            return answer("unknown", boxes, notes=[problem])
+    return answer(status, boxes)
 
 
-def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0) -> Result:
-    """Verify the property in ``vnnlib_path`` on the network in ``onnx_path`` (see module
-    docstring for what each answer guarantees)."""
+def _n_outputs(module) -> int:
+    with torch.no_grad():
+        return int(module(torch.zeros(module.input_shape, dtype=torch.float64)).numel())
+
+
+def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, start: float | None = None) -> Result:
+    """Verify the property in ``vnnlib_path`` on the network in ``onnx_path`` (see the module
+    docstring for what each answer guarantees).  Returns within about ``timeout`` seconds of
+    ``start`` (a ``time.monotonic()`` reading; default: the call), model import included;
+    malformed inputs raise a :class:`boundflow.errors.BoundFlowError` naming the file."""
+    start = time.monotonic() if start is None else start
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     onnx_path = Path(onnx_path)
-    module = load_onnx(onnx_path)
+    module = load_onnx(onnx_path).double()
     n_in = int(np.prod(module.input_shape))
-    disjuncts = parse_vnnlib(vnnlib_path, n_inputs=None)
+    disjuncts = parse_vnnlib(vnnlib_path, n_inputs=None, n_outputs=_n_outputs(module))
     for dj in disjuncts:
         if len(dj.lower) != n_in:
             from boundflow.onnx.vnnlib import VnnlibError
 
             raise VnnlibError(f"{vnnlib_path}: property has {len(dj.lower)} inputs but {onnx_path} takes {n_in}")
-    return verify_model(module, onnx_path, disjuncts, timeout)
+    if not disjuncts:
+        from boundflow.onnx.vnnlib import VnnlibError
+
+        raise VnnlibError(f"{vnnlib_path}: the property has no disjunct")
+    if time.monotonic() > start + timeout:
+        return Result("timeout", seconds=time.monotonic() - start)
+    return verify_model(module, onnx_path, disjuncts, timeout, start)

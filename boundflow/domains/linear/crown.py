@@ -31,7 +31,11 @@ from boundflow.graph import CapturedGraph
 
 aten = torch.ops.aten
 
-__all__ = ["BoundState", "crown", "AFFINE_OPS"]
+__all__ = ["BoundState", "crown", "AFFINE_OPS", "EMPTY_TOLERANCE"]
+
+# a sub-domain is empty only when a split constraint contradicts a sound bound by more than this
+# (relative to the bound's magnitude): a smaller contradiction is rounding noise, never a proof
+EMPTY_TOLERANCE = 1e-6
 
 # linear maps with non-negative coefficients (moving, selecting or averaging entries)
 POSITIVE_LINEAR = {
@@ -222,11 +226,16 @@ def prepare(
                 env[n] = IntervalTensor(lo, hi, check=False)
             if overrides and n.name in overrides:
                 o_lo, o_hi = overrides[n.name]
+                s_lo, s_hi = lo, hi
                 lo, hi = torch.maximum(lo, o_lo), torch.minimum(hi, o_hi)
+                # empty only where a split constraint contradicts a sound bound by more than
+                # EMPTY_TOLERANCE of its magnitude; a smaller crossing is rounding, never a proof
+                scale = 1 + torch.maximum(s_lo.abs(), s_hi.abs()).nan_to_num(posinf=0.0)
+                contradiction = (lo - hi) > EMPTY_TOLERANCE * scale
                 state.empty = getattr(state, "empty", torch.zeros(lo.shape[0], dtype=torch.bool)) | (
-                    (lo > hi).reshape(lo.shape[0], -1).any(1)
+                    contradiction.reshape(lo.shape[0], -1).any(1)
                 )
-                hi = torch.maximum(hi, lo)  # keep later arithmetic well-defined on empty domains
+                lo, hi = ordered(lo, hi)  # a rounding crossing: the hull of the crossed pair
                 env[n] = IntervalTensor(lo, hi, check=False)
             state.lower[n], state.upper[n] = lo, hi
     return state
