@@ -206,8 +206,9 @@ class _Bounder:
     """Margin lower bounds for batches of boxes; the captured graph is reused per (padded)
     batch size, since capturing costs more than a CROWN pass on small networks."""
 
-    def __init__(self, f: nn.Module):
+    def __init__(self, f: nn.Module, deadline: float | None = None):
         self.f = f
+        self.deadline = deadline  # alpha-CROWN stops its iterations there (each is sound)
         self.graphs: dict[int, object] = {}
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
@@ -229,7 +230,7 @@ class _Bounder:
         if method == "crown":
             lb, _, _ = crown(g, lo, hi, C)
         else:
-            lb, _ = alpha_crown(g, lo, hi, C)
+            lb, _ = alpha_crown(g, lo, hi, C, deadline=self.deadline)
         return (lb - d)[:n]
 
 
@@ -320,7 +321,7 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
 def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024):
     """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
     linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
-    bounder = _Bounder(f)
+    bounder = _Bounder(f, deadline)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
         return ("sat", w, 0) if w is not None else ("unknown", None, 0)
@@ -453,6 +454,10 @@ def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0
     start = time.monotonic() if start is None else start
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    # graph capture's first call imports torch's compiler stack (~2 s, not interruptible): pay it
+    # here, where the deadline is checked next, rather than in the middle of branch and bound
+    import torch._dynamo  # noqa: F401
+
     onnx_path = Path(onnx_path)
     module = load_onnx(onnx_path).double()
     n_in = int(np.prod(module.input_shape))

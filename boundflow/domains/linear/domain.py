@@ -39,11 +39,14 @@ def _shape_out(lb, ub, g, spec, C):
     return lb.reshape(shape), ub.reshape(shape)
 
 
-def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1):
+def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons optimised by projected
     gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
-    Every iterate is a sound bound, so the best per entry is kept and stopping early is safe;
-    the result is never looser than CROWN (iteration 0 uses CROWN's slopes)."""
+    Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
+    (``deadline``, a ``time.monotonic()`` reading, stops the iterations); the result is never
+    looser than CROWN (iteration 0 uses CROWN's slopes)."""
+    import time
+
     from boundflow.domains.linear.relaxations import RELAXATIONS
 
     lb0, ub0, state = crown(graph, x_lo, x_hi, C)
@@ -66,6 +69,8 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
         state.alpha = alphas
         opt = torch.optim.Adam(list(alphas.values()), lr=lr)
         for _ in range(iterations):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             lb, ub = _final(state, graph, out_node, x_lo, C)
             with torch.no_grad():
                 best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
