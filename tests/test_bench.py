@@ -114,6 +114,7 @@ def test_ibp_bounds_for_training_contain_samples():
         ibp_bounds(nn.Sequential(nn.Softmax(1)), x, x)
 
 
+@pytest.mark.slow  # about 50 s on 2 cores; `make test-slow` runs it
 def test_cli_quick_runs_end_to_end(tmp_path):
     from boundflow.cli import main
 
@@ -152,6 +153,7 @@ def test_cli_rejects_bad_options(tmp_path):
         main(["bench", "tightness", "--no-builtin", "--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path)])
 
 
+@pytest.mark.slow  # about 50 s on 2 cores; `make test-slow` runs it
 def test_training_tightness_cli(tmp_path):
     from boundflow.cli import main
 

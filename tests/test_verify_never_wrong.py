@@ -297,7 +297,16 @@ def test_hard_instance_honours_the_timeout_from_the_command_line(tmp_path):
     )
     wall = time.monotonic() - t0
     assert r.returncode in (EXIT_UNDECIDED, EXIT_UNSAT, EXIT_SAT), r.stderr
-    assert wall <= 5.0, (wall, r.stdout)
+    # start-up (Python, torch and its tracer, onnxruntime) cannot be interrupted; on a loaded
+    # 2-core machine it alone can take over 3 s, so the bound is 5 s or start-up + 2 s
+    t1 = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "import boundflow.cli, boundflow.verify, torch._dynamo, onnxruntime"],
+        check=True,
+        timeout=60,
+    )
+    startup = time.monotonic() - t1
+    assert wall <= max(5.0, startup + 2.0), (wall, startup, r.stdout)
 
 
 # -- the VNN-COMP folder runner ----------------------------------------------------------------------------
