@@ -25,8 +25,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check boundflow benchmarks tests
-	$(VENV)/bin/ruff format --check boundflow benchmarks tests
+	$(VENV)/bin/ruff check boundflow solvers benchmarks tests
+	$(VENV)/bin/ruff format --check boundflow solvers benchmarks tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/interval_overhead.py

@@ -1,4 +1,4 @@
-"""Public entry points: :func:`compute_bounds` and :func:`interval_parameters`."""
+"""Public entry points: :func:`compute_bounds`, :func:`prepare` and :func:`interval_parameters`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.base import Domain, get_domain
+from boundflow.domains.base import Domain, PreparedModel, get_domain
 from boundflow.domains.interval.tensor import IntervalTensor
-from boundflow.specs import Box
+from boundflow.specs import Box, OutputSpec
 
-__all__ = ["compute_bounds", "interval_parameters"]
+__all__ = ["compute_bounds", "interval_parameters", "prepare"]
 
 
 def interval_parameters(
@@ -40,6 +40,39 @@ def interval_parameters(
     return out
 
 
+def _params_in(model: nn.Module, params, dtype) -> dict[str, torch.Tensor] | None:
+    """Every parameter and buffer in ``dtype`` with ``params`` overriding by name (checked)."""
+    full: dict[str, torch.Tensor] = {}
+    if dtype is not None:
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            full[name] = t.detach().to(dtype) if t.is_floating_point() else t
+    if params:
+        known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        unknown = set(params) - known
+        if unknown:
+            raise KeyError(
+                f"compute_bounds: params names {sorted(unknown)} are not parameters of {type(model).__name__}"
+            )
+        for name, t in params.items():
+            full[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return full or None
+
+
+def prepare(
+    model: nn.Module,
+    method: str | Domain = "crown",
+    params: Mapping[str, torch.Tensor] | None = None,
+    *,
+    dtype: torch.dtype | None = torch.float64,
+) -> PreparedModel:
+    """``model`` bound to the domain ``method`` once (graph captured on first use, per batch
+    shape); the result answers ``bounds(spec, output_spec)`` for many input specs
+    (:class:`~boundflow.specs.Box`, :class:`~boundflow.specs.LinfBall`,
+    :class:`~boundflow.specs.LinearSpec`) with the guarantee of :func:`compute_bounds`.  Specs
+    must be in ``dtype`` (float64 by default)."""
+    return get_domain(method).prepare(model, _params_in(model, params, dtype))
+
+
 def compute_bounds(
     model: nn.Module,
     x_lower: torch.Tensor,
@@ -61,7 +94,7 @@ def compute_bounds(
     ``"lp"`` (LP relaxation: triangle ReLU relaxation on CROWN's intermediate bounds, solved by
     HiGHS with a rigorous dual bound) and ``"milp"`` (exact for ReLU/max-pool networks with
     exact weights: big-M binaries, HiGHS branch and bound) solve one program per sample and
-    are never looser than ``crown``; see :func:`boundflow.solvers.network_bounds` for time
+    are never looser than ``crown``; see :func:`boundflow.encode.network_bounds` for time
     limits, parallel executors and exact bilinear weights (``mibp``).
     ``C``: a specification matrix ``(S, n_out)`` or ``(B, S, n_out)``; then the result bounds
     ``C @ y`` per sample, shape ``(B, S)`` (bounded directly, not via the output box).
@@ -79,19 +112,6 @@ def compute_bounds(
     if dtype is not None:
         x_lower, x_upper = x_lower.to(dtype), x_upper.to(dtype)
     spec = Box(x_lower, x_upper)
-    full: dict[str, torch.Tensor] = {}
-    if dtype is not None:
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            full[name] = t.detach().to(dtype) if t.is_floating_point() else t
-    if params:
-        known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-        unknown = set(params) - known
-        if unknown:
-            raise KeyError(
-                f"compute_bounds: params names {sorted(unknown)} are not parameters of {type(model).__name__}"
-            )
-        for name, t in params.items():
-            full[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    if C is not None:
-        C = torch.as_tensor(C, dtype=x_lower.dtype)
-    return domain.bounds(model, spec, full or None, C)
+    output = None if C is None else OutputSpec(torch.as_tensor(C, dtype=x_lower.dtype))
+    res = domain.prepare(model, _params_in(model, params, dtype)).bounds(spec, output)
+    return res.lower, res.upper

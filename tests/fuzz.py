@@ -33,8 +33,8 @@ from torch.func import functional_call
 import boundflow as bf
 from boundflow.domains.interval.rules_pooling import pool_index_windows
 from boundflow.domains.linear.domain import AlphaCrownDomain, ForwardDomain
+from boundflow.encode.network import network_bounds
 from boundflow.errors import BoundFlowError, UnsupportedOperation
-from boundflow.solvers.network import network_bounds
 
 SLOPES = (-1.5, -0.5, 0.0, 0.01, 0.5, 1.0, 2.0, 3.0)
 ALPHAS = (-2.0, -1.0, -0.5, 0.5, 1.0, 3.0)

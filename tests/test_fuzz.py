@@ -61,7 +61,7 @@ def test_fuzzer_catches_a_broken_relaxation(monkeypatch):
         l, u, float(node.args[1]) if len(node.args) > 1 else 0.01, alpha
     )
     monkeypatch.setattr(relaxations, "RELAXATIONS", table)
-    for mod in ("boundflow.domains.linear.crown", "boundflow.domains.linear.forward", "boundflow.solvers.network"):
+    for mod in ("boundflow.domains.linear.crown", "boundflow.domains.linear.forward", "boundflow.encode.network"):
         monkeypatch.setattr(sys.modules[mod], "RELAXATIONS", table)
     tally, _ = campaign(range(60), methods=("crown", "forward"))
     assert tally.failures, "the fuzzer did not notice a relaxation that is wrong for slopes > 1"

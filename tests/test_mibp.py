@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import boundflow.train as T
-from boundflow.solvers.executor import make_executor
-from boundflow.solvers.training_step import solver_step
+from boundflow.encode.training_step import solver_step
 from boundflow.train.cli import mlp
+from solvers.executor import make_executor
 from tests.test_train import _concrete_datasets, _replay
 
 D = torch.float64

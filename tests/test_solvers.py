@@ -12,9 +12,9 @@ from scipy.optimize import linprog
 from torch import nn
 
 import boundflow as bf
-from boundflow.solvers.backends import LpSolver, MilpSolver, ScipSolver
-from boundflow.solvers.network import network_bounds
-from boundflow.solvers.program import Program
+from boundflow.encode.network import network_bounds
+from solvers.backends import LpSolver, MilpSolver, ScipSolver
+from solvers.program import Program
 from tests.test_linear_domain import _models, _samples
 
 D = torch.float64

@@ -15,8 +15,8 @@ import boundflow as bf
 import boundflow.train as T
 from boundflow import IntervalTensor as IT
 from boundflow.domains.linear.domain import AlphaCrownDomain, ForwardDomain
+from boundflow.encode.network import network_bounds
 from boundflow.errors import DomainError, UnsupportedOperation
-from boundflow.solvers.network import network_bounds
 from boundflow.train.cli import mlp
 from boundflow.train.losses import plain_loss
 from tests.containment import Iv, check_containment

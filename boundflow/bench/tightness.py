@@ -116,14 +116,19 @@ class TightnessResult:
         return asdict(self)
 
 
-def _bound(method: str, model, lo, hi, C, time_limit):
+def _domain(method: str, time_limit: float):
+    """The configured domain of a method row: solver rows get the per-solve time limit."""
     if method in ("lp", "milp"):
-        from boundflow.solvers import network_bounds
+        from boundflow.encode.network import SolverDomain
 
-        lb, _, exact = network_bounds(model, lo, hi, method, C=C, time_limit=time_limit, return_exact=True)
-        return lb, exact
-    lb, _ = bf.compute_bounds(model, lo, hi, method=method, C=C)
-    return lb, None
+        return SolverDomain(method, time_limit=time_limit)
+    return bf.get_domain(method)
+
+
+def _bound(method: str, model, lo, hi, C, time_limit):
+    """Lower bounds of ``C @ y`` and, where the domain knows it, the mask of exact entries."""
+    res = _domain(method, time_limit).prepare(model).bounds(bf.Box(lo, hi), bf.OutputSpec(C))
+    return res.lower, res.exact
 
 
 def run_case(

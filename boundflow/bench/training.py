@@ -17,9 +17,9 @@ from pathlib import Path
 
 import boundflow.train as T
 from boundflow.bench.tightness import environment
-from boundflow.solvers.executor import make_executor
 from boundflow.train.cli import mlp
 from boundflow.train.io import atomic_write_text
+from solvers.executor import make_executor
 
 __all__ = ["run_one", "run_cli"]
 

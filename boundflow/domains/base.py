@@ -1,4 +1,11 @@
-"""The interface every abstract domain implements, and the registry ``compute_bounds`` uses."""
+"""The interface every abstract domain implements, and the registry ``compute_bounds`` uses.
+
+A domain binds a model (and its parameter box) once — :meth:`Domain.prepare` returns a
+:class:`PreparedModel` — and the prepared model answers many queries: ``bounds(spec, output)``
+for input specs (:mod:`boundflow.specs`) and an optional output spec, returning
+:class:`~boundflow.bounds.Bounds`.  The verifier, the benchmarks, point-cloud certification and
+certified prediction all go through this interface.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,26 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from boundflow.specs import Box
+from boundflow.bounds import Bounds
+from boundflow.specs import Box, InputSpec, OutputSpec
 
-__all__ = ["Domain", "DOMAINS", "RESERVED", "register_domain", "get_domain"]
+__all__ = ["Domain", "DomainBase", "PreparedModel", "DOMAINS", "register_domain", "get_domain", "apply_output"]
+
+
+class PreparedModel(Protocol):
+    """A model bound to a domain.  ``bounds`` must be *sound*: for every input in ``spec`` and
+    every parameter vector in the box it was prepared with, the model's output (or ``C @ y - d``
+    per sample under ``output``) lies in ``[lower, upper]``."""
+
+    def bounds(self, spec: InputSpec, output: OutputSpec | None = None) -> Bounds: ...
 
 
 class Domain(Protocol):
-    """An abstract domain.  ``bounds`` must be *sound*: for every input in ``spec`` and every
-    parameter vector in ``params`` (plain tensors = exact), the model's output (or ``C @ y``
-    per sample when a specification matrix ``C`` is given) lies in ``[lower, upper]``."""
+    """An abstract domain: ``prepare`` binds a model once; ``bounds`` is the one-shot form."""
 
     name: str
+
+    def prepare(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> PreparedModel: ...
 
     def bounds(
         self,
@@ -29,10 +45,30 @@ class Domain(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-DOMAINS: dict[str, Domain] = {}
+class DomainBase:
+    """``bounds(model, spec, params, C)`` as ``prepare(model, params).bounds(spec, (C))``."""
 
-# method names promised by the design whose domains have not landed yet
-RESERVED: dict[str, str] = {}
+    name = "base"
+
+    def prepare(self, model: nn.Module, params=None) -> PreparedModel:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bounds(self, model: nn.Module, spec: InputSpec, params=None, C=None) -> tuple[torch.Tensor, torch.Tensor]:
+        res = self.prepare(model, params).bounds(spec, None if C is None else OutputSpec(torch.as_tensor(C)))
+        return res.lower, res.upper
+
+
+def apply_output(lower: torch.Tensor, upper: torch.Tensor, output: OutputSpec | None) -> Bounds:
+    """Subtract the output spec's ``d`` (the ``C`` part is applied by the domain)."""
+    if output is not None and output.d is not None:
+        d = torch.as_tensor(output.d, dtype=lower.dtype)
+        lower, upper = lower - d, upper - d
+    return Bounds(lower, upper)
+
+
+DOMAINS: dict[str, Domain] = {}
+# registered on first use, so that importing boundflow does not import the solver stack
+_LAZY = {"lp": "boundflow.encode.network", "milp": "boundflow.encode.network", "mibp": "boundflow.encode.network"}
 
 
 def register_domain(domain: Domain) -> Domain:
@@ -41,18 +77,14 @@ def register_domain(domain: Domain) -> Domain:
 
 
 def get_domain(method: str | Domain) -> Domain:
-    """The registered domain named ``method``; a domain instance (anything with ``bounds``) is
+    """The registered domain named ``method``; a domain instance (anything with ``prepare``) is
     returned as is, so configured domains (``ForwardDomain(maxpool="tight")``) plug in too."""
-    if not isinstance(method, str) and callable(getattr(method, "bounds", None)):
+    if not isinstance(method, str) and callable(getattr(method, "prepare", None)):
         return method
     if method in DOMAINS:
         return DOMAINS[method]
-    if method in RESERVED:
-        raise NotImplementedError(
-            f"method={method!r} is reserved for {RESERVED[method]} and is not implemented yet; "
-            f"available methods: {', '.join(sorted(DOMAINS))}"
-        )
-    raise ValueError(
-        f"unknown method {method!r}; available: {', '.join(sorted(DOMAINS))}; "
-        f"reserved for later: {', '.join(sorted(RESERVED))}"
-    )
+    if method in _LAZY:
+        import importlib
+
+        return register_domain(importlib.import_module(_LAZY[method]).SolverDomain(method))
+    raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(set(DOMAINS) | set(_LAZY)))}")

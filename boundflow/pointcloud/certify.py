@@ -2,11 +2,10 @@
 
 For each object and each theta sub-range, the transformed cloud is relaxed either by its interval
 box (``relaxation="interval"``) or by the Taylor relaxation ``x = S theta + nu`` with ``nu`` in a box
-(``"taylor"``).  The latter becomes the network's input spec: a wrapper network takes
-``(theta, nu)`` as input, so back-substitution in the linear domain ends in ``theta`` — shared by all
-points — and is concretised over the theta box.  An object is certified when its nominal
-prediction is correct and the margin of the true class over every other class is positive on
-every sub-range.
+(``"taylor"``).  The latter is the input spec :class:`boundflow.LinearSpec`: the linear domain's
+bounds end in ``theta`` — shared by all points — and are concretised over the theta box.  An
+object is certified when its nominal prediction is correct and the margin of the true class
+over every other class is positive on every sub-range.
 """
 
 from __future__ import annotations
@@ -69,29 +68,6 @@ def sub_ranges(lo: torch.Tensor, hi: torch.Tensor, splits: int) -> list[tuple[to
     return boxes
 
 
-class _ThetaInput(nn.Module):
-    """``z = (theta, nu)`` -> ``model((S @ theta + nu).reshape(B, N, 3))``."""
-
-    def __init__(self, model: nn.Module, slope: torch.Tensor, n_points: int):
-        super().__init__()
-        self.model = model
-        self.register_buffer("slope", slope)  # (B, 3N, k)
-        self.k, self.n = slope.shape[2], n_points
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        theta, nu = z[:, : self.k], z[:, self.k :]
-        x = torch.bmm(self.slope, theta.unsqueeze(-1)).squeeze(-1) + nu
-        return self.model(x.reshape(-1, self.n, 3))
-
-
-def _margin_spec(label: int, n_classes: int) -> torch.Tensor:
-    C = torch.zeros(n_classes - 1, n_classes, dtype=torch.float64)
-    others = [j for j in range(n_classes) if j != label]
-    for r, j in enumerate(others):
-        C[r, label], C[r, j] = 1.0, -1.0
-    return C
-
-
 def margins(
     model: nn.Module,
     points: torch.Tensor,
@@ -107,22 +83,25 @@ def margins(
     n = points.shape[0]
     with torch.no_grad():
         n_classes = model(points.unsqueeze(0)).shape[1]
-    C = _margin_spec(label, n_classes)
+    out = bf.OutputSpec.margins(label, n_classes)
+    domain = bf.get_domain(method)
     if relaxation == "interval":
         lo, hi = zip(*(tf.interval_bounds(points, transform, a, b) for a, b in boxes))
-        lb, _ = bf.compute_bounds(model, torch.stack(lo), torch.stack(hi), method=method, C=C)
-        return lb
+        return domain.prepare(model).bounds(bf.Box(torch.stack(lo), torch.stack(hi)), out).lower
     if relaxation != "taylor":
         raise ValueError(f"relaxation must be 'taylor' or 'interval', got {relaxation!r}")
-    S, z_lo, z_hi = [], [], []
+    S, t_lo, t_hi, r_lo, r_hi = [], [], [], [], []
     for a, b in boxes:
         s, o_lo, o_hi = tf.taylor_bounds(points, transform, a, b)
         S.append(s.reshape(3 * n, -1))
-        z_lo.append(torch.cat([a, o_lo.reshape(-1)]))
-        z_hi.append(torch.cat([b, o_hi.reshape(-1)]))
-    wrapper = _ThetaInput(model, torch.stack(S), n)
-    lb, _ = bf.compute_bounds(wrapper, torch.stack(z_lo), torch.stack(z_hi), method=method, C=C)
-    return lb
+        t_lo.append(a)
+        t_hi.append(b)
+        r_lo.append(o_lo.reshape(-1))
+        r_hi.append(o_hi.reshape(-1))
+    spec = bf.LinearSpec(
+        torch.stack(S), torch.stack(t_lo), torch.stack(t_hi), torch.stack(r_lo), torch.stack(r_hi), (n, 3)
+    )
+    return domain.prepare(model).bounds(spec, out).lower
 
 
 def _maxpool_default(method: str, maxpool: str | None) -> str:

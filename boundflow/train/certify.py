@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from boundflow.domains.interval import IntervalTensor, lohi
+from boundflow.domains.interval import IntervalTensor
+from boundflow.specs import Box
 
 __all__ = ["Certification", "certify", "logit_bounds"]
 
@@ -30,13 +30,15 @@ def logit_bounds(
     upper: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     eps: float = 0.0,
+    method: str = "ibp",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output bounds for every parameter vector in the box and every input within ``eps``."""
+    """Output bounds for every parameter vector in the box and every input within ``eps``, from
+    the domain ``method`` (through :func:`boundflow.prepare`, in ``x``'s dtype)."""
+    from boundflow.api import prepare
+
     params = {n: IntervalTensor(lower[n], upper[n]) for n in lower}
-    xi = IntervalTensor(x - eps, x + eps) if eps else IntervalTensor.exact(x)
-    with torch.no_grad():
-        out = functional_call(model, params, (xi,), strict=False)
-    return tuple(t.clone() for t in lohi(out))  # type: ignore[return-value]
+    res = prepare(model, method, params, dtype=x.dtype).bounds(Box(x - eps, x + eps))
+    return res.lower, res.upper
 
 
 def certify(
@@ -52,13 +54,7 @@ def certify(
     tighter, slower)."""
     lower, upper = (bounds.lower, bounds.upper) if hasattr(bounds, "lower") else bounds
     x = x.to(next(iter(lower.values())).dtype)
-    if method == "ibp":
-        lo, hi = logit_bounds(model, lower, upper, x, eps)
-    else:
-        from boundflow.api import compute_bounds
-
-        params = {n: IntervalTensor(lower[n], upper[n]) for n in lower}
-        lo, hi = compute_bounds(model, x - eps, x + eps, method=method, params=params)
+    lo, hi = logit_bounds(model, lower, upper, x, eps, method)
     if lo.dim() == 1 or lo.shape[-1] == 1:
         lo, hi = lo.reshape(-1), hi.reshape(-1)
         classes = torch.full(lo.shape, -1, dtype=torch.int64)

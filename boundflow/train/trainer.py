@@ -54,7 +54,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown training method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method != "interval":
-            from boundflow.solvers.training_step import MIBP_LOSSES
+            from boundflow.encode.training_step import MIBP_LOSSES
 
             if self.loss not in MIBP_LOSSES:
                 raise ValueError(f"method={self.method!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
@@ -168,7 +168,7 @@ def certified_training(
     order as that of the bounds).  ``start`` resumes from a checkpoint.  If bounds become
     non-finite, training stops with a :class:`TrainingDiverged` warning and the last finite
     bounds (``diverged_at`` set).  ``executor``: an executor from
-    :func:`boundflow.solvers.make_executor` to use (and leave open) instead of the one the
+    :func:`solvers.make_executor` to use (and leave open) instead of the one the
     config describes (solver methods only)."""
     dtype = torch.float64
     model = copy.deepcopy(model).to(dtype)
@@ -234,8 +234,8 @@ class _SolverSteps:
     """Runs the solver step (MIBP-Cert) of every batch and keeps the counters for progress."""
 
     def __init__(self, model, dataset: BoundedDataset, config: TrainConfig, executor=None):
-        from boundflow.solvers.executor import make_executor
-        from boundflow.solvers.training_step import supported_layers
+        from boundflow.encode.training_step import supported_layers
+        from solvers.executor import make_executor
 
         supported_layers(model)
         if dataset.k is not None or dataset.label_sets is not None:
@@ -253,7 +253,7 @@ class _SolverSteps:
 
     def step(self, before_lo, before_hi, params, idx, on_done=None) -> None:
         """Intersect ``params`` (already holding the interval step's box) with the solver box."""
-        from boundflow.solvers.training_step import solver_step
+        from boundflow.encode.training_step import solver_step
 
         c = self.config
         d = self.dataset

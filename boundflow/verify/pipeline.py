@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 import boundflow as bf
-from boundflow.domains.linear.crown import EMPTY_TOLERANCE
+from boundflow.domains.linear import EMPTY_TOLERANCE
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
+from boundflow.specs import Box, OutputSpec
 
 __all__ = ["Result", "verify", "verify_model", "leaf_proved", "EMPTY_TOLERANCE"]
 
@@ -203,35 +204,21 @@ def _falsify(
 
 
 class _Bounder:
-    """Margin lower bounds for batches of boxes; the captured graph is reused per (padded)
-    batch size, since capturing costs more than a CROWN pass on small networks."""
+    """Margin lower bounds for batches of boxes through the prepared-model interface (graphs
+    are captured once per padded batch size by :class:`~boundflow.domains.linear.domain.LinearPrepared`)."""
 
     def __init__(self, f: nn.Module, deadline: float | None = None):
-        self.f = f
-        self.deadline = deadline  # alpha-CROWN stops its iterations there (each is sound)
-        self.graphs: dict[int, object] = {}
+        from boundflow.domains.linear.domain import AlphaCrownDomain
+
+        self.models = {
+            "ibp": bf.get_domain("ibp").prepare(f),
+            "crown": bf.get_domain("crown").prepare(f),
+            # alpha-CROWN stops its iterations at the deadline (each iterate is sound)
+            "alpha-crown": AlphaCrownDomain(deadline=deadline).prepare(f),
+        }
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
-        from boundflow.domains.linear.crown import crown
-        from boundflow.domains.linear.domain import alpha_crown
-        from boundflow.graph import capture
-
-        n = lo.shape[0]
-        if method == "ibp":
-            lb, _ = bf.compute_bounds(self.f, lo, hi, method="ibp", C=C)
-            return lb - d
-        size = 1 << max(0, (n - 1).bit_length())
-        if size > n:
-            lo = torch.cat([lo, lo[-1:].expand(size - n, -1)])
-            hi = torch.cat([hi, hi[-1:].expand(size - n, -1)])
-        g = self.graphs.get(size)
-        if g is None:
-            g = self.graphs[size] = capture(self.f, (lo + hi) / 2)
-        if method == "crown":
-            lb, _, _ = crown(g, lo, hi, C)
-        else:
-            lb, _ = alpha_crown(g, lo, hi, C, deadline=self.deadline)
-        return (lb - d)[:n]
+        return self.models[method].bounds(Box(lo, hi), OutputSpec(C, d)).lower
 
 
 def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
@@ -253,13 +240,9 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
     sub-domain; without beta-CROWN's Lagrangian terms).  Splits the unstable neuron with the
     largest relaxation area ``u (-l) / (u - l)``.  ``unsat`` when every sub-domain has a proved
     margin row or is empty."""
-    from boundflow.domains.linear.crown import crown, empty_domains, prepare
-    from boundflow.domains.linear.relaxations import RELAXATIONS
-    from boundflow.graph import capture
-
+    prepared = bounder.models["crown"]
     queue: list[dict] = [{}]  # node name -> {flat index: +1 active / -1 inactive}
     n_done = 0
-    graphs: dict[int, object] = {}
     last = 0.0  # seconds the previous batch took
     while queue:
         if time.monotonic() + last > deadline:
@@ -269,19 +252,12 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
         hi = dj.upper[None].expand(b, -1).clone()
-        g = graphs.get(b)
-        if g is None:
-            g = graphs[b] = capture(f, (lo + hi) / 2)
-        # ReLU inputs of this graph (one capture per batch size; names are per graph)
-        relu_inputs = [
-            n.args[0].name
-            for n in g.gm.graph.nodes
-            if n.op == "call_function" and n.target in RELAXATIONS and n.target is torch.ops.aten.relu.default
-        ]
-        name_to_node = {n.name: n for n in g.gm.graph.nodes}
+        # ReLU inputs of this batch size's graph (names are per graph) and their shapes
+        relu_inputs = prepared.split_nodes(b, dj.lower)
+        shapes = prepared.node_shapes(b, dj.lower)
         overrides = {}
         for name in relu_inputs:
-            shape = name_to_node[name].meta["val"].shape
+            shape = shapes[name]
             o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
             o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
             for i, dom in enumerate(doms):
@@ -291,15 +267,14 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
                     else:
                         o_hi[i, idx] = 0.0
             overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
-        state = prepare(g, lo, hi, overrides=overrides)
-        lb, _, state = crown(g, lo, hi, dj.C, state=state)
-        m = lb - dj.d
-        done = leaf_proved(m, empty_domains(state))
+        res = prepared.bounds(Box(lo, hi), OutputSpec(dj.C, dj.d), splits=overrides)
+        m = res.lower
+        done = leaf_proved(m, res.empty)
         n_done += int(done.sum())
         for i in torch.nonzero(~done).reshape(-1).tolist():
             best, best_score = None, 0.0
             for name in relu_inputs:
-                l_, u_ = state.lower[name_to_node[name]][i].reshape(-1), state.upper[name_to_node[name]][i].reshape(-1)
+                l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
                 unstable = (l_ < 0) & (u_ > 0)
                 if not unstable.any():
                     continue

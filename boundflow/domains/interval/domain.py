@@ -9,35 +9,49 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from boundflow.bounds import Bounds
+from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.interval.tensor import IntervalTensor, lohi
-from boundflow.specs import Box
+from boundflow.specs import InputSpec, OutputSpec
 
-__all__ = ["IntervalDomain"]
+__all__ = ["IntervalDomain", "IntervalPrepared", "spec_bounds"]
 
 
-class IntervalDomain:
-    """``bounds`` runs the model on an ``IntervalTensor``.  Sound for every input in the box and
-    every parameter inside ``params`` (intervals or exact tensors; missing names use the model's
-    own values), in exact arithmetic on the floating-point inputs, and additionally against
-    rounding inside :func:`boundflow.sound_rounding`."""
+class IntervalPrepared:
+    """A model bound to interval propagation (nothing to capture: the model runs on an
+    ``IntervalTensor``).  Sound for every input of the spec (a :class:`~boundflow.specs.LinearSpec`
+    is bounded through its bounding box) and every parameter inside ``params`` (intervals or exact
+    tensors; missing names use the model's own values), in exact arithmetic on the floating-point
+    inputs, and additionally against rounding inside :func:`boundflow.sound_rounding`."""
 
-    name = "ibp"
+    def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None):
+        self.model, self.params = model, dict(params) if params else None
 
-    def bounds(
-        self, model: nn.Module, spec: Box, params: Mapping[str, torch.Tensor] | None = None, C=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = IntervalTensor(spec.lower, spec.upper)
+    def output_box(self, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        box = spec.box()
+        x = IntervalTensor(box.lower, box.upper)
         with torch.no_grad():
-            if params:
-                out = functional_call(model, dict(params), (x,), strict=False)
-            else:
-                out = model(x)
+            out = functional_call(self.model, self.params, (x,), strict=False) if self.params else self.model(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}; compute_bounds needs a single tensor output")
         lo, hi = lohi(out)
-        if C is None:
-            return lo.clone(), hi.clone()
-        return spec_bounds(lo, hi, C)
+        return lo.clone(), hi.clone()
+
+    def bounds(self, spec: InputSpec, output: OutputSpec | None = None) -> Bounds:
+        lo, hi = self.output_box(spec)
+        if output is None:
+            return Bounds(lo, hi)
+        return apply_output(*spec_bounds(lo, hi, output.C), output)
+
+
+class IntervalDomain(DomainBase):
+    """Interval bound propagation: the model runs on an ``IntervalTensor`` (see
+    :class:`IntervalPrepared` for the guarantee)."""
+
+    name = "ibp"
+
+    def prepare(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> IntervalPrepared:
+        return IntervalPrepared(model, params)
 
 
 def spec_bounds(lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,15 @@
-"""The linear-relaxation domain: CROWN/DeepPoly back-substitution and alpha-CROWN."""
+"""The linear-relaxation domain: CROWN/DeepPoly back-substitution, alpha-CROWN, forward mode."""
 
-from boundflow.domains.linear.crown import BoundState, crown, prepare
-from boundflow.domains.linear.domain import AlphaCrownDomain, CrownDomain, ForwardDomain
+from boundflow.domains.linear.crown import EMPTY_TOLERANCE, BoundState, crown, prepare
+from boundflow.domains.linear.domain import AlphaCrownDomain, CrownDomain, ForwardDomain, LinearPrepared
 
-__all__ = ["AlphaCrownDomain", "BoundState", "CrownDomain", "ForwardDomain", "crown", "prepare"]
+__all__ = [
+    "EMPTY_TOLERANCE",
+    "AlphaCrownDomain",
+    "BoundState",
+    "CrownDomain",
+    "ForwardDomain",
+    "LinearPrepared",
+    "crown",
+    "prepare",
+]

@@ -1,4 +1,11 @@
-"""``crown`` and ``alpha-crown`` behind the common Domain interface."""
+"""``crown``, ``alpha-crown`` and ``forward`` behind the common domain interface.
+
+:class:`LinearPrepared` captures the model's ATen graph once per batch size and answers many
+queries; it also exposes what ReLU branch and bound needs: the names of the nodes that can be
+split (:meth:`LinearPrepared.split_nodes`) and ``splits`` — extra bounds on those nodes that
+hold on the sub-domain being bounded — with the intermediate bounds and the sub-domains proved
+empty in the result.
+"""
 
 from __future__ import annotations
 
@@ -7,118 +14,125 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.linear.crown import BoundState, backsub, crown, intersect, ordered, prepare
+from boundflow.bounds import Bounds
+from boundflow.domains.base import DomainBase, apply_output
+from boundflow.domains.linear.alpha import alpha_crown
+from boundflow.domains.linear.crown import crown, empty_domains, intersect, prepare
 from boundflow.errors import UnsupportedOperation
-from boundflow.graph import capture
-from boundflow.specs import Box
+from boundflow.graph import CapturedGraph, capture
+from boundflow.specs import InputSpec, LinearSpec, OutputSpec
 
-__all__ = ["CrownDomain", "AlphaCrownDomain", "ForwardDomain", "alpha_crown"]
-
-
-def _exact_params(params: Mapping[str, torch.Tensor] | None) -> dict | None:
-    """Parameters for capture; ``IntervalTensor`` entries become bounded weights."""
-    return dict(params) if params else None
+__all__ = ["CrownDomain", "AlphaCrownDomain", "ForwardDomain", "LinearPrepared", "alpha_crown"]
 
 
-class CrownDomain:
+def _out_shape(g: CapturedGraph, lb: torch.Tensor) -> tuple[int, ...]:
+    out_val = next(n for n in g.gm.graph.nodes if n.op == "output").args[0].meta.get("val")
+    return tuple(out_val.shape) if out_val is not None else tuple(lb.shape)
+
+
+class LinearPrepared:
+    """A model bound to a linear domain; graphs are captured per (padded) batch size and reused."""
+
+    def __init__(self, domain, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None):
+        self.domain, self.model = domain, model
+        self.params = dict(params) if params else None
+        self._graphs: dict[int, CapturedGraph] = {}
+
+    def graph(self, example: torch.Tensor) -> CapturedGraph:
+        """The captured graph for inputs shaped like ``example`` (cached by shape)."""
+        key = tuple(example.shape)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._graphs[key] = capture(self.model, example, self.params)
+        return g
+
+    def split_nodes(self, batch: int, like: torch.Tensor) -> list[str]:
+        """Names of the ReLU inputs of the graph for a batch of ``batch`` inputs shaped like
+        ``like`` (one sample): the nodes ``splits`` may constrain."""
+        g = self.graph(like[None].expand(batch, *like.shape))
+        return [
+            n.args[0].name
+            for n in g.gm.graph.nodes
+            if n.op == "call_function" and n.target is torch.ops.aten.relu.default
+        ]
+
+    def node_shapes(self, batch: int, like: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """Node name -> shape (batch first) in the graph for ``batch`` inputs shaped like ``like``."""
+        g = self.graph(like[None].expand(batch, *like.shape))
+        return {n.name: tuple(n.meta["val"].shape) for n in g.gm.graph.nodes if hasattr(n.meta.get("val"), "shape")}
+
+    def bounds(self, spec: InputSpec, output: OutputSpec | None = None, *, splits: dict | None = None) -> Bounds:
+        """Sound bounds over ``spec`` (see :class:`~boundflow.domains.base.PreparedModel`).
+        ``splits``: node name -> ``(lower, upper)`` (batch-first, node-shaped; ``±inf`` where
+        free) that hold on the sub-domain of each sample; then ``Bounds.empty`` marks samples
+        whose splits contradict a sound bound (beyond rounding) and ``Bounds.intermediate``
+        holds the bounds of every split node."""
+        if isinstance(spec, LinearSpec):
+            if splits:
+                raise UnsupportedOperation("splits are not supported with a LinearSpec input")
+            lifted, box = spec.lift(self.model)
+            return type(self)(self.domain, lifted, self._lifted_params()).bounds(box, output)
+        C = None if output is None else torch.as_tensor(output.C, dtype=spec.lower.dtype)
+        lo, hi = spec.lower, spec.upper
+        n = lo.shape[0]
+        if splits is None:  # pad to a power of two so that few graphs serve many batch sizes
+            size = 1 << max(0, (n - 1).bit_length())
+            if size > n:
+                lo = torch.cat([lo, lo[-1:].expand(size - n, *lo.shape[1:])])
+                hi = torch.cat([hi, hi[-1:].expand(size - n, *hi.shape[1:])])
+                if C is not None and C.dim() == 3:
+                    C = torch.cat([C, C[-1:].expand(size - n, *C.shape[1:])])
+        g = self.graph((lo + hi) / 2)
+        lb, ub, extra = self.domain._run(g, lo, hi, C, splits)
+        lb, ub = lb[:n], ub[:n]
+        if C is None:
+            shape = _out_shape(g, lb)
+            lb, ub = lb.reshape(n, *shape[1:]), ub.reshape(n, *shape[1:])
+        res = apply_output(lb, ub, output)
+        if extra is not None:
+            res.empty = empty_domains(extra)
+            by_name = {nd.name: nd for nd in g.gm.graph.nodes}
+            res.intermediate = {k: (extra.lower[by_name[k]], extra.upper[by_name[k]]) for k in splits}
+        return res
+
+    def _lifted_params(self):
+        return {f"model.{k}": v for k, v in self.params.items()} if self.params else None
+
+
+class CrownDomain(DomainBase):
     """CROWN: sound bounds, never looser than interval propagation per output."""
 
     name = "crown"
 
-    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
-        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
-        lb, ub, _ = crown(g, spec.lower, spec.upper, C)
-        return _shape_out(lb, ub, g, spec, C)
+    def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
+        return LinearPrepared(self, model, params)
+
+    def _run(self, g, lo, hi, C, splits):
+        state = prepare(g, lo, hi, overrides=splits) if splits is not None else None
+        lb, ub, state = crown(g, lo, hi, C, state=state)
+        return lb, ub, state if splits is not None else None
 
 
-def _shape_out(lb, ub, g, spec, C):
-    if C is not None:
-        return lb, ub
-    out_val = next(n for n in g.gm.graph.nodes if n.op == "output").args[0].meta.get("val")
-    shape = tuple(out_val.shape) if out_val is not None else lb.shape
-    return lb.reshape(shape), ub.reshape(shape)
-
-
-def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
-    """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons optimised by projected
-    gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
-    Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
-    (``deadline``, a ``time.monotonic()`` reading, stops the iterations); the result is never
-    looser than CROWN (iteration 0 uses CROWN's slopes)."""
-    import time
-
-    from boundflow.domains.linear.relaxations import RELAXATIONS
-
-    lb0, ub0, state = crown(graph, x_lo, x_hi, C)
-    out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
-    relus = [
-        n
-        for n in graph.gm.graph.nodes
-        if n.op == "call_function"
-        and n.target in RELAXATIONS
-        and n.target in (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
-    ]
-    if not relus:
-        return lb0, ub0
-    best_lb, best_ub = lb0.clone(), ub0.clone()
-    for sense in ("lower", "upper"):
-        alphas = {}
-        for r in relus:
-            l, u = state.lower[r.args[0]], state.upper[r.args[0]]
-            alphas[(r, out_node)] = (u >= -l).to(l.dtype).clone().requires_grad_(True)
-        state.alpha = alphas
-        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
-        for _ in range(iterations):
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            lb, ub = _final(state, graph, out_node, x_lo, C)
-            with torch.no_grad():
-                best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
-                best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
-            loss = -lb.sum() if sense == "lower" else ub.sum()
-            if not loss.requires_grad:  # no unstable neuron: nothing to optimise
-                break
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for a in alphas.values():
-                    a.clamp_(0, 1)
-        with torch.no_grad():
-            lb, ub = _final(state, graph, out_node, x_lo, C)
-            best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
-            best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
-    state.alpha = {}
-    return ordered(best_lb, best_ub)
-
-
-def _final(state: BoundState, graph, out_node, x_lo, C):
-    from boundflow.domains.linear.crown import _shape, spec_coefficients
-
-    A, _ = spec_coefficients(C, _shape(state, out_node), x_lo.dtype)
-    lb, ub = backsub(state, out_node, A, A)
-    return lb.transpose(0, 1), ub.transpose(0, 1)
-
-
-class AlphaCrownDomain:
-    """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN."""
+class AlphaCrownDomain(CrownDomain):
+    """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN.  ``deadline``
+    (a ``time.monotonic()`` reading) stops the iterations early (every iterate is sound)."""
 
     name = "alpha-crown"
 
-    def __init__(self, iterations: int = 20, lr: float = 0.1):
-        self.iterations, self.lr = iterations, lr
+    def __init__(self, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
+        self.iterations, self.lr, self.deadline = iterations, lr, deadline
 
-    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
-        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
-        lb, ub = alpha_crown(g, spec.lower, spec.upper, C, self.iterations, self.lr)
-        return _shape_out(lb, ub, g, spec, C)
-
-
-_ = prepare
+    def _run(self, g, lo, hi, C, splits):
+        if splits is not None:
+            raise UnsupportedOperation("alpha-crown does not take split constraints yet; use crown")
+        lb, ub = alpha_crown(g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline)
+        return lb, ub, None
 
 
-class ForwardDomain:
+class ForwardDomain(CrownDomain):
     """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs.
+    An output spec ``C`` is applied to the output's linear forms before concretisation (the
+    same margins as with ``C`` as a last layer).
 
     ``maxpool="tight"`` adds the pivot-difference upper bound for max pooling (see
     :func:`boundflow.domains.linear.forward.forward_bounds`) and intersects the result with the
@@ -134,22 +148,22 @@ class ForwardDomain:
             raise ValueError(f"maxpool must be one of {MAXPOOL_RELAXATIONS}, got {maxpool!r}")
         self.maxpool = maxpool
 
-    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
-        from boundflow.domains.interval.domain import spec_bounds
-        from boundflow.domains.linear.forward import forward_bounds
-
+    def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
         if params and any(getattr(t, "is_exact", lambda: True)() is False for t in params.values()):
             raise UnsupportedOperation("method='forward' does not support interval parameters yet; use 'crown'")
-        g = capture(model, (spec.lower + spec.upper) / 2, _exact_params(params))
-        lo, hi = forward_bounds(g, spec.lower, spec.upper, self.maxpool)
+        return LinearPrepared(self, model, params)
+
+    def _run(self, g, lo, hi, C, splits):
+        from boundflow.domains.linear.forward import forward_bounds
+
+        if splits is not None:
+            raise UnsupportedOperation("forward mode does not take split constraints; use crown")
+        lb, ub = forward_bounds(g, lo, hi, self.maxpool, C)
         if self.maxpool == "tight":
             # the per-channel choice of upper form is a heuristic, so intersect with DeepPoly's
             # run: both are sound, and the result is never looser than either
-            lo_d, hi_d = forward_bounds(g, spec.lower, spec.upper, "deeppoly")
-            if C is not None:
-                (lo, hi), (lo_d, hi_d) = spec_bounds(lo, hi, C), spec_bounds(lo_d, hi_d, C)
-                return intersect(lo, hi, lo_d, hi_d)
-            lo, hi = intersect(lo, hi, lo_d, hi_d)
-        if C is not None:
-            return spec_bounds(lo, hi, C)
-        return lo, hi
+            lb, ub = intersect(lb, ub, *forward_bounds(g, lo, hi, "deeppoly", C))
+        if C is None:
+            b = lb.shape[0]
+            lb, ub = lb.reshape(b, -1), ub.reshape(b, -1)
+        return lb, ub, None

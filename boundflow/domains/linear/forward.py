@@ -99,8 +99,17 @@ def _apply_lin(f, w: torch.Tensor) -> torch.Tensor:
 MAXPOOL_RELAXATIONS = ("deeppoly", "tight")
 
 
-def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, maxpool: str = "deeppoly"):
-    """Bounds ``(lo, hi)`` of the output node (shape of the output) by forward propagation.
+def forward_bounds(
+    graph: CapturedGraph,
+    x_lo: torch.Tensor,
+    x_hi: torch.Tensor,
+    maxpool: str = "deeppoly",
+    C: torch.Tensor | None = None,
+):
+    """Bounds ``(lo, hi)`` of the output node (shape of the output) by forward propagation; with
+    ``C`` (``(S, n_out)`` or ``(B, S, n_out)``), bounds ``(B, S)`` of ``C @ y``, with ``C``
+    applied to the output's linear forms before they are concretised (as if ``C`` were a last
+    layer of the graph), intersected with the interval bound of ``C @ y`` over the output box.
 
     ``maxpool``: ``"deeppoly"`` (lower ``y >= x_p``, upper ``max u`` unless the pivot ``p``
     dominates) or ``"tight"`` (also the pivot-difference upper bound of :func:`_pivot_upper`,
@@ -164,7 +173,28 @@ def forward_bounds(graph: CapturedGraph, x_lo: torch.Tensor, x_hi: torch.Tensor,
         else:
             raise UnsupportedOperation(f"forward linear bounds: no rule for {target} (node {n.name})")
     lo, hi = node_bounds(out_node)
-    return lo, hi
+    if C is None:
+        return lo, hi
+    from boundflow.domains.interval.domain import spec_bounds
+
+    f = lin[out_node]
+    Cb = torch.as_tensor(C, dtype=x_lo.dtype)
+    Cb = (Cb.unsqueeze(0) if Cb.dim() == 2 else Cb).expand(b, -1, -1)
+    if Cb.shape[-1] != lo[0].numel():
+        raise ValueError(f"C must have shape (S, {lo[0].numel()}) or ({b}, S, {lo[0].numel()}), got {tuple(C.shape)}")
+    cp, cn = Cb.clamp(min=0), Cb.clamp(max=0)
+
+    def flat(t, w: bool):
+        return t.reshape(b, -1, n_in) if w else t.reshape(b, -1)
+
+    spec = _Lin(
+        cp @ flat(f.lw, True) + cn @ flat(f.uw, True),
+        (cp @ flat(f.lb, False).unsqueeze(-1) + cn @ flat(f.ub, False).unsqueeze(-1)).squeeze(-1),
+        cp @ flat(f.uw, True) + cn @ flat(f.lw, True),
+        (cp @ flat(f.ub, False).unsqueeze(-1) + cn @ flat(f.lb, False).unsqueeze(-1)).squeeze(-1),
+    )
+    m_lo, m_hi = spec.concretize(x_lo, x_hi)
+    return intersect(m_lo, m_hi, *spec_bounds(lo, hi, Cb))
 
 
 _SIGNED_LINEAR = (AFFINE_OPS - POSITIVE_LINEAR) | {

@@ -1,13 +1,12 @@
-"""Solver back ends for :class:`~boundflow.solvers.program.Program`: HiGHS (LP and MILP, through
-``highspy``) and SCIP (mixed-integer bilinear programs, through ``pyscipopt``).
+"""Solver back ends for :class:`~solvers.program.Program`: HiGHS (LP and MILP, through
+``highspy``) and SCIP (LP, MILP and mixed-integer bilinear programs, through ``pyscipopt``).
 
-Why these two (and not PuLP or cvxpy) — see ``docs/solvers.md``: a sound bound needs the
-solver's *proven* (dual) bound, also when a time limit stops it.  ``highspy`` gives LP duals (from
-which :meth:`Program.safe_bound` computes a rigorous bound) and the MIP dual bound, keeps the model
-between solves so re-solving with a new objective is warm-started; SCIP solves non-convex
-quadratic (bilinear) constraints to global optimality by spatial branch and bound and reports
-its dual bound.  PuLP drives HiGHS/CBC through files and does not return a dual bound after a
-time limit; cvxpy's convex relaxations of these programs are the LP that HiGHS solves directly.
+HiGHS is the default for ``lp``/``milp``: ``highspy`` gives LP duals (from which
+:meth:`Program.safe_bound` computes a rigorous bound) and the MIP dual bound, also after a time
+limit, and keeps the model between solves (warm starts).  SCIP solves non-convex quadratic
+(bilinear) constraints to global optimality by spatial branch and bound and reports its dual
+bound (``mibp``); it solves ``lp``/``milp`` too.  :mod:`solvers.pulp_backend` and
+:mod:`solvers.cvxpy_backend` run the same programs through PuLP and cvxpy.
 
 Every ``minimize`` returns a number ``b`` with ``b <= c @ x`` for every feasible point (of the
 *exact* program for ``mibp``/SCIP, of the relaxation otherwise, which contains it):
@@ -30,11 +29,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boundflow.solvers.program import Program
+from solvers.program import Program
 
-__all__ = ["Outcome", "LpSolver", "MilpSolver", "ScipSolver", "make_solver", "MODES"]
+__all__ = [
+    "Outcome",
+    "LpSolver",
+    "MilpSolver",
+    "ScipSolver",
+    "ScipLinearSolver",
+    "make_solver",
+    "MODES",
+    "BACKENDS",
+    "dual_bound",
+    "gap_bound",
+]
 
 MODES = ("lp", "milp", "mibp")
+# back end -> the modes it solves; ``None`` picks HiGHS for lp/milp and SCIP for mibp
+BACKENDS = {"highs": ("lp", "milp"), "scip": ("lp", "milp", "mibp"), "pulp": ("lp", "milp"), "cvxpy": ("lp", "milp")}
 
 
 @dataclass
@@ -49,6 +61,24 @@ class Outcome:
 def _pad(program: Program, c: np.ndarray, rel: float = 1e-7) -> float:
     lo, hi = np.asarray(program.lower), np.asarray(program.upper)
     return rel * (1.0 + float(np.sum(np.abs(c) * np.maximum(np.abs(lo), np.abs(hi)))))
+
+
+def dual_bound(program: Program, c: np.ndarray, form, y) -> float:
+    """The rigorous bound :meth:`Program.safe_bound` from row multipliers ``y`` in whatever sign
+    convention a solver reports them: both ``y`` and ``-y`` give valid bounds, the larger is kept
+    (``y = None``: the interval bound)."""
+    if y is None:
+        return program.safe_bound(c, form, None)
+    y = np.asarray(y, dtype=np.float64)
+    return max(program.safe_bound(c, form, y), program.safe_bound(c, form, -y))
+
+
+def gap_bound(program: Program, c: np.ndarray, objective: float, rel_gap: float, abs_gap: float = 1e-9) -> float:
+    """The dual bound a MILP solver proved when it reports optimality with the given gaps
+    (``objective - dual <= max(abs_gap, rel_gap |objective|)``), less the feasibility pad: for
+    back ends that report the incumbent's objective and the status, not the dual bound itself."""
+    gap = max(abs_gap, rel_gap * max(1.0, abs(objective)))
+    return objective - gap - _pad(program, c)
 
 
 class _Highs:
@@ -166,34 +196,13 @@ class ScipSolver(MilpSolver):
 
     def __init__(self, program: Program):
         super().__init__(program)
-        from pyscipopt import Model, quicksum
+        from pyscipopt import quicksum
 
         self._quicksum = quicksum
-        m = Model()
-        m.hideOutput()
-        m.setParam("randomization/randomseedshift", 0)
-        m.setParam("limits/gap", 1e-4)
-        m.setParam("numerics/feastol", 1e-7)
-        xs = [
-            m.addVar(lb=lo, ub=hi, vtype="B" if (integ and lo >= 0 and hi <= 1) else ("I" if integ else "C"))
-            for lo, hi, integ in zip(program.lower, program.upper, program.integer)
-        ]
-        form = program.linear_form("binary")  # products with a binary: exact McCormick rows
-        A = form.A.tocsr()
-        for i in range(A.shape[0]):
-            s, e = A.indptr[i], A.indptr[i + 1]
-            expr = quicksum(float(v) * xs[j] for j, v in zip(A.indices[s:e], A.data[s:e]))
-            lo, hi = form.row_lower[i], form.row_upper[i]
-            if lo == hi:
-                m.addCons(expr == float(lo))
-            else:
-                if np.isfinite(lo):
-                    m.addCons(expr >= float(lo))
-                if np.isfinite(hi):
-                    m.addCons(expr <= float(hi))
+        # products with a binary: exact McCormick rows; the others stay bilinear
+        self.m, self.xs, _ = _scip_model(program, program.linear_form("binary"), integer=True)
         for z, x, y in program.split_products()[1]:
-            m.addCons(xs[z] == xs[x] * xs[y])
-        self.m, self.xs = m, xs
+            self.m.addCons(self.xs[z] == self.xs[x] * self.xs[y])
 
     def minimize(self, c: np.ndarray, time_limit: float | None = None) -> Outcome:
         t0 = time.perf_counter()
@@ -217,8 +226,112 @@ class ScipSolver(MilpSolver):
         return Outcome(bound, str(status), time.perf_counter() - t0)
 
 
-def make_solver(program: Program, mode: str):
-    """The solver for ``mode``: ``lp`` (HiGHS LP), ``milp`` (HiGHS MILP) or ``mibp`` (SCIP)."""
+def _scip_model(program: Program, form, integer: bool, presolve: bool = True):
+    """A SCIP model of the variables and ``form``'s rows; returns ``(model, vars, [(row, cons)])``."""
+    from pyscipopt import SCIP_PARAMSETTING, Model, quicksum
+
+    m = Model()
+    m.hideOutput()
+    m.setParam("randomization/randomseedshift", 0)
+    m.setParam("limits/gap", 1e-4)
+    m.setParam("numerics/feastol", 1e-7)
+    if not presolve:  # LP duals of the original rows need the untransformed problem
+        m.setPresolve(SCIP_PARAMSETTING.OFF)
+        m.setHeuristics(SCIP_PARAMSETTING.OFF)
+        m.disablePropagation()
+    xs = [
+        m.addVar(lb=lo, ub=hi, vtype="B" if (integ and lo >= 0 and hi <= 1) else ("I" if integ else "C"))
+        for lo, hi, integ in zip(program.lower, program.upper, [i and integer for i in program.integer])
+    ]
+    A = form.A.tocsr()
+    cons = []
+    for i in range(A.shape[0]):
+        s, e = A.indptr[i], A.indptr[i + 1]
+        expr = quicksum(float(v) * xs[j] for j, v in zip(A.indices[s:e], A.data[s:e]))
+        lo, hi = form.row_lower[i], form.row_upper[i]
+        if lo == hi:
+            cons.append((i, m.addCons(expr == float(lo))))
+        else:
+            if np.isfinite(lo):
+                cons.append((i, m.addCons(expr >= float(lo))))
+            if np.isfinite(hi):
+                cons.append((i, m.addCons(expr <= float(hi))))
+    return m, xs, cons
+
+
+class ScipLinearSolver:
+    """``lp`` and ``milp`` in SCIP alone.  ``lp``: SCIP's LP duals (presolve off, so they are the
+    duals of the program's own rows) through :func:`dual_bound` — rigorous for any duals.
+    ``milp``: the larger of that LP bound and SCIP's proven dual bound less the feasibility pad."""
+
+    def __init__(self, program: Program, integer: bool):
+        self.program, self.mode = program, "milp" if integer else "lp"
+        self.form = program.linear_form("all")
+        self.lp, self.lp_vars, self.lp_cons = _scip_model(program, self.form, integer=False, presolve=False)
+        self.integer = integer and any(program.integer)
+        if self.integer:
+            self.mip, self.mip_vars, _ = _scip_model(program, self.form, integer=True)
+
+    @staticmethod
+    def _objective(m, xs, c, time_limit):
+        from pyscipopt import quicksum
+
+        m.freeTransform()
+        nz = np.nonzero(c)[0]
+        m.setObjective(quicksum(float(c[j]) * xs[j] for j in nz), "minimize")
+        m.setParam("limits/time", 1e20 if time_limit is None else max(float(time_limit), 0.05))
+
+    def minimize(self, c: np.ndarray, time_limit: float | None = None) -> Outcome:
+        t0 = time.perf_counter()
+        c = np.asarray(c, dtype=np.float64)
+        y = None
+        try:
+            self._objective(self.lp, self.lp_vars, c, time_limit)
+            self.lp.optimize()
+            status = str(self.lp.getStatus())
+            if status == "optimal":
+                y = np.zeros(self.form.A.shape[0])
+                for i, cons in self.lp_cons:
+                    y[i] += self.lp.getDualsolLinear(cons)
+        except Exception as e:  # a failed solve falls back to the interval bound
+            status = f"failed: {e}"
+        bound = dual_bound(self.program, c, self.form, y)
+        if self.integer:
+            left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
+            try:
+                self._objective(self.mip, self.mip_vars, c, left)
+                self.mip.optimize()
+                status = str(self.mip.getStatus())
+                dual = float(self.mip.getDualbound()) if status != "infeasible" else -math.inf
+            except Exception as e:
+                status, dual = f"failed: {e}", -math.inf
+            if math.isfinite(dual) and abs(dual) < 1e19:
+                bound = max(bound, dual - _pad(self.program, c))
+        return Outcome(bound, status, time.perf_counter() - t0)
+
+
+def make_solver(program: Program, mode: str, backend: str | None = None):
+    """The solver for ``mode`` (``lp``, ``milp``, ``mibp``) on ``backend`` (see
+    :data:`BACKENDS`; default: HiGHS for ``lp``/``milp``, SCIP for ``mibp``)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown solver mode {mode!r}; choose from {', '.join(MODES)}")
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown solver back end {backend!r}; choose from {', '.join(BACKENDS)}")
+        if mode not in BACKENDS[backend]:
+            raise ValueError(
+                f"back end {backend!r} does not solve mode {mode!r} (it solves {', '.join(BACKENDS[backend])})"
+            )
+        if backend == "pulp":
+            from solvers.pulp_backend import PulpSolver
+
+            return PulpSolver(program, mode)
+        if backend == "cvxpy":
+            from solvers.cvxpy_backend import CvxpySolver
+
+            return CvxpySolver(program, mode)
+        if backend == "scip" and mode != "mibp":
+            return ScipLinearSolver(program, integer=mode == "milp")
     if mode == "lp":
         return LpSolver(program)
     if mode == "milp":

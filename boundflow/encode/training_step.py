@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boundflow.solvers.program import Program
+from solvers.program import Program
 
 __all__ = ["StepProgram", "build_step", "supported_layers", "MIBP_LOSSES"]
 
@@ -350,7 +350,7 @@ def solver_step(
     import math
     from collections import Counter
 
-    from boundflow.solvers.executor import minimize_all
+    from solvers.executor import minimize_all
 
     progs = build_step(model, lower, upper, x_lower, x_upper, y, loss, lr, weight_decay, decompose)
     names = list(progs[0].objectives)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from boundflow.bounds import Bounds
+from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.linear.crown import (
     AFFINE_OPS,
     POSITIVE_LINEAR,
@@ -42,8 +44,7 @@ from boundflow.domains.linear.crown import (
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
-from boundflow.solvers.program import Program
-from boundflow.specs import Box
+from solvers.program import Program
 
 aten = torch.ops.aten
 
@@ -326,12 +327,14 @@ def network_bounds(
     time_limit: float | None = None,
     executor=None,
     return_exact: bool = False,
+    backend: str | None = None,
 ):
     """Bounds on ``model(x)`` (or ``C @ model(x)``, shape ``(B, S)``) over the box, from the
     ``mode`` program of each sample: ``lp``, ``milp`` (exact for piecewise-linear networks with
     exact weights, when solved within ``time_limit``) or ``mibp`` (exact bilinear weights,
     SCIP).  Never looser than CROWN.  ``time_limit``: seconds per solve (a stopped solve gives
-    its proven bound); ``executor``: see :mod:`boundflow.solvers.executor`.
+    its proven bound); ``executor``: see :mod:`solvers.executor`; ``backend``: the solver
+    back end (:data:`solvers.BACKENDS`; default HiGHS, SCIP for ``mibp``).
 
     With ``return_exact``, also a boolean tensor (shape of the bounds): both bounds of that
     entry are the optimum (up to the solver's relative gap, 1e-4) — the mode is ``milp`` or
@@ -339,7 +342,7 @@ def network_bounds(
     bounded weight), and both solves reported optimality."""
     if mode not in ("lp", "milp", "mibp"):
         raise ValueError(f"network_bounds: unknown mode {mode!r}; choose from lp, milp, mibp")
-    from boundflow.solvers.executor import minimize_all
+    from solvers.executor import minimize_all
 
     x_lower = torch.as_tensor(x_lower, dtype=torch.float64)
     x_upper = torch.as_tensor(x_upper, dtype=torch.float64)
@@ -367,7 +370,7 @@ def network_bounds(
             objs.append((out[nz], r[nz]))
             objs.append((out[nz], -r[nz]))
         tasks.append((program, objs))
-    results = minimize_all(tasks, mode, executor, time_limit)
+    results = minimize_all(tasks, mode, executor, time_limit, backend=backend)
     lower = torch.tensor([[o.bound for o in r[0::2]] for r in results], dtype=torch.float64)
     upper = torch.tensor([[-o.bound for o in r[1::2]] for r in results], dtype=torch.float64)
     lower, upper = intersect(lower, upper, torch.stack(c_lb), torch.stack(c_ub))
@@ -385,12 +388,36 @@ def network_bounds(
     return (lower, upper, exact) if return_exact else (lower, upper)
 
 
-class SolverDomain:
-    """``method="lp"`` / ``"milp"`` behind the common domain interface (serial, no time limit;
-    use :func:`network_bounds` for executors, limits and ``mibp``)."""
+class SolverPrepared:
+    """A model bound to the ``lp`` / ``milp`` / ``mibp`` programs (one per sample and query)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, domain: SolverDomain, model: nn.Module, params=None):
+        self.domain, self.model, self.params = domain, model, params
 
-    def bounds(self, model: nn.Module, spec: Box, params=None, C=None):
-        return network_bounds(model, spec.lower, spec.upper, self.name, params, C)
+    def bounds(self, spec, output=None) -> Bounds:
+        """Sound bounds over ``spec`` (a box; a :class:`~boundflow.specs.LinearSpec` through its
+        bounding box); ``Bounds.exact`` marks entries whose both bounds are proven optima."""
+        box = spec.box()
+        d = self.domain
+        C = None if output is None else output.C
+        lo, hi, exact = network_bounds(
+            self.model, box.lower, box.upper, d.name, self.params, C,
+            time_limit=d.time_limit, executor=d.executor, return_exact=True, backend=d.backend,
+        )  # fmt: skip
+        res = apply_output(lo, hi, output)
+        res.exact = exact
+        return res
+
+
+class SolverDomain(DomainBase):
+    """``method="lp"`` / ``"milp"`` / ``"mibp"`` behind the common domain interface.
+    ``time_limit``: seconds per solve (a stopped solve contributes its proven bound);
+    ``executor``: :func:`solvers.make_executor`; ``backend``: :data:`solvers.BACKENDS`."""
+
+    def __init__(self, name: str, time_limit: float | None = None, executor=None, backend: str | None = None):
+        if name not in ("lp", "milp", "mibp"):
+            raise ValueError(f"SolverDomain: unknown mode {name!r}; choose from lp, milp, mibp")
+        self.name, self.time_limit, self.executor, self.backend = name, time_limit, executor, backend
+
+    def prepare(self, model: nn.Module, params=None) -> SolverPrepared:
+        return SolverPrepared(self, model, params)

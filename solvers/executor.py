@@ -14,17 +14,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from boundflow.solvers.backends import Outcome, make_solver
-from boundflow.solvers.program import Program
+from solvers.backends import Outcome, make_solver
+from solvers.program import Program
 
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "make_executor", "minimize_all", "EXECUTORS"]
 
 EXECUTORS = ("serial", "process", "ray")
 
 
-def solve_chunk(program: Program, mode: str, objectives: list, time_limit: float | None) -> list[Outcome]:
+def solve_chunk(
+    program: Program, mode: str, objectives: list, time_limit: float | None, backend: str | None = None
+) -> list[Outcome]:
     """Minimise each objective (``(indices, values)``, sparse) in turn with one solver."""
-    solver = make_solver(program, mode)
+    solver = make_solver(program, mode, backend)
     out = []
     for idx, val in objectives:
         c = np.zeros(program.n_vars)
@@ -39,10 +41,10 @@ class SerialExecutor:
     name = "serial"
     workers = 1
 
-    def run(self, tasks, mode, time_limit, on_done: Callable[[int], None] | None = None):
+    def run(self, tasks, mode, time_limit, on_done: Callable[[int], None] | None = None, backend=None):
         results = []
         for program, ch in tasks:
-            results.append(solve_chunk(program, mode, ch, time_limit))
+            results.append(solve_chunk(program, mode, ch, time_limit, backend))
             if on_done:
                 on_done(len(ch))
         return results
@@ -62,8 +64,10 @@ class ProcessExecutor:
         self.workers = workers or os.cpu_count() or 1
         self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
 
-    def run(self, tasks, mode, time_limit, on_done=None):
-        futures = {self._pool.submit(solve_chunk, p, mode, ch, time_limit): i for i, (p, ch) in enumerate(tasks)}
+    def run(self, tasks, mode, time_limit, on_done=None, backend=None):
+        futures = {
+            self._pool.submit(solve_chunk, p, mode, ch, time_limit, backend): i for i, (p, ch) in enumerate(tasks)
+        }
         results: list = [None] * len(tasks)
         for f in as_completed(futures):
             i = futures[f]
@@ -94,14 +98,14 @@ class RayExecutor:
         self.workers = int(ray.available_resources().get("CPU", 1))
         self._remote = ray.remote(num_cpus=1)(solve_chunk)
 
-    def run(self, tasks, mode, time_limit, on_done=None):
+    def run(self, tasks, mode, time_limit, on_done=None, backend=None):
         ray = self._ray
         refs: dict[int, object] = {}  # one object-store copy per program
         pending = {}
         for i, (p, ch) in enumerate(tasks):
             if id(p) not in refs:
                 refs[id(p)] = ray.put(p)
-            pending[self._remote.remote(refs[id(p)], mode, ch, time_limit)] = i
+            pending[self._remote.remote(refs[id(p)], mode, ch, time_limit, backend)] = i
         results: list = [None] * len(tasks)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -137,11 +141,13 @@ def minimize_all(
     time_limit: float | None = None,
     chunk: int = 16,
     on_done: Callable[[int], None] | None = None,
+    backend: str | None = None,
 ) -> list[list[Outcome]]:
     """Sound lower bounds of every objective (sparse ``(indices, values)``) over its program:
     ``tasks`` is a list of ``(program, objectives)``; the result has one list of outcomes per
     task, in order.  Up to ``chunk`` objectives of a task share one solver instance (warm
-    starts); the chunking does not depend on the executor, so neither do the results."""
+    starts); the chunking does not depend on the executor, so neither do the results.
+    ``backend``: see :func:`solvers.backends.make_solver`."""
     executor = executor or SerialExecutor()
     jobs, owner = [], []
     for t, (program, objectives) in enumerate(tasks):
@@ -149,7 +155,7 @@ def minimize_all(
         for i in range(0, len(objectives), chunk):
             jobs.append((program, objectives[i : i + chunk]))
             owner.append(t)
-    results = executor.run(jobs, mode, time_limit, on_done) if jobs else []
+    results = executor.run(jobs, mode, time_limit, on_done, backend) if jobs else []
     out: list[list[Outcome]] = [[] for _ in tasks]
     for t, r in zip(owner, results):
         out[t].extend(r)
