@@ -5,12 +5,15 @@ reason it cannot be."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from boundflow.domains.linear.crown import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
+from boundflow.domains.linear.backward import BACKWARD
+from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.graph import capture
 from tests.fuzz import Case, check_case
@@ -158,7 +161,9 @@ def _covered(results, method: str) -> set:
 
 @pytest.mark.parametrize("method", ["crown", "forward", "lp"])
 def test_every_linear_domain_op_is_exercised(results, method):
-    required = (AFFINE_OPS | PRODUCT_OPS | set(RELAXATIONS) | TUPLE_OPS) - set(NOT_EXERCISED)
+    # every key of the back-substitution table (tuple ops are reached through getitem)
+    assert set(BACKWARD) - {operator.getitem} <= AFFINE_OPS | PRODUCT_OPS | set(RELAXATIONS)
+    required = (set(BACKWARD) - {operator.getitem} | TUPLE_OPS) - set(NOT_EXERCISED)
     missing = required - _covered(results, method)
     if method == "lp":  # the encodings relax these through the linear domain's lines or refuse them
         missing -= {aten.log.default, aten.exp.default, aten.softplus.default}

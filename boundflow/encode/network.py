@@ -31,17 +31,10 @@ from torch import fx, nn
 
 from boundflow.bounds import Bounds
 from boundflow.domains.base import DomainBase, apply_output
-from boundflow.domains.linear.crown import (
-    AFFINE_OPS,
-    POSITIVE_LINEAR,
-    PRODUCT_OPS,
-    BoundState,
-    _flat_nodes,
-    crown,
-    intersect,
-    prepare,
-)
+from boundflow.domains.linear.crown import crown, prepare
+from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.domains.linear.state import BoundState, _flat_nodes, intersect
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import capture
 from solvers.program import Program

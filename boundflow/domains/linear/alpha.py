@@ -6,8 +6,10 @@ import time
 
 import torch
 
-from boundflow.domains.linear.crown import BoundState, _shape, backsub, crown, ordered, spec_coefficients
+from boundflow.domains.linear.backward import backsub
+from boundflow.domains.linear.crown import crown, spec_coefficients
 from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.domains.linear.state import BoundState, _shape, ordered
 
 __all__ = ["alpha_crown"]
 

@@ -33,8 +33,8 @@ def _out_shape(g: CapturedGraph, lb: torch.Tensor) -> tuple[int, ...]:
 class LinearPrepared:
     """A model bound to a linear domain; graphs are captured per (padded) batch size and reused."""
 
-    def __init__(self, domain, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None):
-        self.domain, self.model = domain, model
+    def __init__(self, domain, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None, pad: bool = True):
+        self.domain, self.model, self.pad = domain, model, pad
         self.params = dict(params) if params else None
         self._graphs: dict[int, CapturedGraph] = {}
 
@@ -71,11 +71,11 @@ class LinearPrepared:
             if splits:
                 raise UnsupportedOperation("splits are not supported with a LinearSpec input")
             lifted, box = spec.lift(self.model)
-            return type(self)(self.domain, lifted, self._lifted_params()).bounds(box, output)
+            return type(self)(self.domain, lifted, self._lifted_params(), pad=False).bounds(box, output)
         C = None if output is None else torch.as_tensor(output.C, dtype=spec.lower.dtype)
         lo, hi = spec.lower, spec.upper
         n = lo.shape[0]
-        if splits is None:  # pad to a power of two so that few graphs serve many batch sizes
+        if splits is None and self.pad:  # pad to a power of two so that few graphs serve many batch sizes
             size = 1 << max(0, (n - 1).bit_length())
             if size > n:
                 lo = torch.cat([lo, lo[-1:].expand(size - n, *lo.shape[1:])])

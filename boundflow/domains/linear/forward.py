@@ -17,17 +17,11 @@ from torch import fx
 from torch.func import vmap
 
 from boundflow.domains.interval.rules_pooling import pool_index_windows
-from boundflow.domains.linear.crown import (
-    AFFINE_OPS,
-    POSITIVE_LINEAR,
-    TUPLE_OPS,
-    _flat_nodes,
-    _shape,
-    deeppoly_pool,
-    intersect,
-    prepare,
-)
+from boundflow.domains.linear.crown import prepare
+from boundflow.domains.linear.maxpool import deeppoly_pool
+from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.domains.linear.state import _flat_nodes, _shape, intersect
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph
 
