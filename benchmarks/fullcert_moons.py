@@ -24,6 +24,7 @@ from _common import environment, write_json, write_text  # noqa: E402
 from _common import median as _med  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
+from boundflow.atomic import atomic_savefig  # noqa: E402
 from boundflow.train.cli import mlp  # noqa: E402
 
 EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -143,7 +144,7 @@ def _plot(runs, path, epochs):
     axes[0].set_ylabel("certified test accuracy (median over seeds)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -10,11 +10,8 @@ on CPU (the midpoint-radius product needs three products of the plain kind).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 
 import torch
@@ -23,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 import boundflow as bf
+from boundflow.atomic import atomic_write_json
 
 
 def mlp() -> nn.Module:
@@ -115,11 +113,7 @@ def main() -> None:
             "machine": platform.platform(),
             "rows": rows,
         }
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(f.name, args.json)
+        atomic_write_json(args.json, payload)
 
 
 if __name__ == "__main__":

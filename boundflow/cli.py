@@ -53,7 +53,7 @@ def _run_verify(args) -> int:
         print(f"boundflow verify: {why}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     try:
-        from boundflow.train.io import atomic_write_text
+        from boundflow.atomic import atomic_write_text
         from boundflow.verify import verify
 
         res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start)

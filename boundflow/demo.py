@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 import boundflow as bf
+from boundflow.atomic import atomic_write_text
 
 
 def _two_moons(n: int, noise: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,12 +119,12 @@ DEMO_INSTANCES = [
 
 
 def shared_vnncomp():
-    """The shared VNN-COMP folder: ``$BOUNDFLOW_SHARED``, ``../shared`` next to the checkout or
-    ``/work/shared``; ``None`` when none exists."""
+    """The shared VNN-COMP folder: ``$BOUNDFLOW_SHARED``, else ``../shared`` next to the
+    checkout; ``None`` when neither exists."""
     import os
     from pathlib import Path
 
-    roots = [os.environ.get("BOUNDFLOW_SHARED"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]
+    roots = [os.environ.get("BOUNDFLOW_SHARED"), Path(__file__).resolve().parents[2] / "shared"]
     for r in roots:
         if r and (Path(r) / "benchmarks" / "vnncomp").exists():
             return Path(r) / "benchmarks" / "vnncomp"
@@ -186,7 +187,7 @@ def _tightness_demo(out_dir: str) -> bool:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out / "demo_tightness.png")
-    (out / "demo_tightness.md").write_text(markdown(res, "boundflow demo (section 6)"))
+    atomic_write_text(out / "demo_tightness.md", markdown(res, "boundflow demo (section 6)"))
     print(f"   orderings (milp >= lp >= crown >= ibp, all below the attack): {'hold' if not bad else bad}")
     print(f"   full run: boundflow bench tightness [--quick]; plot {out / 'demo_tightness.png'}")
     return not bad

@@ -51,6 +51,12 @@ def _functionalize_view_inplace(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def _is_interval(t) -> bool:
+    """An interval-valued tensor (``IntervalTensor`` or anything with ``lower``, ``upper`` and
+    ``is_exact``): the graph layer stays independent of the domains."""
+    return all(hasattr(t, a) for a in ("lower", "upper", "is_exact"))
+
+
 def capture(
     model: nn.Module, example_input: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
 ) -> CapturedGraph:
@@ -61,12 +67,10 @@ def capture(
     named = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers())}
     radius: dict[str, torch.Tensor] = {}
     if params:
-        from boundflow.domains.interval import IntervalTensor
-
         for n, t in params.items():
             if n not in named:
                 raise KeyError(f"capture: {n!r} is not a parameter or buffer of {type(model).__name__}")
-            if isinstance(t, IntervalTensor):
+            if _is_interval(t):
                 c = (t.lower + t.upper) / 2
                 named[n] = c
                 if not t.is_exact():

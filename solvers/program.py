@@ -115,6 +115,22 @@ class Program:
             self.products.append((zi, xi, yi))
         return z
 
+    def relu(self, x: int, lo: float, hi: float) -> tuple[int, int]:
+        """``h = max(x, 0)`` for an unstable ``x`` (``lo < 0 < hi``, its bounds) by the big-M
+        rows ``h >= x``, ``h <= x - lo (1 - a)``, ``h <= hi a`` with a new binary ``a`` (``h >= 0``
+        by its box); exact when ``a`` is integral, the triangle relaxation when ``a`` is relaxed.
+        Returns ``(h, a)``."""
+        h = int(self.var(0.0, hi))
+        a = int(self.binary(()))
+        self.rows(
+            [0, 0, 1, 1, 1, 2, 2],
+            [h, x, h, x, a, h, a],
+            [1, -1, 1, -1, -lo, 1, -hi],
+            [0, -np.inf, -np.inf],
+            [np.inf, -lo, 0],
+        )
+        return h, a
+
     def bounds(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.asarray(self.lower)[idx]
         hi = np.asarray(self.upper)[idx]

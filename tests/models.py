@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from boundflow.models import mlp as build_mlp
+
 
 def mlp(d_in: int = 6, hidden: int = 8, d_out: int = 3) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out)
-    )
+    return build_mlp([d_in, hidden, hidden, d_out], seed=None, dtype=torch.float32)
 
 
 class SmallCNN(nn.Module):

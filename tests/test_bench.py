@@ -5,8 +5,6 @@ check can fail, and the CLI runs end to end (quick mode) for built-in, ONNX and 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +13,10 @@ from torch import nn
 from boundflow.bench import Case, check_consistency, run
 from boundflow.bench.networks import ibp_bounds, mlp
 from boundflow.bench.tightness import attack
+from boundflow.demo import shared_vnncomp
 
 D = torch.float64
-_ROOTS = (Path(__file__).resolve().parents[2] / "shared", Path(os.environ.get("BOUNDFLOW_SHARED", "/work/shared")))
-SHARED = next((c / "benchmarks" / "vnncomp" for c in _ROOTS if (c / "benchmarks" / "vnncomp").exists()), None)
+SHARED = shared_vnncomp()  # ../shared next to the checkout, or $BOUNDFLOW_SHARED; None without it
 
 
 def tiny_case() -> Case:
@@ -128,7 +126,8 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     assert "| milp |" in (out / "tightness.md").read_text()
 
 
-@pytest.mark.skipif(SHARED is None, reason="shared VNN-COMP networks not available")
+@pytest.mark.shared
+@pytest.mark.skipif(SHARED is None, reason="shared VNN-COMP networks not available (../shared)")
 def test_cli_onnx_and_factory_networks(tmp_path):
     from boundflow.cli import main
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,18 @@ import torch
 
 import boundflow as bf
 from boundflow.cli import EXIT_SAT
+from boundflow.demo import shared_vnncomp
 from boundflow.onnx import OnnxImportError, VnnlibError, load_onnx, parse_vnnlib
 from boundflow.verify import verify
 from boundflow.verify.pipeline import _batchable, _Batched
 
-# the shared instances live in ../shared next to the checkout; $BOUNDFLOW_SHARED or /work/shared
-# are used when the checkout is elsewhere
-_CANDIDATES = [
-    Path(__file__).resolve().parents[2] / "shared",
-    Path(os.environ.get("BOUNDFLOW_SHARED", "/work/shared")),
+# needs ../shared (the VNN-COMP instances next to the checkout, or $BOUNDFLOW_SHARED): every test
+# here is marked `shared` and skips cleanly without it
+ROOT = shared_vnncomp() or Path("../shared/benchmarks/vnncomp")
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(not ROOT.exists(), reason="shared VNN-COMP instances not available (../shared)"),
 ]
-ROOT = next(
-    (c / "benchmarks" / "vnncomp" for c in _CANDIDATES if (c / "benchmarks" / "vnncomp").exists()),
-    _CANDIDATES[0] / "benchmarks" / "vnncomp",
-)
-pytestmark = pytest.mark.skipif(not ROOT.exists(), reason="shared VNN-COMP instances not available")
 
 NETWORKS = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("**/*.onnx")) if ROOT.exists() else []
 

@@ -288,25 +288,20 @@ def test_hard_instance_honours_the_timeout_from_the_command_line(tmp_path):
     x = np.zeros(100)
     y = float(_forward(layers, x)[0])
     prop = _vnnlib(tmp_path, (x - 0.5).tolist(), (x + 0.5).tolist(), f"(assert (>= Y_0 {y + 3.0!r}))", 2)
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [sys.executable, "-m", "boundflow", "verify", str(onnx), str(prop), "--timeout", "3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    wall = time.monotonic() - t0
-    assert r.returncode in (EXIT_UNDECIDED, EXIT_UNSAT, EXIT_SAT), r.stderr
-    # start-up (Python, torch and its tracer, onnxruntime) cannot be interrupted; on a loaded
-    # 2-core machine it alone can take over 3 s, so the bound is 5 s or start-up + 2 s
-    t1 = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-c", "import boundflow.cli, boundflow.verify, torch._dynamo, onnxruntime"],
-        check=True,
-        timeout=60,
-    )
-    startup = time.monotonic() - t1
-    assert wall <= max(5.0, startup + 2.0), (wall, startup, r.stdout)
+    walls = []
+    for _ in range(2):  # a noisy machine gets a second try; both over 5 s fails
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "boundflow", "verify", str(onnx), str(prop), "--timeout", "3"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        walls.append(time.monotonic() - t0)
+        assert r.returncode in (EXIT_UNDECIDED, EXIT_UNSAT, EXIT_SAT), r.stderr
+        if walls[-1] <= 5.0:
+            break
+    assert min(walls) <= 5.0, (walls, r.stdout)
 
 
 # -- the VNN-COMP folder runner ----------------------------------------------------------------------------

@@ -67,9 +67,9 @@ def run(args) -> int:
 
 
 def _tightness(args) -> int:
+    from boundflow.atomic import atomic_write_text
     from boundflow.bench import tightness as T
     from boundflow.bench.networks import builtin_cases, factory_case, onnx_case
-    from boundflow.train.io import atomic_write_text
 
     eps = _floats(args.eps or ("0.01,0.03" if args.quick else "0.003,0.01,0.03,0.1"), "--eps")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boundflow.models import mlp
+
 __all__ = ["Case", "builtin_cases", "onnx_case", "factory_case", "ibp_bounds", "DigitsCNN", "mlp"]
 
 D = torch.float64
@@ -46,16 +48,6 @@ class DigitsCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.pool(torch.relu(self.conv(x.reshape(-1, 1, 8, 8))))
         return self.fc(torch.flatten(h, 1))
-
-
-def mlp(widths: list[int], act: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Sequential:
-    """``Linear - act - ... - Linear`` with the given widths, deterministic initialisation."""
-    torch.manual_seed(seed)
-    mods: list[nn.Module] = []
-    for a, b in zip(widths[:-2], widths[1:-1]):
-        mods += [nn.Linear(a, b), act()]
-    mods.append(nn.Linear(widths[-2], widths[-1]))
-    return nn.Sequential(*mods).to(D)
 
 
 def ibp_bounds(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -361,5 +361,7 @@ def plot(res: TightnessResult, path) -> None:
     for a in axes[len(nets) + 1 :]:
         a.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from boundflow.atomic import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)

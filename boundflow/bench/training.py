@@ -16,9 +16,9 @@ import warnings
 from pathlib import Path
 
 import boundflow.train as T
+from boundflow.atomic import atomic_savefig, atomic_write_text
 from boundflow.bench.tightness import environment
 from boundflow.train.cli import mlp
-from boundflow.train.io import atomic_write_text
 from solvers.executor import make_executor
 
 __all__ = ["run_one", "run_cli"]
@@ -203,5 +203,5 @@ def _plot(runs, methods, epsilons, path, epochs):
     axes[1, 0].set_ylabel("mean parameter-bound width (median, log)")
     axes[0, 0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)

@@ -32,7 +32,7 @@ from torch import fx, nn
 from boundflow.bounds import Bounds
 from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.linear.crown import crown, prepare
-from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS
+from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, REINDEX_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _flat_nodes, intersect
 from boundflow.errors import UnsupportedOperation
@@ -43,19 +43,6 @@ aten = torch.ops.aten
 
 __all__ = ["encode", "network_bounds", "SolverDomain"]
 
-# ops that only move entries (the positive-linear ops that do not average, sum or pad):
-# applied to a tensor of variable indices
-_REINDEX = (
-    POSITIVE_LINEAR
-    - {
-        aten.avg_pool2d.default,
-        aten._adaptive_avg_pool2d.default,
-        aten.mean.dim,
-        aten.sum.dim_IntList,
-        aten.constant_pad_nd.default,
-        aten._to_copy.default,
-    }
-) | {aten.lift_fresh_copy.default}
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
 
 
@@ -180,16 +167,7 @@ class _Encoder:
             elif hf[j] <= 0:
                 of[j] = self.p.var(0.0, 0.0)
             else:
-                h = int(self.p.var(0.0, hf[j]))
-                a = int(self.p.binary(()))
-                self.p.rows(
-                    [0, 0, 1, 1, 1, 2, 2],
-                    [h, xf[j], h, xf[j], a, h, a],
-                    [1, -1, 1, -1, -lf[j], 1, -hf[j]],
-                    [0, -np.inf, -np.inf],
-                    [np.inf, -lf[j], 0],
-                )
-                of[j] = h
+                of[j] = self.p.relu(int(xf[j]), float(lf[j]), float(hf[j]))[0]
         return out
 
     def relaxed(self, node: fx.Node) -> np.ndarray:
@@ -260,7 +238,7 @@ class _Encoder:
                 continue  # constants and unused values (e.g. max-pool indices) need no variables
             t = n.target
             var_args = [a for a in _flat_nodes(n.args) if self.is_var(a)]
-            if t in _REINDEX and len(var_args) == 1 and var_args[0] is n.args[0]:
+            if t in REINDEX_OPS and len(var_args) == 1 and var_args[0] is n.args[0]:
                 ids = torch.from_numpy(self.operand(n.args[0]))
                 rest = [self.state.const.get(a, a) if isinstance(a, fx.Node) else a for a in n.args[1:]]
                 self.vars[n] = t(ids, *rest, **n.kwargs).numpy()

@@ -138,17 +138,7 @@ class _Builder:
                 h[j] = z[j]
                 a[j] = self.const(1.0)
             else:
-                hv = self.p.var(0.0, hi[j])
-                av = self.p.binary(())
-                h[j], a[j] = hv, av
-                # h >= z ; h <= z - lo (1 - a) ; h <= hi a   (h >= 0 by its bound)
-                self.p.rows(
-                    [0, 0, 1, 1, 1, 2, 2],
-                    [hv, z[j], hv, z[j], av, hv, av],
-                    [1, -1, 1, -1, -lo[j], 1, -hi[j]],
-                    [0, -np.inf, -np.inf],
-                    [np.inf, -lo[j], 0],
-                )
+                h[j], a[j] = self.p.relu(int(z[j]), float(lo[j]), float(hi[j]))
         return h, a
 
     def sum_rows(self, out_bounds, parts: list[np.ndarray]) -> np.ndarray:

@@ -45,9 +45,9 @@ def parse_theta(text: str) -> tuple[tuple[float, float], str]:
 
 
 def run(args) -> int:
+    from boundflow.atomic import atomic_torch_save, atomic_write_text
     from boundflow.pointcloud import CLASSES, PointNet, certify, load_npz, make_shapes, train_pointnet
     from boundflow.pointcloud.plots import plot_cloud
-    from boundflow.train.io import atomic_write_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,9 +63,7 @@ def run(args) -> int:
         model, info = train_pointnet(n_points=args.points, seed=args.seed, progress=not args.no_progress)
         state = dict(model.state_dict())
         state["_n_classes"] = torch.tensor(len(CLASSES))
-        tmp = out / "model.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(out / "model.pt")
+        atomic_torch_save(state, out / "model.pt")
         print(f"trained PointNet: train acc {info['train_accuracy']:.3f}, test acc {info['test_accuracy']:.3f}")
     model.pool = args.pool
     model.eval()

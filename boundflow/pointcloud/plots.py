@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from boundflow.atomic import atomic_savefig
 from boundflow.pointcloud import transforms as tf
 
 
@@ -32,7 +33,5 @@ def plot_cloud(
     ax.set_title(f"{transform}: {title}")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

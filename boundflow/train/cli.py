@@ -7,22 +7,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import nn
 
 __all__ = ["add_train_parser", "run_train", "mlp"]
 
 
 def mlp(d_in: int, d_out: int, hidden: int, layers: int, seed: int) -> nn.Module:
-    """``layers`` linear layers of width ``hidden`` with ReLU in between."""
-    torch.manual_seed(seed)
-    mods: list[nn.Module] = []
-    d = d_in
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
-        d = hidden
-    mods.append(nn.Linear(d, d_out))
-    return nn.Sequential(*mods).double()
+    """``layers`` linear layers of width ``hidden`` with ReLU in between (float64)."""
+    from boundflow.models import mlp as build
+
+    return build([d_in] + [hidden] * (layers - 1) + [d_out], seed=seed)
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
@@ -71,6 +65,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
+    from boundflow.atomic import atomic_write_text
     from boundflow.train import (
         TrainConfig,
         certified_training,
@@ -83,7 +78,6 @@ def run_train(args) -> int:
         poison,
         save_bounds,
     )
-    from boundflow.train.io import atomic_write_text
     from boundflow.train.plots import plot_history, plot_regions
 
     data = (

@@ -1,46 +1,16 @@
-"""Saving and loading parameter bounds with their config and metrics; atomic writes."""
+"""Saving and loading parameter bounds with their config and metrics (atomically)."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from boundflow.atomic import atomic_torch_save
 from boundflow.train.trainer import ParameterBounds, TrainConfig
 
-__all__ = ["save_bounds", "load_bounds", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+__all__ = ["save_bounds", "load_bounds"]
 
 
 def save_bounds(path: str | Path, bounds: ParameterBounds, config: TrainConfig, extra: dict | None = None) -> None:
@@ -81,7 +51,3 @@ def load_bounds(path: str | Path) -> tuple[ParameterBounds, TrainConfig, dict]:
     b.optimizer_state = payload.get("optimizer_state")  # type: ignore[attr-defined]
     b.nominal_state = payload.get("nominal_state")  # type: ignore[attr-defined]
     return b, TrainConfig(**payload["config"]), payload.get("extra", {})
-
-
-def write_metrics(path: str | Path, metrics: dict) -> None:
-    atomic_write_text(path, json.dumps(metrics, indent=2, default=float))

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
-from boundflow.train.io import atomic_write_bytes
+from boundflow.atomic import atomic_savefig
 
 __all__ = ["plot_history", "plot_regions"]
 
 
 def _save(fig, path: str | Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:

@@ -90,7 +90,7 @@ def _read_done(results_csv: Path) -> dict[tuple[str, str], dict]:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    from boundflow.train.io import atomic_write_text
+    from boundflow.atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -110,7 +110,7 @@ def run_benchmark(
 ) -> list[dict]:
     """Verify every instance of ``csv_path`` (see the module docstring); returns the rows of the
     results CSV (``out_dir/results.csv``), one result file per instance in ``out_dir``."""
-    from boundflow.train.io import atomic_write_text
+    from boundflow.atomic import atomic_write_text
 
     if verify_fn is None:
         from boundflow.verify import verify as verify_fn

@@ -6,7 +6,7 @@ import torch
 
 aten = torch.ops.aten
 
-__all__ = ["POSITIVE_LINEAR", "AFFINE_OPS", "PRODUCT_OPS", "TUPLE_OPS"]
+__all__ = ["POSITIVE_LINEAR", "REINDEX_OPS", "AFFINE_OPS", "PRODUCT_OPS", "TUPLE_OPS"]
 
 # linear maps with non-negative coefficients (moving, selecting or averaging entries)
 POSITIVE_LINEAR = {
@@ -35,8 +35,19 @@ POSITIVE_LINEAR = {
     aten.constant_pad_nd.default,
     aten._to_copy.default,
 }
-# ops that are affine in their non-constant tensor operands (jointly, for several operands)
-
+# the positive-linear ops that only move entries (no averaging, summing or padding): applied
+# to a tensor of variable indices by the solver encodings
+REINDEX_OPS = (
+    POSITIVE_LINEAR
+    - {
+        aten.avg_pool2d.default,
+        aten._adaptive_avg_pool2d.default,
+        aten.mean.dim,
+        aten.sum.dim_IntList,
+        aten.constant_pad_nd.default,
+        aten._to_copy.default,
+    }
+) | {aten.lift_fresh_copy.default}
 # ops that are affine in their non-constant tensor operands (jointly, for several operands)
 AFFINE_OPS = POSITIVE_LINEAR | {
     aten.cat.default,
