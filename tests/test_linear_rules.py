@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from boundflow.domains.linear.backward import BACKWARD
+from boundflow.domains.linear.forward import FORWARD
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.encode.network import ENCODE
 from boundflow.graph import capture
 from tests.fuzz import Case, check_case
 
@@ -161,8 +163,10 @@ def _covered(results, method: str) -> set:
 
 @pytest.mark.parametrize("method", ["crown", "forward", "lp"])
 def test_every_linear_domain_op_is_exercised(results, method):
-    # every key of the back-substitution table (tuple ops are reached through getitem)
+    # every key of the back-substitution table (tuple ops are reached through getitem); forward
+    # mode and the encodings have a rule for every op back-substitution has
     assert set(BACKWARD) - {operator.getitem} <= AFFINE_OPS | PRODUCT_OPS | set(RELAXATIONS)
+    assert set(BACKWARD) - {operator.getitem} <= set(FORWARD) and set(BACKWARD) <= set(ENCODE)
     required = (set(BACKWARD) - {operator.getitem} | TUPLE_OPS) - set(NOT_EXERCISED)
     missing = required - _covered(results, method)
     if method == "lp":  # the encodings relax these through the linear domain's lines or refuse them

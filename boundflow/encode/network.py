@@ -41,7 +41,7 @@ from solvers.program import Program
 
 aten = torch.ops.aten
 
-__all__ = ["encode", "network_bounds", "SolverDomain"]
+__all__ = ["ENCODE", "encode", "network_bounds", "SolverDomain"]
 
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
 
@@ -230,48 +230,81 @@ class _Encoder:
         nodes = list(graph.gm.graph.nodes)
         x_node = next(n for n in nodes if n.op == "placeholder")
         self.vars[x_node] = self.new(x_node)
-        pools: set = set()
+        self.deferred: set = set()  # max pooling and batch norm: encoded at their getitem(., 0)
         for n in nodes:
             if n.op == "output":
                 return self.operand(n.args[0])
             if n.op != "call_function" or n in self.state.const or not n.users:
                 continue  # constants and unused values (e.g. max-pool indices) need no variables
-            t = n.target
-            var_args = [a for a in _flat_nodes(n.args) if self.is_var(a)]
-            if t in REINDEX_OPS and len(var_args) == 1 and var_args[0] is n.args[0]:
-                ids = torch.from_numpy(self.operand(n.args[0]))
-                rest = [self.state.const.get(a, a) if isinstance(a, fx.Node) else a for a in n.args[1:]]
-                self.vars[n] = t(ids, *rest, **n.kwargs).numpy()
-            elif t is aten._to_copy.default:
-                self.vars[n] = self.operand(n.args[0])
-            elif t in _BILINEAR and len(set(var_args) - ({n.args[0]} if t is aten.addmm.default else set())) == 2:
-                self.vars[n] = self.bilinear(n)
-            elif _is_bn(n):
-                pools.add(n)  # encoded at its getitem(., 0)
-            elif t is operator.getitem and n.args[0] in pools and _is_bn(n.args[0]) and n.args[1] == 0:
-                self.vars[n] = self.affine(n.args[0], n)
-            elif (t in AFFINE_OPS or t in PRODUCT_OPS) and not any(a in self.state.radius for a in var_args):
-                self.vars[n] = self.affine(n)
-            elif t is aten.relu.default:
-                self.vars[n] = self.relu(n)
-            elif t in RELAXATIONS:
-                self.vars[n] = self.relaxed(n)
-            elif t is aten.max_pool2d_with_indices.default:
-                pools.add(n)  # encoded at its getitem(., 0)
-            elif t is operator.getitem and n.args[0] in pools and n.args[1] == 0:
-                self.vars[n] = self.maxpool(n.args[0], n)  # max pooling (batch norm is matched above)
-            elif t is operator.getitem and n.args[0] in self.vars and n.args[1] == 0:
-                self.vars[n] = self.vars[n.args[0]]
-            else:
+            rule = ENCODE.get(n.target)
+            out = rule(self, n, [a for a in _flat_nodes(n.args) if self.is_var(a)]) if rule else _NO_RULE
+            if out is _NO_RULE:
                 raise UnsupportedOperation(
-                    f"solver encoding (lp/milp/mibp): node {n.name} calls {t}, which has no encoding; "
+                    f"solver encoding (lp/milp/mibp): node {n.name} calls {n.target}, which has no encoding; "
                     "use method='crown' or 'ibp' for this model"
                 )
+            if out is not None:
+                self.vars[n] = out
         raise RuntimeError("graph without output")
 
 
+_BN = (aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
+_NO_RULE = object()
+
+
 def _is_bn(n: fx.Node) -> bool:
-    return n.target in (aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
+    return n.target in _BN
+
+
+def _enc_affine(enc: _Encoder, n: fx.Node, var_args):
+    """Rows ``z = J x + f(0)``; not for products with a bounded weight (see ``_enc_bilinear``)."""
+    if any(a in enc.state.radius for a in var_args):
+        return _NO_RULE
+    return enc.affine(n)
+
+
+def _enc_reindex(enc: _Encoder, n: fx.Node, var_args):
+    """Ops that only move entries: applied to the tensor of variable indices."""
+    if len(var_args) == 1 and var_args[0] is n.args[0]:
+        ids = torch.from_numpy(enc.operand(n.args[0]))
+        rest = [enc.state.const.get(a, a) if isinstance(a, fx.Node) else a for a in n.args[1:]]
+        return n.target(ids, *rest, **n.kwargs).numpy()
+    return _enc_affine(enc, n, var_args)
+
+
+def _enc_bilinear(enc: _Encoder, n: fx.Node, var_args):
+    """Products of two variables (bounded weights): bilinear terms; else affine."""
+    if len(set(var_args) - ({n.args[0]} if n.target is aten.addmm.default else set())) == 2:
+        return enc.bilinear(n)
+    return _enc_affine(enc, n, var_args)
+
+
+def _enc_defer(enc: _Encoder, n: fx.Node, var_args):
+    enc.deferred.add(n)
+    return None
+
+
+def _enc_getitem(enc: _Encoder, n: fx.Node, var_args):
+    parent, idx = n.args
+    if idx != 0:
+        return _NO_RULE
+    if parent in enc.deferred:
+        return enc.affine(parent, n) if _is_bn(parent) else enc.maxpool(parent, n)
+    if parent in enc.vars:
+        return enc.vars[parent]
+    return _NO_RULE
+
+
+# ATen op -> encoding rule ``(encoder, node, variable operands) -> variable indices`` (``None``:
+# deferred to the node's getitem; ``_NO_RULE``: not encodable here)
+ENCODE: dict = {op: _enc_affine for op in AFFINE_OPS | PRODUCT_OPS}
+ENCODE.update({op: _enc_reindex for op in REINDEX_OPS})
+ENCODE.update({op: _enc_bilinear for op in _BILINEAR})
+ENCODE[aten._to_copy.default] = lambda enc, n, var_args: enc.operand(n.args[0])
+ENCODE.update({op: (lambda enc, n, var_args: enc.relaxed(n)) for op in RELAXATIONS})
+ENCODE[aten.relu.default] = lambda enc, n, var_args: enc.relu(n)
+ENCODE.update({op: _enc_defer for op in (*_BN, aten.max_pool2d_with_indices.default)})
+ENCODE[operator.getitem] = _enc_getitem
 
 
 def encode(graph, state: BoundState, *, with_exact: bool = False):

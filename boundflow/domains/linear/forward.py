@@ -11,6 +11,7 @@ than ``ibp``.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 from torch import fx
@@ -27,7 +28,7 @@ from boundflow.graph import CapturedGraph
 
 aten = torch.ops.aten
 
-__all__ = ["forward_bounds"]
+__all__ = ["FORWARD", "forward_bounds"]
 
 
 class _Lin:
@@ -144,28 +145,11 @@ def forward_bounds(
                 continue
         else:
             n_eff = n
-        var = [a for a in _flat_nodes(n_eff.args) if a not in state.const]
-        if target in RELAXATIONS:
-            inp = n_eff.args[0]
-            l, u = node_bounds(inp)
-            a_l, b_l, a_u, b_u = RELAXATIONS[target](n_eff, l, u)
-            lin[n] = _compose(lin[inp], a_l, b_l, a_u, b_u)
-        elif target is aten.max_pool2d_with_indices.default:
-            lin[n] = _maxpool(state, n_eff, lin, node_bounds, maxpool == "tight")
-        elif len(var) == 2 and target in (aten.add.Tensor, aten.sub.Tensor) and len(n_eff.args) == 2:
-            # a + alpha * c (a - alpha * c): the second operand's forms scaled with a sign split
-            a, c = (lin[v] for v in n_eff.args)
-            k = float(n_eff.kwargs.get("alpha", 1))
-            if target is aten.sub.Tensor:
-                k = -k
-            c = _scale(c, k)
-            lin[n] = _Lin(a.lw + c.lw, a.lb + c.lb, a.uw + c.uw, a.ub + c.ub)
-        elif target in (aten.cat.default, aten.stack.default):
-            lin[n] = _join(state, n_eff, lin)
-        elif len(var) == 1:
-            lin[n] = _affine(state, n_eff, target, var[0], lin)
-        else:
+        rule = FORWARD.get(target)
+        if rule is None:
             raise UnsupportedOperation(f"forward linear bounds: no rule for {target} (node {n.name})")
+        var = [a for a in _flat_nodes(n_eff.args) if a not in state.const]
+        lin[n] = rule(_Ctx(state, lin, node_bounds, maxpool == "tight"), n_eff, var)
     lo, hi = node_bounds(out_node)
     if C is None:
         return lo, hi
@@ -392,3 +376,54 @@ def _pivot_upper(state, src, idx, l, u, windows, pivot):
     uw = uw + a_p.unsqueeze(-1) * torch.where(pos.unsqueeze(-1), p_uw, p_lw)
     ub = ub + a_p * torch.where(pos, p_ub, p_lb)
     return uw, ub
+
+
+@dataclass
+class _Ctx:
+    """What a forward rule reads: the run's state, the forms so far, node bounds on demand."""
+
+    state: object
+    lin: dict
+    node_bounds: object
+    tight_pool: bool
+
+
+def _relaxation_fwd(ctx: _Ctx, node, var) -> _Lin:
+    inp = node.args[0]
+    l, u = ctx.node_bounds(inp)
+    return _compose(ctx.lin[inp], *RELAXATIONS[node.target](node, l, u))
+
+
+def _maxpool_fwd(ctx: _Ctx, node, var) -> _Lin:
+    return _maxpool(ctx.state, node, ctx.lin, ctx.node_bounds, ctx.tight_pool)
+
+
+def _affine_fwd(ctx: _Ctx, node, var) -> _Lin:
+    if len(var) != 1:
+        raise UnsupportedOperation(
+            f"forward linear bounds: {node.target} of {len(var)} variable operands (node {node.name})"
+        )
+    return _affine(ctx.state, node, node.target, var[0], ctx.lin)
+
+
+def _add_fwd(ctx: _Ctx, node, var) -> _Lin:
+    """``a + alpha * c`` (``a - alpha * c``) of two variables: the second operand's forms scaled
+    with a sign split; one variable: the affine rule."""
+    if not (len(var) == 2 and len(node.args) == 2):
+        return _affine_fwd(ctx, node, var)
+    a, c = (ctx.lin[v] for v in node.args)
+    k = float(node.kwargs.get("alpha", 1))
+    c = _scale(c, -k if node.target is aten.sub.Tensor else k)
+    return _Lin(a.lw + c.lw, a.lb + c.lb, a.uw + c.uw, a.ub + c.ub)
+
+
+def _join_fwd(ctx: _Ctx, node, var) -> _Lin:
+    return _join(ctx.state, node, ctx.lin)
+
+
+# ATen op -> forward rule ``(ctx, node, variable operands) -> forms of the node``
+FORWARD: dict = {op: _affine_fwd for op in POSITIVE_LINEAR | _SIGNED_LINEAR}
+FORWARD.update({op: _relaxation_fwd for op in RELAXATIONS})
+FORWARD[aten.max_pool2d_with_indices.default] = _maxpool_fwd
+FORWARD.update({aten.add.Tensor: _add_fwd, aten.sub.Tensor: _add_fwd})
+FORWARD.update({aten.cat.default: _join_fwd, aten.stack.default: _join_fwd})
