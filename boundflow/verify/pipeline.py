@@ -399,6 +399,13 @@ def verify_model(
         w = _falsify(f, dj, checker, deadline) if len(dj.C) else checker.check((dj.lower + dj.upper) / 2, dj)
         if w is not None:
             return answer("sat", 0, w, len(dj.lower))
+    # graph capture's first call imports torch's compiler stack (~1 s, not interruptible): pay it
+    # here, after the attacks and where the deadline is checked next, rather than in the middle
+    # of branch and bound
+    import torch._dynamo  # noqa: F401
+
+    if time.monotonic() > deadline:
+        return answer("timeout")
     status, boxes = "unsat", 0
     for dj in disjuncts:
         st, w, nb = _verify_disjunct(f, dj, checker, deadline)
@@ -429,10 +436,6 @@ def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0
     start = time.monotonic() if start is None else start
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    # graph capture's first call imports torch's compiler stack (~2 s, not interruptible): pay it
-    # here, where the deadline is checked next, rather than in the middle of branch and bound
-    import torch._dynamo  # noqa: F401
-
     onnx_path = Path(onnx_path)
     module = load_onnx(onnx_path).double()
     n_in = int(np.prod(module.input_shape))
