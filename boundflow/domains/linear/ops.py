@@ -6,10 +6,11 @@ import torch
 
 aten = torch.ops.aten
 
-__all__ = ["POSITIVE_LINEAR", "REINDEX_OPS", "AFFINE_OPS", "PRODUCT_OPS", "TUPLE_OPS"]
+__all__ = ["MOVING", "POSITIVE_LINEAR", "REINDEX_OPS", "AFFINE_OPS", "PRODUCT_OPS", "TUPLE_OPS"]
 
-# linear maps with non-negative coefficients (moving, selecting or averaging entries)
-POSITIVE_LINEAR = {
+# ops that only move or select entries: the solver encodings apply them to a tensor of
+# variable indices
+MOVING = {
     aten.view.default,
     aten._unsafe_view.default,
     aten.reshape.default,
@@ -28,6 +29,9 @@ POSITIVE_LINEAR = {
     aten.select.int,
     aten.index_select.default,
     aten.flip.default,
+}
+# linear maps with non-negative coefficients (moving, selecting, averaging or padding entries)
+POSITIVE_LINEAR = MOVING | {
     aten.avg_pool2d.default,
     aten._adaptive_avg_pool2d.default,
     aten.mean.dim,
@@ -35,19 +39,7 @@ POSITIVE_LINEAR = {
     aten.constant_pad_nd.default,
     aten._to_copy.default,
 }
-# the positive-linear ops that only move entries (no averaging, summing or padding): applied
-# to a tensor of variable indices by the solver encodings
-REINDEX_OPS = (
-    POSITIVE_LINEAR
-    - {
-        aten.avg_pool2d.default,
-        aten._adaptive_avg_pool2d.default,
-        aten.mean.dim,
-        aten.sum.dim_IntList,
-        aten.constant_pad_nd.default,
-        aten._to_copy.default,
-    }
-) | {aten.lift_fresh_copy.default}
+REINDEX_OPS = MOVING | {aten.lift_fresh_copy.default}
 # ops that are affine in their non-constant tensor operands (jointly, for several operands)
 AFFINE_OPS = POSITIVE_LINEAR | {
     aten.cat.default,
