@@ -74,10 +74,12 @@ def dual_bound(program: Program, c: np.ndarray, form, y) -> float:
 
 
 def gap_bound(program: Program, c: np.ndarray, objective: float, rel_gap: float, abs_gap: float = 1e-9) -> float:
-    """The dual bound a MILP solver proved when it reports optimality with the given gaps
-    (``objective - dual <= max(abs_gap, rel_gap |objective|)``), less the feasibility pad: for
-    back ends that report the incumbent's objective and the status, not the dual bound itself."""
-    gap = max(abs_gap, rel_gap * max(1.0, abs(objective)))
+    """The dual bound a MILP solver proved when it reports optimality with the given gaps, less
+    the feasibility pad: for back ends that report the incumbent's objective and the status, not
+    the dual bound itself.  Solvers measure the relative gap against the incumbent, the bound or
+    the larger of the two; ``2 rel_gap max(1, |objective|)`` covers each definition (for
+    ``rel_gap <= 1/2``), and ``abs_gap`` the absolute one."""
+    gap = max(abs_gap, 2.0 * rel_gap * max(1.0, abs(objective)))
     return objective - gap - _pad(program, c)
 
 

@@ -108,7 +108,7 @@ def test_product_with_a_binary_is_exact_in_milp_on_every_back_end(backend):
     e[z] = 1.0
     lo = make_solver(p, "milp", backend).minimize(e).bound
     hi = -make_solver(p, "milp", backend).minimize(-e).bound
-    assert -2e-4 <= lo <= 1e-9  # min z = 0 (a = 0, or a = 1 needs x >= 0.5), up to the 1e-4 gap
+    assert -3e-4 <= lo <= 1e-9  # min z = 0 (a = 0, or a = 1 needs x >= 0.5), up to twice the 1e-4 gap
     assert hi == pytest.approx(2.0, abs=1e-5) and hi >= 2.0 - 1e-9
 
 
