@@ -9,8 +9,9 @@ Why the bound is sound:
   (weak duality over the variable box, rounding padded); no duals: the interval bound.
 * ``milp``: PuLP reports the incumbent's objective and a status, not the dual bound.  When the
   status is ``Optimal`` the solver has proved the gap within ``gapAbs`` or ``gapRel`` (both set
-  here), so :func:`solvers.backends.gap_bound` is a proven dual bound; any other status (time limit, failure) contributes nothing beyond the LP bound.  As for
-  HiGHS, the feasibility pad covers the solver's tolerances — an engineering margin.
+  here), so :func:`solvers.backends.gap_bound` is a proven dual bound; any other status (time
+  limit, failure) contributes nothing beyond the LP bound.  As for HiGHS, the feasibility pad
+  covers the solver's tolerances — an engineering margin.
 """
 
 from __future__ import annotations
