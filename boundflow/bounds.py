@@ -33,6 +33,10 @@ class Bounds:
         yield self.upper
 
     def intersect(self, other: Bounds) -> Bounds:
-        """The intersection with another sound result for the same query (still sound)."""
+        """The intersection with another sound result for the same query (still sound).  Where
+        rounding crosses the two (lower > upper: both nearly exact), the crossed pair is kept in
+        order, ``[min, max]``, never read as an empty set."""
         lo, hi = torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper)
-        return Bounds(lo, torch.maximum(lo, hi), self.exact, self.empty, self.intermediate, self.stats)
+        crossed = lo > hi
+        lo, hi = torch.where(crossed, hi, lo), torch.where(crossed, lo, hi)
+        return Bounds(lo, hi, self.exact, self.empty, self.intermediate, self.stats)
