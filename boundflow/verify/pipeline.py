@@ -293,8 +293,15 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
     return "unsat", n_done
 
 
-def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024):
+def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024, chain=None):
     """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
+    if chain is not None and len(dj.C):
+        from boundflow.verify.bab import input_bab, relu_bab
+
+        spec_chain = chain.with_spec(dj.C.to(torch.float64), dj.d.to(torch.float64))
+        search = input_bab if len(dj.lower) <= INPUT_SPLIT_MAX else relu_bab
+        out = search(spec_chain, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
+        return out.status, out.witness, out.domains
     linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
     bounder = _Bounder(f, deadline)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
@@ -333,7 +340,7 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
                 w = checker.check(centres[i], dj)
                 if w is not None:
                     return "sat", w, boxes
-            if n_in > 64:
+            if n_in > INPUT_SPLIT_MAX:
                 if not linear:
                     return "unknown", None, boxes
                 st, nb = _relu_bab(f, dj, deadline, bounder)
@@ -352,6 +359,10 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             queue.append((torch.cat([blo, right_lo]), torch.cat([left_hi, bhi])))
             last = time.monotonic() - t_batch
     return "unsat", None, boxes
+
+
+# inputs up to this many are split as boxes; wider inputs are split on ReLUs
+INPUT_SPLIT_MAX = 64
 
 
 def _cross_check(f, checker: _Checker, disjuncts: list[Disjunct], n: int = 8, seed: int = 0) -> str | None:
@@ -406,9 +417,12 @@ def verify_model(
 
     if time.monotonic() > deadline:
         return answer("timeout")
+    from boundflow.verify.chain import extract_chain
+
+    chain = extract_chain(f, int(np.prod(module.input_shape))) if f.batchable else None
     status, boxes = "unsat", 0
     for dj in disjuncts:
-        st, w, nb = _verify_disjunct(f, dj, checker, deadline)
+        st, w, nb = _verify_disjunct(f, dj, checker, deadline, chain=chain)
         boxes += nb
         if st == "sat":
             return answer("sat", boxes, w, len(dj.lower))

@@ -1,0 +1,157 @@
+"""A feed-forward ReLU network as a chain of dense affine layers, for fast branch and bound.
+
+``z_1 = W_1 x + b_1``, ``z_k = W_k relu(z_{k-1}) + b_k``; the last ``z`` is the output.  Many
+verification benchmarks (ACAS Xu, mnist_fc, the RL controllers) are such chains; on them the
+bounds of :mod:`boundflow.verify.beta` are plain batched matrix products, with split constraints
+and optimised multipliers, instead of the general graph back-substitution.
+
+:func:`extract_chain` recognises a chain in the model's captured ATen graph: the ReLUs must form
+a path (every ReLU input depends on the previous ReLU's output and on nothing else that varies),
+and every segment between two ReLUs must be affine, which is checked on random points (a
+segment with any other nonlinearity fails the check).  ``W_k`` is the segment's Jacobian and
+``b_k`` its value at zero, both in float64; the chain is cross-checked against the model before
+use, and the verifier's onnxruntime cross-check runs as before any ``unsat``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from boundflow.graph import capture
+
+__all__ = ["Chain", "extract_chain"]
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Chain:
+    """Dense layers ``(W_k, b_k)``; ReLU between consecutive layers, none after the last."""
+
+    weights: list[torch.Tensor]  # W_k: (n_k, n_{k-1})
+    biases: list[torch.Tensor]  # b_k: (n_k,)
+
+    @property
+    def widths(self) -> list[int]:
+        return [w.shape[0] for w in self.weights]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The chain on a batch ``x`` of shape ``(N, n_0)``."""
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if k:
+                x = x.clamp(min=0)
+            x = x @ w.T + b
+        return x
+
+    def with_spec(self, C: torch.Tensor, d: torch.Tensor) -> Chain:
+        """The chain whose output is ``C f(x) - d`` (the specification folded into the last layer)."""
+        w, b = self.weights[-1], self.biases[-1]
+        return Chain(self.weights[:-1] + [C @ w], self.biases[:-1] + [C @ b - d])
+
+
+def _relu_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten.relu.default]
+
+
+def _sources(gm: fx.GraphModule, x_node: fx.Node, relus: set[fx.Node]) -> dict[fx.Node, set[fx.Node]]:
+    """Per node, the varying nodes (the input or a ReLU output) it depends on directly, i.e.
+    through no other ReLU."""
+    src: dict[fx.Node, set[fx.Node]] = {}
+    for n in gm.graph.nodes:
+        if n is x_node:
+            src[n] = {n}
+        elif n.op == "placeholder" or n.op == "get_attr":
+            src[n] = set()
+        else:
+            s: set[fx.Node] = set()
+            for a in n.all_input_nodes:
+                s |= {a} if a in relus else src.get(a, set())
+            src[n] = s
+    return src
+
+
+class _Segment(fx.Interpreter):
+    """Runs the graph with one node's value replaced (the previous ReLU's output, or the input)."""
+
+    def __init__(self, gm, node, value):
+        super().__init__(gm, garbage_collect_values=False)
+        self.node, self.value = node, value
+
+    def run_node(self, n):
+        v = super().run_node(n) if n.op == "placeholder" or n is not self.node else None
+        return self.value if n is self.node else v
+
+
+def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9) -> Chain | None:
+    """The model ``(N, n_inputs) -> (N, n_out)`` as a :class:`Chain`, or ``None`` if it is not
+    a chain of affine segments and ReLUs (or the extracted chain differs from the model by more
+    than ``tol`` relative on random points)."""
+    try:
+        return _extract(model, n_inputs, tol)
+    except Exception:  # any graph the extraction does not understand is simply not a chain
+        return None
+
+
+def _extract(model: nn.Module, n_inputs: int, tol: float) -> Chain | None:
+    g = capture(model, torch.zeros(1, n_inputs, dtype=torch.float64))
+    gm = g.gm
+    nodes = list(gm.graph.nodes)
+    x_node = nodes[0]
+    out = next(n for n in nodes if n.op == "output").args[0]
+    if not isinstance(out, fx.Node):
+        return None
+    relus = _relu_nodes(gm)
+    rset = set(relus)
+    src = _sources(gm, x_node, rset)
+    path = [x_node] + relus
+    # the ReLU inputs and the output each depend on exactly the previous path node
+    for k, r in enumerate(relus):
+        if src[r.args[0]] != {path[k]}:
+            return None
+    if src[out] != {path[-1]}:
+        return None
+    # the only users of a path node lie in its own segment (no skip connections)
+    ends = [r.args[0] for r in relus] + [out]
+    weights, biases = [], []
+    params = list(g.params)
+    for k, end in enumerate(ends):
+        start = path[k]
+        if k == 0:
+            n_in = n_inputs
+        else:
+            n_in = int(start.meta["val"].numel())
+
+        def seg(v, start=start, end=end):
+            interp = _Segment(gm, start, v.reshape(start.meta["val"].shape))
+            interp.run(torch.zeros(1, n_inputs, dtype=torch.float64), *params)
+            return interp.env[end].reshape(-1)
+
+        v0 = torch.zeros(n_in, dtype=torch.float64)
+        with torch.no_grad():
+            b = seg(v0).clone()
+        w = torch.autograd.functional.jacobian(seg, v0)
+        if w.dim() != 2:
+            return None
+        # affine check on random points of two scales
+        gen = torch.Generator().manual_seed(k)
+        for scale in (1.0, 100.0):
+            v = scale * torch.randn(4, n_in, generator=gen, dtype=torch.float64)
+            with torch.no_grad():
+                ref = torch.stack([seg(vi) for vi in v])
+            pred = v @ w.T + b
+            if not torch.allclose(pred, ref, rtol=tol, atol=tol * (1 + ref.abs().max())):
+                return None
+        weights.append(w.detach())
+        biases.append(b)
+    chain = Chain(weights, biases)
+    gen = torch.Generator().manual_seed(len(ends))
+    x = torch.randn(16, n_inputs, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x).reshape(16, -1)
+    y = chain(x)
+    if y.shape != ref.shape or not torch.allclose(y, ref, rtol=tol, atol=tol * (1 + ref.abs().max())):
+        return None
+    return chain

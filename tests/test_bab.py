@@ -1,0 +1,263 @@
+"""Branch and bound on ReLU chains (issue 16): chain extraction, the soundness of CROWN /
+alpha / beta bounds for *arbitrary* slopes and multipliers (checked against sampled points of
+each sub-domain), forward bounds, exact MILP leaves on both sides of the minimum, and the two searches'
+verdicts against known truth on random networks."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from boundflow.verify.bab import input_bab, relu_bab
+from boundflow.verify.beta import backward, forward_bounds, layer_bounds, optimise
+from boundflow.verify.chain import Chain, extract_chain
+from boundflow.verify.milp import decide
+
+
+def _mlp(widths, seed, bias=True):
+    torch.manual_seed(seed)
+    layers = []
+    for k in range(len(widths) - 1):
+        if k:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(widths[k], widths[k + 1], bias=bias))
+    return nn.Sequential(*layers).double()
+
+
+def _random_chain(seed) -> Chain:
+    g = torch.Generator().manual_seed(seed)
+    depth = int(torch.randint(1, 4, (1,), generator=g))
+    widths = [int(torch.randint(2, 5, (1,), generator=g))] + [
+        int(torch.randint(2, 9, (1,), generator=g)) for _ in range(depth)
+    ]
+    widths.append(int(torch.randint(1, 4, (1,), generator=g)))
+    ws = [torch.randn(widths[k + 1], widths[k], generator=g, dtype=torch.float64) for k in range(len(widths) - 1)]
+    bs = [0.5 * torch.randn(widths[k + 1], generator=g, dtype=torch.float64) for k in range(len(widths) - 1)]
+    return Chain(ws, bs)
+
+
+def _pre_activations(chain: Chain, x: torch.Tensor) -> list[torch.Tensor]:
+    zs = []
+    for k, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
+        x = (x.clamp(min=0) if k else x) @ w.T + b
+        zs.append(x)
+    return zs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_extract_chain_equals_the_model_on_random_architectures(seed):
+    g = torch.Generator().manual_seed(seed)
+    widths = [int(w) for w in torch.randint(1, 12, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g)]
+    model = _mlp(widths, seed, bias=bool(seed % 2))
+    chain = extract_chain(model, widths[0])
+    assert chain is not None and chain.widths == widths[1:]
+    x = 10 * torch.randn(32, widths[0], dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(chain(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+class _Skip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3).double(), nn.Linear(3, 2).double()
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + x)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)).double(),
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(),
+        _Skip(),
+        nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Softplus(), nn.Linear(4, 2)).double(),
+    ],
+    ids=["sigmoid", "tanh", "skip", "softplus"],
+)
+def test_extract_chain_refuses_what_is_not_a_relu_chain(model):
+    assert extract_chain(model, 3) is None
+
+
+def _feasible_points(chain, lo, hi, splits, n=4000, seed=0):
+    """Per sub-domain, sampled points of its box that satisfy its splits (possibly none)."""
+    g = torch.Generator().manual_seed(seed)
+    pts = []
+    for b in range(lo.shape[0]):
+        x = lo[b] + (hi[b] - lo[b]) * torch.rand(n, lo.shape[1], generator=g, dtype=torch.float64)
+        x = torch.cat([x, torch.stack([torch.where(c, hi[b], lo[b]) for c in _corner_masks(lo.shape[1])])])
+        zs = _pre_activations(chain, x)
+        ok = torch.ones(len(x), dtype=torch.bool)
+        for k, s in enumerate(splits):
+            ok &= ((zs[k] * s[b] >= 0) | (s[b] == 0)).all(1)
+        pts.append(x[ok])
+    return pts
+
+
+def _corner_masks(d):
+    return (
+        [torch.tensor(c, dtype=torch.bool) for c in itertools.product([False, True], repeat=min(d, 4))]
+        if d <= 4
+        else []
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_beta_bounds_hold_for_arbitrary_slopes_and_multipliers(seed):
+    """Random chain, boxes, splits chosen from a sampled point (so sub-domains are non-empty),
+    random alpha in [0, 1] and beta >= 0 (large ones too), random objective rows and layers."""
+    chain = _random_chain(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    n0, B = chain.weights[0].shape[1], 4
+    lo = torch.randn(B, n0, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(B, n0, generator=g, dtype=torch.float64) * 2
+    # splits: signs of a random point's pre-activations on a random subset of neurons
+    x0 = lo + (hi - lo) * torch.rand(B, n0, generator=g, dtype=torch.float64)
+    zs = _pre_activations(chain, x0)
+    splits = []
+    for k in range(len(chain.weights) - 1):
+        pick = torch.rand(zs[k].shape, generator=g) < 0.4
+        splits.append(torch.where(pick, torch.sign(zs[k]), 0).to(torch.int8))
+    bounds, empty = layer_bounds(chain, lo, hi, splits)
+    assert not empty.any()
+    pts = _feasible_points(chain, lo, hi, splits, seed=seed)
+    for b in range(B):
+        zp = _pre_activations(chain, pts[b])
+        for k, (l, u) in enumerate(bounds):
+            assert bool((zp[k] >= l[b] - 1e-9).all() and (zp[k] <= u[b] + 1e-9).all()), (b, k)
+    for K in range(1, len(chain.weights)):
+        S = 3
+        lam = torch.randn(B, S, chain.widths[K], generator=g, dtype=torch.float64)
+        for trial in range(4):
+            alphas = [torch.rand(B, S, n, generator=g, dtype=torch.float64) for n in chain.widths[:K]]
+            scale = 10.0 ** (trial - 1)
+            betas = [scale * torch.rand(B, S, n, generator=g, dtype=torch.float64) for n in chain.widths[:K]]
+            lb, _ = backward(chain, K, lam, lo, hi, bounds, alphas, betas, splits)
+            for b in range(B):
+                if len(pts[b]) == 0:
+                    continue
+                val = _pre_activations(chain, pts[b])[K] @ lam[b].T  # (n, S)
+                assert bool((val.min(0).values >= lb[b] - 1e-8).all()), (K, trial, b)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimised_bounds_are_sound_and_no_looser_than_crown(seed):
+    chain = _random_chain(seed)
+    g = torch.Generator().manual_seed(seed)
+    n0 = chain.weights[0].shape[1]
+    lo = torch.randn(3, n0, generator=g, dtype=torch.float64)
+    hi = lo + 1.5
+    splits = [torch.zeros(3, n, dtype=torch.int8) for n in chain.widths[:-1]]
+    x0 = (lo + hi) / 2
+    zs = _pre_activations(chain, x0)
+    if splits:
+        splits[0] = torch.sign(zs[0]).to(torch.int8)  # the centre's side of every first-layer neuron
+    bounds, _ = layer_bounds(chain, lo, hi, splits)
+    K = len(chain.weights) - 1
+    lam = torch.eye(chain.widths[-1], dtype=torch.float64)[None]
+    crown, _ = backward(chain, K, lam, lo, hi, bounds)
+    best, _ = optimise(chain, K, lam, lo, hi, bounds, splits, iters=30, stop_at=None)
+    assert bool((best >= crown - 1e-12).all())
+    pts = _feasible_points(chain, lo, hi, splits, seed=seed)
+    for b in range(3):
+        if len(pts[b]):
+            assert bool((chain(pts[b]).min(0).values >= best[b] - 1e-8).all())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_forward_bounds_contain_sampled_points(seed):
+    chain = _random_chain(seed)
+    g = torch.Generator().manual_seed(seed)
+    n0 = chain.weights[0].shape[1]
+    lo = torch.randn(5, n0, generator=g, dtype=torch.float64)
+    hi = lo + 3 * torch.rand(5, n0, generator=g, dtype=torch.float64)
+    fb = forward_bounds(chain, lo, hi)
+    x = lo[:, None] + (hi - lo)[:, None] * torch.rand(5, 500, n0, generator=g, dtype=torch.float64)
+    for b in range(5):
+        zs = _pre_activations(chain, x[b])
+        for k, (l, u) in enumerate(fb):
+            assert bool((zs[k] >= l[b] - 1e-9).all() and (zs[k] <= u[b] + 1e-9).all())
+
+
+def _truth(chain, lo, hi, n=200000, seed=0):
+    """The minimum over dense samples of the worst margin (an upper bound on the true minimum)."""
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(n, len(lo), generator=g, dtype=torch.float64)
+    m = chain(x).amax(1)
+    return float(m.min()), x[int(m.argmin())]
+
+
+def _shifted(chain: Chain, lo, hi, shift: float) -> Chain:
+    """The chain with its margins shifted so that the sampled minimum lies at ``shift``."""
+    t, _ = _truth(chain, lo, hi)
+    return Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - t + shift])
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("search", ["input", "relu"])
+def test_searches_agree_with_known_truth(seed, search):
+    """Margins shifted so that the sampled minimum is -0.05 (sat: a witness must come back) or
+    the exact MILP minimum is +0.05 (unsat: must be proved)."""
+    chain = _random_chain(seed)
+    n0 = chain.weights[0].shape[1]
+    lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
+    run = input_bab if search == "input" else relu_bab
+
+    def check(x):
+        return x.clone() if bool((chain_s(x[None]).amax(1) <= 0).all()) else None
+
+    chain_s = _shifted(chain, lo, hi, -0.05)
+    out = run(chain_s, lo, hi, check, time.monotonic() + 30)
+    assert out.status == "sat"
+    assert bool((out.witness >= lo).all() and (out.witness <= hi).all())
+    assert float(chain_s(out.witness[None]).amax()) <= 0
+    # unsat: shift by the exact minimum (MILP over the whole box) plus a margin
+    bounds, _ = layer_bounds(chain, lo[None], hi[None])
+    exact = _milp_min(chain, lo, hi, bounds)
+    chain_u = Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - exact + 0.05])
+    chain_s = chain_u
+    out = run(chain_u, lo, hi, check, time.monotonic() + 30)
+    assert out.status == "unsat", out
+
+
+def _milp_min(chain, lo, hi, bounds) -> float:
+    """The exact minimum of the worst margin over the box (HiGHS, optimal status)."""
+    import numpy as np
+
+    from boundflow.verify.milp import program
+    from solvers.backends import make_solver
+
+    p, x, t = program(chain, lo, hi, [(l[0], u[0]) for l, u in bounds])
+    s = make_solver(p, "milp")
+    c = np.zeros(p.n_vars)
+    c[t] = 1
+    s.minimize(c, 30)
+    return float(s.mip.h.getInfo().objective_function_value)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_leaf_decides_both_sides_of_the_minimum(seed):
+    """The MILP's minimum is below every sampled value and close to the sampled minimum; with the
+    margins shifted 0.02 above it the leaf answers ``unsat``, 0.02 below it ``sat`` (a witness)."""
+    chain = _random_chain(seed)
+    n0 = chain.weights[0].shape[1]
+    lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
+    bounds, _ = layer_bounds(chain, lo[None], hi[None])
+    exact = _milp_min(chain, lo, hi, bounds)
+    sampled, _ = _truth(chain, lo, hi)
+    assert exact <= sampled + 1e-9  # the MILP's minimum is no larger than any sampled value
+    assert sampled - exact < 0.05 * (1 + abs(exact))  # and dense sampling comes close to it
+    for shift, want in ((0.02, "unsat"), (-0.02, "sat")):
+        c2 = Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - exact + shift])
+
+        def check(x, c2=c2):
+            return x.clone() if float(c2(x[None]).amax()) <= 0 else None
+
+        b2 = [(l[0], u[0]) for l, u in bounds]
+        splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
+        out = decide(c2, lo, hi, splits, b2, time.monotonic() + 30, 30, check)
+        assert out.status == want
