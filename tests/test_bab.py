@@ -109,7 +109,8 @@ def _corner_masks(d):
 @pytest.mark.parametrize("seed", range(12))
 def test_beta_bounds_hold_for_arbitrary_slopes_and_multipliers(seed):
     """Random chain, boxes, splits chosen from a sampled point (so sub-domains are non-empty),
-    random alpha in [0, 1] and beta >= 0 (large ones too), random objective rows and layers."""
+    random alpha in [0, 1] and beta >= 0 (large ones too, and out-of-range values, which must be
+    clipped), random objective rows and layers."""
     chain = _random_chain(seed)
     g = torch.Generator().manual_seed(100 + seed)
     n0, B = chain.weights[0].shape[1], 4
@@ -132,10 +133,13 @@ def test_beta_bounds_hold_for_arbitrary_slopes_and_multipliers(seed):
     for K in range(1, len(chain.weights)):
         S = 3
         lam = torch.randn(B, S, chain.widths[K], generator=g, dtype=torch.float64)
-        for trial in range(4):
+        for trial in range(5):
             alphas = [torch.rand(B, S, n, generator=g, dtype=torch.float64) for n in chain.widths[:K]]
             scale = 10.0 ** (trial - 1)
             betas = [scale * torch.rand(B, S, n, generator=g, dtype=torch.float64) for n in chain.widths[:K]]
+            if trial == 4:  # out-of-range arguments: slopes outside [0, 1], negative multipliers
+                alphas = [3 * a - 1 for a in alphas]
+                betas = [-b for b in betas]
             lb, _ = backward(chain, K, lam, lo, hi, bounds, alphas, betas, splits)
             for b in range(B):
                 if len(pts[b]) == 0:

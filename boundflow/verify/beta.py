@@ -70,7 +70,8 @@ def backward(
 ) -> tuple[torch.Tensor, Coefficients | None]:
     """Lower bound ``(B, S)`` of ``lam . z_K`` (``lam``: ``(B or 1, S, n_K)``) over each
     sub-domain; ``bounds[i] = (l_i, u_i)`` of shape ``(B, n_i)`` for ``i < K``; ``alphas[i]``,
-    ``betas[i]``: ``(B, S, n_i)`` (``None``: adaptive slope / no multiplier); ``splits[i]``:
+    ``betas[i]``: ``(B, S, n_i)`` (``None``: adaptive slope / no multiplier; slopes are clipped
+    to [0, 1] and multipliers to >= 0, so any values give a sound bound); ``splits[i]``:
     ``(B, n_i)``.  ``keep``: also return the :class:`Coefficients`."""
     w, b = chain.weights, chain.biases
     bias = torch.einsum("bsn,n->bs", lam, b[K])
@@ -86,7 +87,7 @@ def backward(
         lam = pos * lo_a + neg * up_a
         bias = bias + (neg * up_b).sum(-1) + (pos * lo_b).sum(-1)
         if betas is not None and betas[i] is not None:
-            lam = lam - betas[i] * splits[i][:, None, :].to(lam.dtype)
+            lam = lam - betas[i].clamp(min=0) * splits[i][:, None, :].to(lam.dtype)  # beta < 0 is not a multiplier
         bias = bias + torch.einsum("bsn,n->bs", lam, b[i])
     lam_x = lam @ w[0]
     lb = _concretize(lam_x, lo, hi) + bias
@@ -124,8 +125,8 @@ def layer_bounds(
     intersected with interval propagation, with ``start``'s bounds (sound ones from a parent
     domain) and with the splits; and the sub-domains proved empty.  Layers before ``first``
     are taken from ``start`` as they are (then only the splits are applied).  Back-substitution
-    runs only for the neurons that the cheaper bounds leave unstable (a stable neuron's
-    relaxation is exact already); ``cheap``: :func:`forward_bounds` join those cheaper bounds."""
+    refines every neuron (:func:`_refine`); ``cheap``: :func:`forward_bounds` are intersected
+    as well (the input must be small for them to be cheap)."""
     w, b = chain.weights, chain.biases
     B = lo.shape[0]
     c, r = (lo + hi) / 2, (hi - lo) / 2
@@ -163,22 +164,29 @@ def layer_bounds(
     return out, empty
 
 
-def _refine(chain, k, lo, hi, out, l, u):
-    """``(l, u)`` of layer ``k`` intersected with CROWN bounds for the neurons they leave
-    unstable (rows for other neurons, padding the batch, are valid bounds as well)."""
-    unstable = (l < 0) & (u > 0)
-    m = int(unstable.sum(1).max())
-    if m == 0:
+def _refine(chain, k, lo, hi, out, l, u, only_unstable: bool = False, chunk: int = 1 << 16):
+    """``(l, u)`` of layer ``k`` intersected with CROWN bounds: one back-substitution row pair
+    per neuron, all sub-domains packed together (``chunk`` neurons at a time).  Stable neurons
+    are refined too by default: their relaxation is exact already, but their bounds enter the
+    next layer's interval step, which on deep networks (ACAS Xu) is sometimes tighter than
+    CROWN (``only_unstable``: skip them; cheaper, and on ACAS Xu slower to prove)."""
+    if only_unstable:
+        bi, ni = torch.nonzero((l < 0) & (u > 0), as_tuple=True)
+    else:
+        bi, ni = torch.nonzero(torch.ones_like(l, dtype=torch.bool), as_tuple=True)
+    if len(bi) == 0:
         return l, u
-    B, n = l.shape
-    idx = unstable.to(l.dtype).topk(m, 1).indices  # (B, m): the unstable neurons first
-    lam = torch.zeros(B, 2 * m, n, dtype=l.dtype)
-    rows = torch.arange(m)
-    lam[:, rows, :] = torch.nn.functional.one_hot(idx, n).to(l.dtype)
-    lam[:, m + rows, :] = -lam[:, rows, :]
-    lb, _ = backward(chain, k, lam, lo, hi, out)
-    l = l.scatter(1, idx, torch.maximum(l.gather(1, idx), lb[:, :m]))
-    u = u.scatter(1, idx, torch.minimum(u.gather(1, idx), -lb[:, m:]))
+    l, u = l.clone(), u.clone()
+    n = l.shape[1]
+    for s in range(0, len(bi), chunk):
+        b_, n_ = bi[s : s + chunk], ni[s : s + chunk]
+        R = len(b_)
+        lam = torch.zeros(R, 2, n, dtype=l.dtype)
+        lam[torch.arange(R), 0, n_] = 1
+        lam[torch.arange(R), 1, n_] = -1
+        lb, _ = backward(chain, k, lam, lo[b_], hi[b_], [(pl[b_], pu[b_]) for pl, pu in out])
+        l[b_, n_] = torch.maximum(l[b_, n_], lb[:, 0])
+        u[b_, n_] = torch.minimum(u[b_, n_], -lb[:, 1])
     return l, u
 
 

@@ -3,10 +3,13 @@
 1. Falsification of *every* disjunct first (random points and multi-restart projected
    sign-gradient descent on the worst margin of all rows; every candidate is re-run in
    onnxruntime), so a late ``sat`` disjunct is not found only after earlier ones time out.
-2. Per disjunct: CROWN bounds on the margins ``C f(x) - d``, then branch and bound by input
-   splitting with batched CROWN (alpha-CROWN on hard boxes), or by ReLU splitting for wide
-   inputs, until every leaf is proved (:func:`leaf_proved`), a counterexample is confirmed, or
-   the deadline passes.
+2. Per disjunct, branch and bound.  ReLU chains (:mod:`boundflow.verify.chain`) get
+   :mod:`boundflow.verify.bab`: input splitting with batched CROWN/alpha bounds and a
+   children-evaluated choice of dimension for up to :data:`INPUT_SPLIT_MAX` inputs, ReLU
+   splitting with alpha-beta-CROWN, FSB branching and MILP leaves for wider ones.  Other
+   networks: CROWN bounds on the margins ``C f(x) - d``, then input splitting with batched
+   CROWN (alpha-CROWN on hard boxes), or ReLU splitting for wide inputs, until every leaf is
+   proved (:func:`leaf_proved`), a counterexample is confirmed, or the deadline passes.
 3. Before ``unsat``: the imported model is cross-checked against onnxruntime on points of every
    disjunct's box; a mismatch answers ``unknown``.
 
