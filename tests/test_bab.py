@@ -40,6 +40,15 @@ def _random_chain(seed) -> Chain:
     return Chain(ws, bs)
 
 
+def _chain_and_boxes(seed, B):
+    """A random chain and ``B`` random boxes of random widths up to 3 for its input."""
+    chain = _random_chain(seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    n0 = chain.weights[0].shape[1]
+    lo = torch.randn(B, n0, generator=g, dtype=torch.float64)
+    return chain, lo, lo + 3 * torch.rand(B, n0, generator=g, dtype=torch.float64)
+
+
 def _pre_activations(chain: Chain, x: torch.Tensor) -> list[torch.Tensor]:
     zs = []
     for k, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
@@ -150,11 +159,7 @@ def test_beta_bounds_hold_for_arbitrary_slopes_and_multipliers(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_optimised_bounds_are_sound_and_no_looser_than_crown(seed):
-    chain = _random_chain(seed)
-    g = torch.Generator().manual_seed(seed)
-    n0 = chain.weights[0].shape[1]
-    lo = torch.randn(3, n0, generator=g, dtype=torch.float64)
-    hi = lo + 1.5
+    chain, lo, hi = _chain_and_boxes(seed, 3)
     splits = [torch.zeros(3, n, dtype=torch.int8) for n in chain.widths[:-1]]
     x0 = (lo + hi) / 2
     zs = _pre_activations(chain, x0)
@@ -174,11 +179,9 @@ def test_optimised_bounds_are_sound_and_no_looser_than_crown(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_forward_bounds_contain_sampled_points(seed):
-    chain = _random_chain(seed)
+    chain, lo, hi = _chain_and_boxes(seed, 5)
     g = torch.Generator().manual_seed(seed)
-    n0 = chain.weights[0].shape[1]
-    lo = torch.randn(5, n0, generator=g, dtype=torch.float64)
-    hi = lo + 3 * torch.rand(5, n0, generator=g, dtype=torch.float64)
+    n0 = lo.shape[1]
     fb = forward_bounds(chain, lo, hi)
     x = lo[:, None] + (hi - lo)[:, None] * torch.rand(5, 500, n0, generator=g, dtype=torch.float64)
     for b in range(5):
