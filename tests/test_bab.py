@@ -69,6 +69,19 @@ def test_extract_chain_equals_the_model_on_random_architectures(seed):
         assert torch.allclose(chain(x), model(x), rtol=1e-12, atol=1e-12)
 
 
+def test_extract_chain_takes_convolutions_as_dense_layers_within_the_size_limit():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)
+    ).double()
+    chain = extract_chain(model, 36)
+    assert chain is not None and chain.widths == [32, 3]
+    x = torch.randn(8, 36, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(chain(x), model(x), rtol=1e-12, atol=1e-12)
+    assert extract_chain(model, 36, max_entries=36 * 32 - 1) is None  # the conv's matrix is too large
+
+
 class _Skip(nn.Module):
     def __init__(self):
         super().__init__()

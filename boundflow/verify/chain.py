@@ -85,17 +85,23 @@ class _Segment(fx.Interpreter):
         return self.value if n is self.node else v
 
 
-def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9) -> Chain | None:
+# a segment whose dense matrix would have more entries than this is not extracted (a large
+# convolution as a dense matrix costs more memory and Jacobian time than it saves)
+MAX_ENTRIES = 1 << 22
+
+
+def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9, max_entries: int = MAX_ENTRIES) -> Chain | None:
     """The model ``(N, n_inputs) -> (N, n_out)`` as a :class:`Chain`, or ``None`` if it is not
-    a chain of affine segments and ReLUs (or the extracted chain differs from the model by more
-    than ``tol`` relative on random points)."""
+    a chain of affine segments and ReLUs, if a segment's dense matrix would exceed
+    ``max_entries`` entries, or if the extracted chain differs from the model by more than
+    ``tol`` relative on random points."""
     try:
-        return _extract(model, n_inputs, tol)
+        return _extract(model, n_inputs, tol, max_entries)
     except Exception:  # any graph the extraction does not understand is simply not a chain
         return None
 
 
-def _extract(model: nn.Module, n_inputs: int, tol: float) -> Chain | None:
+def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> Chain | None:
     g = capture(model, torch.zeros(1, n_inputs, dtype=torch.float64))
     gm = g.gm
     nodes = list(gm.graph.nodes)
@@ -115,6 +121,9 @@ def _extract(model: nn.Module, n_inputs: int, tol: float) -> Chain | None:
         return None
     # the only users of a path node lie in its own segment (no skip connections)
     ends = [r.args[0] for r in relus] + [out]
+    sizes = [n_inputs] + [int(r.meta["val"].numel()) for r in relus] + [int(out.meta["val"].numel())]
+    if any(a * b > max_entries for a, b in zip(sizes[:-1], sizes[1:], strict=False)):
+        return None
     weights, biases = [], []
     params = list(g.params)
     for k, end in enumerate(ends):
