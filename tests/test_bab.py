@@ -281,3 +281,15 @@ def test_milp_leaf_decides_both_sides_of_the_minimum(seed):
         splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
         out = decide(c2, lo, hi, splits, b2, time.monotonic() + 30, 30, check)
         assert out.status == want
+
+
+def test_milp_leaf_answers_unknown_on_infinite_bounds():
+    chain = _random_chain(0)
+    n0 = chain.weights[0].shape[1]
+    lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
+    bounds, _ = layer_bounds(chain, lo[None], hi[None])
+    b2 = [(l[0].clone(), u[0].clone()) for l, u in bounds]
+    b2[0][1][0] = float("inf")
+    splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
+    out = decide(chain, lo, hi, splits, b2, time.monotonic() + 10, 10, lambda x: None)
+    assert out.status == "unknown"

@@ -69,6 +69,9 @@ def decide(chain: Chain, lower, upper, splits, bounds, deadline: float, time_lim
     left = min(time_limit, deadline - time.monotonic())
     if left <= 0.05:
         return Outcome("timeout")
+    finite = bool(torch.isfinite(lower).all() and torch.isfinite(upper).all())
+    if not finite or not all(bool(torch.isfinite(l).all() and torch.isfinite(u).all()) for l, u in bounds):
+        return Outcome("unknown")  # a big-M encoding needs finite bounds
     p, x, t = program(chain, lower, upper, bounds)
     solver = make_solver(p, "milp")
     c = np.zeros(p.n_vars)
