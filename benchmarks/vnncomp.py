@@ -58,7 +58,15 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--results", default="results/vnncomp", help="per-instance results (resumable)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many instances per benchmark")
+    ap.add_argument("--workers", type=int, default=1, help="parallel branch and bound over this many processes")
+    ap.add_argument("--executor", default="process", choices=["process", "ray"])
+    ap.add_argument("--parallel", default="subdomains", choices=["subdomains", "instances"])
     args = ap.parse_args()
+    executor = None
+    if args.workers > 1:
+        from solvers.executor import make_executor
+
+        executor = make_executor(args.executor, args.workers)
     folders = [Path(f) for f in args.folders] or sorted(p.parent for p in DEFAULT_ROOT.glob("*/instances.csv"))
     rows, summary = [], []
     for folder in folders:
@@ -78,7 +86,12 @@ def main() -> None:
         expected = {(i.onnx_text, i.vnnlib_text): i.expected for i in read_instances(csv_path)}
         t0 = time.monotonic()
         got = run_benchmark(
-            csv_path, Path(args.results) / folder.name, benchmark=folder.name, timeout_factor=args.timeout_factor
+            csv_path,
+            Path(args.results) / folder.name,
+            benchmark=folder.name,
+            timeout_factor=args.timeout_factor,
+            executor=executor,
+            parallel=args.parallel,
         )
         counts = {"solved": 0, "wrong": 0, "unsolved": 0}
         for r in got:
@@ -112,6 +125,8 @@ def main() -> None:
     )
     if args.limit:
         cmd += f" --limit {args.limit}"
+    if args.workers > 1:
+        cmd += f" --workers {args.workers} --executor {args.executor} --parallel {args.parallel}"
     lines = [
         "# VNN-COMP instances",
         "",

@@ -52,11 +52,15 @@ def _run_verify(args) -> int:
     if args.out and (why := _check_writable(args.out)):
         print(f"boundflow verify: {why}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    executor, why = _executor(args, "verify")
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_INPUT_ERROR
     try:
         from boundflow.atomic import atomic_write_text
         from boundflow.verify import verify
 
-        res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start)
+        res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start, executor=executor)
     except (BoundFlowError, FileNotFoundError, ValueError) as e:
         print(f"boundflow verify: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -72,8 +76,19 @@ def _run_vnncomp(args) -> int:
     from boundflow.errors import BoundFlowError
     from boundflow.verify.vnncomp import run_benchmark
 
+    executor, why = _executor(args, "vnncomp")
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_INPUT_ERROR
     try:
-        rows = run_benchmark(args.instances, args.out, timeout_factor=args.timeout_factor, progress=True)
+        rows = run_benchmark(
+            args.instances,
+            args.out,
+            timeout_factor=args.timeout_factor,
+            progress=True,
+            executor=executor,
+            parallel=args.parallel,
+        )
     except BoundFlowError as e:
         print(f"boundflow vnncomp: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -82,6 +97,28 @@ def _run_vnncomp(args) -> int:
         counts[r["result"]] = counts.get(r["result"], 0) + 1
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"  -> {Path(args.out) / 'results.csv'}")
     return 0
+
+
+def _add_parallel_options(p) -> None:
+    p.add_argument("--workers", type=int, default=1, help="worker processes for branch and bound (default: 1, serial)")
+    p.add_argument(
+        "--executor", default="process", choices=["process", "ray"], help="where the workers run (default: process)"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: a local Ray)")
+
+
+def _executor(args, command: str):
+    """The executor the parallel options ask for (``None``: serial), or an error message."""
+    if args.workers < 1:
+        return None, f"boundflow {command}: --workers must be >= 1, got {args.workers}"
+    if args.workers == 1 and args.executor == "process":
+        return None, None
+    from solvers.executor import make_executor
+
+    try:
+        return make_executor(args.executor, args.workers, args.address), None
+    except ImportError as e:
+        return None, f"boundflow {command}: {e}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("vnnlib")
     ver.add_argument("--timeout", type=float, default=60.0, help="seconds, start-up included")
     ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    _add_parallel_options(ver)
     comp = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv (onnx,vnnlib,timeout) as the competition does")
     comp.add_argument("instances", help="instances CSV; paths relative to it, .gz allowed")
     comp.add_argument("--out", default="vnncomp_results", help="folder for results.csv and per-instance results")
     comp.add_argument("--timeout-factor", type=float, default=1.0, help="scale every instance's timeout")
+    _add_parallel_options(comp)
+    comp.add_argument(
+        "--parallel",
+        default="subdomains",
+        choices=["subdomains", "instances"],
+        help="what the workers share: one instance's sub-domains, or whole instances (default: %(default)s)",
+    )
     from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
 
     add_pointcloud_parser(sub)

@@ -1,6 +1,7 @@
 """Running many independent solves: serially, on a local process pool, or on a Ray cluster.
 
-Every executor runs the same tasks — fixed chunks of objectives, each chunk solved in order by
+Every executor maps a function over items (:meth:`imap`, results as they finish) and runs the
+same tasks — fixed chunks of objectives, each chunk solved in order by
 one solver instance built from the program — so the results are identical whatever the
 executor and the number of workers (the solvers run single-threaded with a fixed seed).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
@@ -36,53 +37,98 @@ def solve_chunk(
 
 
 class SerialExecutor:
-    """Runs the chunks one after another in this process."""
+    """Runs the tasks one after another in this process."""
 
     name = "serial"
     workers = 1
 
+    def warm(self, fn: Callable, item) -> None:
+        pass
+
+    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
+        """``(i, fn(items[i]))`` for every item, here in order."""
+        for i, item in enumerate(items):
+            yield i, fn(item)
+
     def run(self, tasks, mode, time_limit, on_done: Callable[[int], None] | None = None, backend=None):
-        results = []
-        for program, ch in tasks:
-            results.append(solve_chunk(program, mode, ch, time_limit, backend))
-            if on_done:
-                on_done(len(ch))
-        return results
+        return _run_chunks(self, tasks, mode, time_limit, on_done, backend)
 
     def close(self) -> None:
         pass
 
 
+def _solve_task(task):
+    program, chunk, mode, time_limit, backend = task
+    return solve_chunk(program, mode, chunk, time_limit, backend)
+
+
+def _run_chunks(executor, tasks, mode, time_limit, on_done, backend) -> list:
+    """The chunks' outcomes, in the order of ``tasks``, whatever order they finish in."""
+    results: list = [None] * len(tasks)
+    jobs = [(p, ch, mode, time_limit, backend) for p, ch in tasks]
+    for i, r in executor.imap(_solve_task, jobs):
+        results[i] = r
+        if on_done:
+            on_done(len(tasks[i][1]))
+    return results
+
+
 class ProcessExecutor:
-    """A local pool of ``workers`` processes (``spawn``: safe next to torch's threads)."""
+    """A local pool of ``workers`` processes (``spawn``: safe next to torch's threads).
+
+    :meth:`imap` yields results as they finish; a caller that stops reading early (a
+    counterexample found) gets the outstanding tasks cancelled and the running ones stopped:
+    the pool's processes are terminated and a fresh pool is started for the next call."""
 
     name = "process"
 
     def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
         import multiprocessing as mp
 
-        self.workers = workers or os.cpu_count() or 1
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+
+    def warm(self, fn: Callable, item) -> None:
+        """Start every worker now with ``fn(item)`` (e.g. imports), without waiting for it."""
+        for _ in range(self.workers):
+            self._pool.submit(fn, item)
+
+    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
+        futures = {self._pool.submit(fn, item): i for i, item in enumerate(items)}
+        finished = False
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+            finished = True
+        finally:
+            if not finished:
+                self._stop()
+
+    def _stop(self) -> None:
+        # ProcessPoolExecutor cannot interrupt a running task: terminate its processes
+        # (``_processes`` is the pool's own table of them) and replace the pool
+        procs = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(5)
+        self._pool = self._new_pool()
 
     def run(self, tasks, mode, time_limit, on_done=None, backend=None):
-        futures = {
-            self._pool.submit(solve_chunk, p, mode, ch, time_limit, backend): i for i, (p, ch) in enumerate(tasks)
-        }
-        results: list = [None] * len(tasks)
-        for f in as_completed(futures):
-            i = futures[f]
-            results[i] = f.result()
-            if on_done:
-                on_done(len(tasks[i][1]))
-        return results
+        return _run_chunks(self, tasks, mode, time_limit, on_done, backend)
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
 
 
 class RayExecutor:
-    """Ray tasks, one per chunk: ``address=None`` starts a local Ray, ``"auto"`` or
-    ``"ray://host:port"`` joins a cluster."""
+    """Ray tasks, one per item: ``address=None`` starts a local Ray, ``"auto"`` or
+    ``"ray://host:port"`` joins a cluster.  Stopping :meth:`imap` early cancels the
+    outstanding tasks (running ones are killed)."""
 
     name = "ray"
 
@@ -96,28 +142,34 @@ class RayExecutor:
             kw = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
             ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
         self.workers = int(ray.available_resources().get("CPU", 1))
-        self._remote = ray.remote(num_cpus=1)(solve_chunk)
+        self._remote = ray.remote(num_cpus=1)(_call)
+
+    def warm(self, fn: Callable, item) -> None:
+        for _ in range(self.workers):
+            self._remote.remote(fn, item)
+
+    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
+        ray = self._ray
+        fn_ref = ray.put(fn)
+        pending = {self._remote.remote(fn_ref, ray.put(item)): i for i, item in enumerate(items)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for d in done:
+                    yield pending.pop(d), ray.get(d)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def run(self, tasks, mode, time_limit, on_done=None, backend=None):
-        ray = self._ray
-        refs: dict[int, object] = {}  # one object-store copy per program
-        pending = {}
-        for i, (p, ch) in enumerate(tasks):
-            if id(p) not in refs:
-                refs[id(p)] = ray.put(p)
-            pending[self._remote.remote(refs[id(p)], mode, ch, time_limit, backend)] = i
-        results: list = [None] * len(tasks)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for d in done:
-                i = pending.pop(d)
-                results[i] = ray.get(d)
-                if on_done:
-                    on_done(len(tasks[i][1]))
-        return results
+        return _run_chunks(self, tasks, mode, time_limit, on_done, backend)
 
     def close(self) -> None:
         pass  # the Ray runtime stays up for the rest of the process (ray.shutdown() ends it)
+
+
+def _call(fn, item):
+    return fn(item)
 
 
 Executor = SerialExecutor | ProcessExecutor | RayExecutor

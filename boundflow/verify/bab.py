@@ -30,14 +30,15 @@ import torch
 from boundflow.verify.beta import backward, intersect_splits, layer_bounds, optimise
 from boundflow.verify.chain import Chain
 
-__all__ = ["input_bab", "relu_bab", "milp_leaf", "Outcome"]
+__all__ = ["input_bab", "relu_bab", "relu_root", "milp_leaf", "Outcome"]
 
 
 @dataclass
 class Outcome:
-    status: str  # "unsat", "sat", "timeout", "unknown"
+    status: str  # "unsat", "sat", "timeout", "unknown" ("open": see input_bab's stop_open)
     witness: object = None
     domains: int = 0
+    open: tuple | None = None  # (lower, upper) of the open boxes, with status "open"
 
 
 def _rows(chain: Chain) -> torch.Tensor:
@@ -109,25 +110,31 @@ def input_bab(
     batch: int = 1024,
     alpha_iters: int = 10,
     candidates: int = 5,
+    stop_open: int | None = None,
 ) -> Outcome:
-    """Input-splitting branch and bound over ``[lower, upper]``.  Every box in the queue has
-    its bounds already; per round the open boxes' ``candidates`` dimensions with the largest
-    ``|input coefficient| * width`` of the best row (all of them for ACAS Xu's 5 inputs) are
-    each split in two, all children are bounded, and per box the dimension whose children have
-    the better mean bound is kept (the children come with their bounds)."""
+    """Input-splitting branch and bound over ``[lower, upper]`` (one box ``(d,)``, or a batch
+    ``(B, d)`` whose union is searched).  Every box in the queue has its bounds already; per
+    round the open boxes' ``candidates`` dimensions with the largest ``|input coefficient| *
+    width`` of the best row (all of them for ACAS Xu's 5 inputs) are each split in two, all
+    children are bounded, and per box the dimension whose children have the better mean bound
+    is kept (the children come with their bounds).  ``stop_open``: return ``"open"`` with the
+    open boxes in ``Outcome.open`` once at least this many are queued (to share them out)."""
     lam = _rows(chain)
-    lo, hi = lower[None].clone(), upper[None].clone()
+    lo, hi = (lower[None] if lower.dim() == 1 else lower).clone(), (upper[None] if upper.dim() == 1 else upper).clone()
     lb, lx, proved = _evaluate(chain, lam, lo, hi, deadline, alpha_iters)
     if bool(proved.all()):
-        return Outcome("unsat", domains=1)
-    q_lo, q_hi, q_lb, q_lx = lo, hi, lb, lx
-    done = 1
+        return Outcome("unsat", domains=len(lo))
+    q_lo, q_hi, q_lb, q_lx = lo[~proved], hi[~proved], lb[~proved], lx[~proved]
+    done = len(lo)
     d = lo.shape[1]
     m = min(candidates, d)
     per_box = 0.0  # seconds per box of the previous round: no round is started that would overrun
     while len(q_lo):
+        if stop_open is not None and len(q_lo) >= stop_open:
+            return Outcome("open", domains=done, open=(q_lo, q_hi))
         left = deadline - time.monotonic()
-        size = batch if per_box == 0 else min(batch, int(left / per_box))
+        # half the time left at the measured rate: rounds differ in cost (alpha, open boxes)
+        size = batch if per_box == 0 else min(batch, int(0.5 * left / per_box))
         if size < 1:
             return Outcome("timeout", domains=done)
         t0 = time.monotonic()
@@ -188,6 +195,50 @@ def _stack_splits(doms: list[_Domain]) -> list[torch.Tensor]:
     return [torch.stack([d.splits[i] for d in doms]) for i in range(len(doms[0].splits))]
 
 
+def relu_root(chain: Chain, lower, upper, splits, deadline: float, root_iters: int = 50):
+    """Root bounds of the ReLU search over ``[lower, upper]`` with ``splits``: CROWN layer
+    bounds, alpha-CROWN on each hidden layer in turn, then on the specification.  Returns
+    ``(outcome, layer bounds, lower bound, (alphas, betas))``; ``outcome`` is ``unsat`` when the
+    root is proved (or empty), ``timeout`` past the deadline, else ``None``."""
+    K = len(chain.weights) - 1
+    dtype = lower.dtype
+    lam = _rows(chain)
+    lo, hi = lower[None], upper[None]
+    if splits is None:
+        splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
+    sp0 = [s[None] for s in splits]
+    # root: CROWN layer bounds, then alpha-CROWN on each hidden layer in turn
+    with torch.no_grad():
+        root, empty = layer_bounds(chain, lo, hi, sp0)
+    if bool(empty.all()):
+        return Outcome("unsat", domains=1), None, None, None
+    for k in range(1, K):
+        if time.monotonic() > deadline:
+            return Outcome("timeout"), None, None, None
+        n = chain.widths[k]
+        eye = torch.eye(n, dtype=dtype)
+        l, u = root[k]
+        unstable = ((l < 0) & (u > 0))[0]
+        if not unstable.any():
+            continue
+        rows = torch.cat([eye[unstable], -eye[unstable]])[None]
+        lbk, _ = optimise(chain, k, rows, lo, hi, root, sp0, iters=root_iters, deadline=deadline, stop_at=None)
+        m = int(unstable.sum())
+        nl, nu = l.clone(), u.clone()
+        nl[0, unstable] = torch.maximum(l[0, unstable], lbk[0, :m])
+        nu[0, unstable] = torch.minimum(u[0, unstable], -lbk[0, m:])
+        root[k] = (nl, nu)
+        # later layers from the improved bounds
+        with torch.no_grad():
+            root, empty = layer_bounds(chain, lo, hi, sp0, start=root, first=k + 1)
+        if bool(empty.all()):
+            return Outcome("unsat", domains=1), None, None, None
+    lb, params = optimise(chain, K, lam, lo, hi, root, sp0, iters=root_iters, deadline=deadline)
+    if _proved(lb).all():
+        return Outcome("unsat", domains=1), None, None, None
+    return None, root, lb, params
+
+
 def relu_bab(
     chain: Chain,
     lower: torch.Tensor,
@@ -200,40 +251,31 @@ def relu_bab(
     candidates: int = 4,
     milp_unstable: int = 40,
     milp_time: float = 10.0,
+    splits: list[torch.Tensor] | None = None,
+    root: tuple | None = None,
 ) -> Outcome:
-    """ReLU-splitting branch and bound with alpha-beta-CROWN bounds (see the module docstring)."""
+    """ReLU-splitting branch and bound with alpha-beta-CROWN bounds (see the module docstring).
+    ``splits``: per hidden layer ``(n_i,)`` signs that restrict the search to one sub-domain
+    (the pieces of :mod:`boundflow.verify.parallel`); ``unsat`` then covers that sub-domain only.
+    ``root``: ``(layer bounds, (alphas, betas))`` from :func:`relu_root` over the whole box
+    (sound for every sub-domain of it), instead of computing them here."""
     K = len(chain.weights) - 1
-    dtype = lower.dtype
     lam = _rows(chain)
     S = lam.shape[1]
     lo, hi = lower[None], upper[None]
-    # root: CROWN layer bounds, then alpha-CROWN on each hidden layer in turn
-    with torch.no_grad():
-        root, _ = layer_bounds(chain, lo, hi)
-    for k in range(1, K):
-        if time.monotonic() > deadline:
-            return Outcome("timeout")
-        n = chain.widths[k]
-        eye = torch.eye(n, dtype=dtype)
-        l, u = root[k]
-        unstable = ((l < 0) & (u > 0))[0]
-        if not unstable.any():
-            continue
-        rows = torch.cat([eye[unstable], -eye[unstable]])[None]
-        lbk, _ = optimise(chain, k, rows, lo, hi, root, iters=root_iters, deadline=deadline, stop_at=None)
-        m = int(unstable.sum())
-        nl, nu = l.clone(), u.clone()
-        nl[0, unstable] = torch.maximum(l[0, unstable], lbk[0, :m])
-        nu[0, unstable] = torch.minimum(u[0, unstable], -lbk[0, m:])
-        root[k] = (nl, nu)
-        # later layers from the improved bounds
-        with torch.no_grad():
-            root, _ = layer_bounds(chain, lo, hi, start=root, first=k + 1)
-    lb, params = optimise(chain, K, lam, lo, hi, root, iters=root_iters, deadline=deadline)
-    if _proved(lb).all():
-        return Outcome("unsat", domains=1)
-    zero = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
-    queue = [_Domain(zero, float(lb.max()), params)]
+    if splits is None:
+        splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
+    if root is None:
+        settled, bounds0, lb, params = relu_root(chain, lower, upper, splits, deadline, root_iters)
+        if settled is not None:
+            return settled
+        root = (bounds0, params)
+        top = float(lb.max())
+    else:
+        top = -float("inf")
+    root, params = root
+    depth = sum(int((s != 0).sum()) for s in splits)
+    queue = [_Domain([s.clone() for s in splits], top, params, depth)]
     done = 0
     last = 0.0
     while queue:

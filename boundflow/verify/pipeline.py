@@ -126,15 +126,11 @@ WITNESS_TOLERANCE = "one float32 spacing, only where no float32 lies in the box"
 class _Checker:
     """Re-runs candidates in onnxruntime (the network's own precision)."""
 
-    def __init__(self, path: Path, module):
-        import gzip
-
+    def __init__(self, data: bytes, name: str, shape: tuple):
         import onnxruntime as ort
 
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        self.data = data
+        self.data, self.name, self.shape = data, name, tuple(shape)
         self.sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        self.name, self.shape = module.input_name, module.input_shape
         inp = next(i for i in self.sess.get_inputs() if i.name == self.name)
         self.np_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
 
@@ -153,6 +149,16 @@ class _Checker:
         if len(dj.C) == 0 or dj.unsafe(y):
             return np.concatenate([xn.reshape(-1).astype(np.float64), y.astype(np.float64)])
         return None
+
+    @classmethod
+    def from_path(cls, path: Path, module) -> _Checker:
+        import gzip
+
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return cls(data, module.input_name, module.input_shape)
+
+    def __reduce__(self):  # sent to worker processes as the model's bytes
+        return (_Checker, (self.data, self.name, self.shape))
 
 
 def _margins(f, x, dj):
@@ -390,15 +396,27 @@ def _cross_check(f, checker: _Checker, disjuncts: list[Disjunct], n: int = 8, se
 
 
 def verify_model(
-    module, onnx_path: Path, disjuncts: list[Disjunct], timeout: float, start: float | None = None
+    module,
+    onnx_path: Path,
+    disjuncts: list[Disjunct],
+    timeout: float,
+    start: float | None = None,
+    executor=None,
 ) -> Result:
     """Verify ``disjuncts`` on an imported ``module``; the deadline is ``start + timeout``
-    (``start``: a ``time.monotonic()`` reading, by default now)."""
+    (``start``: a ``time.monotonic()`` reading, by default now).  ``executor``: a
+    :mod:`solvers.executor` executor with more than one worker spreads the branch and bound of
+    ReLU chains over its workers (:mod:`boundflow.verify.parallel`); ``None``: this process."""
     start = time.monotonic() if start is None else start
     deadline = start + timeout
+    parallel = executor is not None and executor.workers > 1
+    if parallel:
+        from boundflow.verify.parallel import warm_up
+
+        executor.warm(warm_up, None)  # the workers import while the attacks run
     module = module.double().eval()
     f = _Batched(module, module.input_shape, _batchable(module, module.input_shape)).eval()
-    checker = _Checker(onnx_path, module)
+    checker = _Checker.from_path(onnx_path, module)
 
     def answer(status, boxes=0, w=None, n_in=0, notes=None):
         if status in ("sat", "unsat") and time.monotonic() > deadline:
@@ -424,7 +442,15 @@ def verify_model(
 
     chain = extract_chain(f, int(np.prod(module.input_shape))) if f.batchable else None
     status, boxes = "unsat", 0
-    for dj in disjuncts:
+    if parallel and chain is not None:
+        out = _verify_parallel(chain, disjuncts, checker, deadline, executor)
+        if out.status == "sat":
+            return answer("sat", out.domains, out.witness, len(disjuncts[0].lower))
+        status, boxes = out.status, out.domains
+        disjuncts_left = []
+    else:
+        disjuncts_left = disjuncts
+    for dj in disjuncts_left:
         st, w, nb = _verify_disjunct(f, dj, checker, deadline, chain=chain)
         boxes += nb
         if st == "sat":
@@ -440,16 +466,54 @@ def verify_model(
     return answer(status, boxes)
 
 
+def _verify_parallel(chain, disjuncts: list[Disjunct], checker: _Checker, deadline: float, executor):
+    """Every disjunct's pieces searched on ``executor`` (falsification already ran)."""
+    import os
+
+    from boundflow.verify.bab import Outcome
+    from boundflow.verify.parallel import pieces, search_pieces
+
+    n = executor.workers
+    threads = max(1, (os.cpu_count() or 1) // n)
+    tasks, done = [], 0
+    for k, dj in enumerate(disjuncts):
+        if len(dj.C) == 0:  # no output constraint: every input is unsafe
+            w = checker.check((dj.lower + dj.upper) / 2, dj)
+            if w is not None:
+                return Outcome("sat", w, 0)
+            return Outcome("unknown")
+        cut, more = pieces(chain, dj, k, checker, n, INPUT_SPLIT_MAX, deadline, threads)
+        if cut.status == "sat":
+            return cut
+        done += cut.domains
+        tasks += more
+        if time.monotonic() > deadline:
+            return Outcome("timeout")
+    if not tasks:
+        return Outcome("unsat", domains=done)
+    out = search_pieces(executor, tasks, time.time() + (deadline - time.monotonic()))
+    out.domains += done
+    return out
+
+
 def _n_outputs(module) -> int:
     with torch.no_grad():
         return int(module(torch.zeros(module.input_shape, dtype=torch.float64)).numel())
 
 
-def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0, start: float | None = None) -> Result:
+def verify(
+    onnx_path: str | Path,
+    vnnlib_path: str | Path,
+    timeout: float = 60.0,
+    start: float | None = None,
+    executor=None,
+) -> Result:
     """Verify the property in ``vnnlib_path`` on the network in ``onnx_path`` (see the module
     docstring for what each answer guarantees).  Returns within about ``timeout`` seconds of
     ``start`` (a ``time.monotonic()`` reading; default: the call), model import included;
-    malformed inputs raise a :class:`boundflow.errors.BoundFlowError` naming the file."""
+    malformed inputs raise a :class:`boundflow.errors.BoundFlowError` naming the file.
+    ``executor``: parallel branch and bound on a :func:`solvers.executor.make_executor`
+    executor (the verdict is the serial one's whenever both finish)."""
     start = time.monotonic() if start is None else start
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -468,4 +532,4 @@ def verify(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float = 60.0
         raise VnnlibError(f"{vnnlib_path}: the property has no disjunct")
     if time.monotonic() > start + timeout:
         return Result("timeout", seconds=time.monotonic() - start)
-    return verify_model(module, onnx_path, disjuncts, timeout, start)
+    return verify_model(module, onnx_path, disjuncts, timeout, start, executor)

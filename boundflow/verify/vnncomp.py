@@ -19,9 +19,26 @@ from pathlib import Path
 
 from boundflow.errors import BoundFlowError
 
-__all__ = ["Instance", "read_instances", "run_benchmark", "COLUMNS"]
+__all__ = ["Instance", "read_instances", "run_benchmark", "COLUMNS", "PARALLEL"]
 
 COLUMNS = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
+PARALLEL = ("subdomains", "instances")  # what the workers of a parallel run share out
+
+
+def _verify_instance(job) -> tuple[str, str, float]:
+    """``(status, result text, seconds)`` of one instance; a late answer scores as a timeout."""
+    verify_fn, onnx, vnnlib, timeout, executor = job
+    start = time.monotonic()
+    try:
+        kw = {"executor": executor} if executor is not None else {}
+        res = verify_fn(onnx, vnnlib, timeout=timeout, **kw)
+        status, text = res.status, res.vnncomp()
+    except BoundFlowError as e:
+        status, text = "error", f"error\n; {e}\n"
+    elapsed = time.monotonic() - start
+    if status in ("sat", "unsat") and elapsed > timeout:
+        status, text = "timeout", "timeout\n"
+    return status, text, elapsed
 
 
 class InstancesError(BoundFlowError, ValueError):
@@ -107,11 +124,18 @@ def run_benchmark(
     timeout_factor: float = 1.0,
     progress: bool = True,
     verify_fn=None,
+    executor=None,
+    parallel: str = "subdomains",
 ) -> list[dict]:
     """Verify every instance of ``csv_path`` (see the module docstring); returns the rows of the
-    results CSV (``out_dir/results.csv``), one result file per instance in ``out_dir``."""
+    results CSV (``out_dir/results.csv``), one result file per instance in ``out_dir``.
+    ``executor`` (:func:`solvers.executor.make_executor`) with ``parallel="subdomains"``: each
+    instance's branch and bound is spread over its workers; ``"instances"``: the workers take
+    whole instances, each verified serially (its time counted from when a worker starts it)."""
     from boundflow.atomic import atomic_write_text
 
+    if parallel not in PARALLEL:
+        raise InstancesError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     if verify_fn is None:
         from boundflow.verify import verify as verify_fn
     instances = read_instances(csv_path)
@@ -136,17 +160,16 @@ def run_benchmark(
         from tqdm import tqdm
 
         bar = tqdm(total=len(instances), initial=len(instances) - len(todo), desc=benchmark, unit="inst")
-    for i, inst in todo:
+    order = {(inst.onnx_text, inst.vnnlib_text): i for i, inst in enumerate(instances)}
+    by_instances = executor is not None and parallel == "instances" and executor.workers > 1
+    jobs = [(verify_fn, inst.onnx, inst.vnnlib, inst.timeout * timeout_factor, None) for _, inst in todo]
+    if by_instances:
+        results = executor.imap(_verify_instance, jobs)
+    else:
+        results = ((k, _verify_instance(job[:4] + (executor,))) for k, job in enumerate(jobs))
+    for k, (status, text, elapsed) in results:
+        i, inst = todo[k]
         timeout = inst.timeout * timeout_factor
-        start = time.monotonic()
-        try:
-            res = verify_fn(inst.onnx, inst.vnnlib, timeout=timeout)
-            status, text = res.status, res.vnncomp()
-        except BoundFlowError as e:
-            status, text = "error", f"error\n; {e}\n"
-        elapsed = time.monotonic() - start
-        if status in ("sat", "unsat") and elapsed > timeout:
-            status, text = "timeout", "timeout\n"  # a late answer scores as a timeout
         atomic_write_text(out_dir / _result_name(i, inst), text)
         rows.append(
             {
@@ -160,6 +183,7 @@ def run_benchmark(
                 "timeout": f"{timeout:g}",
             }
         )
+        rows.sort(key=lambda r: order.get((r["onnx"], r["vnnlib"]), -1))  # the CSV's order
         _write_csv(results_csv, rows)
         if bar is not None:
             bar.update(1)

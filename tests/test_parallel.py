@@ -1,0 +1,120 @@
+"""Parallel branch and bound (boundflow.verify.parallel) answers what the serial search answers,
+on a process pool and on Ray, for sub-domains of one instance and for whole instances; and both
+equal the truth (the MILP's exact minimum, shifted to either side)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boundflow.verify import verify
+from boundflow.verify.beta import layer_bounds
+from boundflow.verify.chain import Chain
+from boundflow.verify.parallel import relu_pieces
+from boundflow.verify.vnncomp import run_benchmark
+from solvers.executor import make_executor
+from tests.test_bab import _milp_min
+from tests.test_verify_never_wrong import _forward, _mlp, _vnnlib
+
+# (sizes, seed, box half-width, margin): few inputs take input splitting, 70 take ReLU splitting
+NETS = [
+    ([4, 20, 20, 1], 2, 1.0, 0.002),
+    ([3, 20, 20, 1], 5, 1.0, 0.002),
+    ([70, 12, 12, 1], 1, 0.15, 0.02),
+    ([70, 10, 10, 1], 4, 0.2, 0.02),
+]
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory):
+    """Per network, a property just below the exact minimum of ``Y_0`` (unsat) and one just
+    above it (sat): ``(onnx, vnnlib, expected, layers, lo, hi, threshold)``."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    out = []
+    for n, (sizes, seed, r, margin) in enumerate(NETS):
+        onnx, layers = _mlp(tmp, sizes, seed, f"net{n}.onnx")
+        chain = Chain(
+            [torch.tensor(w, dtype=torch.float64) for w, _ in layers],
+            [torch.tensor(b, dtype=torch.float64) for _, b in layers],
+        )
+        g = np.random.default_rng(seed)
+        centre = g.uniform(-0.5, 0.5, sizes[0])
+        lo, hi = centre - r, centre + r
+        tlo, thi = torch.tensor(lo), torch.tensor(hi)
+        bounds, _ = layer_bounds(chain, tlo[None], thi[None])
+        exact = _milp_min(chain, tlo, thi, bounds)
+        for expected, shift in (("unsat", -margin), ("sat", margin)):
+            t = exact + shift
+            prop = _vnnlib(tmp, lo.tolist(), hi.tolist(), f"(assert (<= Y_0 {t!r}))", 1, f"p{n}_{expected}.vnnlib")
+            out.append((onnx, prop, expected, layers, lo, hi, t))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pools():
+    process = make_executor("process", 2)
+    ray_ex = make_executor("ray", 2)
+    yield {"process": process, "ray": ray_ex}
+    process.close()
+    import ray
+
+    ray.shutdown()
+
+
+def _check_answer(res, expected, layers, lo, hi, t):
+    assert res.status == expected, res
+    if expected == "sat":
+        x = res.counterexample.astype(np.float64)
+        assert np.all(x >= np.float32(lo) - 1e-6) and np.all(x <= np.float32(hi) + 1e-6)
+        assert _forward(layers, x[None].astype(np.float32))[0, 0] <= t + 1e-5
+
+
+def test_relu_pieces_cover_every_sign_pattern_of_the_chosen_neurons():
+    g = torch.Generator().manual_seed(0)
+    chain = Chain(
+        [torch.randn(12, 70, generator=g, dtype=torch.float64), torch.randn(1, 12, generator=g, dtype=torch.float64)],
+        [torch.zeros(12, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)],
+    )
+    lo = -torch.ones(70, dtype=torch.float64)
+    ps = relu_pieces(chain, lo, -lo, 4)
+    assert len(ps) == 4
+    fixed = [tuple(torch.nonzero(p[0]).reshape(-1).tolist()) for p in ps]
+    assert len(set(fixed)) == 1 and len(fixed[0]) == 2  # the same two neurons in every piece
+    patterns = {tuple(p[0][list(fixed[0])].tolist()) for p in ps}
+    assert patterns == {(1, 1), (1, -1), (-1, 1), (-1, -1)}
+
+
+def test_parallel_verdicts_equal_serial_and_truth(instances, pools, monkeypatch):
+    import boundflow.verify.parallel as par
+
+    shared = []  # (kind, number of pieces) of every search that reached the workers
+    real = par.search_pieces
+
+    def counting(executor, tasks, deadline):
+        out = real(executor, tasks, deadline)
+        shared.append((tasks[0].kind, len(tasks), out.status))
+        return out
+
+    monkeypatch.setattr(par, "search_pieces", counting)
+    for n, (onnx, prop, expected, layers, lo, hi, t) in enumerate(instances):
+        serial = verify(onnx, prop, timeout=60)
+        _check_answer(serial, expected, layers, lo, hi, t)
+        for name, ex in pools.items():
+            if name == "ray" and n % 3:
+                continue  # Ray's per-task cost is higher: both kinds and answers, not every instance
+            res = verify(onnx, prop, timeout=60, executor=ex)
+            assert res.status == serial.status, (name, prop.name, res, serial)
+            _check_answer(res, expected, layers, lo, hi, t)
+    # the searches were shared out, with both kinds of pieces, on both executors
+    assert {k for k, n, _ in shared if n > 1} == {"input", "relu"}, shared
+
+
+def test_benchmark_over_instances_equals_serial(instances, pools, tmp_path):
+    csv = tmp_path / "instances.csv"
+    some = instances[::3]  # both answers, both kinds of search
+    csv.write_text("".join(f"{o},{p},60,{e}\n" for o, p, e, *_ in some))
+    serial = run_benchmark(csv, tmp_path / "serial", progress=False)
+    by_inst = run_benchmark(csv, tmp_path / "inst", progress=False, executor=pools["process"], parallel="instances")
+    assert [r["result"] for r in serial] == [r["result"] for r in by_inst] == [e for _, _, e, *_ in some]
+    assert [(r["onnx"], r["vnnlib"]) for r in serial] == [(r["onnx"], r["vnnlib"]) for r in by_inst]
