@@ -36,6 +36,8 @@ class BoundedDataset:
                 f"BoundedDataset: x {tuple(self.x.shape)}, lower {tuple(self.lower.shape)} and upper "
                 f"{tuple(self.upper.shape)} must have the same shape"
             )
+        if self.y.is_floating_point() or self.y.is_complex():
+            raise ValueError(f"BoundedDataset: labels y must be integer class indices, got dtype {self.y.dtype}")
         if self.y.shape != (self.x.shape[0],):
             raise ValueError(f"BoundedDataset: y has shape {tuple(self.y.shape)}, expected ({self.x.shape[0]},)")
         bad = (self.lower > self.x) | (self.x > self.upper)
@@ -67,6 +69,22 @@ def _f64(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def _labels(y) -> torch.Tensor:
+    """Class indices as int64; float labels must be integral (``1.0``, not ``0.7``)."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point():
+        bad = torch.nonzero(~torch.isfinite(y) | (y != y.round())).reshape(-1)
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"labels must be integer class indices 0..C-1, found {float(y[i])!r} at sample {i}")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"labels must be integer class indices 0..C-1, got dtype {y.dtype}")
+    y = y.to(torch.int64)
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"labels must be integer class indices 0..C-1, found {int(y.min())}")
+    return y
+
+
 def _box(x: torch.Tensor, eps: float, clamp: tuple[float, float] | None):
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -81,7 +99,7 @@ def linf(x, y, eps: float, clamp: tuple[float, float] | None = None) -> BoundedD
     optionally clipped to ``clamp``."""
     x = _f64(x)
     lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"linf(eps={eps})")
+    return BoundedDataset(x, lo, hi, _labels(y), threat=f"linf(eps={eps})")
 
 
 def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, float] | None = None) -> BoundedDataset:
@@ -93,9 +111,7 @@ def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, fl
         raise IndexError(f"linf_subset: indices must be in [0, {len(x)}), got {idx.min().item()}..{idx.max().item()}")
     blo, bhi = _box(x[idx], eps, clamp)
     lo[idx], hi[idx] = blo, bhi
-    return BoundedDataset(
-        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"linf_subset(eps={eps}, n={len(idx)})"
-    )
+    return BoundedDataset(x, lo, hi, _labels(y), threat=f"linf_subset(eps={eps}, n={len(idx)})")
 
 
 def poison(x, y, k: int, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
@@ -104,15 +120,13 @@ def poison(x, y, k: int, eps: float, clamp: tuple[float, float] | None = None) -
     per-sample deviations per parameter."""
     x = _f64(x)
     lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(
-        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), k=int(k), threat=f"poison(k={k}, eps={eps})"
-    )
+    return BoundedDataset(x, lo, hi, _labels(y), k=int(k), threat=f"poison(k={k}, eps={eps})")
 
 
 def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
     """At most ``k`` labels of each batch may be changed to any other class."""
     x = _f64(x)
-    y = torch.as_tensor(y, dtype=torch.int64)
+    y = _labels(y)
     c = n_classes or int(y.max().item()) + 1
     sets = torch.ones(len(y), max(c, 2), dtype=torch.bool)
     return BoundedDataset(x, x.clone(), x.clone(), y, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
@@ -130,6 +144,4 @@ def missing(x, y, features: Sequence[int], ranges: Sequence[tuple[float, float]]
             raise ValueError(f"missing: empty range ({a}, {b}) for feature {f}")
         lo[:, f] = torch.minimum(lo[:, f], torch.tensor(float(a), dtype=torch.float64))
         hi[:, f] = torch.maximum(hi[:, f], torch.tensor(float(b), dtype=torch.float64))
-    return BoundedDataset(
-        x, lo, hi, torch.as_tensor(y, dtype=torch.int64), threat=f"missing(features={list(features)})"
-    )
+    return BoundedDataset(x, lo, hi, _labels(y), threat=f"missing(features={list(features)})")

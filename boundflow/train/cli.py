@@ -25,12 +25,37 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     src.add_argument("--dataset", default="moons", help="moons, digits, digits-AvB, breast-cancer, iris")
     src.add_argument("--data", help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file")
     p.add_argument("--threat", default="linf", choices=["linf", "poison", "label-flip"])
-    p.add_argument("--epsilon", type=float, default=0.01, help="l-inf radius of the feature perturbation")
+    p.add_argument(
+        "--epsilon", type=float, default=None, help="l-inf radius of the feature perturbation (linf, poison; 0.01)"
+    )
     p.add_argument("--k", type=int, default=1, help="per-batch budget for poison / label-flip")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, default=20)
     p.add_argument("--layers", type=int, default=2, help="number of linear layers")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate of the first epoch (default: 0.1)")
+    p.add_argument("--lr-decay", type=float, default=1.0, help="epoch e uses lr * lr_decay**e (default: 1, none)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep-best",
+        dest="keep_best",
+        action="store_true",
+        default=True,
+        help="save the box of the epoch with the best validation certified accuracy (default)",
+    )
+    keep.add_argument("--keep-last", dest="keep_best", action="store_false", help="save the last epoch's box")
+    p.add_argument(
+        "--stop-drop",
+        type=float,
+        default=None,
+        help="stop once validation certified accuracy falls this far below its best (FullCert: 0.05)",
+    )
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without improvement")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training data held out for validation (default: 0.2; 0 with --keep-last)",
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument(
         "--loss",
@@ -80,6 +105,11 @@ def run_train(args) -> int:
     )
     from boundflow.train.plots import plot_history, plot_regions
 
+    why = _check_args(args)
+    if why:
+        raise SystemExit(f"error: {why}")
+    if args.epsilon is None:
+        args.epsilon = 0.0 if args.threat == "label-flip" else 0.01
     data = (
         load_file(args.data, seed=args.seed)
         if args.data
@@ -89,14 +119,22 @@ def run_train(args) -> int:
     loss = args.loss or ("bce" if c == 2 else "cross_entropy")
     if loss in ("bce", "hinge") and c != 2:
         raise SystemExit(f"error: loss {loss!r} needs two classes, {data.name} has {c}")
+    x_train, y_train, val = _split_val(data.x_train, data.y_train, args.val_fraction, args.seed)
+    if args.batch_size > len(x_train):
+        raise SystemExit(
+            f"error: --batch-size {args.batch_size} is larger than the {len(x_train)} training samples "
+            f"(after holding out {len(data.x_train) - len(x_train)} for validation): no batch would run"
+        )
+    if args.threat != "linf" and args.k > args.batch_size:
+        raise SystemExit(f"error: --k {args.k} is larger than --batch-size {args.batch_size}")
     d_out = 1 if loss in ("bce", "hinge") else c
     model = mlp(data.n_features, d_out, args.hidden, args.layers, args.seed)
     if args.threat == "linf":
-        bd = linf(data.x_train, data.y_train, args.epsilon)
+        bd = linf(x_train, y_train, args.epsilon)
     elif args.threat == "poison":
-        bd = poison(data.x_train, data.y_train, args.k, args.epsilon)
+        bd = poison(x_train, y_train, args.k, args.epsilon)
     else:
-        bd = label_flip(data.x_train, data.y_train, args.k, n_classes=c)
+        bd = label_flip(x_train, y_train, args.k, n_classes=c)
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -113,20 +151,50 @@ def run_train(args) -> int:
         address=args.address,
         time_limit=args.time_limit,
         decompose=not args.joint,
+        lr_decay=args.lr_decay,
+        keep_best=args.keep_best,
+        stop_drop=args.stop_drop,
+        patience=args.patience,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     start = None
+    extra = {
+        "dataset": data.name,
+        "threat": bd.threat,
+        "threat_model": {
+            "threat": args.threat,
+            "epsilon": args.epsilon,
+            "k": None if args.threat == "linf" else args.k,
+        },
+        "data_sha256": _fingerprint(bd, val),
+        "model": str(model),
+        "test_eps": args.test_eps,
+    }
     if args.resume and ckpt.exists():
-        start, saved_cfg, _ = load_bounds(ckpt)
+        start, saved_cfg, saved_extra = load_bounds(ckpt)
         free = {"epochs", "workers", "executor", "address"}  # may change between runs
-        if {k: v for k, v in asdict(saved_cfg).items() if k not in free} != {
-            k: v for k, v in asdict(config).items() if k not in free
-        }:
-            raise SystemExit(f"error: {ckpt} was written with a different configuration: {asdict(saved_cfg)}")
+        old_cfg = {k: v for k, v in asdict(saved_cfg).items() if k not in free}
+        new_cfg = {k: v for k, v in asdict(config).items() if k not in free}
+        if old_cfg != new_cfg:
+            diff = ", ".join(
+                f"{k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in new_cfg if old_cfg.get(k) != new_cfg[k]
+            )
+            raise SystemExit(f"error: {ckpt} was written with a different configuration ({diff}); use another --out")
+        checked = (
+            ("threat_model", "threat model"),
+            ("data_sha256", "dataset"),
+            ("model", "model"),
+            ("test_eps", "test radius"),
+        )
+        for key, what in checked:
+            if saved_extra.get(key) != extra[key]:
+                raise SystemExit(
+                    f"error: {ckpt} was written for a different {what} "
+                    f"({saved_extra.get(key)!r}, now {extra[key]!r}); use another --out"
+                )
         print(f"resuming from epoch {start.epochs_done}")
-    extra = {"dataset": data.name, "threat": bd.threat, "model": str(model), "test_eps": args.test_eps}
 
     def on_epoch(bounds, metrics):
         save_bounds(ckpt, bounds, config, extra)
@@ -140,19 +208,29 @@ def run_train(args) -> int:
         progress=not args.no_progress,
         start=start,
         on_epoch=on_epoch,
+        val=val,
+        val_eps=args.test_eps,
     )
-    save_bounds(out / "bounds.pt", bounds, config, extra)
-    cert = certify(model, bounds, data.x_test, data.y_test, args.test_eps)
+    kept = bounds.kept()
+    save_bounds(out / "bounds.pt", kept, config, {**extra, "kept_epoch": kept.epochs_done})
+    cert = certify(model, kept, data.x_test, data.y_test, args.test_eps)
     metrics = {
         "dataset": data.name,
         "threat": bd.threat,
+        "threat_model": extra["threat_model"],
         "config": asdict(config),
         "epochs_done": bounds.epochs_done,
         "diverged_at": bounds.diverged_at,
+        "stopped_at": bounds.stopped_at,
+        "kept": {
+            "epoch": kept.epochs_done,
+            "rule": "best validation certified accuracy" if args.keep_best else "last epoch",
+            "val_certified_accuracy": (bounds.best or {}).get("score"),
+        },
         "final": {
             "certified_accuracy": cert.accuracy,
             "certified_fraction": cert.certified,
-            "mean_width": bounds.mean_width(),
+            "mean_width": kept.mean_width(),
         },
         "history": bounds.history,
     }
@@ -163,18 +241,71 @@ def run_train(args) -> int:
     if data.n_features == 2:
         plot_regions(
             model,
-            bounds,
+            kept,
             data.x_test,
             data.y_test,
             out / "regions.png",
             args.test_eps,
-            f"certified regions after {bounds.epochs_done} epochs (grey: abstain)",
+            f"certified regions of the kept box, epoch {kept.epochs_done} (grey: abstain)",
         )
-    best = max(bounds.history, key=lambda h: h.get("certified_accuracy") or 0) if bounds.history else None
+    stop = f", stopped early after epoch {bounds.stopped_at}" if bounds.stopped_at else ""
     print(
-        f"{data.name} {bd.threat}: {bounds.epochs_done} epochs, certified accuracy {cert.accuracy:.3f} "
-        f"(certified {cert.certified:.3f}), mean bound width {bounds.mean_width():.3g}"
-        + (f"; best epoch {best['epoch']}: {best['certified_accuracy']:.3f}" if best else "")
+        f"{data.name} {bd.threat}: {bounds.epochs_done} epochs{stop}; kept the box of epoch {kept.epochs_done} "
+        f"({metrics['kept']['rule']}): test certified accuracy {cert.accuracy:.3f} "
+        f"(certified {cert.certified:.3f}), mean bound width {kept.mean_width():.3g}"
     )
     print(f"wrote {out}/metrics.json, bounds.pt, training.png" + (", regions.png" if data.n_features == 2 else ""))
     return 0
+
+
+def _check_args(args) -> str | None:
+    """The first argument that cannot work, as a one-line message (checked before any work)."""
+    checks = [
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.hidden >= 1, f"--hidden must be >= 1, got {args.hidden}"),
+        (args.layers >= 1, f"--layers must be >= 1, got {args.layers}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}"),
+        (args.epsilon is None or args.epsilon >= 0, f"--epsilon must be >= 0, got {args.epsilon}"),
+        (args.k >= 0, f"--k must be >= 0, got {args.k}"),
+        (args.samples >= 2, f"--samples must be >= 2, got {args.samples}"),
+        (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
+        (args.test_eps >= 0, f"--test-eps must be >= 0, got {args.test_eps}"),
+        (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
+        (args.stop_drop is None or args.stop_drop >= 0, f"--stop-drop must be >= 0, got {args.stop_drop}"),
+        (
+            not (args.threat == "label-flip" and args.epsilon is not None),
+            "--epsilon has no effect with --threat label-flip (labels flip, features stay); drop it",
+        ),
+        (
+            args.val_fraction > 0 or not (args.keep_best or args.stop_drop is not None or args.patience is not None),
+            "--keep-best, --stop-drop and --patience need validation data: --val-fraction > 0 (or --keep-last)",
+        ),
+    ]
+    return next((msg for ok, msg in checks if not ok), None)
+
+
+def _split_val(x, y, fraction: float, seed: int):
+    """``(x_train, y_train, (x_val, y_val) or None)``: a seeded share of the training data."""
+    import torch
+
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0:
+        return x, y, None
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 7919))
+    tr, va = order[n_val:].sort().values, order[:n_val].sort().values
+    return x[tr], y[tr], (x[va], y[va])
+
+
+def _fingerprint(bd, val) -> str:
+    """SHA-256 of the bounded training data (and validation data): what a checkpoint was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    parts = [bd.x, bd.lower, bd.upper, bd.y] + ([bd.label_sets] if bd.label_sets is not None else [])
+    parts += list(val) if val is not None else []
+    for t in parts:
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    h.update(repr(bd.k).encode())
+    return h.hexdigest()

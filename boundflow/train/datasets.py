@@ -116,9 +116,10 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -
                 raise ValueError(
                     f"{path}: missing array(s) {missing}; expected 'x' and 'y' (and optionally 'x_test', 'y_test')"
                 )
-            x, y = np.asarray(z["x"], dtype=np.float64), np.asarray(z["y"])
+            x, y = np.asarray(z["x"], dtype=np.float64), _labels(z["y"], f"{path} (y)")
             if "x_test" in z and "y_test" in z:
-                return _checked(path, Dataset(path.stem, *_tensors(x, y), *_tensors(z["x_test"], z["y_test"])))
+                test = _tensors(z["x_test"], z["y_test"], f"{path} (y_test)")
+                return _checked(path, Dataset(path.stem, *_tensors(x, y), *test))
         return _checked(path, _split(path.stem, x.reshape(len(x), -1), y, seed, test_fraction))
     if path.suffix == ".csv":
         rows: list[list[float]] = []
@@ -137,13 +138,28 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -
         if not rows:
             raise ValueError(f"{path}: no data rows")
         a = np.asarray(rows)
-        return _checked(path, _split(path.stem, a[:, :-1], a[:, -1].astype(np.int64), seed, test_fraction))
+        return _checked(
+            path, _split(path.stem, a[:, :-1], _labels(a[:, -1], f"{path} (last column)"), seed, test_fraction)
+        )
     raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
 
 
-def _tensors(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+def _labels(y, where: str) -> np.ndarray:
+    """Integer class labels (:func:`boundflow.train.bounded._labels`); errors name ``where``."""
+    from boundflow.train.bounded import _labels as check
+
+    y = np.asarray(y)
+    if y.dtype.kind not in "iufb":
+        raise ValueError(f"{where}: labels must be integer class indices 0..C-1, got dtype {y.dtype}")
+    try:
+        return check(torch.as_tensor(y)).numpy()
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _tensors(x, y, where: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     x = np.asarray(x, dtype=np.float64)
-    return torch.as_tensor(x.reshape(len(x), -1)), torch.as_tensor(np.asarray(y).astype(np.int64))
+    return torch.as_tensor(x.reshape(len(x), -1)), torch.as_tensor(_labels(y, where))
 
 
 def _checked(path: Path, d: Dataset) -> Dataset:

@@ -24,6 +24,8 @@ def save_bounds(path: str | Path, bounds: ParameterBounds, config: TrainConfig, 
         "epochs_done": bounds.epochs_done,
         "diverged_at": bounds.diverged_at,
         "history": bounds.history,
+        "best": bounds.best,
+        "stopped_at": bounds.stopped_at,
         "optimizer_state": getattr(bounds, "optimizer_state", None),
         "nominal_state": getattr(bounds, "nominal_state", None),
         "config": asdict(config),
@@ -47,6 +49,8 @@ def load_bounds(path: str | Path) -> tuple[ParameterBounds, TrainConfig, dict]:
         payload["epochs_done"],
         payload["diverged_at"],
         payload["history"],
+        payload.get("best"),
+        payload.get("stopped_at"),
     )
     b.optimizer_state = payload.get("optimizer_state")  # type: ignore[attr-defined]
     b.nominal_state = payload.get("nominal_state")  # type: ignore[attr-defined]

@@ -18,7 +18,15 @@ from boundflow.train.certify import certify
 from boundflow.train.losses import LOSSES, Target, bounded_loss, plain_loss
 from boundflow.train.optim import IntervalSGD
 
-__all__ = ["TrainConfig", "ParameterBounds", "certified_training", "batch_indices", "TrainingDiverged", "METHODS"]
+__all__ = [
+    "TrainConfig",
+    "ParameterBounds",
+    "certified_training",
+    "batch_indices",
+    "lr_at",
+    "TrainingDiverged",
+    "METHODS",
+]
 
 METHODS = ("interval", "lp", "milp", "mibp")
 
@@ -30,7 +38,16 @@ class TrainConfig:
     incomplete last batch is dropped; with ``shuffle=True`` the same on a permutation drawn from
     ``seed`` and the epoch (see :func:`batch_indices`).  ``pretrain_epochs``: ordinary training on
     the *nominal* data first; the certificate then covers only the certified epochs that follow
-    (the pretraining data must be trusted)."""
+    (the pretraining data must be trusted).  ``lr_decay``: epoch ``e`` (counting pretraining
+    epochs, from 0) uses ``lr * lr_decay**e``, in the bounded and the nominal run alike.
+
+    Which box is kept (needs validation data, ``certified_training(val=...)``): ``keep_best``
+    keeps the box of the epoch with the best validation certified accuracy (the earliest on
+    ties); ``stop_drop`` stops once it falls more than that below the best (FullCert's rule,
+    0.05); ``patience`` stops after that many epochs without improvement.  The kept box of
+    epoch ``e`` holds every parameter vector that ``e`` epochs of this training reach from any
+    dataset in the threat model; the epoch is chosen from the bounds alone, not from any
+    concrete dataset, so stopping concrete training at ``e`` is covered."""
 
     epochs: int
     lr: float
@@ -47,8 +64,20 @@ class TrainConfig:
     address: str | None = None
     time_limit: float | None = None
     decompose: bool = True
+    lr_decay: float = 1.0
+    keep_best: bool = False
+    stop_drop: float | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.stop_drop is not None and not self.stop_drop >= 0:
+            raise ValueError(f"stop_drop must be >= 0, got {self.stop_drop}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.method not in METHODS:
@@ -76,6 +105,23 @@ class ParameterBounds:
     epochs_done: int = 0
     diverged_at: int | None = None
     history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # the kept box: {"epoch", "score", "lower", "upper", "nominal"}
+    stopped_at: int | None = None  # the epoch after which early stopping ended training
+
+    def kept(self) -> ParameterBounds:
+        """The box selection kept (``TrainConfig.keep_best``): the best validation epoch's box,
+        with ``epochs_done`` that epoch; without a selection, these bounds themselves."""
+        if self.best is None:
+            return self
+        b = self.best
+        return ParameterBounds(
+            {n: t.clone() for n, t in b["lower"].items()},
+            {n: t.clone() for n, t in b["upper"].items()},
+            {n: t.clone() for n, t in b["nominal"].items()},
+            b["epoch"],
+            None,
+            [h for h in self.history if h["epoch"] <= b["epoch"]],
+        )
 
     def mean_width(self) -> float:
         tot = sum((self.upper[n] - self.lower[n]).sum().item() for n in self.lower)
@@ -99,6 +145,11 @@ def batch_indices(n: int, config: TrainConfig, epoch: int) -> list[torch.Tensor]
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
     nb = n // config.batch_size
     return [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(nb)]
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of (0-based, pretraining included) epoch ``epoch``."""
+    return config.lr * config.lr_decay**epoch
 
 
 def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes) -> None:
@@ -157,6 +208,8 @@ def certified_training(
     on_epoch: Callable[[ParameterBounds, dict], None] | None = None,
     track_nominal: bool = True,
     executor=None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    val_eps: float = 0.0,
 ) -> ParameterBounds:
     """Train ``model`` (its own parameters are the start; the model is not modified) on every
     dataset in ``dataset`` at once and return the parameter box.
@@ -169,7 +222,12 @@ def certified_training(
     non-finite, training stops with a :class:`TrainingDiverged` warning and the last finite
     bounds (``diverged_at`` set).  ``executor``: an executor from
     :func:`solvers.make_executor` to use (and leave open) instead of the one the
-    config describes (solver methods only)."""
+    config describes (solver methods only).  ``val``: validation data ``(x, y)``, certified
+    each epoch at radius ``val_eps`` (``val_certified_accuracy`` in the history) for the
+    selection and stopping rules of :class:`TrainConfig`; :meth:`ParameterBounds.kept` is
+    the box they keep."""
+    if (config.keep_best or config.stop_drop is not None or config.patience is not None) and val is None:
+        raise ValueError("keep_best, stop_drop and patience select epochs by validation accuracy: pass val=(x, y)")
     dtype = torch.float64
     model = copy.deepcopy(model).to(dtype)
     n_classes = max(dataset.n_classes, 2)
@@ -205,24 +263,25 @@ def certified_training(
         bar = tqdm(epochs, desc="certified training", unit="epoch")
         epochs = bar
     solver = _SolverSteps(model, dataset, config, executor) if config.method != "interval" else None
+    run = _Run(
+        model,
+        params,
+        opt,
+        dataset,
+        config,
+        n_classes,
+        solver,
+        bar,
+        test,
+        test_eps,
+        track_nominal,
+        on_epoch,
+        val,
+        val_eps,
+    )
     try:
         for epoch in epochs:
-            if not _train_epoch(
-                model,
-                params,
-                opt,
-                dataset,
-                config,
-                n_classes,
-                epoch,
-                bounds,
-                solver,
-                bar,
-                test,
-                test_eps,
-                track_nominal,
-                on_epoch,
-            ):
+            if not _train_epoch(run, epoch, bounds):
                 break
     finally:
         if solver is not None:
@@ -251,8 +310,9 @@ class _SolverSteps:
         self.seconds = 0.0
         self.status: dict[str, int] = {}
 
-    def step(self, before_lo, before_hi, params, idx, on_done=None) -> None:
-        """Intersect ``params`` (already holding the interval step's box) with the solver box."""
+    def step(self, before_lo, before_hi, params, idx, lr: float, on_done=None) -> None:
+        """Intersect ``params`` (already holding the interval step's box) with the solver box
+        of the step with learning rate ``lr``."""
         from boundflow.encode.training_step import solver_step
 
         c = self.config
@@ -265,7 +325,7 @@ class _SolverSteps:
             d.upper[idx],
             d.y[idx],
             c.loss,
-            c.lr,
+            lr,
             c.weight_decay,
             c.method,
             self.executor,
@@ -295,13 +355,52 @@ def _mean_width(params) -> float:
     return tot / max(sum(p.lower.numel() for p in params.values()), 1)
 
 
-def _train_epoch(
-    model, params, opt, dataset, config, n_classes, epoch, bounds, solver, bar, test, test_eps, track_nominal, on_epoch
-) -> bool:
-    """One certified epoch; returns False when training must stop (non-finite bounds)."""
+@dataclass
+class _Run:
+    """What every epoch of one :func:`certified_training` call works with."""
+
+    model: nn.Module
+    params: dict
+    opt: IntervalSGD
+    dataset: BoundedDataset
+    config: TrainConfig
+    n_classes: int
+    solver: _SolverSteps | None
+    bar: object
+    test: tuple | None
+    test_eps: float
+    track_nominal: bool
+    on_epoch: Callable | None
+    val: tuple | None
+    val_eps: float
+
+
+def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
+    """One certified epoch; returns False when training must stop (non-finite bounds, or a
+    stopping rule)."""
     import time
 
+    model, params, opt, dataset, config, n_classes = (
+        run.model,
+        run.params,
+        run.opt,
+        run.dataset,
+        run.config,
+        run.n_classes,
+    )
+    solver, bar, test, test_eps, track_nominal, on_epoch, val, val_eps = (
+        run.solver,
+        run.bar,
+        run.test,
+        run.test_eps,
+        run.track_nominal,
+        run.on_epoch,
+        run.val,
+        run.val_eps,
+    )
     t0 = time.perf_counter()
+    lr = lr_at(config, epoch + config.pretrain_epochs)
+    opt.lr = lr
     last = ({n: p.lower.clone() for n, p in params.items()}, {n: p.upper.clone() for n, p in params.items()})
     last_buffers = opt.state_dict()
     step_widths = []
@@ -312,7 +411,7 @@ def _train_epoch(
         _interval_grads(model, params, dataset, idx, config, n_classes)
         opt.step()
         if solver is not None:
-            solver.step(before[0], before[1], params, idx)
+            solver.step(before[0], before[1], params, idx, lr)
         step_widths.append(_mean_width(params))
         if bar is not None and solver is not None:
             bar.set_postfix(
@@ -355,6 +454,11 @@ def _train_epoch(
             metrics["nominal_accuracy"] = _accuracy(model, bounds.nominal, test[0], test[1])
     bounds.history.append(metrics)
     bounds.optimizer_state = opt.state_dict()  # type: ignore[attr-defined]
+    go_on = True
+    if val is not None:
+        score = certify(model, bounds, val[0], val[1], val_eps).accuracy
+        metrics["val_certified_accuracy"] = score
+        go_on = _select(bounds, config, epoch + 1, score)
     if bar is not None:
         post = {"width": f"{metrics['mean_width']:.3g}"}
         if "certified_accuracy" in metrics:
@@ -362,7 +466,30 @@ def _train_epoch(
         bar.set_postfix(post)
     if on_epoch is not None:
         on_epoch(bounds, metrics)
-    return True
+    return go_on
+
+
+def _select(bounds: ParameterBounds, config: TrainConfig, epoch: int, score: float) -> bool:
+    """Keep the box of ``epoch`` if it is the best so far; False when a stopping rule ends training."""
+    best = bounds.best
+    if config.keep_best and (best is None or score > best["score"]):
+        bounds.best = best = {
+            "epoch": epoch,
+            "score": score,
+            "lower": {n: t.clone() for n, t in bounds.lower.items()},
+            "upper": {n: t.clone() for n, t in bounds.upper.items()},
+            "nominal": {n: t.clone() for n, t in bounds.nominal.items()},
+        }
+    # this epoch's metrics are already the history's last entry
+    scores = [h["val_certified_accuracy"] for h in bounds.history if "val_certified_accuracy" in h]
+    top = max(scores)
+    stop = config.stop_drop is not None and score < top - config.stop_drop
+    if config.patience is not None:
+        since = len(scores) - 1 - scores.index(top)  # epochs since the (first) best
+        stop = stop or since >= config.patience
+    if stop:
+        bounds.stopped_at = epoch
+    return not stop
 
 
 def _accuracy(model, params, x, y) -> float:
@@ -375,9 +502,13 @@ def _accuracy(model, params, x, y) -> float:
 def _plain_sgd_epoch(model, params, dataset, config, epoch, state):
     """One epoch of ordinary ``torch.optim.SGD`` on the nominal data (the ``nominal`` run)."""
     p = {n: t.clone().requires_grad_(True) for n, t in params.items()}
-    opt = torch.optim.SGD(list(p.values()), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    opt = torch.optim.SGD(
+        list(p.values()), lr=lr_at(config, epoch), momentum=config.momentum, weight_decay=config.weight_decay
+    )
     if state:
-        opt.load_state_dict(state)
+        opt.load_state_dict(state)  # (its momentum buffers; the state's lr is the previous epoch's)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(config, epoch)
     for idx in batch_indices(len(dataset), config, epoch):
         opt.zero_grad()
         plain_loss(functional_call(model, p, (dataset.x[idx],)), dataset.y[idx], config.loss).backward()
