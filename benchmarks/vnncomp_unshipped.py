@@ -3,8 +3,10 @@ verifier's settings are not tuned to ../shared).
 
     python benchmarks/vnncomp_unshipped.py --benchmarks VNNCOMP2021 --results VNNCOMP2021_RESULTS \
         --out results/unshipped [--acasxu 24] [--mnistfc 4]
-    python benchmarks/vnncomp.py results/unshipped/acasxu results/unshipped/mnistfc \
-        --out docs/benchmarks/unshipped --results results/unshipped/runs
+    python benchmarks/vnncomp.py results/unshipped/acasxu --out OUT_A --results results/unshipped/runs
+    python benchmarks/vnncomp.py results/unshipped/mnistfc --out OUT_M --results results/unshipped/runs
+    python benchmarks/vnncomp_unshipped.py --report OUT_A/vnncomp.json OUT_M/vnncomp.json \
+        --out docs/benchmarks
 
 ``VNNCOMP2021``: a checkout of github.com/stanleybak/vnncomp2021 (the ONNX networks and
 properties); ``VNNCOMP2021_RESULTS``: of github.com/stanleybak/vnncomp2021_results (the
@@ -12,13 +14,18 @@ expected answers: nnenum's for ACAS Xu, where it decided all 186; for mnist_fc t
 nnenum and alpha-beta-CROWN where they agree).  Instances in ../shared are left out; the rest
 are sampled evenly (every k-th in the competition's order), so the choice does not depend on
 how hard an instance is.  Writes one folder per benchmark with an ``instances.csv``
-(``onnx,vnnlib,timeout,expected``, absolute paths).
+(``onnx,vnnlib,timeout,expected``, absolute paths).  ``--report``: the page
+``vnncomp_unshipped.md`` (with the runs' JSON and plots under ``vnncomp_unshipped/``) from the
+``vnncomp.json`` of each benchmark's run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import shutil
+import statistics
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp"
@@ -64,14 +71,65 @@ def build(bench: Path, results: Path, out: Path, name: str, src: str, shared: st
     return len(chosen)
 
 
+def report(runs: list[Path], out: Path) -> None:
+    """``out/vnncomp_unshipped.md`` from the runs' ``vnncomp.json`` (copied with their plots)."""
+    folder = out / "vnncomp_unshipped"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# VNN-COMP instances this repository does not ship",
+        "",
+        "The verifier's settings, unchanged from the shared-instance runs, on instances sampled evenly from the "
+        "VNN-COMP 2021 benchmarks (every k-th in the competition's order, the shipped ones left out); expected "
+        "answers from the competition's results (nnenum for ACAS Xu; nnenum and alpha-beta-CROWN where they agree "
+        "for mnist_fc). Competition timeouts, 2 cores, serial. Commands: see `benchmarks/vnncomp_unshipped.py` "
+        "(checkouts of github.com/stanleybak/vnncomp2021 and stanleybak/vnncomp2021_results).",
+        "",
+        "| benchmark | instances | solved | wrong | timeout/unknown | median s | slowest solved s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    per, images = [], []
+    for path in runs:
+        d = json.loads(path.read_text())
+        s = d["summary"][0]
+        name = s["benchmark"]
+        shutil.copyfile(path, folder / f"{name}.json")
+        if (path.parent / "vnncomp.png").exists():
+            shutil.copyfile(path.parent / "vnncomp.png", folder / f"{name}.png")
+            images.append(f"![{name}](vnncomp_unshipped/{name}.png)")
+        t = [float(r["run_time"]) for r in d["rows"]]
+        solved = [float(r["run_time"]) for r in d["rows"] if r["result"] == r["expected"]]
+        slowest = f"{max(solved):.1f}" if solved else "–"
+        lines.append(
+            f"| {name} | {s['instances']} | {s['solved']} | {s['wrong']} | {s['unsolved']} | "
+            f"{statistics.median(t):.2f} | {slowest} |"
+        )
+        for r in d["rows"]:
+            per.append(
+                f"| {name} | {Path(r['onnx']).name} | {Path(r['vnnlib']).name} | {r['expected']} | {r['result']} | "
+                f"{float(r['run_time']):.2f} | {r['timeout']} |"
+            )
+    lines += [
+        "",
+        "| benchmark | network | property | expected | answer | s | timeout |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += per + ["", " ".join(images), ""]
+    (out / "vnncomp_unshipped.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--benchmarks", required=True, type=Path, help="checkout of stanleybak/vnncomp2021")
-    ap.add_argument("--results", required=True, type=Path, help="checkout of stanleybak/vnncomp2021_results")
+    ap.add_argument("--benchmarks", type=Path, help="checkout of stanleybak/vnncomp2021")
+    ap.add_argument("--results", type=Path, help="checkout of stanleybak/vnncomp2021_results")
+    ap.add_argument("--report", nargs="+", type=Path, help="vnncomp.json of each run: write the docs page")
     ap.add_argument("--out", default="results/unshipped", type=Path)
     ap.add_argument("--acasxu", type=int, default=24, help="ACAS Xu instances to take")
     ap.add_argument("--mnistfc", type=int, default=4, help="mnist_fc instances to take")
     args = ap.parse_args()
+    if args.report:
+        return report(args.report, args.out)
+    if args.benchmarks is None or args.results is None:
+        raise SystemExit("error: --benchmarks and --results are needed (or --report)")
     for path in (args.benchmarks / "benchmarks", args.results / "results_csv"):
         if not path.is_dir():
             raise SystemExit(f"error: {path} is not a folder (see --help for the checkouts needed)")

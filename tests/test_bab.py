@@ -293,3 +293,40 @@ def test_milp_leaf_answers_unknown_on_infinite_bounds():
     splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
     out = decide(chain, lo, hi, splits, b2, time.monotonic() + 10, 10, lambda x: None)
     assert out.status == "unknown"
+
+
+def _row(chain: Chain, k: int) -> Chain:
+    """The chain with only output row ``k``."""
+    return Chain(chain.weights[:-1] + [chain.weights[-1][k : k + 1]], chain.biases[:-1] + [chain.biases[-1][k : k + 1]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_row_search_agrees_with_each_rows_exact_minimum(seed):
+    """Rows as separate disjuncts on one box (input_bab(every=True)): unsat when every row's
+    exact minimum is above 0, sat (with a point where that row is <= 0) when one row's is below."""
+    g = torch.Generator().manual_seed(50 + seed)
+    chain = _random_chain(seed)
+    S = 3
+    w_last = torch.randn(S, chain.weights[-1].shape[1], generator=g, dtype=torch.float64)
+    chain = Chain(chain.weights[:-1] + [w_last], chain.biases[:-1] + [torch.zeros(S, dtype=torch.float64)])
+    n0 = chain.weights[0].shape[1]
+    lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
+    bounds, _ = layer_bounds(chain, lo[None], hi[None])
+    exact = torch.tensor([_milp_min(_row(chain, k), lo, hi, bounds) for k in range(S)], dtype=torch.float64)
+
+    def shifted(shift):
+        return Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - exact + shift])
+
+    def check_for(c):
+        return lambda x: x.clone() if bool((c(x[None]) <= 0).any()) else None
+
+    safe = shifted(torch.full((S,), 0.05, dtype=torch.float64))
+    out = input_bab(safe, lo, hi, check_for(safe), time.monotonic() + 30, every=True)
+    assert out.status == "unsat", out
+    bad = int(torch.randint(0, S, (1,), generator=g))
+    shift = torch.full((S,), 0.05, dtype=torch.float64)
+    shift[bad] = -0.05
+    unsafe = shifted(shift)
+    out = input_bab(unsafe, lo, hi, check_for(unsafe), time.monotonic() + 30, every=True)
+    assert out.status == "sat", out
+    assert float(unsafe(out.witness[None])[0, bad]) <= 0

@@ -79,21 +79,27 @@ def _corners(lam_x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
     return torch.where(lam_x >= 0, lo[:, None, :], hi[:, None, :])
 
 
-def _evaluate(chain: Chain, lam, lo, hi, deadline, alpha_iters: int):
-    """Bounds of boxes: CROWN with refined layer bounds, then alpha on the rows CROWN leaves
-    unproved and the optimised combination of rows; ``(lb (B, S), input coefficients, proved)``."""
+def _evaluate(chain: Chain, lam, lo, hi, deadline, alpha_iters: int, every: bool = False, floor=None):
+    """Bounds of boxes: CROWN with refined layer bounds, then alpha on the boxes CROWN leaves
+    unproved and (some row needed) the optimised combination of rows; ``(lb (B, S), input
+    coefficients, proved)``.  ``every``: a box is proved when *every* row is (each row is its
+    own disjunct on a shared box).  ``floor``: sound lower bounds already known per box and row
+    (a parent box's), kept where better."""
     K, S = len(chain.weights) - 1, lam.shape[1]
+    done = (lambda b: (b > 0).all(1)) if every else _proved
     with torch.no_grad():
         bounds, _ = layer_bounds(chain, lo, hi, cheap=True)
         lb, coef = backward(chain, K, lam, lo, hi, bounds, keep=True)
-    proved = _proved(lb)
+    if floor is not None:
+        lb = torch.maximum(lb, floor)
+    proved = done(lb)
     idx = torch.nonzero(~proved).reshape(-1)
     if len(idx) and alpha_iters:
         sub = [(bl[idx], bu[idx]) for bl, bu in bounds]
-        lb2, _ = optimise(chain, K, lam, lo[idx], hi[idx], sub, iters=alpha_iters, deadline=deadline)
+        lb2, _ = optimise(chain, K, lam, lo[idx], hi[idx], sub, iters=alpha_iters, deadline=deadline, every=every)
         lb[idx] = torch.maximum(lb[idx], lb2)
-        still = ~_proved(lb2)
-        if S > 1 and still.any():
+        still = ~done(lb[idx])
+        if S > 1 and still.any() and not every:
             j = torch.nonzero(still).reshape(-1)
             comb = _combined(chain, lo[idx][j], hi[idx][j], [(a[j], b[j]) for a, b in sub], alpha_iters, deadline)
             still[j[comb > 0]] = False
@@ -111,6 +117,7 @@ def input_bab(
     alpha_iters: int = 10,
     candidates: int = 5,
     stop_open: int | None = None,
+    every: bool = False,
 ) -> Outcome:
     """Input-splitting branch and bound over ``[lower, upper]`` (one box ``(d,)``, or a batch
     ``(B, d)`` whose union is searched).  Every box in the queue has its bounds already; per
@@ -118,10 +125,13 @@ def input_bab(
     width`` of the best row (all of them for ACAS Xu's 5 inputs) are each split in two, all
     children are bounded, and per box the dimension whose children have the better mean bound
     is kept (the children come with their bounds).  ``stop_open``: return ``"open"`` with the
-    open boxes in ``Outcome.open`` once at least this many are queued (to share them out)."""
+    open boxes in ``Outcome.open`` once at least this many are queued (to share them out).
+    ``every``: each row is a disjunct of its own over the same box (unsafe where that row is
+    <= 0), so a box is proved when every row is, and a candidate is checked when any row is
+    <= 0; a row proved on a box stays proved on its children (the parent's bound holds there)."""
     lam = _rows(chain)
     lo, hi = (lower[None] if lower.dim() == 1 else lower).clone(), (upper[None] if upper.dim() == 1 else upper).clone()
-    lb, lx, proved = _evaluate(chain, lam, lo, hi, deadline, alpha_iters)
+    lb, lx, proved = _evaluate(chain, lam, lo, hi, deadline, alpha_iters, every)
     if bool(proved.all()):
         return Outcome("unsat", domains=len(lo))
     q_lo, q_hi, q_lb, q_lx = lo[~proved], hi[~proved], lb[~proved], lx[~proved]
@@ -144,7 +154,7 @@ def input_bab(
         # counterexample candidates: the centres and the bounds' minimising corners
         cand = torch.cat([(blo + bhi) / 2, _corners(blx, blo, bhi).reshape(-1, d)])
         with torch.no_grad():
-            worst = chain(cand).amax(1)
+            worst = chain(cand).amin(1) if every else chain(cand).amax(1)
         for j in torch.nonzero(worst <= 0).reshape(-1)[:16].tolist():
             w = check(cand[j])
             if w is not None:
@@ -152,7 +162,8 @@ def input_bab(
         width = bhi - blo
         if bool((width <= 0).all(1).any()):
             return Outcome("unknown", domains=done)  # a point that is not proved: nothing to split
-        row = blb.argmax(1)
+        # the row that decides: the best one when some row suffices, else the worst unproved one
+        row = torch.where(blb > 0, float("inf"), blb).argmin(1) if every else blb.argmax(1)
         sb = blx[torch.arange(n), row].abs() * width
         sb = torch.where(width > 0, sb + 1e-12 * width, -1.0)
         dims = sb.topk(m, 1).indices  # (n, m)
@@ -165,12 +176,12 @@ def input_bab(
             c_hi[2 * c, rows, dim] = mids[rows, dim]
             c_lo[2 * c + 1, rows, dim] = mids[rows, dim]
         c_lo, c_hi = c_lo.reshape(-1, d), c_hi.reshape(-1, d)
-        clb, clx, cproved = _evaluate(chain, lam, c_lo, c_hi, deadline, alpha_iters)
+        floor = blb[None].expand(2 * m, -1, -1).reshape(-1, blb.shape[1])
+        clb, clx, cproved = _evaluate(chain, lam, c_lo, c_hi, deadline, alpha_iters, every, floor)
         done += len(c_lo)
-        # a proved child counts as +inf; the worse child decides
-        # per candidate the mean of its children's best rows, a proved child counting as far
-        # above every bound seen
-        best_row = clb.amax(1)
+        # per candidate the mean of its children's deciding rows (best row; every row: the
+        # worst), a proved child counting as far above every bound seen
+        best_row = clb.amin(1) if every else clb.amax(1)
         top = 1e3 * best_row.abs().max().clamp(min=1)
         val = torch.where(cproved, top, best_row).reshape(m, 2, n).mean(1)  # (m, n)
         best = val.argmax(0)

@@ -230,6 +230,11 @@ def _adaptive(l: torch.Tensor, u: torch.Tensor, S: int) -> torch.Tensor:
     return (u >= -l).to(l.dtype)[:, None, :].expand(-1, S, -1).clone()
 
 
+def _reached(best: torch.Tensor, stop_at: float, every: bool) -> bool:
+    above = best > stop_at
+    return bool((above.all(1) if every else above.any(1)).all())
+
+
 def optimise(
     chain: Chain,
     K: int,
@@ -244,11 +249,13 @@ def optimise(
     init: tuple[list, list] | None = None,
     deadline: float | None = None,
     stop_at: float | None = 0.0,
+    every: bool = False,
 ) -> tuple[torch.Tensor, tuple[list, list]]:
     """The best lower bound ``(B, S)`` of ``lam . z_K`` over Adam iterations on the ReLU slopes
     (and, with ``splits``, the split multipliers), and the parameters ``(alphas, betas)`` that
     gave it (per row, for warm starts).  Every iterate is sound, so the result is the
-    elementwise maximum.  ``stop_at``: stop once every row's bound exceeds it (``None``: never)."""
+    elementwise maximum.  ``stop_at``: stop once, in every sub-domain, some row's bound exceeds
+    it (``every``: every row's; ``None``: never)."""
     B, S = lo.shape[0], lam.shape[1]
     if init is None:
         alphas = [_adaptive(l, u, S) for l, u in bounds[:K]]
@@ -262,7 +269,7 @@ def optimise(
         best, _ = backward(chain, K, lam, lo, hi, bounds, alphas, betas, splits)
     best_a = [a.clone() for a in alphas]
     best_b = [t.clone() for t in betas] if betas is not None else None
-    if iters <= 0 or (stop_at is not None and bool((best > stop_at).any(1).all())):
+    if iters <= 0 or (stop_at is not None and _reached(best, stop_at, every)):
         return best, (best_a, best_b)
     for a in alphas:
         a.requires_grad_(True)
@@ -284,7 +291,7 @@ def optimise(
                 best_a = [torch.where(m, a, ba) for a, ba in zip(alphas, best_a, strict=True)]
                 if betas is not None:
                     best_b = [torch.where(m, t, bt) for t, bt in zip(betas, best_b, strict=True)]
-            if stop_at is not None and bool((best > stop_at).any(1).all()):
+            if stop_at is not None and _reached(best, stop_at, every):
                 break
         opt.zero_grad()
         (-lb.sum()).backward()

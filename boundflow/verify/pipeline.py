@@ -450,11 +450,14 @@ def verify_model(
         disjuncts_left = []
     else:
         disjuncts_left = disjuncts
-    for dj in disjuncts_left:
-        st, w, nb = _verify_disjunct(f, dj, checker, deadline, chain=chain)
+    for group in _shared_boxes(disjuncts_left, chain):
+        if len(group) == 1:
+            st, w, nb = _verify_disjunct(f, group[0], checker, deadline, chain=chain)
+        else:  # (a witness is one that onnxruntime confirmed for one of the group's disjuncts)
+            st, w, nb = _verify_group(chain, group, checker, deadline)
         boxes += nb
         if st == "sat":
-            return answer("sat", boxes, w, len(dj.lower))
+            return answer("sat", boxes, w, len(group[0].lower))
         if st != "unsat":
             status = st if status in ("unsat", "unknown") else status
             if st == "timeout":
@@ -464,6 +467,41 @@ def verify_model(
         if problem is not None:
             return answer("unknown", boxes, notes=[problem])
     return answer(status, boxes)
+
+
+def _shared_boxes(disjuncts: list[Disjunct], chain) -> list[list[Disjunct]]:
+    """Single-row disjuncts over the same input box, grouped (first-seen order), for one search
+    on ReLU chains with few inputs (:func:`_verify_group`); every other disjunct alone."""
+    if chain is None:
+        return [[dj] for dj in disjuncts]
+    groups: dict = {}
+    for k, dj in enumerate(disjuncts):
+        few = len(dj.C) == 1 and len(dj.lower) <= INPUT_SPLIT_MAX
+        key = (dj.lower.numpy().tobytes(), dj.upper.numpy().tobytes()) if few else ("alone", k)
+        groups.setdefault(key, []).append(dj)
+    return list(groups.values())
+
+
+def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: float):
+    """One input-splitting search for single-row disjuncts sharing a box: a sub-box is done
+    when every disjunct's row is proved on it (the layer bounds are computed once for all)."""
+    from boundflow.verify.bab import input_bab
+
+    C = torch.cat([dj.C for dj in group]).to(torch.float64)
+    d = torch.cat([dj.d for dj in group]).to(torch.float64)
+    spec = chain.with_spec(C, d)
+
+    def check(x):
+        with torch.no_grad():
+            m = spec(x[None])[0]
+        for k in torch.nonzero(m <= 0).reshape(-1).tolist():  # the disjuncts this point may violate
+            w = checker.check(x, group[k])
+            if w is not None:
+                return w
+        return None
+
+    out = input_bab(spec, group[0].lower, group[0].upper, check, deadline, every=True)
+    return out.status, out.witness, out.domains
 
 
 def _verify_parallel(chain, disjuncts: list[Disjunct], checker: _Checker, deadline: float, executor):
