@@ -309,6 +309,7 @@ class _SolverSteps:
         self.solves = 0
         self.seconds = 0.0
         self.status: dict[str, int] = {}
+        self.shrinking: list[int] = []  # per step: parameters whose box got strictly narrower
 
     def step(self, before_lo, before_hi, params, idx, lr: float, on_done=None) -> None:
         """Intersect ``params`` (already holding the interval step's box) with the solver box
@@ -337,13 +338,16 @@ class _SolverSteps:
         self.seconds += st["seconds"]
         for k, v in st["status"].items():
             self.status[k] = self.status.get(k, 0) + v
+        shrinking = 0
         for n, p in params.items():
             new_lo = torch.maximum(p.lower, lo[n])
             new_hi = torch.minimum(p.upper, hi[n])
             if bool((new_lo > new_hi).any()):  # cannot happen for sound boxes; keep the interval box
                 raise RuntimeError(f"solver step: empty intersection for {n}; the solver bounds are inconsistent")
+            shrinking += int(((new_hi - new_lo) < (before_hi[n] - before_lo[n])).sum())
             p._lower.copy_(new_lo)
             p._upper.copy_(new_hi)
+        self.shrinking.append(shrinking)
 
     def close(self) -> None:
         if self.own:
@@ -446,7 +450,12 @@ def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
         "step_widths": step_widths,
     }
     if solver is not None:
-        metrics.update(solves=solver.solves, solver_seconds=solver.seconds, solver_status=dict(solver.status))
+        metrics.update(
+            solves=solver.solves,
+            solver_seconds=solver.seconds,
+            solver_status=dict(solver.status),
+            shrinking_params=list(solver.shrinking[-len(step_widths) :]),
+        )
     if test is not None:
         cert = certify(model, bounds, test[0], test[1], test_eps)
         metrics.update(certified_accuracy=cert.accuracy, certified_fraction=cert.certified)
