@@ -181,3 +181,22 @@ def test_cli_errors_before_any_work(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         main(_cli(tmp_path / "run", *extra))
     assert not (tmp_path / "run").exists()  # nothing written: refused before any work
+
+
+def test_datasets_and_dataloaders_are_accepted_and_give_the_same_box():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y, _ = _data()
+    cfg = T.TrainConfig(epochs=2, lr=0.2, batch_size=30)
+    model = mlp(2, 1, 8, 2, 0)
+    ref = T.certified_training(model, T.linf(x, y, 0.01), cfg)
+    ds = TensorDataset(x, y)
+    for source in (ds, DataLoader(ds, batch_size=17)):  # in order: the same tensors
+        b = T.certified_training(model, T.linf(source, None, 0.01), cfg)
+        for n in ref.lower:
+            assert torch.equal(b.lower[n], ref.lower[n]) and torch.equal(b.upper[n], ref.upper[n])
+    assert T.poison(ds, None, 2, 0.01).k == 2 and len(T.label_flip(ds, None, 1)) == len(x)
+    with pytest.raises(ValueError, match="labels must be integer"):
+        T.linf(TensorDataset(x, y.double() + 0.5), None, 0.01)
+    with pytest.raises(ValueError, match="Dataset or DataLoader"):
+        T.linf(3, None, 0.01)

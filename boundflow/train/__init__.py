@@ -1,7 +1,7 @@
 """Certified training on bounded data (FullCert; bounded poisoning and label flipping as in
 Abstract Gradient Training)."""
 
-from boundflow.train.bounded import BoundedDataset, label_flip, linf, linf_subset, missing, poison
+from boundflow.train.bounded import BoundedDataset, from_torch, label_flip, linf, linf_subset, missing, poison
 from boundflow.train.certify import Certification, certify
 from boundflow.train.datasets import DATASETS, Dataset, load_dataset, load_file
 from boundflow.train.io import load_bounds, save_bounds
@@ -22,6 +22,7 @@ __all__ = [
     "batch_indices",
     "bounded_loss",
     "certified_training",
+    "from_torch",
     "certify",
     "label_flip",
     "linf",

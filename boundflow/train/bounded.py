@@ -3,7 +3,11 @@
 A :class:`BoundedDataset` holds the nominal data, per-sample feature bounds, optional per-sample
 label sets, and a per-batch budget ``k``: with ``k=None`` every sample may take any value in its
 bounds at once; with an integer ``k`` at most ``k`` samples of each batch deviate from the
-nominal data (the others are exactly nominal)."""
+nominal data (the others are exactly nominal).
+
+``linf``, ``poison`` and ``label_flip`` take features and labels, or a
+``torch.utils.data.Dataset``/``DataLoader`` of ``(features, label)`` pairs as ``x`` with
+``y=None`` (:func:`from_torch`)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BoundedDataset", "linf", "linf_subset", "poison", "label_flip", "missing"]
+__all__ = ["BoundedDataset", "linf", "linf_subset", "poison", "label_flip", "missing", "from_torch"]
 
 
 @dataclass
@@ -69,6 +73,43 @@ def _f64(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def from_torch(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` from a ``torch.utils.data.Dataset`` of ``(features, label)`` pairs or a
+    ``DataLoader`` over one (every batch, in the loader's order).  Training then follows
+    BoundFlow's own batch order (:func:`~boundflow.train.trainer.batch_indices`), which is
+    what the certificate is about, not the loader's shuffling."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, DataLoader):
+        xs, ys = [], []
+        for k, batch in enumerate(data):
+            if not isinstance(batch, list | tuple) or len(batch) != 2:
+                raise ValueError(f"DataLoader batch {k}: expected (features, labels), got {type(batch).__name__}")
+            xs.append(torch.as_tensor(batch[0]))
+            ys.append(torch.as_tensor(batch[1]).reshape(-1))
+        if not xs:
+            raise ValueError("DataLoader yields no batch")
+        return torch.cat(xs).double(), _labels(torch.cat(ys))
+    try:
+        n = len(data)
+    except TypeError:
+        raise ValueError(f"expected a Dataset or DataLoader, got {type(data).__name__}") from None
+    if n == 0:
+        raise ValueError("Dataset is empty")
+    items = [data[i] for i in range(n)]
+    if any(not isinstance(it, list | tuple) or len(it) != 2 for it in items):
+        raise ValueError("Dataset items must be (features, label) pairs")
+    x = torch.stack([torch.as_tensor(it[0]) for it in items]).double()
+    return x, _labels(torch.stack([torch.as_tensor(it[1]).reshape(()) for it in items]))
+
+
+def _data(x, y):
+    """``(x, y)`` from tensors/arrays, or from a Dataset/DataLoader passed as ``x`` with ``y=None``."""
+    if y is None:
+        x, y = from_torch(x)
+    return _f64(x), _labels(y)
+
+
 def _labels(y) -> torch.Tensor:
     """Class indices as int64; float labels must be integral (``1.0``, not ``0.7``)."""
     y = torch.as_tensor(y)
@@ -97,9 +138,9 @@ def _box(x: torch.Tensor, eps: float, clamp: tuple[float, float] | None):
 def linf(x, y, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
     """Every sample's features may move by up to ``eps`` in ℓ∞ (FullCert's threat model),
     optionally clipped to ``clamp``."""
-    x = _f64(x)
+    x, y = _data(x, y)
     lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(x, lo, hi, _labels(y), threat=f"linf(eps={eps})")
+    return BoundedDataset(x, lo, hi, y, threat=f"linf(eps={eps})")
 
 
 def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, float] | None = None) -> BoundedDataset:
@@ -118,15 +159,14 @@ def poison(x, y, k: int, eps: float, clamp: tuple[float, float] | None = None) -
     """At most ``k`` samples of each batch may move by ``eps`` in ℓ∞ (Abstract Gradient
     Training's bounded poisoning); the batch gradient is bounded by the ``k`` largest (smallest)
     per-sample deviations per parameter."""
-    x = _f64(x)
+    x, y = _data(x, y)
     lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(x, lo, hi, _labels(y), k=int(k), threat=f"poison(k={k}, eps={eps})")
+    return BoundedDataset(x, lo, hi, y, k=int(k), threat=f"poison(k={k}, eps={eps})")
 
 
 def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
     """At most ``k`` labels of each batch may be changed to any other class."""
-    x = _f64(x)
-    y = _labels(y)
+    x, y = _data(x, y)
     c = n_classes or int(y.max().item()) + 1
     sets = torch.ones(len(y), max(c, 2), dtype=torch.bool)
     return BoundedDataset(x, x.clone(), x.clone(), y, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
