@@ -101,6 +101,8 @@ def main() -> None:
             counts["wrong" if wrong else "solved" if ans == exp else "unsolved"] += 1
             rows.append({**r, "expected": exp, "overrun": float(r["run_time"]) - float(r["timeout"])})
         summary.append({"benchmark": folder.name, "instances": len(got), **counts, "seconds": time.monotonic() - t0})
+    if executor is not None:
+        executor.close()
     over = sorted(r["overrun"] for r in rows)
 
     def q(p):

@@ -64,6 +64,9 @@ def _run_verify(args) -> int:
     except (BoundFlowError, FileNotFoundError, ValueError) as e:
         print(f"boundflow verify: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"{res.status}  ({time.monotonic() - args.start:.2f} s, {res.boxes} boxes)")
     for note in res.notes:
         print(f"  note: {note}")
@@ -92,6 +95,9 @@ def _run_vnncomp(args) -> int:
     except BoundFlowError as e:
         print(f"boundflow vnncomp: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    finally:
+        if executor is not None:
+            executor.close()
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["result"]] = counts.get(r["result"], 0) + 1

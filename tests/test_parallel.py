@@ -118,3 +118,14 @@ def test_benchmark_over_instances_equals_serial(instances, pools, tmp_path):
     by_inst = run_benchmark(csv, tmp_path / "inst", progress=False, executor=pools["process"], parallel="instances")
     assert [r["result"] for r in serial] == [r["result"] for r in by_inst] == [e for _, _, e, *_ in some]
     assert [(r["onnx"], r["vnnlib"]) for r in serial] == [(r["onnx"], r["vnnlib"]) for r in by_inst]
+
+
+def test_cli_parallel_options(instances, capsys):
+    from boundflow.cli import EXIT_INPUT_ERROR, EXIT_SAT, EXIT_UNSAT, main
+
+    onnx, prop, expected, *_ = instances[0]
+    assert main(["verify", str(onnx), str(prop), "--workers", "0"]) == EXIT_INPUT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err == "boundflow verify: --workers must be >= 1, got 0"
+    rc = main(["verify", str(onnx), str(prop), "--workers", "2", "--timeout", "60"])
+    assert rc == {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}[expected]
