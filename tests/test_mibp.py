@@ -27,7 +27,9 @@ def _moons(n: int):
     "method,loss,decompose",
     [
         ("lp", "bce", True),
+        ("lp", "bce", 3),
         ("lp", "mse", False),
+        ("milp", "hinge", 3),
         ("milp", "hinge", True),
         ("milp", "bce", False),
         ("mibp", "mse", True),
@@ -70,6 +72,23 @@ def _one_step(mode, decompose, loss="mse"):
         y,
         solver_step(model, lo, hi, x - 0.05, x + 0.05, y, loss, 0.3, 0.0, mode, decompose=decompose),
     )
+
+
+def test_grouped_programs_sit_between_per_sample_and_joint():
+    """Programs of G samples relax the joint program less than per-sample programs do: the
+    LP box of one step (6 samples) narrows from per-sample programs to groups of 2 or 3 to
+    the joint program (each coarser split relaxes a finer one's coupling less)."""
+    boxes = {g: _one_step("lp", g)[-1] for g in (True, 2, 3, False)}
+    tol = 1e-7
+    order = [True, 2, 3, False]  # 2 and 3 are not nested (groups 2+2+2 vs 3+3), each sits between
+    for a, b in ((True, 2), (True, 3), (2, False), (3, False)):
+        for n in boxes[a][0]:
+            assert (boxes[b][0][n] >= boxes[a][0][n] - tol).all(), (a, b, n)
+            assert (boxes[b][1][n] <= boxes[a][1][n] + tol).all(), (a, b, n)
+    widths = [sum(float((boxes[g][1][n] - boxes[g][0][n]).sum()) for n in boxes[g][0]) for g in order]
+    assert widths[0] > widths[1] and widths[0] > widths[2] and min(widths[1], widths[2]) > widths[3]
+    with pytest.raises(ValueError, match="group size"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=4, method="lp", loss="mse", decompose=0)
 
 
 @pytest.mark.parametrize("decompose", [True, False])

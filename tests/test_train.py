@@ -252,3 +252,56 @@ def test_missing_features_and_subset_replay(loss):
         bounds = T.certified_training(model, data, cfg)
         for xs in _concrete_datasets(model, data, loss, n=20, seed=4):
             assert bounds.contains(_replay(model, xs, y, cfg), atol=1e-9)
+
+
+class _Shared(nn.Module):
+    """One Linear layer called twice: per-sample gradients are not outer products."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_batched_per_sample_gradients_match_the_loop(case):
+    """The k-of-n step's batched per-sample gradients (outer products after one backward pass)
+    are the one-sample-at-a-time bounds, over random architectures, losses and threats; models
+    where they are not outer products (a layer called twice, a convolution) take the loop."""
+    from boundflow.domains.interval import IntervalTensor
+    from boundflow.train import trainer
+    from boundflow.train.losses import Target
+
+    g = torch.Generator().manual_seed(case)
+    loss = ["bce", "cross_entropy", "mse", "hinge", "cross_entropy", "cross_entropy"][case]
+    n_out = 1 if loss in ("bce", "hinge") else 3
+    d_in = int(torch.randint(2, 6, (1,), generator=g))
+    if case == 4:
+        model, d_in, n_out = _Shared().to(D), 3, 2
+    elif case == 5:
+        model, d_in = _CNN(3).to(D), 64
+    else:
+        model = _mlp(d_in, n_out, hidden=int(torch.randint(2, 9, (1,), generator=g)), layers=case % 3 + 2, seed=case)
+    w = float(torch.rand((), generator=g)) * 0.05
+    params = {
+        n: IntervalTensor(p.detach() - w, p.detach() + w, requires_grad=True) for n, p in model.named_parameters()
+    }
+    x = torch.randn(7, d_in, generator=g, dtype=D)
+    y = torch.randint(0, max(n_out, 2), (7,), generator=g)
+    sets = torch.rand(7, max(n_out, 2), generator=g) < 0.5 if loss == "cross_entropy" else None
+    if sets is not None:
+        sets[torch.arange(7), y] = True
+    xi = IntervalTensor(x - 0.1, x + 0.1)
+    tgt = Target(y, sets, max(n_out, 2))
+    fast = trainer._per_sample_grads(model, params, xi, tgt, loss, 7)
+    slow = trainer._per_sample_grads_loop(model, params, xi, tgt, loss, 7)
+    assert set(fast) == set(slow) == set(params)
+    for n in params:
+        assert fast[n][0].shape == (7, *params[n].shape)
+        assert torch.allclose(fast[n][0], slow[n][0], rtol=1e-12, atol=1e-15), n
+        assert torch.allclose(fast[n][1], slow[n][1], rtol=1e-12, atol=1e-15), n
+    if case == 5:
+        assert trainer._linear_layers(model, params) is None  # a convolution: the loop

@@ -259,6 +259,17 @@ def _params(B: _Builder, layers, lower, upper) -> dict[str, np.ndarray]:
     return P
 
 
+def _group_size(decompose: bool | int, n: int) -> int:
+    """Samples per program: ``True`` -> 1, ``False`` -> all ``n``, an int ``G >= 1`` -> ``G``."""
+    if decompose is True:
+        return 1
+    if decompose is False:
+        return max(n, 1)
+    if isinstance(decompose, int) and decompose >= 1:
+        return min(decompose, max(n, 1))
+    raise ValueError(f"decompose must be True, False or a group size >= 1, got {decompose!r}")
+
+
 def build_step(
     model: nn.Module,
     lower: dict[str, torch.Tensor],
@@ -269,7 +280,7 @@ def build_step(
     loss: str,
     lr: float,
     weight_decay: float = 0.0,
-    decompose: bool = False,
+    decompose: bool | int = False,
 ) -> list[StepProgram]:
     """The program(s) of one SGD step on a batch (``x_lower/x_upper``: (B, d) data box, ``y``
     exact labels) from the parameter box ``[lower, upper]``.
@@ -281,7 +292,10 @@ def build_step(
     lower bound on the joint minimum (each sample may pick its own parameters — a Lagrangian
     relaxation of ``p_s = p`` with the multipliers splitting ``p_k``'s coefficient evenly), so
     it is sound and keeps the dependency of each sample's gradient on the parameters, at a
-    fraction of the cost (B programs of one sample each)."""
+    fraction of the cost (B programs of one sample each).  ``decompose=G`` (an int): programs
+    of ``G`` consecutive samples sharing one copy of the parameters (the last may be smaller):
+    between the two (``1`` is ``True``; ``G >= B`` is the joint program), sound by the same
+    argument with the multipliers split evenly between the groups."""
     if loss not in MIBP_LOSSES:
         raise ValueError(f"solver-based training supports losses {', '.join(MIBP_LOSSES)}, not {loss!r}")
     layers = supported_layers(model)
@@ -291,7 +305,8 @@ def build_step(
     n_in = lower[layers[0][0]].shape[1]
     if xl.shape[1] != n_in:
         raise ValueError(f"data has {xl.shape[1]} features, the first Linear layer expects {n_in}")
-    groups = [[s] for s in range(n_b)] if decompose else [list(range(n_b))]
+    size = _group_size(decompose, n_b)
+    groups = [list(range(i, min(i + size, n_b))) for i in range(0, n_b, size)]
     out = []
     for group in groups:
         B = _Builder()
@@ -331,7 +346,7 @@ def solver_step(
     executor=None,
     time_limit: float | None = None,
     on_done=None,
-    decompose: bool = True,
+    decompose: bool | int = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Bounds on every parameter after one SGD step, by minimising and maximising it over the
     step's program(s) with the ``mode`` solver (``lp``, ``milp``, ``mibp``); see

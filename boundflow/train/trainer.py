@@ -47,7 +47,11 @@ class TrainConfig:
     0.05); ``patience`` stops after that many epochs without improvement.  The kept box of
     epoch ``e`` holds every parameter vector that ``e`` epochs of this training reach from any
     dataset in the threat model; the epoch is chosen from the bounds alone, not from any
-    concrete dataset, so stopping concrete training at ``e`` is covered."""
+    concrete dataset, so stopping concrete training at ``e`` is covered.
+
+    Solver methods (``lp``, ``milp``, ``mibp``): ``decompose`` is how a batch's step is split
+    into programs: ``True`` one per sample, ``False`` MIBP-Cert's joint program, an int ``G``
+    programs of ``G`` samples (see :func:`boundflow.encode.training_step.build_step`)."""
 
     epochs: int
     lr: float
@@ -63,7 +67,7 @@ class TrainConfig:
     executor: str = "process"
     address: str | None = None
     time_limit: float | None = None
-    decompose: bool = True
+    decompose: bool | int = True
     lr_decay: float = 1.0
     keep_best: bool = False
     stop_drop: float | None = None
@@ -89,6 +93,8 @@ class TrainConfig:
                 raise ValueError(f"method={self.method!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
             if self.momentum:
                 raise ValueError(f"method={self.method!r} supports SGD without momentum (momentum={self.momentum})")
+        if not (isinstance(self.decompose, bool) or (isinstance(self.decompose, int) and self.decompose >= 1)):
+            raise ValueError(f"decompose must be True, False or a group size >= 1, got {self.decompose!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.pretrain_epochs < 0:
             raise ValueError("epochs and pretrain_epochs must be >= 0 and batch_size >= 1")
 
@@ -162,38 +168,99 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         return
     # at most k samples of the batch deviate: per-sample gradients of the nominal and of the
     # perturbed sample, combined with the k largest (smallest) deviations per parameter
-    names = list(params)
-    clean = {n: [] for n in names}
-    dev = {n: [] for n in names}
     b = len(idx)
-    for i in range(b):
-        for which in ("clean", "perturbed"):
-            for p in params.values():
-                p.grad = None
-            if which == "clean":
-                xi = IntervalTensor.exact(data.x[idx[i : i + 1]])
-                tgt = Target(y[i : i + 1], None, n_classes)
-            else:
-                xi = IntervalTensor(x_lo[i : i + 1], x_hi[i : i + 1])
-                sets = data.label_sets[idx[i : i + 1]] if data.label_sets is not None else None
-                tgt = Target(y[i : i + 1], sets, n_classes)
-            out = functional_call(model, params, (xi,))
-            (bounded_loss(out, tgt, config.loss) * (1.0 / b)).backward()
-            for n in names:
-                g = lohi(params[n].grad) if params[n].grad is not None else (torch.zeros_like(params[n].lower),) * 2
-                (clean if which == "clean" else dev)[n].append((g[0].clone(), g[1].clone()))
+    sets = data.label_sets[idx] if data.label_sets is not None else None
+    clean = _per_sample_grads(
+        model, params, IntervalTensor.exact(data.x[idx]), Target(y, None, n_classes), config.loss, b
+    )
+    dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
     k = min(data.k, b)
-    for n in names:
-        c_lo = torch.stack([g[0] for g in clean[n]])
-        c_hi = torch.stack([g[1] for g in clean[n]])
-        d_lo = torch.stack([g[0] for g in dev[n]]) - c_lo
-        d_hi = torch.stack([g[1] for g in dev[n]]) - c_hi
+    for n in params:
+        c_lo, c_hi = clean[n]
+        d_lo, d_hi = dev[n][0] - c_lo, dev[n][1] - c_hi
         lo = c_lo.sum(0)
         hi = c_hi.sum(0)
         if k:
             lo = lo + d_lo.clamp(max=0).topk(k, dim=0, largest=False).values.sum(0)
             hi = hi + d_hi.clamp(min=0).topk(k, dim=0, largest=True).values.sum(0)
         params[n].grad = IntervalTensor(lo, hi, check=False)
+
+
+def _linear_layers(model: nn.Module, params) -> dict[str, nn.Linear] | None:
+    """``{module name: nn.Linear}`` when every parameter is a Linear layer's weight or bias
+    (then per-sample gradients are outer products of per-sample quantities); else None."""
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            layers[name] = m
+        elif next(m.parameters(recurse=False), None) is not None:
+            return None
+    owned = {f"{n}.weight" for n in layers} | {f"{n}.bias" for n, m in layers.items() if m.bias is not None}
+    return layers if owned == set(params) else None
+
+
+def _per_sample_grads(model, params, x: IntervalTensor, target: Target, loss: str, b: int) -> dict:
+    """``{name: (lo, hi)}`` of shape ``(b, *param.shape)``: bounds on each sample's gradient
+    of ``loss / b`` (its share of the batch mean).
+
+    Models whose parameters all sit in ``nn.Linear`` layers (each called once, on a batch of
+    vectors): one batched forward and backward pass to the layers' outputs, then each
+    sample's weight gradient as the interval outer product of its output gradient and its
+    input (the same rules as a one-sample backward pass, whose batch rows are independent).
+    Other models: one forward and backward pass per sample."""
+    layers = _linear_layers(model, params)
+    if layers is not None:
+        seen: dict[str, tuple] = {}
+
+        def hook(name):
+            def record(mod, inputs, output):
+                if name in seen or inputs[0].dim() != 2:
+                    seen[name] = None  # called twice, or not on vectors: use the loop
+                else:
+                    seen[name] = (inputs[0], output)
+
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+        try:
+            out = functional_call(model, params, (x,))
+        finally:
+            for h in handles:
+                h.remove()
+        if len(seen) == len(layers) and all(v is not None for v in seen.values()):
+            names = list(seen)
+            outs = [seen[n][1] for n in names]
+            # the batch mean: each row gets its sample's gradient of loss / b
+            grads = torch.autograd.grad(bounded_loss(out, target, loss), outs, allow_unused=True)
+            res = {}
+            for n, g in zip(names, grads):
+                inp = seen[n][0]
+                if g is None:
+                    g = IntervalTensor.exact(torch.zeros_like(lohi(outs[names.index(n)])[0]))
+                w = torch.bmm(g.unsqueeze(2), inp.unsqueeze(1))  # (b, out, in)
+                res[f"{n}.weight"] = tuple(t.clone() for t in lohi(w))
+                if layers[n].bias is not None:
+                    res[f"{n}.bias"] = tuple(t.clone() for t in lohi(g))
+            return res
+    return _per_sample_grads_loop(model, params, x, target, loss, b)
+
+
+def _per_sample_grads_loop(model, params, x: IntervalTensor, target: Target, loss: str, b: int) -> dict:
+    x_lo, x_hi = lohi(x)
+    acc: dict[str, list] = {n: [] for n in params}
+    for i in range(len(x_lo)):
+        for p in params.values():
+            p.grad = None
+        sets = target.sets[i : i + 1] if target.sets is not None else None
+        xi = IntervalTensor(x_lo[i : i + 1], x_hi[i : i + 1], check=False)
+        out = functional_call(model, params, (xi,))
+        (bounded_loss(out, Target(target.y[i : i + 1], sets, target.n_classes), loss) * (1.0 / b)).backward()
+        for n in params:
+            g = lohi(params[n].grad) if params[n].grad is not None else (torch.zeros_like(params[n].lower),) * 2
+            acc[n].append((g[0].clone(), g[1].clone()))
+    for p in params.values():
+        p.grad = None
+    return {n: (torch.stack([g[0] for g in v]), torch.stack([g[1] for g in v])) for n, v in acc.items()}
 
 
 def certified_training(
