@@ -5,6 +5,7 @@ check can fail, and the CLI runs end to end (quick mode) for built-in, ONNX and 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -141,29 +142,58 @@ def test_cli_onnx_and_factory_networks(tmp_path):
     assert res["consistency_violations"] == []
 
 
-def test_cli_rejects_bad_options(tmp_path):
-    from boundflow.cli import main
+def test_cli_rejects_bad_options(tmp_path, capsys):
+    from tests.cli_contract import assert_user_error
 
-    with pytest.raises(SystemExit, match="unknown \\['deeppoly'\\]"):
-        main(["bench", "tightness", "--quick", "--methods", "ibp,deeppoly", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--eps 'a,b'"):
-        main(["bench", "tightness", "--quick", "--eps", "a,b", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="no ONNX file"):
-        main(["bench", "tightness", "--no-builtin", "--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path)])
+    assert_user_error(
+        capsys,
+        ["bench", "tightness", "--quick", "--methods", "ibp,deeppoly", "--out", str(tmp_path)],
+        r"unknown \['deeppoly'\]",
+    )
+    assert_user_error(capsys, ["bench", "tightness", "--quick", "--eps", "a,b", "--out", str(tmp_path)], "--eps 'a,b'")
+    argv = ["bench", "tightness", "--no-builtin", "--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path)]
+    assert_user_error(capsys, argv, "no ONNX file")
 
 
 @pytest.mark.slow  # about 50 s on 2 cores; `make test-slow` runs it
 def test_training_tightness_cli(tmp_path):
     from boundflow.cli import main
 
-    argv = ["bench", "training", "--methods", "interval,lp", "--epochs", "2", "--n-train", "40", "--n-test", "40"]
-    argv += ["--batch-size", "40", "--workers", "1", "--out", str(tmp_path), "--no-progress"]
+    argv = ["bench", "training", "--methods", "interval,lp", "--epochs", "2", "--n-train", "40", "--n-val", "40"]
+    argv += ["--n-test", "40", "--seeds", "1", "--eps", "1e-2", "--batch-size", "40", "--group", "8"]
+    argv += ["--workers", "1", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     res = json.loads((tmp_path / "training.json").read_text())
-    widths = {r["method"]: r["final_width"] for r in res["rows"] if r["eps"] == 1e-2}
-    assert widths["lp"] <= widths["interval"] + 1e-12  # the solver step is intersected with the interval step
-    assert all(len(r["width_per_epoch"]) == 2 for r in res["runs"])
-    assert (tmp_path / "training.png").exists()
+    runs = {r["method"]: r for r in res["runs"]}
+    # the solver step is intersected with the interval step: never wider, epoch by epoch
+    for a, b in zip(runs["lp"]["width_per_epoch"], runs["interval"]["width_per_epoch"]):
+        assert a <= b + 1e-12
+    for r in res["runs"]:
+        k = r["kept_epoch"]
+        assert 1 <= k <= len(r["width_per_epoch"]) <= 2
+        assert r["kept_certified_accuracy"] == r["certified_accuracy_per_epoch"][k - 1]
+        # the kept epoch is the best by validation (the earliest on ties)
+        val = r["val_certified_accuracy_per_epoch"]
+        assert val[k - 1] == max(val) and max(val[: k - 1], default=-1) < val[k - 1]
+    assert len(runs["lp"]["shrinking_params_per_step"]) == len(runs["lp"]["width_per_epoch"])
+    assert (tmp_path / "training.png").exists() and "| lp | 0.01 | 1 |" in (tmp_path / "training.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--group", "0"], "--group must be >= 1"),
+        (["--dataset", "mnist"], "--dataset 'mnist'"),
+        (["--methods", "interval,exact"], "unknown ['exact']"),
+        (["--eps", "0.1,x"], "expected comma-separated numbers"),
+        (["--patience", "0"], "--patience must be >= 1"),
+    ],
+)
+def test_training_tightness_cli_rejects_bad_arguments_before_work(tmp_path, capsys, extra, message):
+    from tests.cli_contract import assert_user_error
+
+    assert_user_error(capsys, ["bench", "training", "--out", str(tmp_path / "out"), *extra], re.escape(message))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_method_that_cannot_encode_the_network_is_reported_not_fatal(monkeypatch):

@@ -6,7 +6,6 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
@@ -17,7 +16,9 @@ def add_parser(sub) -> None:
     t = bsub.add_parser("tightness", help="bound the same networks and properties with every method")
     t.add_argument("--quick", action="store_true", help="three small networks, 3 points, 2 eps (about a minute)")
     t.add_argument("--methods", default="ibp,crown,alpha-crown,lp,milp", help="comma-separated methods")
-    t.add_argument("--eps", default=None, help="comma-separated l-inf radii (default 0.003,0.01,0.03,0.1)")
+    t.add_argument(
+        "--eps", "--epsilon", dest="eps", default=None, help="comma-separated l-inf radii (default 0.003,0.01,0.03,0.1)"
+    )
     t.add_argument("--points", type=int, default=None, help="points per network (default 16; 3 with --quick)")
     t.add_argument("--time-limit", type=float, default=None, help="seconds per solver bound (default 5; 0.5 quick)")
     t.add_argument("--onnx", action="append", default=[], help="also bound this ONNX network (repeatable)")
@@ -27,21 +28,27 @@ def add_parser(sub) -> None:
     t.add_argument("--out", default="runs/tightness", help="folder for tightness.json, .md, .png")
     t.add_argument("--no-progress", action="store_true")
     tr = bsub.add_parser("training", help="parameter-bound width and certified accuracy per epoch, per method")
-    tr.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, interval/lp/milp, one eps")
-    tr.add_argument("--methods", default=None, help="default interval,lp,milp,mibp (interval,lp,milp with --quick)")
-    tr.add_argument("--eps", default=None, help="default 1e-4,1e-3,1e-2 (1e-2 with --quick)")
-    tr.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
-    tr.add_argument("--mibp-seeds", type=int, default=None)
-    tr.add_argument("--mibp-eps", default=None)
-    tr.add_argument("--epochs", type=int, default=None, help="default 5 (3 with --quick)")
-    tr.add_argument("--n-train", type=int, default=100)
-    tr.add_argument("--n-test", type=int, default=200)
-    tr.add_argument("--batch-size", type=int, default=100)
-    tr.add_argument("--hidden", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=2.0)
-    tr.add_argument("--loss", default="bce")
-    tr.add_argument("--workers", type=int, default=2)
-    tr.add_argument("--time-limit", type=float, default=0.05, help="seconds per solve")
+    tr.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, interval and lp, eps 0.01")
+    tr.add_argument("--dataset", default="moons", help="moons, iris-2 (versicolor/virginica), breast-cancer")
+    tr.add_argument("--methods", default=None, help="interval, lp, milp, mibp (default: interval,lp,milp)")
+    tr.add_argument(
+        "--eps", "--epsilon", dest="eps", default=None, help="l-inf radii (default: 1e-4,1e-3,1e-2; 1e-2 with --quick)"
+    )
+    tr.add_argument("--seeds", type=int, default=None, help="default: 10 (1 with --quick)")
+    tr.add_argument("--solver-seeds", type=int, default=None, help="seeds for lp/milp/mibp (default: --seeds)")
+    tr.add_argument("--solver-eps", default=None, help="radii for lp/milp/mibp (default: --eps)")
+    tr.add_argument("--epochs", type=int, default=None, help="at most this many (default: 10; 3 with --quick)")
+    tr.add_argument("--patience", type=int, default=2, help="stop after this many epochs without improvement")
+    tr.add_argument("--n-train", type=int, default=100, help="Two-Moons training points (default: 100)")
+    tr.add_argument("--n-val", type=int, default=200, help="Two-Moons validation points (default: 200)")
+    tr.add_argument("--n-test", type=int, default=200, help="Two-Moons test points (default: 200)")
+    tr.add_argument("--batch-size", type=int, default=100, help="default: 100")
+    tr.add_argument("--hidden", type=int, default=8, help="hidden ReLUs (default: 8)")
+    tr.add_argument("--lr", type=float, default=2.0, help="default: 2.0")
+    tr.add_argument("--loss", default="bce", help="bce, hinge or mse (default: bce)")
+    tr.add_argument("--group", type=int, default=10, help="samples per solver program (default: 10)")
+    tr.add_argument("--workers", type=int, default=2, help="solver processes (default: 2)")
+    tr.add_argument("--time-limit", type=float, default=5.0, help="seconds per solve (default: 5)")
     tr.add_argument("--out", default="runs/training-tightness")
     tr.add_argument("--name", default="training", help="file stem of the outputs (<name>.json, .md, .png)")
     tr.add_argument("--cmd", default="boundflow bench training", help=argparse.SUPPRESS)
@@ -89,10 +96,11 @@ def _tightness(args) -> int:
     if not cases:
         raise SystemExit("error: no networks (--no-builtin without --onnx or --factory)")
     settings = {"eps": eps, "methods": methods, "points": points, "time_limit": time_limit, "quick": args.quick}
+    from boundflow.outputs import claim
+
+    out = claim(args.out, ["tightness.json", "tightness.md", "tightness.png"], force=getattr(args, "force", False))
     res = T.run(cases, eps, methods, time_limit, progress=not args.no_progress, settings=settings)
     bad = T.check_consistency(res)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "boundflow " + shlex.join(getattr(args, "argv", []) or ["bench", "tightness"])
     payload = res.to_json() | {"consistency_violations": bad, "command": command}
     atomic_write_text(out / "tightness.json", json.dumps(payload, indent=1))

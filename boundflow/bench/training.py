@@ -1,10 +1,14 @@
 """Training-time tightness: interval (FullCert) vs solver-based (MIBP-Cert) certified training on
-the same data and threat model (Two-Moons, every training point within eps in l-inf).
+the same data and threat model (every training point within eps in l-inf), in MIBP-Cert's setting:
+separate training, validation and test sets, the box kept at the epoch with the best validation
+certified accuracy, early stopping after ``--patience`` epochs without improvement.
 
-Per (method, eps, seed): certified test accuracy and mean parameter-bound width after every
-epoch, the number of steps in which the mean width shrank, and seconds per epoch (wall clock,
-``--workers`` solver processes).  ``--mibp-seeds`` / ``--mibp-eps`` restrict the (slow) exact
-``mibp`` runs.  Used by ``boundflow bench training`` and ``benchmarks/mibp_moons.py``.
+Per (method, eps, seed): the kept box's certified test accuracy (the number reported), the
+epoch it came from, certified accuracy and mean parameter-bound width after every epoch, the
+parameters whose box got strictly narrower in each solver step, and seconds per epoch (wall
+clock, ``--workers`` solver processes).  ``--solver-seeds`` / ``--solver-eps`` restrict the
+solver methods (``lp``, ``milp``, ``mibp``), which cost seconds per epoch where the interval
+step costs milliseconds.  Used by ``boundflow bench training`` and ``benchmarks/mibp_moons.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import json
 import statistics
 import time
 import warnings
-from pathlib import Path
+
+import torch
 
 import boundflow.train as T
 from boundflow.atomic import atomic_savefig, atomic_write_text
@@ -21,7 +26,12 @@ from boundflow.bench.tightness import environment
 from boundflow.train.cli import mlp
 from solvers.executor import make_executor
 
-__all__ = ["run_one", "run_cli"]
+__all__ = ["run_one", "run_cli", "load_split"]
+
+SOLVER_METHODS = ("lp", "milp", "mibp")
+DATASETS = ("moons", "iris-2", "breast-cancer")
+# parsed options that are not settings of the benchmark (not written into its command line)
+_NOT_SETTINGS = ("func", "command", "bench", "argv", "start", "debug", "quiet", "verbose", "force", "threads")
 
 
 def _med(values):
@@ -29,45 +39,82 @@ def _med(values):
     return statistics.median(v) if v else None
 
 
+def load_split(args, seed: int):
+    """``(x_train, y_train, (x_val, y_val), (x_test, y_test))`` for ``args.dataset``.
+
+    Two-Moons (noise 0.1): ``n_train / n_val / n_test`` points drawn with ``seed``.  ``iris-2``
+    (versicolor against virginica, the two classes no line separates), ``breast-cancer``: the
+    seeded stratified split of :func:`boundflow.train.load_dataset` (20% test), 20% of the
+    training part held out for validation; features standardised on the training part."""
+    name = args.dataset
+    if name == "moons":
+        n = args.n_train + args.n_val + args.n_test
+        d = T.load_dataset("moons", seed=seed, n_samples=n, test_fraction=args.n_test / n)
+        n_val = args.n_val
+    elif name in ("iris-2", "breast-cancer"):
+        d = T.load_dataset("iris" if name == "iris-2" else name, seed=seed, test_fraction=0.2)
+        if name == "iris-2":
+            d = _two_classes(d, (1, 2))
+        n_val = int(round(0.2 * len(d.x_train)))
+    else:
+        raise SystemExit(f"error: --dataset {name!r}: choose from moons, iris-2, breast-cancer")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(d.x_train), generator=g)
+    tr, va = order[n_val:].sort().values, order[:n_val].sort().values
+    return d.x_train[tr], d.y_train[tr], (d.x_train[va], d.y_train[va]), (d.x_test, d.y_test)
+
+
+def _two_classes(d, classes):
+    def keep(x, y):
+        m = (y == classes[0]) | (y == classes[1])
+        return x[m], (y[m] == classes[1]).long()
+
+    xtr, ytr = keep(d.x_train, d.y_train)
+    xte, yte = keep(d.x_test, d.y_test)
+    return T.Dataset("iris-2", xtr, ytr, xte, yte)
+
+
 def run_one(method: str, eps: float, seed: int, args, executor) -> dict:
-    """One certified-training run; its per-epoch widths, accuracies and times."""
-    n = args.n_train + args.n_test
-    d = T.load_dataset("moons", seed=seed, n_samples=n, test_fraction=args.n_test / n)
-    model = mlp(2, 1, args.hidden, 2, seed)
+    """One certified-training run: the kept box's test accuracy and the per-epoch curves."""
+    x_tr, y_tr, val, test = load_split(args, seed)
+    model = mlp(x_tr.shape[1], 1, args.hidden, 2, seed)
     cfg = T.TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
-        batch_size=args.batch_size,
+        batch_size=min(args.batch_size, len(x_tr)),
         loss=args.loss,
         seed=seed,
         method=method,
         workers=args.workers,
         time_limit=args.time_limit,
+        decompose=args.group,
+        keep_best=True,
+        patience=args.patience,
     )
-    data = T.linf(d.x_train, d.y_train, eps)
+    data = T.linf(x_tr, y_tr, eps)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", T.TrainingDiverged)
         # one process pool shared by all runs: its start-up is not part of an epoch
-        b = T.certified_training(model, data, cfg, test=(d.x_test, d.y_test), executor=executor)
+        b = T.certified_training(model, data, cfg, test=test, executor=executor, val=val, val_eps=0.0)
     secs = time.perf_counter() - t0
-    widths = [h["mean_width"] for h in b.history]
-    shrink = 0
-    prev = 0.0  # the start is a point
-    for h in b.history:
-        for w in h["step_widths"]:
-            shrink += w < prev
-            prev = w
+    kept = b.best["epoch"] if b.best else 0
+    kept_row = b.history[kept - 1] if kept else None
     return {
         "method": method,
         "eps": eps,
         "seed": seed,
+        "kept_epoch": kept,
+        "kept_certified_accuracy": kept_row["certified_accuracy"] if kept_row else None,
+        "kept_nominal_accuracy": kept_row.get("nominal_accuracy") if kept_row else None,
+        "kept_width": kept_row["mean_width"] if kept_row else None,
+        "val_certified_accuracy_per_epoch": [h.get("val_certified_accuracy") for h in b.history],
         "certified_accuracy_per_epoch": [h["certified_accuracy"] for h in b.history],
-        "nominal_accuracy": b.history[-1]["nominal_accuracy"] if b.history else None,
-        "width_per_epoch": widths,
+        "width_per_epoch": [h["mean_width"] for h in b.history],
         "seconds_per_epoch": [h["seconds"] for h in b.history],
-        "shrinking_steps": int(shrink),
-        "steps": sum(len(h["step_widths"]) for h in b.history),
+        "shrinking_params_per_step": [n for h in b.history for n in h.get("shrinking_params", [])],
+        "parameters": sum(t.numel() for t in b.lower.values()),
+        "stopped_at": b.stopped_at,
         "solver_status": b.history[-1].get("solver_status") if b.history else None,
         "seconds": secs,
     }
@@ -77,32 +124,98 @@ def _defaults(args) -> None:
     """Fill the defaults that depend on ``--quick``."""
     q = getattr(args, "quick", False)
     if args.methods is None:
-        args.methods = "interval,lp,milp" if q else "interval,lp,milp,mibp"
+        args.methods = "interval,lp" if q else "interval,lp,milp"
     if args.eps is None:
         args.eps = "1e-2" if q else "1e-4,1e-3,1e-2"
     if args.seeds is None:
-        args.seeds = 1 if q else 3
+        args.seeds = 1 if q else 10
     if args.epochs is None:
-        args.epochs = 3 if q else 5
+        args.epochs = 3 if q else 10
+
+
+def _jobs(args, methods, epsilons):
+    solver_eps = [float(e) for e in args.solver_eps.split(",")] if args.solver_eps else epsilons
+    jobs = []
+    for m in methods:
+        solver = m in SOLVER_METHODS
+        for e in solver_eps if solver else epsilons:
+            n = args.solver_seeds if (solver and args.solver_seeds is not None) else args.seeds
+            jobs += [(m, e, s) for s in range(n)]
+    return jobs
+
+
+def _check(args) -> tuple[list[str], list[float]]:
+    """Every argument, before any work (one-line errors)."""
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in ("interval",) + SOLVER_METHODS]
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {unknown}; choose from interval, lp, milp, mibp")
+    try:
+        epsilons = [float(e) for e in args.eps.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --eps {args.eps!r}: expected comma-separated numbers") from None
+    problems = [
+        (all(e >= 0 for e in epsilons), f"--eps {args.eps!r}: radii must be >= 0"),
+        (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.hidden >= 1, f"--hidden must be >= 1, got {args.hidden}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.group >= 1, f"--group must be >= 1 samples per program, got {args.group}"),
+        (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
+        (args.dataset in DATASETS, f"--dataset {args.dataset!r}: choose from {', '.join(DATASETS)}"),
+        (min(args.n_train, args.n_val, args.n_test) >= 1, "--n-train, --n-val and --n-test must be >= 1"),
+    ]
+    for ok, msg in problems:
+        if not ok:
+            raise SystemExit(f"error: {msg}")
+    return methods, epsilons
+
+
+def summarise(runs: list[dict], methods: list[str], epsilons: list[float]) -> list[dict]:
+    """One row per (method, eps): medians over seeds of the kept box's numbers."""
+    rows = []
+    for m in methods:
+        for e in epsilons:
+            rs = [r for r in runs if r["method"] == m and r["eps"] == e]
+            if not rs:
+                continue
+            acc = [r["kept_certified_accuracy"] or 0.0 for r in rs]
+            steps = [n for r in rs for n in r["shrinking_params_per_step"]]
+            rows.append(
+                {
+                    "method": m,
+                    "eps": e,
+                    "seeds": len(rs),
+                    "certified_accuracy": statistics.median(acc),
+                    "certified_accuracy_mean": statistics.fmean(acc),
+                    "certified_accuracy_min": min(acc),
+                    "certified_accuracy_max": max(acc),
+                    "kept_epoch": _med([r["kept_epoch"] for r in rs]),
+                    "nominal_accuracy": _med([r["kept_nominal_accuracy"] for r in rs]),
+                    "kept_width": _med([r["kept_width"] for r in rs]),
+                    "shrinking_steps": sum(n > 0 for n in steps) if m in SOLVER_METHODS else None,
+                    "solver_steps": len(steps) if m in SOLVER_METHODS else None,
+                    "shrinking_params_median": _med(steps) if steps else None,
+                    "parameters": rs[0]["parameters"],
+                    "seconds_per_epoch": _med([_med(r["seconds_per_epoch"]) for r in rs]),
+                }
+            )
+    return rows
 
 
 def run_cli(args) -> int:
     """``boundflow bench training``: run, then write ``<name>.json``, ``.md`` and ``.png``."""
     _defaults(args)
+    methods, epsilons = _check(args)
+    from boundflow.outputs import claim
+
+    name = getattr(args, "name", "training")
+    out = claim(args.out, [f"{name}.json", f"{name}.md", f"{name}.png"], force=getattr(args, "force", False))
     from tqdm import tqdm
 
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in ("interval", "lp", "milp", "mibp")]
-    if unknown:
-        raise SystemExit(f"error: --methods: unknown {unknown}; choose from interval, lp, milp, mibp")
-    epsilons = [float(e) for e in args.eps.split(",")]
-    mibp_eps = [float(e) for e in args.mibp_eps.split(",")] if args.mibp_eps else epsilons
-    jobs = []
-    for m in methods:
-        for e in epsilons if m != "mibp" else mibp_eps:
-            n = args.mibp_seeds if (m == "mibp" and args.mibp_seeds is not None) else args.seeds
-            jobs += [(m, e, s) for s in range(n)]
-    executor = make_executor("process", args.workers)
+    jobs = _jobs(args, methods, epsilons)
+    need_pool = any(m in SOLVER_METHODS for m, _, _ in jobs)
+    executor = make_executor("process", args.workers) if need_pool else make_executor("serial")
     try:
         runs = [
             run_one(m, e, s, args, executor)
@@ -110,73 +223,66 @@ def run_cli(args) -> int:
         ]
     finally:
         executor.close()
-    rows = []
-    for m in methods:
-        for e in epsilons:
-            rs = [r for r in runs if r["method"] == m and r["eps"] == e]
-            if not rs:
-                continue
-            rows.append(
-                {
-                    "method": m,
-                    "eps": e,
-                    "seeds": len(rs),
-                    "best_certified_accuracy": _med([max(r["certified_accuracy_per_epoch"], default=0) for r in rs]),
-                    "final_certified_accuracy": _med([r["certified_accuracy_per_epoch"][-1] for r in rs]),
-                    "final_width": _med([r["width_per_epoch"][-1] for r in rs]),
-                    "shrinking_steps": _med([r["shrinking_steps"] for r in rs]),
-                    "steps": rs[0]["steps"],
-                    "seconds_per_epoch": _med([_med(r["seconds_per_epoch"]) for r in rs]),
-                    "nominal_accuracy": _med([r["nominal_accuracy"] for r in rs]),
-                }
-            )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = getattr(args, "name", "training")
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "bench")}
+    all_eps = sorted({e for _, e, _ in jobs})
+    rows = summarise(runs, methods, all_eps)
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     payload = {"benchmark": name, "args": settings, "environment": environment(), "rows": rows, "runs": runs}
     atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=1))
-    cmd = (
-        getattr(args, "cmd", "boundflow bench training")
-        + " "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in settings.items()
-            if v is not None and v is not False and k not in ("cmd", "name", "quick", "no_progress")
-        )
-    )
-    lines = [
-        "# Interval vs solver-based certified training on Two-Moons",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"{args.n_train} training points, {args.n_test} test points, MLP 2-{args.hidden}-1 "
-        f"({3 * args.hidden + 1 + args.hidden} parameters), batch {args.batch_size}, {args.loss}, lr {args.lr}, "
-        f"{args.epochs} epochs; every training point within eps in l-inf.  Medians over seeds.  Certified accuracy: "
-        "test points whose prediction is correct for every parameter vector in the box.  Shrinking steps: "
-        "steps after which the mean parameter width is smaller than before.  Seconds per epoch: wall clock on "
-        f"this 2-core machine with {args.workers} solver processes (MIBP-Cert reports 19-156 s per epoch on up "
-        "to 32 cores with Gurobi).",
-        "",
-        "| method | eps | seeds | best cert. acc. | final cert. acc. | final mean width | shrinking steps "
-        "| s / epoch |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['eps']:g} | {r['seeds']} | {r['best_certified_accuracy']:.3f} | "
-            f"{r['final_certified_accuracy']:.3f} | {r['final_width']:.3g} | {r['shrinking_steps']:.0f}/{r['steps']} | "
-            f"{r['seconds_per_epoch']:.2f} |"
-        )
-    lines += ["", f"![certified accuracy and width per epoch]({name}.png)", ""]
+    lines = _markdown(args, settings, rows, name)
     atomic_write_text(out / f"{name}.md", "\n".join(lines))
-    _plot(runs, methods, epsilons, out / f"{name}.png", args.epochs)
+    _plot(runs, methods, all_eps, out / f"{name}.png", args)
     print("\n".join(lines[6:-2]))
     print(f"wrote {out}/{name}.json, {name}.md, {name}.png")
     return 0
 
 
-def _plot(runs, methods, epsilons, path, epochs):
+def _markdown(args, settings, rows, name) -> list[str]:
+    skip = ("cmd", "quick", "no_progress") + (("name",) if name in ("training", "mibp_moons") else ())
+    cmd = (
+        getattr(args, "cmd", "boundflow bench training")
+        + " "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False) and k not in skip
+        )
+    )
+    if args.dataset == "moons":
+        data = f"Two-Moons (noise 0.1): {args.n_train} training, {args.n_val} validation, {args.n_test} test points"
+    else:
+        data = f"{args.dataset} (seeded 80/20 split, 20% of the training part for validation, standardised)"
+    par = rows[0]["parameters"] if rows else "?"
+    lines = [
+        f"# Interval vs solver-based certified training: {args.dataset}",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"{data}; MLP with one hidden layer of {args.hidden} ReLUs ({par} parameters), batch {args.batch_size}, "
+        f"{args.loss}, lr {args.lr}, up to {args.epochs} epochs, the box kept at the best validation certified "
+        f"accuracy, stopped after {args.patience} epochs without improvement; every training point within eps in "
+        f"l-inf.  Solver steps: programs of {args.group} samples sharing one copy of the parameters, "
+        f"{args.time_limit} s per solve, the solver box intersected with the interval step's.  "
+        "**Certified accuracy**: test points whose prediction is correct for every parameter vector in the kept "
+        "box (median over seeds, with mean and range).  Shrinking steps: solver steps after which some parameter's "
+        "box is strictly narrower than before the step.  Seconds per epoch: wall clock on this 2-core machine "
+        f"with {args.workers} solver processes (MIBP-Cert reports 19-156 s per epoch on up to 32 cores with "
+        "Gurobi).",
+        "",
+        "| method | eps | seeds | certified acc. (median) | mean | min-max | kept epoch | nominal acc. "
+        "| kept mean width | shrinking steps | s / epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        shr = "-" if r["solver_steps"] is None else f"{r['shrinking_steps']}/{r['solver_steps']}"
+        nom = "-" if r["nominal_accuracy"] is None else f"{r['nominal_accuracy']:.3f}"
+        lines.append(
+            f"| {r['method']} | {r['eps']:g} | {r['seeds']} | **{r['certified_accuracy']:.3f}** | "
+            f"{r['certified_accuracy_mean']:.3f} | {r['certified_accuracy_min']:.3f}-{r['certified_accuracy_max']:.3f} "
+            f"| {r['kept_epoch']:g} | {nom} | {r['kept_width']:.3g} | {shr} | {r['seconds_per_epoch']:.2f} |"
+        )
+    lines += ["", f"![certified accuracy and width per epoch]({name}.png)", ""]
+    return lines
+
+
+def _plot(runs, methods, epsilons, path, args):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,20 +294,29 @@ def _plot(runs, methods, epsilons, path, epochs):
             rs = [r for r in runs if r["method"] == m and r["eps"] == e]
             if not rs:
                 continue
-            n = min(len(r["width_per_epoch"]) for r in rs)
-            ep = range(1, n + 1)
-            acc = [statistics.median(r["certified_accuracy_per_epoch"][k] for r in rs) for k in range(n)]
-            wid = [statistics.median(r["width_per_epoch"][k] for r in rs) for k in range(n)]
+            n = max(len(r["width_per_epoch"]) for r in rs)
+            ep = list(range(1, n + 1))
+
+            # a run stopped early counts with its last box for the remaining epochs
+            def at(key, k):
+                return statistics.median(r[key][min(k, len(r[key]) - 1)] for r in rs)
+
+            acc = [at("certified_accuracy_per_epoch", k) for k in range(n)]
+            wid = [at("width_per_epoch", k) for k in range(n)]
             axes[0, j].plot(ep, acc, marker="o", ms=3, color=f"C{i}", label=m)
             axes[1, j].plot(ep, wid, marker="o", ms=3, color=f"C{i}", label=m)
-        axes[0, j].set_title(f"eps = {e:g}")
+        axes[0, j].set_title(f"{args.dataset}, eps = {e:g}")
         axes[1, j].set_yscale("log")
         axes[1, j].set_xlabel("epoch")
         for a in axes[:, j]:
             a.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("certified test accuracy (median)")
+    axes[0, 0].set_ylabel("certified test accuracy (median over seeds)")
     axes[1, 0].set_ylabel("mean parameter-bound width (median, log)")
-    axes[0, 0].legend()
+    handles = {}
+    for a in axes.ravel():
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0, -1].legend(handles.values(), handles.keys(), title="method")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
