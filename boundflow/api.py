@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from boundflow.domains.base import Domain, PreparedModel, get_domain
 from boundflow.domains.interval.tensor import IntervalTensor
+from boundflow.errors import DomainError
 from boundflow.specs import Box, OutputSpec
 
 __all__ = ["compute_bounds", "interval_parameters", "prepare"]
@@ -112,6 +114,26 @@ def compute_bounds(
     if dtype is not None:
         x_lower, x_upper = x_lower.to(dtype), x_upper.to(dtype)
     spec = Box(x_lower, x_upper)
+    for name, t in (("x_lower", x_lower), ("x_upper", x_upper)):
+        if t.is_floating_point() and bool(torch.isinf(t).any()):
+            n = int(torch.isinf(t).sum())
+            raise DomainError(f"compute_bounds: {name} contains inf in {n} entries; every method needs a finite box")
     output = None if C is None else OutputSpec(torch.as_tensor(C, dtype=x_lower.dtype))
+    _no_nan_parameters(model, params)
     res = domain.prepare(model, _params_in(model, params, dtype)).bounds(spec, output)
-    return res.lower, res.upper
+    # an infinite input box can leave 0 * inf = NaN in a bound: nothing is known there
+    lower = torch.where(torch.isnan(res.lower), -math.inf, res.lower)
+    upper = torch.where(torch.isnan(res.upper), math.inf, res.upper)
+    return lower, upper
+
+
+def _no_nan_parameters(model: nn.Module, params) -> None:
+    """A NaN weight makes every concrete output NaN, which no bound contains: refuse it."""
+    from boundflow.domains.interval.tensor import lohi
+
+    given = dict(params or {})
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        t = given.get(name, p)
+        parts = lohi(t) if isinstance(t, IntervalTensor) else (t,)
+        if any(x.is_floating_point() and bool(torch.isnan(x).any()) for x in parts):
+            raise DomainError(f"compute_bounds: {'params' if name in given else 'model'} {name!r} contains NaN")

@@ -83,6 +83,28 @@ def gap_bound(program: Program, c: np.ndarray, objective: float, rel_gap: float,
     return objective - gap - _pad(program, c)
 
 
+def _quiet_highs(highspy):
+    """A ``highspy.Highs()`` with its output off.  Its constructor prints a licence banner to
+    the process's stdout before any option can be set (once per process, so every solver
+    process printed it): the constructor runs with file descriptor 1 sent to /dev/null."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            try:
+                h = highspy.Highs()
+            finally:
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 class _Highs:
     """One HiGHS instance holding the program; the objective changes between solves."""
 
@@ -91,8 +113,7 @@ class _Highs:
 
         self.program = program
         self.form = program.linear_form(mccormick)
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = _quiet_highs(highspy)
         h.setOptionValue("threads", 1)
         h.setOptionValue("random_seed", 0)
         lp = highspy.HighsLp()

@@ -183,3 +183,54 @@ def test_max_and_argmax_report_index_intervals():
     assert torch.equal(idx.lower, torch.tensor([1, 0])) and torch.equal(idx.upper, torch.tensor([1, 1]))
     am = x.argmax(1)
     assert torch.equal(am.lower, idx.lower) and torch.equal(am.upper, idx.upper)
+
+
+@pytest.mark.parametrize(
+    "lo_dtype,hi_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32), (torch.int64, torch.float32)]
+)
+def test_mixed_dtypes_promote_and_never_round_a_bound_inwards(lo_dtype, hi_dtype):
+    """The interval built from bounds of two dtypes contains the given one (compared in
+    float64, which holds both exactly): a value the promoted dtype cannot hold steps outwards."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(200, generator=g, dtype=torch.float64) * 10
+    if lo_dtype == torch.int64:  # integers a float32 cannot hold
+        base = torch.cat([base.round(), torch.tensor([2.0**40 + 1, -(2.0**40) - 3])])
+    lo = base.to(lo_dtype)
+    hi = (lo.double() + 2.0**20 * (lo_dtype == torch.int64) + torch.rand(len(base), generator=g)).to(hi_dtype)
+    assert bool((hi.double() >= lo.double()).all())
+    t = bf.IntervalTensor(lo, hi)
+    assert t.dtype == torch.promote_types(lo_dtype, hi_dtype)
+    assert bool((t.lower.double() <= lo.double()).all()) and bool((t.upper.double() >= hi.double()).all())
+
+
+def test_python_numbers_are_held_exactly():
+    x = bf.IntervalTensor(0.1)  # 0.1 is no float32: its interval has width
+    assert x.lower.item() <= 0.1 <= x.upper.item() and x.lower.item() < x.upper.item()
+    y = bf.IntervalTensor(torch.tensor(0.0, dtype=torch.float32), 0.1)
+    assert y.dtype == torch.float32 and y.upper.item() >= 0.1
+
+
+def test_narrowing_a_bound_steps_outwards():
+    lo = torch.tensor([0.1, -0.3, 1.0 / 3.0], dtype=torch.float64)
+    hi = torch.tensor([0.2, 0.7, 0.5], dtype=torch.float64)
+    t = bf.IntervalTensor(lo.float(), hi)  # float32 lower, float64 upper -> float64
+    assert t.dtype == torch.float64 and bool((t.lower <= lo.float().double()).all())
+    from boundflow.domains.interval.tensor import _convert
+
+    down, up = _convert(lo, torch.float32, -1), _convert(hi, torch.float32, 1)
+    assert bool((down.double() <= lo).all()) and bool((up.double() >= hi).all())
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+def test_compute_bounds_names_infinite_boxes_and_nan_weights(method):
+    import math
+
+    from boundflow.errors import DomainError
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    with pytest.raises(DomainError, match="x_upper contains inf"):
+        bf.compute_bounds(m, x, x + math.inf, method=method)
+    m[0].weight.data[0, 0] = float("nan")
+    with pytest.raises(DomainError, match="'0.weight' contains NaN"):
+        bf.compute_bounds(m, x, x + 1, method=method)

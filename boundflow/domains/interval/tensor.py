@@ -3,6 +3,7 @@ bounds, and the dispatcher that evaluates every ATen op on it through the rule t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,56 @@ def _describe_bad(mask: torch.Tensor) -> str:
     n = int(mask.sum())
     first = torch.nonzero(mask)[0].tolist() if n else []
     return f"{n} of {mask.numel()} entries (first at index {tuple(first)})"
+
+
+def _promoted(lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lower`` and ``upper`` as tensors of one dtype (the promotion of both: float32 with
+    float64 gives float64; a Python number takes the other bound's dtype, or the default
+    dtype), every conversion rounded outwards: a value the dtype cannot hold exactly becomes
+    the next representable value below (lower) or above (upper), never one inside."""
+    given_lo, given_hi = isinstance(lower, torch.Tensor), isinstance(upper, torch.Tensor)
+    lo_t = lower if given_lo else _number(lower)
+    if upper is None:
+        if given_lo:
+            return lo_t, lo_t.clone()
+        dt = lo_t.dtype if not lo_t.is_floating_point() else torch.get_default_dtype()
+        return _convert(lo_t, dt, -1), _convert(lo_t, dt, 1)
+    hi_t = upper if given_hi else _number(upper)
+    if given_lo != given_hi:  # a tensor and a number: the tensor's dtype (floating if needed)
+        t, n = (lo_t, hi_t) if given_lo else (hi_t, lo_t)
+        dt = t.dtype if t.is_floating_point() or not n.is_floating_point() else torch.get_default_dtype()
+        device = t.device
+    else:
+        if not given_lo:
+            lo_t, hi_t = lo_t.to(torch.get_default_dtype()), hi_t.to(torch.get_default_dtype())
+        dt = torch.promote_types(lo_t.dtype, hi_t.dtype)
+        device = lo_t.device
+    return _convert(lo_t, dt, -1).to(device), _convert(hi_t, dt, 1).to(device)
+
+
+def _number(v) -> torch.Tensor:
+    """A Python number or nested list as a tensor that holds it exactly (float64, int64)."""
+    t = torch.as_tensor(v)
+    return torch.as_tensor(v, dtype=torch.float64) if t.is_floating_point() else t
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype, direction: int) -> torch.Tensor:
+    """``t`` in ``dtype``, rounded away from the interval's inside (``direction`` -1: down)."""
+    if t.dtype == dtype:
+        return t
+    out = t.to(dtype)
+    if not dtype.is_floating_point:
+        return out
+    away = torch.full_like(out, direction * math.inf)
+    if t.is_floating_point():
+        if torch.finfo(t.dtype).bits < torch.finfo(dtype).bits:
+            return out  # widening a float is exact
+        back = out.to(t.dtype)  # narrowing: step outwards where it rounded inwards
+        inward = back > t if direction < 0 else back < t
+        return torch.where(inward, torch.nextafter(out, away), out)
+    # integers: exact below 2**(mantissa bits + 1), else possibly rounded either way
+    inexact = out.abs() >= 2.0 / torch.finfo(dtype).eps
+    return torch.where(inexact, torch.nextafter(out, away), out) if bool(inexact.any()) else out
 
 
 class IntervalTensor(torch.Tensor):
@@ -55,10 +106,9 @@ class IntervalTensor(torch.Tensor):
     ) -> IntervalTensor:
         if isinstance(lower, IntervalTensor):
             raise TypeError("IntervalTensor(lower, upper) takes plain tensors; got an IntervalTensor as lower")
-        lower = torch.as_tensor(lower)
-        upper = lower.clone() if upper is None else torch.as_tensor(upper, dtype=lower.dtype, device=lower.device)
         if isinstance(upper, IntervalTensor):
             raise TypeError("IntervalTensor(lower, upper) takes plain tensors; got an IntervalTensor as upper")
+        lower, upper = _promoted(lower, upper)
         if check:
             _validate(lower, upper)
         lower = lower.detach()
