@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m boundflow demo
+	$(PY) -m boundflow demo --force   # (replaces the previous demo's plots in results/)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -47,10 +47,14 @@ def _run_verify(args) -> int:
     from boundflow.errors import BoundFlowError
 
     if not args.timeout > 0:
-        print(f"boundflow verify: --timeout must be > 0 seconds, got {args.timeout}", file=sys.stderr)
+        print(f"boundflow: error: verify: --timeout must be > 0 seconds, got {args.timeout}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    for what, path in (("onnx", args.onnx), ("vnnlib", args.vnnlib)):
+        if not Path(path).is_file():
+            print(f"boundflow: error: verify: {what} file {path}: no such file", file=sys.stderr)
+            return EXIT_INPUT_ERROR
     if args.out and (why := _check_writable(args.out)):
-        print(f"boundflow verify: {why}", file=sys.stderr)
+        print(f"boundflow: error: verify: {why}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     executor, why = _executor(args, "verify")
     if why:
@@ -62,7 +66,7 @@ def _run_verify(args) -> int:
 
         res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start, executor=executor)
     except (BoundFlowError, FileNotFoundError, ValueError) as e:
-        print(f"boundflow verify: {e}", file=sys.stderr)
+        print(f"boundflow: error: verify: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     finally:
         if executor is not None:
@@ -93,7 +97,7 @@ def _run_vnncomp(args) -> int:
             parallel=args.parallel,
         )
     except BoundFlowError as e:
-        print(f"boundflow vnncomp: {e}", file=sys.stderr)
+        print(f"boundflow: error: vnncomp: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     finally:
         if executor is not None:
@@ -116,7 +120,7 @@ def _add_parallel_options(p) -> None:
 def _executor(args, command: str):
     """The executor the parallel options ask for (``None``: serial), or an error message."""
     if args.workers < 1:
-        return None, f"boundflow {command}: --workers must be >= 1, got {args.workers}"
+        return None, f"boundflow: error: {command}: --workers must be >= 1, got {args.workers}"
     if args.workers == 1 and args.executor == "process":
         return None, None
     from solvers.executor import make_executor
@@ -124,14 +128,55 @@ def _executor(args, command: str):
     try:
         return make_executor(args.executor, args.workers, args.address), None
     except ImportError as e:
-        return None, f"boundflow {command}: {e}"
+        return None, f"boundflow: error: {command}: {e}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="boundflow", description="Deterministic bound propagation for PyTorch.")
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless its help already states it (or there is none)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return h
+        return f"{h} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``boundflow: error: ...`` (``--help`` shows the usage)."""
+
+    def error(self, message):
+        where = self.prog.removeprefix("boundflow").strip()
+        self.exit(EXIT_INPUT_ERROR, f"boundflow: error: {where + ': ' if where else ''}{message}\n")
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
+    """Options every subcommand takes (before or after its name)."""
+    g = p.add_argument_group("common options")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="full tracebacks on errors")
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars, warnings only"
+    )
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log what is done")
+    g.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``boundflow`` argument parser (every subcommand; defaults shown in ``--help``)."""
+    import boundflow
+
+    parser = _Parser(
+        prog="boundflow",
+        description="Deterministic bound propagation for PyTorch.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"boundflow {boundflow.__version__}")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="bound a small model's outputs and gradients on interval data")
-    demo.add_argument("--eps", type=float, default=0.05, help="input perturbation (l-infinity radius)")
+    demo.add_argument(
+        "--eps", "--epsilon", dest="eps", type=float, default=0.05, help="input perturbation (l-infinity radius)"
+    )
     demo.add_argument("--param-radius", type=float, default=0.01, help="parameter interval radius")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="results", help="folder for the demo's plots")
@@ -153,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parallel",
         default="subdomains",
         choices=["subdomains", "instances"],
-        help="what the workers share: one instance's sub-domains, or whole instances (default: %(default)s)",
+        help="what the workers share: one instance's sub-domains, or whole instances",
     )
     from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
 
@@ -161,12 +206,96 @@ def main(argv: list[str] | None = None) -> int:
     from boundflow.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
-    args = parser.parse_args(argv)
+    for p in _all_subparsers(sub):
+        p.formatter_class = _HelpFormatter
+        writes = any("--out" in a.option_strings for a in p._actions)
+        if writes and p.prog not in (
+            "boundflow vnncomp",
+            "boundflow verify",
+            "boundflow bench",
+        ):  # (vnncomp resumes its folder; verify --out is one file)
+            p.add_argument("--force", action="store_true", help="replace the results of a previous run in --out")
+        _global_options(p)
+    return parser
+
+
+def _all_subparsers(sub) -> list[argparse.ArgumentParser]:
+    out = []
+    for p in sub.choices.values():
+        out.append(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out += _all_subparsers(action)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``boundflow`` with ``argv`` (default: the command line).  A user error (bad option,
+    missing file, invalid data) prints one line ``boundflow: error: ...`` to stderr and returns
+    2, before any expensive work where it can be checked up front; ``--debug`` shows the full
+    traceback instead."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error, already printed as one line (--help, --version: 0)
+        if e.code == EXIT_INPUT_ERROR:
+            return EXIT_INPUT_ERROR
+        raise
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
+    args.verbose = getattr(args, "verbose", False)
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            return _user_error(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    import logging
+    import warnings
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="boundflow: %(message)s")
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for reproducible result records
     args.start = _START if argv is None else time.monotonic()  # a command line counts its start-up
-    if args.command == "demo":
-        from boundflow.demo import run_demo
+    from boundflow.errors import BoundFlowError
 
+    try:
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            return _dispatch(args, argv, parser)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # the subcommands' checks: SystemExit("error: ...")
+            if args.debug:
+                raise
+            return _user_error(e.code.removeprefix("error: "))
+        raise
+    except (BoundFlowError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        return _user_error(str(e) or type(e).__name__)
+    except KeyboardInterrupt:
+        print("boundflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _user_error(message: str) -> int:
+    print(f"boundflow: error: {message}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
+
+
+def _dispatch(args, argv, parser) -> int:
+    if args.command == "demo":
+        from boundflow.demo import OUTPUTS, run_demo
+        from boundflow.outputs import claim, record
+
+        if not args.eps > 0:
+            raise SystemExit(f"error: --eps must be > 0 (an l-infinity radius), got {args.eps}")
+        if not args.param_radius >= 0:
+            raise SystemExit(f"error: --param-radius must be >= 0, got {args.param_radius}")
+        record(claim(args.out, OUTPUTS, force=args.force), args.argv)
         return run_demo(eps=args.eps, param_radius=args.param_radius, seed=args.seed, out_dir=args.out)
     if args.command == "verify":
         rc = _run_verify(args)

@@ -37,6 +37,10 @@ def _two_moons(n: int, noise: float, gen: torch.Generator) -> tuple[torch.Tensor
     return x, y
 
 
+# the files the demo writes into its folder
+OUTPUTS = ["demo_training.png", "demo_regions.png", "demo_tightness.png", "demo_tightness.md", "demo_pointcloud.png"]
+
+
 def run_demo(eps: float = 0.05, param_radius: float = 0.01, seed: int = 0, out_dir: str = "results") -> int:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -56,3 +56,38 @@ def test_docs_site_builds_strictly(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     # the reference is generated from the docstrings, not written by hand
     assert "never looser than" in api and "taylor_bounds" in api and "check_consistency" in api
+
+
+# (file, slow): the heavy pages (training runs, point-cloud training) run with `make test-slow`;
+# their blocks also run in-process above
+DOC_PAGES = [
+    ("README.md", False),
+    ("docs/interval.md", False),
+    ("docs/linear.md", False),
+    ("docs/solvers.md", False),
+    ("docs/training.md", False),
+    ("docs/verify.md", False),
+    ("docs/guide.md", True),
+    ("docs/pointcloud.md", True),
+]
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if slow else p for p, slow in DOC_PAGES])
+def test_doc_blocks_run_as_a_saved_script(page, tmp_path):
+    """A page's Python blocks, in order, saved as one script and run in a fresh interpreter from
+    an empty folder, as a reader who copies them would (spawned worker processes included)."""
+    blocks = python_blocks(ROOT / page)
+    assert blocks, f"{page} has no python block"
+    script = tmp_path / "example.py"
+    script.write_text("\n".join(blocks))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, f"{page} as a script failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+
+
+def test_every_page_with_python_blocks_is_run():
+    pages = {str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+    with_code = {p for p in pages if python_blocks(ROOT / p)}
+    assert with_code == {p for p, _ in DOC_PAGES}

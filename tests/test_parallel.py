@@ -126,6 +126,6 @@ def test_cli_parallel_options(instances, capsys):
     onnx, prop, expected, *_ = instances[0]
     assert main(["verify", str(onnx), str(prop), "--workers", "0"]) == EXIT_INPUT_ERROR
     err = capsys.readouterr().err.strip()
-    assert err == "boundflow verify: --workers must be >= 1, got 0"
+    assert err == "boundflow: error: verify: --workers must be >= 1, got 0"
     rc = main(["verify", str(onnx), str(prop), "--workers", "2", "--timeout", "60"])
     assert rc == {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}[expected]

@@ -14,6 +14,7 @@ import boundflow.train as T
 from boundflow.cli import main
 from boundflow.train.cli import mlp
 from boundflow.train.losses import plain_loss
+from tests.cli_contract import assert_user_error
 
 D = torch.float64
 
@@ -160,8 +161,8 @@ def test_cli_resume_refuses_another_threat_dataset_or_config(tmp_path, capsys):
         (["--epsilon", "0.01", "--samples", "320"], "dataset"),
         (["--epsilon", "0.01", "--lr-decay", "0.9"], "configuration"),
     ):
-        with pytest.raises(SystemExit, match=what):  # (a later --samples overrides the first)
-            main(_cli(out, "--epochs", "2", "--resume", *extra))
+        # (a later --samples overrides the first)
+        assert_user_error(capsys, _cli(out, "--epochs", "2", "--resume", *extra), what)
     assert main(_cli(out, "--epochs", "2", "--resume", "--epsilon", "0.01")) == 0
 
 
@@ -177,9 +178,8 @@ def test_cli_resume_refuses_another_threat_dataset_or_config(tmp_path, capsys):
         (["--val-fraction", "0"], "need validation data"),
     ],
 )
-def test_cli_errors_before_any_work(tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        main(_cli(tmp_path / "run", *extra))
+def test_cli_errors_before_any_work(tmp_path, capsys, extra, message):
+    assert_user_error(capsys, _cli(tmp_path / "run", *extra), message)
     assert not (tmp_path / "run").exists()  # nothing written: refused before any work
 
 

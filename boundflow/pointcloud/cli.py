@@ -46,15 +46,39 @@ def parse_theta(text: str) -> tuple[tuple[float, float], str]:
 
 def run(args) -> int:
     from boundflow.atomic import atomic_torch_save, atomic_write_text
+    from boundflow.outputs import claim, record
     from boundflow.pointcloud import CLASSES, PointNet, certify, load_npz, make_shapes, train_pointnet
     from boundflow.pointcloud.plots import plot_cloud
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         theta, unit = parse_theta(args.theta)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    from boundflow.pointcloud.transforms import parse as parse_transform
+
+    checks = [
+        (args.objects >= 1, f"--objects must be >= 1, got {args.objects}"),
+        (args.points >= 1, f"--points must be >= 1, got {args.points}"),
+        (args.splits >= 1, f"--splits must be >= 1, got {args.splits}"),
+        (args.model is None or Path(args.model).is_file(), f"--model {args.model}: no such file"),
+        (args.data is None or Path(args.data).is_file(), f"--data {args.data}: no such file"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise SystemExit(f"error: {msg}")
+    try:
+        parse_transform(args.transform)  # before any training
+    except ValueError as e:
+        raise SystemExit(f"error: --transform: {e}") from None
+    import boundflow as bf
+
+    try:
+        bf.get_domain(args.method)
+    except ValueError as e:
+        raise SystemExit(f"error: --method: {e}") from None
+    names = ["results.json", "results.md", "cloud.png"] + ([] if args.model else ["model.pt"])
+    out = claim(args.out, names, force=getattr(args, "force", False))
+    record(out, getattr(args, "argv", None))
     if args.model:
         state = torch.load(args.model, weights_only=True)
         model = PointNet(state.pop("_n_classes").item() if "_n_classes" in state else len(CLASSES)).double()

@@ -26,7 +26,12 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     src.add_argument("--data", help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file")
     p.add_argument("--threat", default="linf", choices=["linf", "poison", "label-flip"])
     p.add_argument(
-        "--epsilon", type=float, default=None, help="l-inf radius of the feature perturbation (linf, poison; 0.01)"
+        "--epsilon",
+        "--eps",
+        dest="epsilon",
+        type=float,
+        default=None,
+        help="l-inf radius of the feature perturbation (linf, poison; 0.01)",
     )
     p.add_argument("--k", type=int, default=1, help="per-batch budget for poison / label-flip")
     p.add_argument("--epochs", type=int, default=10)
@@ -83,8 +88,15 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--executor", default="process", choices=["serial", "process", "ray"])
     p.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray)")
     p.add_argument("--time-limit", type=float, help="seconds per solve (a stopped solve keeps its proven bound)")
-    p.add_argument(
-        "--joint", action="store_true", help="one joint program per batch instead of one per sample (slower)"
+    grp = p.add_mutually_exclusive_group()
+    grp.add_argument(
+        "--group",
+        type=int,
+        default=1,
+        help="samples per solver program sharing one copy of the parameters (default: 1, per-sample programs)",
+    )
+    grp.add_argument(
+        "--joint", action="store_true", help="one joint program per batch (MIBP-Cert's; the slowest, the tightest)"
     )
     return p
 
@@ -150,14 +162,17 @@ def run_train(args) -> int:
         executor=args.executor,
         address=args.address,
         time_limit=args.time_limit,
-        decompose=not args.joint,
+        decompose=False if args.joint else (True if args.group == 1 else args.group),
         lr_decay=args.lr_decay,
         keep_best=args.keep_best,
         stop_drop=args.stop_drop,
         patience=args.patience,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from boundflow.outputs import claim, record
+
+    results = ["metrics.json", "bounds.pt", "checkpoint.pt", "training.png", "regions.png"]
+    resuming = args.resume and (Path(args.out) / "checkpoint.pt").exists()
+    out = claim(args.out, results, force=args.force, resume=resuming)
     ckpt = out / "checkpoint.pt"
     start = None
     extra = {
@@ -195,6 +210,7 @@ def run_train(args) -> int:
                     f"({saved_extra.get(key)!r}, now {extra[key]!r}); use another --out"
                 )
         print(f"resuming from epoch {start.epochs_done}")
+    record(out, getattr(args, "argv", None))
 
     def on_epoch(bounds, metrics):
         save_bounds(ckpt, bounds, config, extra)
@@ -269,6 +285,7 @@ def _check_args(args) -> str | None:
         (0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}"),
         (args.epsilon is None or args.epsilon >= 0, f"--epsilon must be >= 0, got {args.epsilon}"),
         (args.k >= 0, f"--k must be >= 0, got {args.k}"),
+        (args.group >= 1, f"--group must be >= 1 samples per program, got {args.group}"),
         (args.samples >= 2, f"--samples must be >= 2, got {args.samples}"),
         (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.test_eps >= 0, f"--test-eps must be >= 0, got {args.test_eps}"),
