@@ -64,7 +64,8 @@ def _run_verify(args) -> int:
         from boundflow.atomic import atomic_write_text
         from boundflow.verify import verify
 
-        res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start, executor=executor)
+        with _clock(args.timeout, args.start, enabled=not (args.no_progress or args.quiet)):
+            res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start, executor=executor)
     except (BoundFlowError, FileNotFoundError, ValueError) as e:
         print(f"boundflow: error: verify: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -77,6 +78,39 @@ def _run_verify(args) -> int:
     if args.out:
         atomic_write_text(args.out, res.vnncomp())
     return {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}.get(res.status, EXIT_UNDECIDED)
+
+
+class _clock:
+    """A progress bar of the time spent against ``--timeout`` (stderr, terminals only), updated
+    twice a second from a thread while the verification runs."""
+
+    def __init__(self, timeout: float, start: float, enabled: bool = True):
+        self.timeout, self.start = timeout, start
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(self.timeout, 1), desc="verify", unit="s", leave=False)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._tick, daemon=True)
+            self.thread.start()
+        return self
+
+    def _tick(self):
+        while not self.stop.wait(0.5):
+            self.bar.n = round(min(time.monotonic() - self.start, self.timeout), 1)
+            self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+            self.bar.close()
+        return False
 
 
 def _run_vnncomp(args) -> int:
@@ -188,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("vnnlib")
     ver.add_argument("--timeout", type=float, default=60.0, help="seconds, start-up included")
     ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    ver.add_argument("--no-progress", action="store_true", help="no progress bar (time spent against --timeout)")
     _add_parallel_options(ver)
     comp = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv (onnx,vnnlib,timeout) as the competition does")
     comp.add_argument("instances", help="instances CSV; paths relative to it, .gz allowed")

@@ -227,7 +227,7 @@ def _pointcloud_demo(out_dir: str) -> bool:
     first = next((i for i, c in enumerate(res["taylor"].certified) if c), 0)
     path = Path(out_dir) / "demo_pointcloud.png"
     plot_cloud(x[first], "rotation-z", res["taylor"].theta_lower, res["taylor"].theta_upper, path,
-               title=f"object {first}: certified for rotation-z +-3 deg")  # fmt: skip
+               title=f"object {first}: certified for rotation-z +-3 deg", unit="deg")  # fmt: skip
     print(f"   20 sampled rotations per certified cloud keep the prediction: {ok}; picture {path}")
     return ok
 

@@ -140,7 +140,8 @@ def run(args) -> int:
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     first = next((i for i, k in enumerate(res.certified) if k), 0)
     plot_cloud(x[first], args.transform, res.theta_lower, res.theta_upper, out / "cloud.png",
-               title=f"object {first} ({'certified' if res.certified[first] else 'not certified'})")  # fmt: skip
+               title=f"object {first} ({'certified' if res.certified[first] else 'not certified'})",
+               unit=unit)  # fmt: skip
     print("\n".join(lines[:3]))
     print(f"wrote {out}/results.json, results.md, cloud.png")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import torch
@@ -12,9 +13,16 @@ from boundflow.pointcloud import transforms as tf
 
 
 def plot_cloud(
-    points: torch.Tensor, transform: str, theta_lower, theta_upper, path: str | Path, title: str = ""
+    points: torch.Tensor,
+    transform: str,
+    theta_lower,
+    theta_upper,
+    path: str | Path,
+    title: str = "",
+    unit: str = "rad",
 ) -> None:
-    """The cloud (grey) and the clouds at every corner of the theta range (coloured)."""
+    """The cloud (grey) and the clouds at every corner of the theta range (coloured); the
+    corners are labelled in ``unit`` (``"deg"`` for a range given in degrees, ``"rad"``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +34,9 @@ def plot_cloud(
     ax.scatter(*p.T.numpy(), s=8, c="grey", label="original")
     for i, corner in enumerate(itertools.product(*zip(theta_lower, theta_upper))):
         q = tf.apply(p, transform, torch.tensor(corner, dtype=torch.float64))
-        ax.scatter(*q.T.numpy(), s=6, color=f"C{i}", label=f"theta = {tuple(round(c, 4) for c in corner)}")
+        shown = [math.degrees(c) if unit == "deg" else c for c in corner]
+        text = ", ".join(f"{c:.4g}{' deg' if unit == 'deg' else ''}" for c in shown)
+        ax.scatter(*q.T.numpy(), s=6, color=f"C{i}", label=f"theta = ({text})")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel("z")
