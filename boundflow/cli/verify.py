@@ -1,0 +1,198 @@
+"""``boundflow verify`` and ``boundflow vnncomp``: options, exit codes and runners."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_parsers", "run_verify", "run_vnncomp", "EXIT_UNSAT", "EXIT_SAT", "EXIT_INPUT_ERROR", "EXIT_UNDECIDED"]
+
+
+def _process_start() -> float:
+    """``time.monotonic()`` at this process's start (Linux: from /proc), else now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        elapsed = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, elapsed)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+START = _process_start()  # interpreter start and imports count against `verify --timeout`
+
+# exit codes of `boundflow verify` (documented in docs/verify.md)
+EXIT_UNSAT, EXIT_SAT, EXIT_INPUT_ERROR, EXIT_UNDECIDED = 0, 10, 2, 20
+
+
+def _check_writable(path: str) -> str | None:
+    """Why ``path`` cannot be written (before any work), or None."""
+    p = Path(path)
+    if p.is_dir():
+        return f"--out {path} is a folder"
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        return f"--out {path}: folder {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"--out {path}: folder {parent} is not writable"
+    return None
+
+
+def _run_verify(args) -> int:
+    from boundflow.errors import BoundFlowError
+
+    if not args.timeout > 0:
+        print(f"boundflow: error: verify: --timeout must be > 0 seconds, got {args.timeout}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    for what, path in (("onnx", args.onnx), ("vnnlib", args.vnnlib)):
+        if not Path(path).is_file():
+            print(f"boundflow: error: verify: {what} file {path}: no such file", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+    if args.out and (why := _check_writable(args.out)):
+        print(f"boundflow: error: verify: {why}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    executor, why = _executor(args, "verify")
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    try:
+        from boundflow.atomic import atomic_write_text
+        from boundflow.verify import verify
+
+        with _clock(args.timeout, args.start, enabled=not (args.no_progress or args.quiet)):
+            res = verify(args.onnx, args.vnnlib, timeout=args.timeout, start=args.start, executor=executor)
+    except (BoundFlowError, FileNotFoundError, ValueError) as e:
+        print(f"boundflow: error: verify: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    finally:
+        if executor is not None:
+            executor.close()
+    print(f"{res.status}  ({time.monotonic() - args.start:.2f} s, {res.boxes} boxes)")
+    for note in res.notes:
+        print(f"  note: {note}")
+    if args.out:
+        atomic_write_text(args.out, res.vnncomp())
+    return {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}.get(res.status, EXIT_UNDECIDED)
+
+
+class _clock:
+    """A progress bar of the time spent against ``--timeout`` (stderr, terminals only), updated
+    twice a second from a thread while the verification runs."""
+
+    def __init__(self, timeout: float, start: float, enabled: bool = True):
+        self.timeout, self.start = timeout, start
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(self.timeout, 1), desc="verify", unit="s", leave=False)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._tick, daemon=True)
+            self.thread.start()
+        return self
+
+    def _tick(self):
+        while not self.stop.wait(0.5):
+            self.bar.n = round(min(time.monotonic() - self.start, self.timeout), 1)
+            self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+            self.bar.close()
+        return False
+
+
+def _run_vnncomp(args) -> int:
+    from boundflow.errors import BoundFlowError
+    from boundflow.verify.vnncomp import run_benchmark
+
+    executor, why = _executor(args, "vnncomp")
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    try:
+        rows = run_benchmark(
+            args.instances,
+            args.out,
+            timeout_factor=args.timeout_factor,
+            progress=True,
+            executor=executor,
+            parallel=args.parallel,
+        )
+    except BoundFlowError as e:
+        print(f"boundflow: error: vnncomp: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    finally:
+        if executor is not None:
+            executor.close()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["result"]] = counts.get(r["result"], 0) + 1
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"  -> {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def _add_parallel_options(p) -> None:
+    p.add_argument("--workers", type=int, default=1, help="worker processes for branch and bound (default: 1, serial)")
+    p.add_argument(
+        "--executor", default="process", choices=["process", "ray"], help="where the workers run (default: process)"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: a local Ray)")
+
+
+def _executor(args, command: str):
+    """The executor the parallel options ask for (``None``: serial), or an error message."""
+    if args.workers < 1:
+        return None, f"boundflow: error: {command}: --workers must be >= 1, got {args.workers}"
+    if args.workers == 1 and args.executor == "process":
+        return None, None
+    from solvers.executor import make_executor
+
+    try:
+        return make_executor(args.executor, args.workers, args.address), None
+    except ImportError as e:
+        return None, f"boundflow: error: {command}: {e}"
+
+
+def add_parsers(sub) -> None:
+    ver = sub.add_parser("verify", help="verify an ONNX model against a VNN-LIB property")
+    ver.add_argument("onnx")
+    ver.add_argument("vnnlib")
+    ver.add_argument("--timeout", type=float, default=60.0, help="seconds, start-up included")
+    ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
+    ver.add_argument("--no-progress", action="store_true", help="no progress bar (time spent against --timeout)")
+    _add_parallel_options(ver)
+    comp = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv (onnx,vnnlib,timeout) as the competition does")
+    comp.add_argument("instances", help="instances CSV; paths relative to it, .gz allowed")
+    comp.add_argument("--out", default="vnncomp_results", help="folder for results.csv and per-instance results")
+    comp.add_argument("--timeout-factor", type=float, default=1.0, help="scale every instance's timeout")
+    _add_parallel_options(comp)
+    comp.add_argument(
+        "--parallel",
+        default="subdomains",
+        choices=["subdomains", "instances"],
+        help="what the workers share: one instance's sub-domains, or whole instances",
+    )
+
+
+def run_verify(args, argv) -> int:
+    rc = _run_verify(args)
+    if argv is None:  # a command line: skip the interpreter's teardown (torch, onnxruntime) so
+        sys.stdout.flush()  # the answer arrives within --timeout; results are already written
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def run_vnncomp(args) -> int:
+    return _run_vnncomp(args)
