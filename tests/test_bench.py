@@ -170,7 +170,7 @@ def test_training_tightness_cli(tmp_path):
         assert a <= b + 1e-12
     for r in res["runs"]:
         k = r["kept_epoch"]
-        assert 1 <= k <= len(r["width_per_epoch"]) <= 2
+        assert k >= 1 and k <= len(r["width_per_epoch"]) <= 2
         assert r["kept_certified_accuracy"] == r["certified_accuracy_per_epoch"][k - 1]
         # the kept epoch is the best by validation (the earliest on ties)
         val = r["val_certified_accuracy_per_epoch"]
