@@ -134,7 +134,9 @@ def _defaults(args) -> None:
 
 
 def _jobs(args, methods, epsilons):
-    solver_eps = [float(e) for e in args.solver_eps.split(",")] if args.solver_eps else epsilons
+    from boundflow.bench.cli import _floats
+
+    solver_eps = _floats(args.solver_eps, "--solver-eps") if args.solver_eps else epsilons
     jobs = []
     for m in methods:
         solver = m in SOLVER_METHODS
@@ -150,12 +152,12 @@ def _check(args) -> tuple[list[str], list[float]]:
     unknown = [m for m in methods if m not in ("interval",) + SOLVER_METHODS]
     if unknown:
         raise SystemExit(f"error: --methods: unknown {unknown}; choose from interval, lp, milp, mibp")
-    try:
-        epsilons = [float(e) for e in args.eps.split(",")]
-    except ValueError:
-        raise SystemExit(f"error: --eps {args.eps!r}: expected comma-separated numbers") from None
+    from boundflow.bench.cli import _floats
+
+    epsilons = _floats(args.eps, "--eps")
+    if args.solver_eps:
+        _floats(args.solver_eps, "--solver-eps")
     problems = [
-        (all(e >= 0 for e in epsilons), f"--eps {args.eps!r}: radii must be >= 0"),
         (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (args.hidden >= 1, f"--hidden must be >= 1, got {args.hidden}"),
