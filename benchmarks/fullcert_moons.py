@@ -39,7 +39,7 @@ from _common import median as _med  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
 from boundflow.atomic import atomic_savefig  # noqa: E402
-from boundflow.train.cli import mlp  # noqa: E402
+from boundflow.models import hidden_mlp as mlp  # noqa: E402
 
 EPSILONS = (1e-4, 1e-3, 1e-2, 1e-1)
 MODELS = {"2-20-1": 2, "2-20-20-1": 3}

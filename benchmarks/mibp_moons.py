@@ -2,7 +2,7 @@
 thin wrapper around ``boundflow bench training`` (``boundflow/bench/training.py``) that writes
 ``docs/benchmarks/mibp_moons.{json,md,png}`` (or ``--name``'s files).
 
-    python benchmarks/mibp_moons.py --methods interval,lp,milp --eps 1e-4,1e-3,1e-2 --solver-eps 1e-2
+    python benchmarks/mibp_moons.py --methods ibp,lp,milp --eps 1e-4,1e-3,1e-2 --solver-eps 1e-2
     python benchmarks/mibp_moons.py --dataset iris-2 --eps 0.3 --name mibp_iris
     python benchmarks/mibp_moons.py --dataset breast-cancer --eps 0.01 --name mibp_breast_cancer
 

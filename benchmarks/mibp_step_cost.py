@@ -30,7 +30,7 @@ from _common import environment, write_json  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
 from boundflow.encode.training_step import build_step  # noqa: E402
-from boundflow.train.cli import mlp  # noqa: E402
+from boundflow.models import hidden_mlp as mlp  # noqa: E402
 from solvers.executor import make_executor, minimize_all  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
 import boundflow.train as T  # noqa: E402
-from boundflow.train.cli import mlp  # noqa: E402
+from boundflow.models import hidden_mlp as mlp  # noqa: E402
 
 
 def plain_epoch(model, x, y, cfg) -> None:

@@ -88,7 +88,7 @@ def compute_bounds(
     """Bounds ``(lower, upper)`` on ``model(x)`` for every ``x`` with
     ``x_lower <= x <= x_upper`` and every parameter vector in ``params``.
 
-    ``method``: ``"ibp"`` (interval bound propagation), ``"crown"`` (linear relaxation by
+    ``method``: ``"ibp"`` (interval bound propagation; ``"interval"`` is the same), ``"crown"`` (linear relaxation by
     back-substitution on the captured ATen graph, never looser than ``ibp`` per output) or
     ``"alpha-crown"`` (CROWN with optimised ReLU slopes, never looser than ``crown``) or
     ``"forward"`` (forward-mode linear bounds, for low-dimensional inputs); a configured domain

@@ -237,7 +237,7 @@ def _certified_training_demo(out_dir: str) -> bool:
     from pathlib import Path
 
     import boundflow.train as T
-    from boundflow.train.cli import mlp
+    from boundflow.models import hidden_mlp as mlp
     from boundflow.train.plots import plot_history, plot_regions
 
     d = T.load_dataset("moons", n_samples=1000)

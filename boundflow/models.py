@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["mlp"]
+__all__ = ["mlp", "hidden_mlp"]
 
 
 def mlp(
@@ -22,3 +22,9 @@ def mlp(
         mods += [nn.Linear(a, b), act()]
     mods.append(nn.Linear(widths[-2], widths[-1]))
     return nn.Sequential(*mods).to(dtype)
+
+
+def hidden_mlp(d_in: int, d_out: int, hidden: int, layers: int, seed: int | None = 0) -> nn.Sequential:
+    """``layers`` linear layers, each hidden one ``hidden`` wide, ReLU in between (float64): the
+    training command's network, ``mlp([d_in] + [hidden] * (layers - 1) + [d_out])``."""
+    return mlp([d_in] + [hidden] * (layers - 1) + [d_out], seed=seed)

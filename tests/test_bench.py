@@ -135,7 +135,7 @@ def test_cli_onnx_and_factory_networks(tmp_path):
     out = tmp_path / "o"
     onnx = SHARED / "rl_benchmarks" / "onnx" / "cartpole.onnx"
     argv = ["bench", "tightness", "--no-builtin", "--onnx", str(onnx), "--factory", "tests.test_bench:tiny_factory"]
-    argv += ["--points", "2", "--eps", "0.05", "--methods", "ibp,crown,milp", "--out", str(out), "--no-progress"]
+    argv += ["--n-inputs", "2", "--eps", "0.05", "--methods", "ibp,crown,milp", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     res = json.loads((out / "tightness.json").read_text())
     assert {r["network"] for r in res["rows"]} == {"cartpole", "tiny_factory"}
@@ -166,7 +166,7 @@ def test_training_tightness_cli(tmp_path):
     res = json.loads((tmp_path / "training.json").read_text())
     runs = {r["method"]: r for r in res["runs"]}
     # the solver step is intersected with the interval step: never wider, epoch by epoch
-    for a, b in zip(runs["lp"]["width_per_epoch"], runs["interval"]["width_per_epoch"]):
+    for a, b in zip(runs["lp"]["width_per_epoch"], runs["ibp"]["width_per_epoch"]):
         assert a <= b + 1e-12
     for r in res["runs"]:
         k = r["kept_epoch"]

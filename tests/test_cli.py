@@ -54,7 +54,7 @@ def test_tightness_benchmark_wrapper_and_crown_speed_run(tmp_path):
     """``benchmarks/tightness.py`` passes its options to ``boundflow bench tightness`` (the quick
     run itself is tested in test_bench.py); ``benchmarks/crown_speed.py`` prints the ratio."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = ["--no-builtin", "--factory", "tests.test_bench:tiny_factory", "--points", "2", "--eps", "0.05"]
+    argv = ["--no-builtin", "--factory", "tests.test_bench:tiny_factory", "--n-inputs", "2", "--eps", "0.05"]
     argv += ["--methods", "ibp,crown", "--out", str(tmp_path), "--no-progress"]
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tightness.py"), *argv], cwd=ROOT, env=env,
                    capture_output=True, text=True, timeout=600, check=True)  # fmt: skip

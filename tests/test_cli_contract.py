@@ -28,7 +28,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["verify", str(tmp / "missing.onnx"), str(tmp / "p.vnnlib"), "--out", str(tmp / "out.txt")], "no such file"),
         (["vnncomp", str(tmp / "missing.csv"), "--out", out], "missing.csv"),
         (["certify-pointcloud", "--transform", "spin-z", "--out", out], "unknown transformation 'spin-z'"),
-        (["certify-pointcloud", "--objects", "0", "--out", out], "--objects must be >= 1"),
+        (["certify-pointcloud", "--n-clouds", "0", "--out", out], "--n-clouds must be >= 1"),
         (["certify-pointcloud", "--method", "magic", "--out", out], "unknown method 'magic'"),
         (["bench", "tightness", "--methods", "ibp,magic", "--out", out], r"unknown \['magic'\]"),
         (["bench", "training", "--group", "0", "--out", out], "--group must be >= 1"),
@@ -55,7 +55,7 @@ def test_cases_cover_every_subcommand(tmp_path):
 
 def test_previous_results_are_not_replaced_without_force(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--epochs", "1", "--samples", "200", "--hidden", "4", "--out", str(out), "-q"]
+    argv = ["train", "--epochs", "1", "--n-samples", "200", "--hidden", "4", "--out", str(out), "-q"]
     assert main(argv) == 0
     before = (out / "metrics.json").read_bytes()
     assert_user_error(capsys, argv, "already holds a previous run's results .*--force")
@@ -89,3 +89,63 @@ def test_a_command_line_error_has_no_traceback_in_a_fresh_process(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 2 and proc.stderr.strip() == "boundflow: error: --epochs must be >= 1, got 0"
+
+
+def _every_option():
+    import argparse
+
+    from boundflow.cli import build_parser
+    from boundflow.cli.main import _all_subparsers
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [(p.prog, a) for p in _all_subparsers(sub) for a in p._actions if a.option_strings]
+
+
+def test_every_option_has_help_and_one_name_per_concept():
+    opts = _every_option()
+    assert len(opts) > 100
+    missing = [(prog, a.option_strings) for prog, a in opts if not a.help]
+    assert missing == []
+    # a concept keeps its name across subcommands: counts are --n-*, radii --eps, one solver
+    # call's budget --time-limit; the pre-vocabulary spellings exist only as hidden aliases
+    visible = {s for _, a in opts if a.help != "==SUPPRESS==" for s in a.option_strings}
+    for old in ("--samples", "--objects", "--points", "--time", "--epsilon-radius"):
+        assert old not in visible, old
+    assert {"--n-samples", "--n-clouds", "--n-points", "--n-inputs", "--eps", "--time-limit"} <= visible
+    # the same option means the same thing: one help text per name (outside subcommand-specific ones)
+    helps: dict[str, set[str]] = {}
+    for _, a in opts:
+        if a.help != "==SUPPRESS==" and a.option_strings[0] in ("--seed", "--executor", "--address", "--no-progress"):
+            helps.setdefault(a.option_strings[0], set()).add(a.help.split(" (")[0])
+    assert all(len(h) == 1 for h in helps.values()), helps
+
+
+def test_renamed_options_still_work_with_a_note(tmp_path, capsys):
+    from boundflow.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["train", "--samples", "300", "--method", "interval", "--out", str(tmp_path)])
+    assert args.n_samples == 300 and args.method == "ibp"
+    assert "--samples is now --n-samples" in capsys.readouterr().err
+    args = p.parse_args(["certify-pointcloud", "--objects", "2", "--points", "8"])
+    assert (args.n_clouds, args.n_points) == (2, 8)
+    args = p.parse_args(["bench", "tightness", "--points", "4"])
+    assert args.n_inputs == 4
+    assert p.parse_args(["train"]).n_samples == 1000  # the alias leaves the default alone
+
+
+def test_interval_is_another_name_for_ibp():
+    import torch
+
+    import boundflow as bf
+    from boundflow.train import TrainConfig
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    x = torch.rand(2, 3, dtype=torch.float64)
+    a = bf.compute_bounds(net, x - 0.1, x + 0.1, method="interval")
+    b = bf.compute_bounds(net, x - 0.1, x + 0.1, method="ibp")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert TrainConfig(epochs=1, lr=0.1, batch_size=1, method="interval").method == "ibp"
+    with pytest.raises(ValueError, match="unknown training method 'crown'"):
+        TrainConfig(epochs=1, lr=0.1, batch_size=1, method="crown")

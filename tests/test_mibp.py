@@ -11,7 +11,7 @@ from torch import nn
 
 import boundflow.train as T
 from boundflow.encode.training_step import solver_step
-from boundflow.train.cli import mlp
+from boundflow.models import hidden_mlp as mlp
 from solvers.executor import make_executor
 from tests.test_train import _concrete_datasets, _replay
 
@@ -195,7 +195,7 @@ def test_cli_trains_with_a_solver_method(tmp_path):
     out = tmp_path / "run"
     rc = main(
         [
-            "train", "--dataset", "moons", "--samples", "40", "--epochs", "1", "--batch-size", "10",
+            "train", "--dataset", "moons", "--n-samples", "40", "--epochs", "1", "--batch-size", "10",
             "--hidden", "4", "--epsilon", "0.01", "--method", "lp", "--workers", "1", "--out", str(out),
         ]
     )  # fmt: skip

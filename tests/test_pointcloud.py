@@ -194,7 +194,7 @@ def test_cli_certifies_and_writes_results(tmp_path):
     from boundflow.cli import main
 
     out = tmp_path / "pc"
-    argv = ["certify-pointcloud", "--objects", "3", "--points", "16", "--theta", "2deg", "--splits", "1"]
+    argv = ["certify-pointcloud", "--n-clouds", "3", "--n-points", "16", "--theta", "2deg", "--splits", "1"]
     assert main(argv + ["--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["transform"] == "rotation-z" and len(res["objects"]) == 3 and res["theta"] == [-2.0, 2.0]

@@ -17,7 +17,7 @@ from boundflow import IntervalTensor as IT
 from boundflow.domains.linear.domain import AlphaCrownDomain, ForwardDomain
 from boundflow.encode.network import network_bounds
 from boundflow.errors import DomainError, UnsupportedOperation
-from boundflow.train.cli import mlp
+from boundflow.models import hidden_mlp as mlp
 from boundflow.train.losses import plain_loss
 from tests.containment import Iv, check_containment
 from tests.fuzz import Case, check_case

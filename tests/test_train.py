@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 import boundflow.train as T
-from boundflow.train.cli import mlp
+from boundflow.models import hidden_mlp as mlp
 from boundflow.train.losses import plain_loss
 
 D = torch.float64

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import boundflow.train as T
 from boundflow.cli import main
-from boundflow.train.cli import mlp
+from boundflow.models import hidden_mlp as mlp
 from boundflow.train.losses import plain_loss
 from tests.cli_contract import assert_user_error
 
@@ -129,7 +129,7 @@ def _cli(out, *extra):
         "train",
         "--dataset",
         "moons",
-        "--samples",
+        "--n-samples",
         "300",
         "--batch-size",
         "50",
@@ -158,10 +158,10 @@ def test_cli_resume_refuses_another_threat_dataset_or_config(tmp_path, capsys):
     for extra, what in (
         (["--epsilon", "0.5"], "threat model"),
         (["--epsilon", "0.01", "--seed", "3"], "configuration"),
-        (["--epsilon", "0.01", "--samples", "320"], "dataset"),
+        (["--epsilon", "0.01", "--n-samples", "320"], "dataset"),
         (["--epsilon", "0.01", "--lr-decay", "0.9"], "configuration"),
     ):
-        # (a later --samples overrides the first)
+        # (a later --n-samples overrides the first)
         assert_user_error(capsys, _cli(out, "--epochs", "2", "--resume", *extra), what)
     assert main(_cli(out, "--epochs", "2", "--resume", "--epsilon", "0.01")) == 0
 
@@ -172,7 +172,7 @@ def test_cli_resume_refuses_another_threat_dataset_or_config(tmp_path, capsys):
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--hidden", "0"], "--hidden must be >= 1"),
         (["--threat", "poison", "--k", "60"], "--k 60 is larger than --batch-size 50"),
-        (["--threat", "label-flip", "--epsilon", "0.1"], "--epsilon has no effect"),
+        (["--threat", "label-flip", "--epsilon", "0.1"], "--eps has no effect"),
         (["--lr-decay", "2"], "--lr-decay must be in"),
         (["--batch-size", "1000"], "larger than the"),
         (["--val-fraction", "0"], "need validation data"),

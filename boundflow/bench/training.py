@@ -23,7 +23,7 @@ import torch
 import boundflow.train as T
 from boundflow.atomic import atomic_savefig, atomic_write_text
 from boundflow.bench.tightness import environment
-from boundflow.train.cli import mlp
+from boundflow.models import hidden_mlp as mlp
 from solvers.executor import make_executor
 
 __all__ = ["run_one", "run_cli", "load_split"]
@@ -124,7 +124,7 @@ def _defaults(args) -> None:
     """Fill the defaults that depend on ``--quick``."""
     q = getattr(args, "quick", False)
     if args.methods is None:
-        args.methods = "interval,lp" if q else "interval,lp,milp"
+        args.methods = "ibp,lp" if q else "ibp,lp,milp"
     if args.eps is None:
         args.eps = "1e-2" if q else "1e-4,1e-3,1e-2"
     if args.seeds is None:
@@ -134,7 +134,7 @@ def _defaults(args) -> None:
 
 
 def _jobs(args, methods, epsilons):
-    from boundflow.bench.cli import _floats
+    from boundflow.cli.options import floats as _floats
 
     solver_eps = _floats(args.solver_eps, "--solver-eps") if args.solver_eps else epsilons
     jobs = []
@@ -148,11 +148,10 @@ def _jobs(args, methods, epsilons):
 
 def _check(args) -> tuple[list[str], list[float]]:
     """Every argument, before any work (one-line errors)."""
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in ("interval",) + SOLVER_METHODS]
-    if unknown:
-        raise SystemExit(f"error: --methods: unknown {unknown}; choose from interval, lp, milp, mibp")
-    from boundflow.bench.cli import _floats
+    from boundflow.cli.options import floats as _floats
+    from boundflow.cli.options import method_names
+
+    methods = method_names(args.methods, ("ibp",) + SOLVER_METHODS)
 
     epsilons = _floats(args.eps, "--eps")
     if args.solver_eps:

@@ -1,7 +1,7 @@
-"""The ``boundflow`` command line: one module per subcommand family (``verify`` for verify and
-vnncomp, ``demo``; train, bench and certify-pointcloud live next to their libraries in
-``boundflow.train.cli``, ``boundflow.bench.cli``, ``boundflow.pointcloud.cli``) and ``main`` for
-the shared options, the error contract and the dispatch."""
+"""The ``boundflow`` command line: one module per subcommand (``demo``, ``train``, ``verify``
+for verify and vnncomp, ``pointcloud`` for certify-pointcloud, ``bench``), each parsing its
+options and calling the library; ``options`` for the option definitions they share (one name
+per concept) and ``main`` for the common options, the error contract and the dispatch."""
 
 from boundflow.cli.main import build_parser, main
 from boundflow.cli.verify import EXIT_INPUT_ERROR, EXIT_SAT, EXIT_UNDECIDED, EXIT_UNSAT

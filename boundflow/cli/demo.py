@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from boundflow.cli import options
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> None:
     demo = sub.add_parser("demo", help="bound a small model's outputs and gradients on interval data")
-    demo.add_argument(
-        "--eps", "--epsilon", dest="eps", type=float, default=0.05, help="input perturbation (l-infinity radius)"
-    )
+    options.eps(demo, 0.05, "input perturbation (l-infinity radius)", type=float)
     demo.add_argument("--param-radius", type=float, default=0.01, help="parameter interval radius")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="results", help="folder for the demo's plots")
+    options.seed(demo)
+    options.out(demo, "results", "folder for the demo's plots")
 
 
 def run(args) -> int:

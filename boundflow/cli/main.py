@@ -8,7 +8,10 @@ import argparse
 import sys
 import time
 
+from boundflow.cli import bench as bench_cli
 from boundflow.cli import demo as demo_cli
+from boundflow.cli import pointcloud as pointcloud_cli
+from boundflow.cli import train as train_cli
 from boundflow.cli import verify as verify_cli
 from boundflow.cli.verify import EXIT_INPUT_ERROR
 
@@ -21,7 +24,7 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         h = action.help or ""
         d = action.default
-        if "default" in h or d in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in h or d in (None, [], argparse.SUPPRESS) or isinstance(d, bool) or not action.option_strings:
             return h
         return f"{h} (default: %(default)s)"
 
@@ -58,16 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     demo_cli.add_parser(sub)
-    from boundflow.train.cli import add_train_parser
-
-    add_train_parser(sub)
+    train_cli.add_parser(sub)
     verify_cli.add_parsers(sub)
-    from boundflow.pointcloud.cli import add_parser as add_pointcloud_parser
-
-    add_pointcloud_parser(sub)
-    from boundflow.bench.cli import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
+    pointcloud_cli.add_parser(sub)
+    bench_cli.add_parser(sub)
     for p in _all_subparsers(sub):
         p.formatter_class = _HelpFormatter
         writes = any("--out" in a.option_strings for a in p._actions)
@@ -156,16 +153,10 @@ def _dispatch(args, argv, parser) -> int:
     if args.command == "vnncomp":
         return verify_cli.run_vnncomp(args)
     if args.command == "train":
-        from boundflow.train.cli import run_train
-
-        return run_train(args)
+        return train_cli.run(args)
     if args.command == "certify-pointcloud":
-        from boundflow.pointcloud.cli import run as run_pointcloud
-
-        return run_pointcloud(args)
+        return pointcloud_cli.run(args)
     if args.command == "bench":
-        from boundflow.bench.cli import run as run_bench
-
-        return run_bench(args)
+        return bench_cli.run(args)
     parser.print_help(sys.stderr)
     return 2

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from boundflow.cli import options
+
 __all__ = ["add_parsers", "run_verify", "run_vnncomp", "EXIT_UNSAT", "EXIT_SAT", "EXIT_INPUT_ERROR", "EXIT_UNDECIDED"]
 
 
@@ -142,14 +144,6 @@ def _run_vnncomp(args) -> int:
     return 0
 
 
-def _add_parallel_options(p) -> None:
-    p.add_argument("--workers", type=int, default=1, help="worker processes for branch and bound (default: 1, serial)")
-    p.add_argument(
-        "--executor", default="process", choices=["process", "ray"], help="where the workers run (default: process)"
-    )
-    p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: a local Ray)")
-
-
 def _executor(args, command: str):
     """The executor the parallel options ask for (``None``: serial), or an error message."""
     if args.workers < 1:
@@ -169,14 +163,14 @@ def add_parsers(sub) -> None:
     ver.add_argument("onnx")
     ver.add_argument("vnnlib")
     ver.add_argument("--timeout", type=float, default=60.0, help="seconds, start-up included")
-    ver.add_argument("--out", default=None, help="write the VNN-COMP result file here")
-    ver.add_argument("--no-progress", action="store_true", help="no progress bar (time spent against --timeout)")
-    _add_parallel_options(ver)
+    options.out(ver, None, "write the VNN-COMP result file here")
+    options.no_progress(ver, "no progress bars (the bar shows the time spent against --timeout)")
+    options.parallel(ver, "branch and bound")
     comp = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv (onnx,vnnlib,timeout) as the competition does")
     comp.add_argument("instances", help="instances CSV; paths relative to it, .gz allowed")
-    comp.add_argument("--out", default="vnncomp_results", help="folder for results.csv and per-instance results")
+    options.out(comp, "vnncomp_results", "folder for results.csv and per-instance results")
     comp.add_argument("--timeout-factor", type=float, default=1.0, help="scale every instance's timeout")
-    _add_parallel_options(comp)
+    options.parallel(comp, "branch and bound (or whole instances, --parallel instances)")
     comp.add_argument(
         "--parallel",
         default="subdomains",

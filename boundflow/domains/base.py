@@ -18,7 +18,17 @@ from torch import nn
 from boundflow.bounds import Bounds
 from boundflow.specs import Box, InputSpec, OutputSpec
 
-__all__ = ["Domain", "DomainBase", "PreparedModel", "DOMAINS", "register_domain", "get_domain", "apply_output"]
+__all__ = [
+    "Domain",
+    "DomainBase",
+    "PreparedModel",
+    "DOMAINS",
+    "register_domain",
+    "get_domain",
+    "canonical_method",
+    "METHOD_ALIASES",
+    "apply_output",
+]
 
 
 class PreparedModel(Protocol):
@@ -76,11 +86,20 @@ def register_domain(domain: Domain) -> Domain:
     return domain
 
 
+METHOD_ALIASES = {"interval": "ibp"}
+
+
+def canonical_method(method: str) -> str:
+    """The registered name of ``method`` (``"interval"`` is another name for ``"ibp"``)."""
+    return METHOD_ALIASES.get(method, method)
+
+
 def get_domain(method: str | Domain) -> Domain:
     """The registered domain named ``method``; a domain instance (anything with ``prepare``) is
     returned as is, so configured domains (``ForwardDomain(maxpool="tight")``) plug in too."""
     if not isinstance(method, str) and callable(getattr(method, "prepare", None)):
         return method
+    method = canonical_method(method)
     if method in DOMAINS:
         return DOMAINS[method]
     if method in _LAZY:

@@ -28,7 +28,7 @@ __all__ = [
     "METHODS",
 ]
 
-METHODS = ("interval", "lp", "milp", "mibp")
+METHODS = ("ibp", "lp", "milp", "mibp")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = False
     pretrain_epochs: int = 0
-    method: str = "interval"
+    method: str = "ibp"
     workers: int = 1
     executor: str = "process"
     address: str | None = None
@@ -84,9 +84,12 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        from boundflow.domains.base import canonical_method
+
+        self.method = canonical_method(self.method)  # "interval" (FullCert's name) is "ibp"
         if self.method not in METHODS:
             raise ValueError(f"unknown training method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method != "interval":
+        if self.method != "ibp":
             from boundflow.encode.training_step import MIBP_LOSSES
 
             if self.loss not in MIBP_LOSSES:
@@ -329,7 +332,7 @@ def certified_training(
 
         bar = tqdm(epochs, desc="certified training", unit="epoch")
         epochs = bar
-    solver = _SolverSteps(model, dataset, config, executor) if config.method != "interval" else None
+    solver = _SolverSteps(model, dataset, config, executor) if config.method != "ibp" else None
     run = _Run(
         model,
         params,
@@ -368,7 +371,7 @@ class _SolverSteps:
             raise ValueError(
                 f"method={config.method!r} supports data boxes with exact labels (linf, linf_subset, missing); "
                 f"the dataset's threat is {dataset.threat!r} (per-batch budget k={dataset.k}, "
-                f"label sets {'given' if dataset.label_sets is not None else 'none'}); use method='interval'"
+                f"label sets {'given' if dataset.label_sets is not None else 'none'}); use method='ibp'"
             )
         self.model, self.dataset, self.config = model, dataset, config
         self.own = executor is None

@@ -7,35 +7,26 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from torch import nn
+from boundflow.cli import options
 
-__all__ = ["add_train_parser", "run_train", "mlp"]
-
-
-def mlp(d_in: int, d_out: int, hidden: int, layers: int, seed: int) -> nn.Module:
-    """``layers`` linear layers of width ``hidden`` with ReLU in between (float64)."""
-    from boundflow.models import mlp as build
-
-    return build([d_in] + [hidden] * (layers - 1) + [d_out], seed=seed)
+__all__ = ["add_parser", "run"]
 
 
-def add_train_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="certified training on a bounded dataset")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", default="moons", help="moons, digits, digits-AvB, breast-cancer, iris")
     src.add_argument("--data", help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file")
-    p.add_argument("--threat", default="linf", choices=["linf", "poison", "label-flip"])
     p.add_argument(
-        "--epsilon",
-        "--eps",
-        dest="epsilon",
-        type=float,
-        default=None,
-        help="l-inf radius of the feature perturbation (linf, poison; 0.01)",
+        "--threat",
+        default="linf",
+        choices=["linf", "poison", "label-flip"],
+        help="threat model: every feature within --eps; k samples poisoned; k labels flipped",
     )
+    options.eps(p, None, "l-inf radius of the feature perturbation (linf, poison; default: 0.01)", type=float)
     p.add_argument("--k", type=int, default=1, help="per-batch budget for poison / label-flip")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (at most, with --patience/--stop-drop)")
+    p.add_argument("--hidden", type=int, default=20, help="width of each hidden layer")
     p.add_argument("--layers", type=int, default=2, help="number of linear layers")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate of the first epoch (default: 0.1)")
     p.add_argument("--lr-decay", type=float, default=1.0, help="epoch e uses lr * lr_decay**e (default: 1, none)")
@@ -61,33 +52,36 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         default=0.2,
         help="share of the training data held out for validation (default: 0.2; 0 with --keep-last)",
     )
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100, help="samples per step (an incomplete last batch is dropped)")
     p.add_argument(
         "--loss",
         default=None,
         choices=["bce", "cross_entropy", "hinge", "mse"],
         help="default: bce for two classes, cross_entropy otherwise",
     )
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--pretrain-epochs", type=int, default=0)
-    p.add_argument("--shuffle", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=1000, help="Two-Moons size")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (ibp only)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty added to the gradient")
+    p.add_argument("--pretrain-epochs", type=int, default=0, help="ordinary epochs on the nominal (trusted) data first")
+    p.add_argument("--shuffle", action="store_true", help="a seeded permutation of the samples each epoch")
+    options.seed(p)
+    options.count(p, "samples", 1000, "Two-Moons points generated (a quarter held out for testing)", old="--samples")
     p.add_argument("--test-eps", type=float, default=0.0, help="test-time l-inf radius for certification")
-    p.add_argument("--out", default="runs/train", help="output folder")
+    options.out(p, "runs/train", "folder for metrics.json, bounds.pt, checkpoint.pt and the plots")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true")
+    options.no_progress(p)
+    from boundflow.domains.base import canonical_method
+    from boundflow.train.trainer import METHODS
+
     p.add_argument(
         "--method",
-        default="interval",
-        choices=["interval", "lp", "milp", "mibp"],
-        help="step bounds: interval arithmetic (FullCert) or a solver program per step (MIBP-Cert)",
+        default="ibp",
+        type=canonical_method,
+        choices=METHODS,
+        help="step bounds: interval arithmetic, ibp (FullCert; 'interval' is accepted), or a solver program "
+        "per step: lp, milp, mibp (MIBP-Cert)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel solver processes (solver methods)")
-    p.add_argument("--executor", default="process", choices=["serial", "process", "ray"])
-    p.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local Ray)")
-    p.add_argument("--time-limit", type=float, help="seconds per solve (a stopped solve keeps its proven bound)")
+    options.parallel(p, "the solver programs (solver methods)", ("serial", "process", "ray"))
+    options.time_limit(p, None, "seconds per solve (a stopped solve keeps its proven bound)")
     grp = p.add_mutually_exclusive_group()
     grp.add_argument(
         "--group",
@@ -101,7 +95,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run_train(args) -> int:
+def run(args) -> int:
     from boundflow.atomic import atomic_write_text
     from boundflow.train import (
         TrainConfig,
@@ -120,12 +114,12 @@ def run_train(args) -> int:
     why = _check_args(args)
     if why:
         raise SystemExit(f"error: {why}")
-    if args.epsilon is None:
-        args.epsilon = 0.0 if args.threat == "label-flip" else 0.01
+    if args.eps is None:
+        args.eps = 0.0 if args.threat == "label-flip" else 0.01
     data = (
         load_file(args.data, seed=args.seed)
         if args.data
-        else load_dataset(args.dataset, seed=args.seed, n_samples=args.samples)
+        else load_dataset(args.dataset, seed=args.seed, n_samples=args.n_samples)
     )
     c = data.n_classes
     loss = args.loss or ("bce" if c == 2 else "cross_entropy")
@@ -140,11 +134,13 @@ def run_train(args) -> int:
     if args.threat != "linf" and args.k > args.batch_size:
         raise SystemExit(f"error: --k {args.k} is larger than --batch-size {args.batch_size}")
     d_out = 1 if loss in ("bce", "hinge") else c
-    model = mlp(data.n_features, d_out, args.hidden, args.layers, args.seed)
+    from boundflow.models import hidden_mlp
+
+    model = hidden_mlp(data.n_features, d_out, args.hidden, args.layers, args.seed)
     if args.threat == "linf":
-        bd = linf(x_train, y_train, args.epsilon)
+        bd = linf(x_train, y_train, args.eps)
     elif args.threat == "poison":
-        bd = poison(x_train, y_train, args.k, args.epsilon)
+        bd = poison(x_train, y_train, args.k, args.eps)
     else:
         bd = label_flip(x_train, y_train, args.k, n_classes=c)
     config = TrainConfig(
@@ -180,7 +176,7 @@ def run_train(args) -> int:
         "threat": bd.threat,
         "threat_model": {
             "threat": args.threat,
-            "epsilon": args.epsilon,
+            "epsilon": args.eps,
             "k": None if args.threat == "linf" else args.k,
         },
         "data_sha256": _fingerprint(bd, val),
@@ -283,17 +279,17 @@ def _check_args(args) -> str | None:
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
         (0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}"),
-        (args.epsilon is None or args.epsilon >= 0, f"--epsilon must be >= 0, got {args.epsilon}"),
+        (args.eps is None or args.eps >= 0, f"--eps must be >= 0, got {args.eps}"),
         (args.k >= 0, f"--k must be >= 0, got {args.k}"),
         (args.group >= 1, f"--group must be >= 1 samples per program, got {args.group}"),
-        (args.samples >= 2, f"--samples must be >= 2, got {args.samples}"),
+        (args.n_samples >= 2, f"--n-samples must be >= 2, got {args.n_samples}"),
         (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.test_eps >= 0, f"--test-eps must be >= 0, got {args.test_eps}"),
         (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
         (args.stop_drop is None or args.stop_drop >= 0, f"--stop-drop must be >= 0, got {args.stop_drop}"),
         (
-            not (args.threat == "label-flip" and args.epsilon is not None),
-            "--epsilon has no effect with --threat label-flip (labels flip, features stay); drop it",
+            not (args.threat == "label-flip" and args.eps is not None),
+            "--eps has no effect with --threat label-flip (labels flip, features stay); drop it",
         ),
         (
             args.val_fraction > 0 or not (args.keep_best or args.stop_drop is not None or args.patience is not None),

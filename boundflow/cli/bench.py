@@ -7,6 +7,8 @@ import json
 import shlex
 import sys
 
+from boundflow.cli import options
+
 __all__ = ["add_parser", "run"]
 
 
@@ -16,24 +18,20 @@ def add_parser(sub) -> None:
     t = bsub.add_parser("tightness", help="bound the same networks and properties with every method")
     t.add_argument("--quick", action="store_true", help="three small networks, 3 points, 2 eps (about a minute)")
     t.add_argument("--methods", default="ibp,crown,alpha-crown,lp,milp", help="comma-separated methods")
-    t.add_argument(
-        "--eps", "--epsilon", dest="eps", default=None, help="comma-separated l-inf radii (default 0.003,0.01,0.03,0.1)"
-    )
-    t.add_argument("--points", type=int, default=None, help="points per network (default 16; 3 with --quick)")
-    t.add_argument("--time-limit", type=float, default=None, help="seconds per solver bound (default 5; 0.5 quick)")
+    options.eps(t, None, "comma-separated l-inf radii (default: 0.003,0.01,0.03,0.1; 0.01,0.03 with --quick)")
+    options.count(t, "inputs", None, "input points per network (default: 16; 3 with --quick)", old="--points")
+    options.time_limit(t, None, "seconds per solver bound (default: 5; 0.5 with --quick)")
     t.add_argument("--onnx", action="append", default=[], help="also bound this ONNX network (repeatable)")
     t.add_argument("--onnx-data", default=None, help=".npz with x (and y) for the ONNX networks' points")
     t.add_argument("--factory", action="append", default=[], help="module:function returning a network case")
     t.add_argument("--no-builtin", action="store_true", help="only the --onnx / --factory networks")
-    t.add_argument("--out", default="runs/tightness", help="folder for tightness.json, .md, .png")
-    t.add_argument("--no-progress", action="store_true")
+    options.out(t, "runs/tightness", "folder for tightness.json, .md, .png")
+    options.no_progress(t)
     tr = bsub.add_parser("training", help="parameter-bound width and certified accuracy per epoch, per method")
     tr.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, interval and lp, eps 0.01")
     tr.add_argument("--dataset", default="moons", help="moons, iris-2 (versicolor/virginica), breast-cancer")
-    tr.add_argument("--methods", default=None, help="interval, lp, milp, mibp (default: interval,lp,milp)")
-    tr.add_argument(
-        "--eps", "--epsilon", dest="eps", default=None, help="l-inf radii (default: 1e-4,1e-3,1e-2; 1e-2 with --quick)"
-    )
+    tr.add_argument("--methods", default=None, help="ibp, lp, milp, mibp (default: ibp,lp,milp; ibp,lp with --quick)")
+    options.eps(tr, None, "comma-separated l-inf radii (default: 1e-4,1e-3,1e-2; 1e-2 with --quick)")
     tr.add_argument("--seeds", type=int, default=None, help="default: 10 (1 with --quick)")
     tr.add_argument("--solver-seeds", type=int, default=None, help="seeds for lp/milp/mibp (default: --seeds)")
     tr.add_argument("--solver-eps", default=None, help="radii for lp/milp/mibp (default: --eps)")
@@ -48,21 +46,11 @@ def add_parser(sub) -> None:
     tr.add_argument("--loss", default="bce", help="bce, hinge or mse (default: bce)")
     tr.add_argument("--group", type=int, default=10, help="samples per solver program (default: 10)")
     tr.add_argument("--workers", type=int, default=2, help="solver processes (default: 2)")
-    tr.add_argument("--time-limit", type=float, default=5.0, help="seconds per solve (default: 5)")
-    tr.add_argument("--out", default="runs/training-tightness")
+    options.time_limit(tr, 5.0, "seconds per solve")
+    options.out(tr, "runs/training-tightness", "folder for <name>.json, .md, .png")
     tr.add_argument("--name", default="training", help="file stem of the outputs (<name>.json, .md, .png)")
     tr.add_argument("--cmd", default="boundflow bench training", help=argparse.SUPPRESS)
-    tr.add_argument("--no-progress", action="store_true")
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"error: {what} {text!r}: expected comma-separated numbers") from None
-    if not vals or any(v < 0 for v in vals):
-        raise SystemExit(f"error: {what} {text!r}: expected non-negative numbers")
-    return vals
+    options.no_progress(tr)
 
 
 def run(args) -> int:
@@ -78,12 +66,9 @@ def _tightness(args) -> int:
     from boundflow.bench import tightness as T
     from boundflow.bench.networks import builtin_cases, factory_case, onnx_case
 
-    eps = _floats(args.eps or ("0.01,0.03" if args.quick else "0.003,0.01,0.03,0.1"), "--eps")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in T.METHODS]
-    if unknown:
-        raise SystemExit(f"error: --methods: unknown {unknown}; choose from {', '.join(T.METHODS)}")
-    points = args.points or (3 if args.quick else 16)
+    eps = options.floats(args.eps or ("0.01,0.03" if args.quick else "0.003,0.01,0.03,0.1"), "--eps")
+    methods = options.method_names(args.methods, T.METHODS)
+    points = args.n_inputs or (3 if args.quick else 16)
     time_limit = args.time_limit if args.time_limit is not None else (0.5 if args.quick else 5.0)
     cases = [] if args.no_builtin else builtin_cases(args.quick, points)
     for path in args.onnx:

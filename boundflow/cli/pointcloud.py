@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from boundflow.cli import options
+
 __all__ = ["add_parser", "run"]
 
 
@@ -18,7 +20,12 @@ def add_parser(sub):
     p.add_argument("--transform", default="rotation-z", help="e.g. rotation-z, twisting-z, tapering-z+rotation-x")
     p.add_argument("--theta", default="3deg", help="range: 3deg, 0.05rad, -2:5deg, 0.1 (unit-free coefficients)")
     p.add_argument("--splits", type=int, default=10, help="sub-ranges per parameter")
-    p.add_argument("--relaxation", default="taylor", choices=["taylor", "interval"])
+    p.add_argument(
+        "--relaxation",
+        default="taylor",
+        choices=["taylor", "interval"],
+        help="of the transformed points: a linear form in theta with a box remainder, or a box",
+    )
     p.add_argument("--method", default="forward", help="linear-domain method for the network (forward, crown)")
     p.add_argument("--pool", default="max", choices=["max", "cascade"], help="how the global max pool is written")
     p.add_argument(
@@ -26,11 +33,11 @@ def add_parser(sub):
         choices=["tight", "deeppoly"],
         help="max-pool relaxation (default: tight with --method forward, deeppoly otherwise)",
     )
-    p.add_argument("--objects", type=int, default=24, help="number of clouds to certify")
-    p.add_argument("--points", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/pointcloud")
-    p.add_argument("--no-progress", action="store_true")
+    options.count(p, "clouds", 24, "clouds to certify", old="--objects")
+    options.count(p, "points", 64, "points per cloud (of the embedded shapes and the trained PointNet)", old="--points")
+    options.seed(p)
+    options.out(p, "runs/pointcloud", "folder for results.json, results.md, cloud.png (and model.pt)")
+    options.no_progress(p)
     return p
 
 
@@ -57,8 +64,8 @@ def run(args) -> int:
     from boundflow.pointcloud.transforms import parse as parse_transform
 
     checks = [
-        (args.objects >= 1, f"--objects must be >= 1, got {args.objects}"),
-        (args.points >= 1, f"--points must be >= 1, got {args.points}"),
+        (args.n_clouds >= 1, f"--n-clouds must be >= 1, got {args.n_clouds}"),
+        (args.n_points >= 1, f"--n-points must be >= 1, got {args.n_points}"),
         (args.splits >= 1, f"--splits must be >= 1, got {args.splits}"),
         (args.model is None or Path(args.model).is_file(), f"--model {args.model}: no such file"),
         (args.data is None or Path(args.data).is_file(), f"--data {args.data}: no such file"),
@@ -84,7 +91,7 @@ def run(args) -> int:
         model = PointNet(state.pop("_n_classes").item() if "_n_classes" in state else len(CLASSES)).double()
         model.load_state_dict(state)
     else:
-        model, info = train_pointnet(n_points=args.points, seed=args.seed, progress=not args.no_progress)
+        model, info = train_pointnet(n_points=args.n_points, seed=args.seed, progress=not args.no_progress)
         state = dict(model.state_dict())
         state["_n_classes"] = torch.tensor(len(CLASSES))
         atomic_torch_save(state, out / "model.pt")
@@ -97,8 +104,8 @@ def run(args) -> int:
             with torch.no_grad():
                 y = model(x).argmax(1)  # certify the model's own predictions
     else:
-        x, y = make_shapes(max(1, -(-args.objects // len(CLASSES))), args.points, seed=args.seed + 20_000)
-    x, y = x[: args.objects], y[: args.objects]
+        x, y = make_shapes(max(1, -(-args.n_clouds // len(CLASSES))), args.n_points, seed=args.seed + 20_000)
+    x, y = x[: args.n_clouds], y[: args.n_clouds]
     res = certify(
         model, x, y, args.transform, theta, unit, args.splits, args.relaxation, args.method,
         progress=not args.no_progress, maxpool=args.maxpool,
