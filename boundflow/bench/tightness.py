@@ -320,47 +320,58 @@ def markdown(res: TightnessResult, command: str) -> str:
 
 
 def plot(res: TightnessResult, path) -> None:
-    """Two panels per network: mean output-range width vs eps per method (log-log), and one
-    panel of time vs tightness (median ms per point vs median mean gap) over all networks."""
+    """One panel per network: mean output-range width vs eps per method (log-log); and one panel
+    of time vs tightness (ms per point vs mean gap) over all networks.  Methods that tie draw on
+    top of each other, so each has its own marker and line style and the legend says which."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     rows = [r for r in res.rows if "skipped" not in r]
     nets = list(dict.fromkeys(r["network"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    style = {
+        m: dict(color=f"C{i}", marker="osD^vP*X"[i % 8], ls=("-", "--", ":", "-.")[i % 4])
+        for i, m in enumerate(methods)
+    }
     cols = min(4, len(nets) + 1)
     nrow = math.ceil((len(nets) + 1) / cols)
-    fig, axes = plt.subplots(nrow, cols, figsize=(4.2 * cols, 3.6 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, cols, figsize=(4.2 * cols, 3.6 * nrow + 0.5), squeeze=False)
     axes = axes.ravel()
     for ax, net in zip(axes, nets):
-        for i, m in enumerate(methods):
+        for k, m in enumerate(methods):
             rs = [r for r in rows if r["network"] == net and r["method"] == m]
-            ax.plot([r["eps"] for r in rs], [max(r["mean_width"], 1e-12) for r in rs], marker="o", ms=3,
-                    color=f"C{i}", label=m)  # fmt: skip
+            ax.plot([r["eps"] for r in rs], [max(r["mean_width"], 1e-12) for r in rs], ms=7 - k, mfc="none",
+                    label=m, **style[m])  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(net, fontsize=8)
         ax.set_xlabel("eps (l-inf radius)")
         ax.set_ylabel("mean output-range width")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
     ax = axes[len(nets)]
-    for i, m in enumerate(methods):
-        rs = [r for r in rows if r["method"] == m]
-        ax.scatter([r["ms_per_point"] for r in rs], [max(r["mean_gap"], 1e-9) for r in rs], s=14, color=f"C{i}",
-                   label=m, alpha=0.7)  # fmt: skip
+    gaps = [r["mean_gap"] for r in rows if r.get("mean_gap") is not None and r["mean_gap"] > 0]
+    floor = min(gaps) / 10 if gaps else 1e-9
+    for k, m in enumerate(methods):
+        rs = [r for r in rows if r["method"] == m and r.get("mean_gap") is not None]
+        ax.scatter([r["ms_per_point"] for r in rs], [max(r["mean_gap"], floor) for r in rs], s=40 - 4 * k,
+                   facecolors="none", edgecolors=style[m]["color"], marker=style[m]["marker"])  # fmt: skip
+    ax.axhline(floor, color="grey", lw=0.8, ls=":")
+    ax.text(0.02, floor, " gap 0 (exact)", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom", color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("time per point (ms)")
-    ax.set_ylabel("mean gap to reference (0 drawn at 1e-9)")
-    ax.set_title("time vs tightness (all networks, eps)", fontsize=8)
+    ax.set_ylabel("mean gap to the reference")
+    ax.set_title("time vs tightness (every network and eps)", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     for a in axes[len(nets) + 1 :]:
         a.axis("off")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.6 * nrow + 0.5)))
     from boundflow.atomic import atomic_savefig
 
     atomic_savefig(fig, path, dpi=120)

@@ -35,8 +35,8 @@ def plot_cloud(
     for i, corner in enumerate(itertools.product(*zip(theta_lower, theta_upper))):
         q = tf.apply(p, transform, torch.tensor(corner, dtype=torch.float64))
         shown = [math.degrees(c) if unit == "deg" else c for c in corner]
-        text = ", ".join(f"{c:.4g}{' deg' if unit == 'deg' else ''}" for c in shown)
-        ax.scatter(*q.T.numpy(), s=6, color=f"C{i}", label=f"theta = ({text})")
+        text = ", ".join(f"{c:.4g}{'°' if unit == 'deg' else ''}" for c in shown)
+        ax.scatter(*q.T.numpy(), s=6, color=f"C{i}", label=f"theta = {text}")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel("z")

@@ -77,6 +77,6 @@ def plot_regions(
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color=cmap.colors[0], label="abstain")]
     handles += [Patch(color=cmap.colors[c + 1], label=f"certified {c}") for c in range(int(y.max()) + 1)]
-    ax.legend(handles=handles, loc="upper right", fontsize=7)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, borderaxespad=0)
     _save(fig, path)
     plt.close(fig)
