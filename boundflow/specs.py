@@ -110,7 +110,7 @@ class LinearSpec:
     def box(self) -> Box:
         """The bounding box of the inputs (loses the shared ``theta``)."""
         b = self.slope.shape[0]
-        eye = torch.eye(self.slope.shape[1], dtype=self.slope.dtype).expand(b, -1, -1)
+        eye = torch.eye(self.slope.shape[1], dtype=self.slope.dtype, device=self.slope.device).expand(b, -1, -1)
         lo, hi = self.concretize(eye)
         return Box(lo.reshape(b, *self.shape), hi.reshape(b, *self.shape))
 
@@ -151,14 +151,16 @@ class OutputSpec:
             raise ValueError(f"OutputSpec: C must be a (S, n_out) or (B, S, n_out) tensor, got {self.C!r}")
 
     @staticmethod
-    def margins(label: int, n_classes: int, dtype: torch.dtype = torch.float64) -> OutputSpec:
+    def margins(
+        label: int, n_classes: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> OutputSpec:
         """``y[label] - y[j]`` for every other class ``j`` (rows in class order)."""
         if not 0 <= label < n_classes:
             raise ValueError(f"OutputSpec.margins: label {label} is not one of {n_classes} classes")
         others = [j for j in range(n_classes) if j != label]
-        C = torch.zeros(len(others), n_classes, dtype=dtype)
+        C = torch.zeros(len(others), n_classes, dtype=dtype, device=device)
         C[:, label] = 1.0
-        C[torch.arange(len(others)), others] = -1.0
+        C[torch.arange(len(others), device=device), others] = -1.0
         return OutputSpec(C)
 
 

@@ -71,7 +71,7 @@ class DomainBase:
 def apply_output(lower: torch.Tensor, upper: torch.Tensor, output: OutputSpec | None) -> Bounds:
     """Subtract the output spec's ``d`` (the ``C`` part is applied by the domain)."""
     if output is not None and output.d is not None:
-        d = torch.as_tensor(output.d, dtype=lower.dtype)
+        d = torch.as_tensor(output.d, dtype=lower.dtype, device=lower.device)
         lower, upper = lower - d, upper - d
     return Bounds(lower, upper)
 

@@ -404,13 +404,33 @@ class SolverPrepared:
         box = spec.box()
         d = self.domain
         C = None if output is None else output.C
+        device = box.lower.device
+        model, params, x_lo, x_hi = self.model, self.params, box.lower, box.upper
+        if device.type != "cpu":  # the programs are built and solved on the host
+            model, params = self._on_host()
+            x_lo, x_hi, C = x_lo.cpu(), x_hi.cpu(), (None if C is None else C.cpu())
         lo, hi, exact = network_bounds(
-            self.model, box.lower, box.upper, d.name, self.params, C,
+            model, x_lo, x_hi, d.name, params, C,
             time_limit=d.time_limit, executor=d.executor, return_exact=True, backend=d.backend,
         )  # fmt: skip
+        lo, hi = lo.to(device), hi.to(device)
         res = apply_output(lo, hi, output)
-        res.exact = exact
+        res.exact = exact if exact is None else exact.to(device)
         return res
+
+    def _on_host(self):
+        """A CPU copy of the model and the parameters (made once)."""
+        if not hasattr(self, "_host"):
+            import copy
+
+            from boundflow.domains.interval.tensor import IntervalTensor, lohi
+
+            def host(t):
+                return IntervalTensor(*(v.cpu() for v in lohi(t))) if isinstance(t, IntervalTensor) else t.cpu()
+
+            params = None if self.params is None else {k: host(v) for k, v in self.params.items()}
+            self._host = (copy.deepcopy(self.model).cpu(), params)
+        return self._host
 
 
 class SolverDomain(DomainBase):

@@ -88,7 +88,7 @@ def softplus(x, beta=1, threshold=20):
     r_lo, r_hi = f(lo, b, t), f(hi, b, t)
     x_t = t / b
     cross = (lo * b <= t) & (hi * b > t)
-    smooth_at_t = torch.log1p(torch.exp(torch.tensor(t, dtype=torch.float64))).item() / b
+    smooth_at_t = torch.log1p(torch.exp(torch.tensor(t, dtype=torch.float64, device="cpu"))).item() / b
     r_lo = torch.where(cross, torch.clamp(r_lo, max=x_t), r_lo)
     r_hi = torch.where(cross, torch.clamp(r_hi, min=smooth_at_t), r_hi)
     if rounding.rounding_enabled():

@@ -72,7 +72,7 @@ def _index_windows(hw, k, s, p, d, o, device: str) -> torch.Tensor:
     return geo.windows(idx, -1.0).long()
 
 
-def pool_index_windows(shape, args, device="cpu") -> torch.Tensor:
+def pool_index_windows(shape, args, device) -> torch.Tensor:
     """For ``max_pool2d`` arguments ``args = (kernel, stride, padding, dilation, ceil_mode)``
     (trailing ones optional) on an input of ``shape (..., H, W)``: the flat input position of
     every entry of every window, ``(OH, OW, KH*KW)``, with -1 for padding (torch's geometry,

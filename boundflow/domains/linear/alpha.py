@@ -64,6 +64,6 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
 
 
 def _final(state: BoundState, graph, out_node, x_lo, C):
-    A, _ = spec_coefficients(C, _shape(state, out_node), x_lo.dtype)
+    A, _ = spec_coefficients(C, _shape(state, out_node), x_lo.dtype, x_lo.device)
     lb, ub = backsub(state, out_node, A, A)
     return lb.transpose(0, 1), ub.transpose(0, 1)

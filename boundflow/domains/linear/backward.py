@@ -35,8 +35,8 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
     pending: dict = {start: (lA, uA)}
     s = lA.shape[0]
     b = _shape(state, start)[0]
-    lb = torch.zeros(s, b, dtype=lA.dtype)
-    ub = torch.zeros(s, b, dtype=lA.dtype)
+    lb = torch.zeros(s, b, dtype=lA.dtype, device=lA.device)
+    ub = torch.zeros(s, b, dtype=lA.dtype, device=lA.device)
     x_node = state.graph.input_node
     while pending:
         node = max(pending, key=lambda n: order[n])
@@ -180,7 +180,7 @@ def _affine_back(state: BoundState, node: fx.Node, lA, uA, pending, output_index
         out = node.target(*sub(node.args, mapping), **{k: sub(v, mapping) for k, v in node.kwargs.items()})
         return out[output_index] if output_index is not None else out
 
-    zeros = [torch.zeros(_shape(state, v), dtype=lA.dtype) for v in var_nodes]
+    zeros = [torch.zeros(_shape(state, v), dtype=lA.dtype, device=lA.device) for v in var_nodes]
     c, vjp_fn = vjp(f, *zeros)
     noise = _weight_noise(state, node, var_nodes, output_index) if _bounded(state, node.args) else None
     s = lA.shape[0]

@@ -16,6 +16,7 @@ ones the upper line).  Sound in exact arithmetic on the float64 inputs; not cove
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -158,7 +159,7 @@ def prepare(
                 # EMPTY_TOLERANCE of its magnitude; a smaller crossing is rounding, never a proof
                 scale = 1 + torch.maximum(s_lo.abs(), s_hi.abs()).nan_to_num(posinf=0.0)
                 contradiction = (lo - hi) > EMPTY_TOLERANCE * scale
-                state.empty = getattr(state, "empty", torch.zeros(lo.shape[0], dtype=torch.bool)) | (
+                state.empty = getattr(state, "empty", torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)) | (
                     contradiction.reshape(lo.shape[0], -1).any(1)
                 )
                 lo, hi = ordered(lo, hi)  # a rounding crossing: the hull of the crossed pair
@@ -182,15 +183,14 @@ def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[
     n = 1
     for s in shape[1:]:
         n *= s
-    widest = max(
-        int(torch.tensor(_shape(state, m)[1:]).prod()) if len(_shape(state, m)) > 1 else 1 for m in list(state.lower)
-    )
+    widest = max(math.prod(_shape(state, m)[1:]) for m in list(state.lower))
     rows = max(1, budget // max(b * max(widest, n), 1))
     lbs, ubs = [], []
     for start in range(0, n, rows):
         k = min(rows, n - start)
-        eye = torch.zeros(k, n, dtype=state.x_lo.dtype)
-        eye[torch.arange(k), torch.arange(start, start + k)] = 1
+        dev = state.x_lo.device
+        eye = torch.zeros(k, n, dtype=state.x_lo.dtype, device=dev)
+        eye[torch.arange(k, device=dev), torch.arange(start, start + k, device=dev)] = 1
         # batch dimension 1: the identity is the same for every sample; relaxations make the
         # coefficients sample-specific later (broadcasting), so the first products are shared
         eye = eye.reshape(k, 1, *shape[1:])
@@ -201,7 +201,7 @@ def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[
     return lb.transpose(0, 1).reshape(shape), ub.transpose(0, 1).reshape(shape)
 
 
-def spec_coefficients(C, shape, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+def spec_coefficients(C, shape, dtype, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The starting coefficients ``(S, B or 1, *out)`` for ``C @ y`` (identity without ``C``),
     and ``C`` normalised to ``(B, S, n_out)``."""
     b = shape[0]
@@ -209,8 +209,8 @@ def spec_coefficients(C, shape, dtype) -> tuple[torch.Tensor, torch.Tensor | Non
     for s in shape[1:]:
         n_out *= s
     if C is None:
-        return torch.eye(n_out, dtype=dtype).reshape(n_out, 1, *shape[1:]), None
-    C = torch.as_tensor(C, dtype=dtype)
+        return torch.eye(n_out, dtype=dtype, device=device).reshape(n_out, 1, *shape[1:]), None
+    C = torch.as_tensor(C, dtype=dtype, device=device)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(b, *C.shape)
     if C.shape[0] != b or C.shape[-1] != n_out:
@@ -234,7 +234,7 @@ def crown(
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
     shape = _shape(state, out_node)
     b = shape[0]
-    A, C = spec_coefficients(C, shape, x_lo.dtype)
+    A, C = spec_coefficients(C, shape, x_lo.dtype, x_lo.device)
     lb, ub = backsub(state, out_node, A, A)
     lb, ub = lb.transpose(0, 1), ub.transpose(0, 1)
     if out_node in state.lower:

@@ -70,8 +70,8 @@ def _join(state, node, lin) -> _Lin:
             forms.append(lin[a])
         else:
             c = state.const[a] if isinstance(a, fx.Node) else torch.as_tensor(a)
-            c = c.to(state.x_lo.dtype)
-            z = torch.zeros(*c.shape, n_in, dtype=c.dtype)
+            c = c.to(state.x_lo.dtype, device=state.x_lo.device)
+            z = torch.zeros(*c.shape, n_in, dtype=c.dtype, device=c.device)
             forms.append(_Lin(z, c, z, c))
     ndim = forms[0].lb.dim() + (1 if node.target is aten.stack.default else 0)
     d = dim % ndim  # the forms' coefficients carry one more (trailing) dimension
@@ -116,7 +116,8 @@ def forward_bounds(
     x_node = graph.input_node
     b = x_lo.shape[0]
     n_in = x_lo[0].numel()
-    eye = torch.eye(n_in, dtype=x_lo.dtype).reshape(1, *x_lo.shape[1:], n_in).expand(b, *x_lo.shape[1:], n_in)
+    eye = torch.eye(n_in, dtype=x_lo.dtype, device=x_lo.device)
+    eye = eye.reshape(1, *x_lo.shape[1:], n_in).expand(b, *x_lo.shape[1:], n_in)
     zero = torch.zeros_like(x_lo)
     lin: dict = {x_node: _Lin(eye, zero, eye, zero)}
     bounds: dict = {x_node: (x_lo, x_hi)}
@@ -204,7 +205,7 @@ def _split_linear(state, node, target, v):
         out = target(*value(list(node.args), t), **{k: value(w, t) for k, w in node.kwargs.items()})
         return out[0] if target in TUPLE_OPS else out
 
-    c = call(torch.zeros(_shape(state, v), dtype=state.x_lo.dtype))
+    c = call(torch.zeros(_shape(state, v), dtype=state.x_lo.dtype, device=state.x_lo.device))
     return (lambda t: call(t) - c), target in POSITIVE_LINEAR, c
 
 
@@ -269,7 +270,8 @@ def _affine(state, node, target, v, lin):
     n = 1
     for s_ in shape_in[1:]:
         n *= s_
-    basis = torch.eye(n, dtype=state.x_lo.dtype).reshape(n, 1, *shape_in[1:]).expand(n, shape_in[0], *shape_in[1:])
+    basis = torch.eye(n, dtype=state.x_lo.dtype, device=state.x_lo.device)
+    basis = basis.reshape(n, 1, *shape_in[1:]).expand(n, shape_in[0], *shape_in[1:])
     cols = vmap(f)(basis)  # (n, B, *out): column j = J e_j
     jac = cols.movedim(0, -1).reshape(shape_in[0], -1, n)  # (B, out, in)
     jp, jn = jac.clamp(min=0), jac.clamp(max=0)

@@ -42,7 +42,7 @@ def maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending):
 
     def scatter(a):  # (S, B, C, oh, ow) -> (S, B, C, H, W), coefficient onto the selected entry
         s = a.shape[0]
-        out = torch.zeros(s, *lead, hw, dtype=a.dtype)
+        out = torch.zeros(s, *lead, hw, dtype=a.dtype, device=a.device)
         index = idx.flatten(-2).unsqueeze(0).expand(s, *idx.flatten(-2).shape)
         out.scatter_add_(-1, index, a.flatten(-2))
         return out.reshape(s, *l.shape)

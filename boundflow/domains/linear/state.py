@@ -93,7 +93,7 @@ def _is_tuple_head(n: fx.Node) -> bool:
 
 def empty_domains(state: BoundState) -> torch.Tensor:
     """Per batch element: True where the overrides made the sub-domain empty."""
-    return getattr(state, "empty", torch.zeros(state.x_lo.shape[0], dtype=torch.bool))
+    return getattr(state, "empty", torch.zeros(state.x_lo.shape[0], dtype=torch.bool, device=state.x_lo.device))
 
 
 def _shape(state: BoundState, node: fx.Node) -> tuple[int, ...]:
