@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m boundflow demo --force   # (replaces the previous demo's plots in results/)
 
+# one pytest-xdist worker per core (JOBS=1 runs the suite in one process)
+JOBS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(JOBS) -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check boundflow solvers benchmarks tests

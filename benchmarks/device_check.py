@@ -73,8 +73,9 @@ def main() -> int:
             ms_dev = _time(lambda: bf.compute_bounds(net_d, (x - eps).to(dev), (x + eps).to(dev), method=m), 3)
             ok = inside and diff <= 1e-6 * (1 + cpu[1].abs().max().item())
             failures += not ok
+            verdict = "ok" if ok else "FAIL"
             print(f"{name:<4} {m:<12} max |device - cpu| {diff:.2e}  contains samples {inside}  "
-                  f"cpu {ms_cpu:8.2f} ms  {dev.type} {ms_dev:8.2f} ms  {'ok' if ok else 'FAIL'}", flush=True)  # fmt: skip
+                  f"cpu {ms_cpu:8.2f} ms  {dev.type} {ms_dev:8.2f} ms  {verdict}", flush=True)  # fmt: skip
             net.cpu()
     # an interval training step on the device: forward, backward, interval gradients
     net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).to(dev)

@@ -1,7 +1,7 @@
 """Interval overhead: plain torch forward+backward vs interval forward+backward (interval inputs
 *and* interval parameters), same model, same batch, measured in one run.
 
-    python benchmarks/interval_overhead.py [--repeats 30] [--dtype float32] [--json out.json]
+    python benchmarks/interval_overhead.py [--repeats 30] [--dtype float32] [--json out.json] [--profile]
 
 Prints the median time of each and their ratio per model.  Target: <= 3x plain torch in float32
 on CPU (the midpoint-radius product needs three products of the plain kind).
@@ -83,12 +83,28 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, repeats: int, eps: flo
     }
 
 
+def profile(model: nn.Module, x: torch.Tensor, steps: int = 5, rows: int = 18) -> str:
+    """The torch.profiler table (ops by self CPU time) of ``steps`` interval steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    y = torch.randint(0, 10, (x.shape[0],))
+    iv = bf.interval_parameters(model, radius=1e-3)
+    xi = bf.IntervalTensor.from_eps(x, 0.01)
+    _interval_step(model, iv, xi, y)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            _interval_step(model, iv, xi, y)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--json", default=None, help="write all numbers here (atomically)")
+    ap.add_argument("--profile", action="store_true", help="also print where an interval step's time goes")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_default_dtype(dtype)
@@ -103,6 +119,11 @@ def main() -> None:
     print(f"{'model':<24} {'batch':>5} {'plain ms':>9} {'interval ms':>12} {'ratio':>6}")
     for r in rows:
         print(f"{r['model']:<24} {r['batch']:>5} {r['plain_ms']:>9.2f} {r['interval_ms']:>12.2f} {r['ratio']:>5.2f}x")
+    if args.profile:
+        for name, model, x in (("MLP 784-256-256-10", mlp(), torch.rand(args.batch, 784)),
+                               ("CNN conv16-conv32-fc", cnn(), torch.rand(args.batch // 4, 1, 28, 28))):  # fmt: skip
+            print(f"\n{name}: torch.profiler, 5 interval steps, ops by self CPU time")
+            print(profile(model, x))
     if args.json:
         payload = {
             "benchmark": "interval_overhead",

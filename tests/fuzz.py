@@ -179,7 +179,7 @@ def _pool_args(rng: random.Random, h: int, w: int):
         ceil = rng.random() < 0.3
         if all(d[i] * (k[i] - 1) + 1 <= (h, w)[i] + 2 * p[i] for i in range(2)):
             try:  # torch mishandles windows made only of padding; BoundFlow refuses them
-                pool_index_windows((h, w), [k, s, p, d, ceil])
+                pool_index_windows((h, w), [k, s, p, d, ceil], "cpu")
             except UnsupportedOperation:
                 continue
             return k, s, p, d, ceil
