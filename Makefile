@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m boundflow demo --force   # (replaces the previous demo's plots in results/)
 
-# one pytest-xdist worker per core (JOBS=1 runs the suite in one process)
+# one pytest-xdist worker per core (JOBS=0: the suite in this one process)
 JOBS ?= auto
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS)
+	$(PY) -m pytest -q -n $(JOBS) --dist loadgroup
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS) -m slow
+	$(PY) -m pytest -q -n $(JOBS) --dist loadgroup -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check boundflow solvers benchmarks tests

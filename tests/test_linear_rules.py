@@ -21,6 +21,9 @@ from boundflow.graph import capture
 from tests.fuzz import Case, check_case
 
 aten = torch.ops.aten
+
+pytestmark = pytest.mark.xdist_group("linear_rules")  # one worker computes the module fixture
+
 D = torch.float64
 
 
@@ -172,3 +175,27 @@ def test_every_linear_domain_op_is_exercised(results, method):
     if method == "lp":  # the encodings relax these through the linear domain's lines or refuse them
         missing -= {aten.log.default, aten.exp.default, aten.softplus.default}
     assert not missing, f"{method}: no containment test reaches {sorted(map(str, missing))}"
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_s_shaped_lines_enclose_the_function_on_random_intervals(act):
+    """The relaxation lines of sigmoid and tanh hold on the whole interval, for intervals on
+    either side of zero, across it (wide, narrow, lopsided) and degenerate ones: checked on a
+    dense grid of each interval, endpoints included."""
+    from boundflow.domains.linear import relaxations as R
+
+    g = torch.Generator().manual_seed(3)
+    n = 4000
+    centre = torch.randn(n, generator=g, dtype=D) * 4
+    half = torch.rand(n, generator=g, dtype=D) ** 3 * 8
+    half[:50] = 0.0  # degenerate
+    l, u = centre - half, centre + half
+    f = torch.sigmoid if act == "sigmoid" else torch.tanh
+    a_l, b_l, a_u, b_u = getattr(R, act)(l, u)
+    t = torch.linspace(0, 1, 257, dtype=D)
+    xs = l[:, None] + (u - l)[:, None] * t[None]
+    fx = f(xs)
+    tol = 1e-12
+    assert bool((a_l[:, None] * xs + b_l[:, None] <= fx + tol).all())
+    assert bool((a_u[:, None] * xs + b_u[:, None] >= fx - tol).all())
+    assert bool(((l < 0) & (u > 0)).sum() > 1000)  # the mixed case is exercised

@@ -69,9 +69,12 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
 
     * ``u <= 0`` (convex): upper = chord; lower = tangent at the midpoint.
     * ``l >= 0`` (concave): lower = chord; upper = tangent at the midpoint.
-    * ``l < 0 < u``: upper = tangent at the smallest ``d`` in ``[0, u]`` whose tangent passes
-      above ``(l, f(l))`` (above f on the concave part by concavity, above the convex part's
-      chord by linearity), or the chord if none; lower symmetric on ``[l, 0]``.
+    * ``l < 0 < u``: every tangent at ``d`` in ``[d_u, u]`` is an upper bound, where ``d_u`` is
+      the smallest ``d >= 0`` whose tangent passes above ``(l, f(l))`` (above f on the concave
+      part by concavity, above the convex part's chord by linearity; the line's value at ``l``
+      grows with ``d`` there, so every larger ``d`` passes too).  The tangent point is the one of
+      those nearest the midpoint, ``max(d_u, m)`` (as auto_LiRPA chooses); the chord if there is
+      none.  Lower symmetric on ``[l, 0]``: ``min(d_l, m)``.
     """
     fl, fu = f(l), f(u)
     same = (u - l) <= 1e-12
@@ -88,7 +91,8 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
 
     u_pos = u.clamp(min=0)
     has_u = above_at_l(u_pos)
-    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos)
+    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)  # (hi side: valid at any accuracy)
+    d_u = torch.maximum(d_u, torch.minimum(mid, u_pos))  # the valid tangent point nearest the midpoint
     up_a, up_b = _tangent(f, df, d_u)
     up_a = torch.where(has_u, up_a, chord_a)
     up_b = torch.where(has_u, up_b, chord_b)
@@ -100,7 +104,8 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
 
     l_neg = l.clamp(max=0)
     has_l = below_at_u(l_neg)
-    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg)
+    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
+    d_l = torch.minimum(d_l, torch.maximum(mid, l_neg))
     lo_a, lo_b = _tangent(f, df, d_l)
     lo_a = torch.where(has_l, lo_a, chord_a)
     lo_b = torch.where(has_l, lo_b, chord_b)
