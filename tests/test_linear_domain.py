@@ -291,3 +291,21 @@ def test_convex_concave_relaxations(act):
             y = model(pt)
             for lo, hi in res.values():
                 assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid])
+def test_alpha_crown_optimises_sigmoid_and_tanh_tangent_points(act):
+    """alpha-CROWN moves the tangent points of S-shaped activations: strictly tighter than
+    CROWN on average, never looser per output, and sound on sampled inputs."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(12, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 4)).double()
+    x = torch.rand(6, 12, dtype=torch.float64)
+    eps = 0.2
+    c_lo, c_hi = bf.compute_bounds(net, x - eps, x + eps, method="crown")
+    a_lo, a_hi = bf.compute_bounds(net, x - eps, x + eps, method="alpha-crown")
+    assert bool((a_lo >= c_lo - 1e-12).all() and (a_hi <= c_hi + 1e-12).all())
+    assert float((a_hi - a_lo).sum()) < float((c_hi - c_lo).sum()) * (1 - 1e-3)
+    pts = x + eps * (2 * torch.rand(2000, *x.shape, dtype=x.dtype) - 1)
+    with torch.no_grad():
+        ys = net(pts.reshape(-1, 12)).reshape(2000, 6, 4)
+    assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())

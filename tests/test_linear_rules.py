@@ -180,7 +180,8 @@ def test_every_linear_domain_op_is_exercised(results, method):
 @pytest.mark.parametrize("act", ["sigmoid", "tanh"])
 def test_s_shaped_lines_enclose_the_function_on_random_intervals(act):
     """The relaxation lines of sigmoid and tanh hold on the whole interval, for intervals on
-    either side of zero, across it (wide, narrow, lopsided) and degenerate ones: checked on a
+    either side of zero, across it (wide, narrow, lopsided) and degenerate ones, with the
+    default tangent points and with every alpha-CROWN parameter value tried: checked on a
     dense grid of each interval, endpoints included."""
     from boundflow.domains.linear import relaxations as R
 
@@ -191,11 +192,18 @@ def test_s_shaped_lines_enclose_the_function_on_random_intervals(act):
     half[:50] = 0.0  # degenerate
     l, u = centre - half, centre + half
     f = torch.sigmoid if act == "sigmoid" else torch.tanh
-    a_l, b_l, a_u, b_u = getattr(R, act)(l, u)
     t = torch.linspace(0, 1, 257, dtype=D)
     xs = l[:, None] + (u - l)[:, None] * t[None]
     fx = f(xs)
     tol = 1e-12
-    assert bool((a_l[:, None] * xs + b_l[:, None] <= fx + tol).all())
-    assert bool((a_u[:, None] * xs + b_u[:, None] >= fx - tol).all())
+    # the default lines, every alpha-CROWN parameter value (random, and the ends of the range),
+    # and the initial parameters, which must give the default lines back
+    init = R.s_shaped_alpha_init(f, R._dsigmoid if act == "sigmoid" else R._dtanh, l, u)
+    alphas = [None, torch.rand(2, n, generator=g, dtype=D), torch.zeros(2, n, dtype=D), torch.ones(2, n, dtype=D)]
+    for alpha in [*alphas, init]:
+        a_l, b_l, a_u, b_u = getattr(R, act)(l, u, alpha)
+        assert bool((a_l[:, None] * xs + b_l[:, None] <= fx + tol).all())
+        assert bool((a_u[:, None] * xs + b_u[:, None] >= fx - tol).all())
+    default, from_init = getattr(R, act)(l, u), getattr(R, act)(l, u, init)
+    assert all(torch.allclose(p, q, rtol=1e-9, atol=1e-9) for p, q in zip(default, from_init))
     assert bool(((l < 0) & (u > 0)).sum() > 1000)  # the mixed case is exercised

@@ -1,4 +1,5 @@
-"""alpha-CROWN: CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons optimised."""
+"""alpha-CROWN: CROWN with the relaxations' free parameters optimised: the lower slopes of
+unstable ReLU/LeakyReLU neurons and the tangent points of sigmoid/tanh."""
 
 from __future__ import annotations
 
@@ -8,35 +9,39 @@ import torch
 
 from boundflow.domains.linear.backward import backsub
 from boundflow.domains.linear.crown import crown, spec_coefficients
-from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, s_shaped_alpha_init
 from boundflow.domains.linear.state import BoundState, _shape, ordered
 
 __all__ = ["alpha_crown"]
 
 
 def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
-    """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons optimised by projected
+    """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
+    sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`) optimised by projected
     gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
     Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
     (``deadline``, a ``time.monotonic()`` reading, stops the iterations); the result is never
     looser than CROWN (iteration 0 uses CROWN's slopes)."""
     lb0, ub0, state = crown(graph, x_lo, x_hi, C)
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
-    relus = [
+    relu_ops = (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
+    free = [
         n
         for n in graph.gm.graph.nodes
-        if n.op == "call_function"
-        and n.target in RELAXATIONS
-        and n.target in (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
+        if n.op == "call_function" and n.target in RELAXATIONS and (n.target in relu_ops or n.target in S_SHAPED)
     ]
-    if not relus:
+    if not free:
         return lb0, ub0
     best_lb, best_ub = lb0.clone(), ub0.clone()
     for sense in ("lower", "upper"):
         alphas = {}
-        for r in relus:
+        for r in free:
             l, u = state.lower[r.args[0]], state.upper[r.args[0]]
-            alphas[(r, out_node)] = (u >= -l).to(l.dtype).clone().requires_grad_(True)
+            if r.target in S_SHAPED:  # tangent points, starting at CROWN's
+                a0 = s_shaped_alpha_init(*S_SHAPED[r.target], l, u)
+            else:  # ReLU lower slopes, starting at CROWN's
+                a0 = (u >= -l).to(l.dtype)
+            alphas[(r, out_node)] = a0.clone().requires_grad_(True)
         state.alpha = alphas
         opt = torch.optim.Adam(list(alphas.values()), lr=lr)
         for _ in range(iterations):

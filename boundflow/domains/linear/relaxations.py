@@ -64,7 +64,7 @@ def _bisect(cond: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: 
     return hi
 
 
-def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
+def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) -> Relaxation:
     """Sigmoid-like ``f``: convex on x <= 0, concave on x >= 0 (sigmoid, tanh).
 
     * ``u <= 0`` (convex): upper = chord; lower = tangent at the midpoint.
@@ -75,6 +75,12 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
       grows with ``d`` there, so every larger ``d`` passes too).  The tangent point is the one of
       those nearest the midpoint, ``max(d_u, m)`` (as auto_LiRPA chooses); the chord if there is
       none.  Lower symmetric on ``[l, 0]``: ``min(d_l, m)``.
+
+    ``alpha`` (alpha-CROWN; shape ``(2, *l.shape)``, clamped to [0, 1]): the tangent points
+    as parameters, ``alpha[0]`` for the lower line and ``alpha[1]`` for the upper, each moving
+    the point across its whole valid range (``[l, u]`` on a convex/concave interval,
+    ``[l, d_l]`` and ``[d_u, u]`` across zero), so every value gives sound lines; the chords
+    have no parameter.  :func:`s_shaped_alpha_init` gives the values of the default choice.
     """
     fl, fu = f(l), f(u)
     same = (u - l) <= 1e-12
@@ -82,7 +88,12 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
     chord_a = torch.where(same, df(l), (fu - fl) / width)
     chord_b = fl - chord_a * l
     mid = (l + u) / 2
-    tan_a, tan_b = _tangent(f, df, mid)
+    if alpha is not None:
+        alpha = alpha.clamp(0, 1)
+    d_lo_c = mid if alpha is None else l + alpha[0] * (u - l)  # convex: the lower tangent point
+    d_up_c = mid if alpha is None else l + alpha[1] * (u - l)  # concave: the upper tangent point
+    tan_lo_a, tan_lo_b = _tangent(f, df, d_lo_c)
+    tan_up_a, tan_up_b = _tangent(f, df, d_up_c)
 
     # mixed case, upper bound: tangent at d >= 0 with line(l) >= f(l)
     def above_at_l(d):
@@ -92,7 +103,10 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
     u_pos = u.clamp(min=0)
     has_u = above_at_l(u_pos)
     d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)  # (hi side: valid at any accuracy)
-    d_u = torch.maximum(d_u, torch.minimum(mid, u_pos))  # the valid tangent point nearest the midpoint
+    if alpha is None:
+        d_u = torch.maximum(d_u, torch.minimum(mid, u_pos))  # the valid tangent point nearest the midpoint
+    else:
+        d_u = d_u + alpha[1] * (u_pos - d_u)
     up_a, up_b = _tangent(f, df, d_u)
     up_a = torch.where(has_u, up_a, chord_a)
     up_b = torch.where(has_u, up_b, chord_b)
@@ -105,20 +119,51 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor) -> Relaxation:
     l_neg = l.clamp(max=0)
     has_l = below_at_u(l_neg)
     d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
-    d_l = torch.minimum(d_l, torch.maximum(mid, l_neg))
+    if alpha is None:
+        d_l = torch.minimum(d_l, torch.maximum(mid, l_neg))
+    else:
+        d_l = l_neg + alpha[0] * (d_l - l_neg)
     lo_a, lo_b = _tangent(f, df, d_l)
     lo_a = torch.where(has_l, lo_a, chord_a)
     lo_b = torch.where(has_l, lo_b, chord_b)
 
     convex, concave = u <= 0, l >= 0
-    a_u = torch.where(convex, chord_a, torch.where(concave, tan_a, up_a))
-    b_u = torch.where(convex, chord_b, torch.where(concave, tan_b, up_b))
-    a_l = torch.where(convex, tan_a, torch.where(concave, chord_a, lo_a))
-    b_l = torch.where(convex, tan_b, torch.where(concave, chord_b, lo_b))
+    a_u = torch.where(convex, chord_a, torch.where(concave, tan_up_a, up_a))
+    b_u = torch.where(convex, chord_b, torch.where(concave, tan_up_b, up_b))
+    a_l = torch.where(convex, tan_lo_a, torch.where(concave, chord_a, lo_a))
+    b_l = torch.where(convex, tan_lo_b, torch.where(concave, chord_b, lo_b))
     # guard against rounding in the line evaluation: make the lines hold at both endpoints
     b_u = b_u + torch.clamp(torch.maximum(fl - (a_u * l + b_u), fu - (a_u * u + b_u)), min=0)
     b_l = b_l - torch.clamp(torch.maximum((a_l * l + b_l) - fl, (a_l * u + b_l) - fu), min=0)
     return a_l, b_l, a_u, b_u
+
+
+def s_shaped_alpha_init(f, df, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The ``alpha`` (shape ``(2, *l.shape)``) whose lines are :func:`s_shaped`'s default ones:
+    the midpoint on convex/concave intervals, ``min(d_l, m)`` and ``max(d_u, m)`` across zero."""
+    fl, fu = f(l), f(u)
+    mid = (l + u) / 2
+    u_pos, l_neg = u.clamp(min=0), l.clamp(max=0)
+
+    def above_at_l(d):
+        a, b = _tangent(f, df, d)
+        return a * l + b >= fl
+
+    def below_at_u(d):
+        a, b = _tangent(f, df, d)
+        return a * u + b <= fu
+
+    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)
+    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
+
+    def frac(x, a, b):  # where x sits in [a, b], as a fraction
+        w = b - a
+        return torch.where(w > 0, (x - a) / torch.where(w > 0, w, torch.ones_like(w)), torch.full_like(w, 0.5))
+
+    mixed = (l < 0) & (u > 0)
+    a_lo = torch.where(mixed, frac(torch.minimum(d_l, torch.maximum(mid, l_neg)), l_neg, d_l), torch.full_like(l, 0.5))
+    a_up = torch.where(mixed, frac(torch.maximum(d_u, torch.minimum(mid, u_pos)), d_u, u_pos), torch.full_like(l, 0.5))
+    return torch.stack([a_lo, a_up]).clamp(0, 1)
 
 
 def _dsigmoid(x):
@@ -131,11 +176,18 @@ def _dtanh(x):
 
 
 def sigmoid(l, u, alpha=None) -> Relaxation:
-    return s_shaped(torch.sigmoid, _dsigmoid, l, u)
+    return s_shaped(torch.sigmoid, _dsigmoid, l, u, alpha)
 
 
 def tanh(l, u, alpha=None) -> Relaxation:
-    return s_shaped(torch.tanh, _dtanh, l, u)
+    return s_shaped(torch.tanh, _dtanh, l, u, alpha)
+
+
+# S-shaped activations whose tangent points alpha-CROWN optimises: op -> (f, f')
+S_SHAPED = {
+    torch.ops.aten.sigmoid.default: (torch.sigmoid, _dsigmoid),
+    torch.ops.aten.tanh.default: (torch.tanh, _dtanh),
+}
 
 
 def convex(f, df, l: torch.Tensor, u: torch.Tensor, concave: bool = False) -> Relaxation:
@@ -169,8 +221,8 @@ RELAXATIONS: dict = {
     aten.leaky_relu.default: lambda node, l, u, alpha=None: leaky_relu(
         l, u, float(node.args[1]) if len(node.args) > 1 else 0.01, alpha
     ),
-    aten.sigmoid.default: lambda node, l, u, alpha=None: sigmoid(l, u),
-    aten.tanh.default: lambda node, l, u, alpha=None: tanh(l, u),
+    aten.sigmoid.default: lambda node, l, u, alpha=None: sigmoid(l, u, alpha),
+    aten.tanh.default: lambda node, l, u, alpha=None: tanh(l, u, alpha),
     aten.exp.default: lambda node, l, u, alpha=None: convex(torch.exp, torch.exp, l, u),
     aten.log.default: lambda node, l, u, alpha=None: _log_relax(l, u),
     aten.softplus.default: lambda node, l, u, alpha=None: _softplus_relax(node, l, u),
