@@ -309,3 +309,43 @@ def test_alpha_crown_optimises_sigmoid_and_tanh_tangent_points(act):
     with torch.no_grad():
         ys = net(pts.reshape(-1, 12)).reshape(2000, 6, 4)
     assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())
+
+
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_maxpool_lower_line_is_sound_for_every_weight_and_alpha_gains(pool):
+    """alpha-CROWN's max-pool lower line ``y >= sum_j w_j x_j``: sound for random, negative,
+    all-zero and one-hot weights (overlapping and padded windows); alpha-CROWN with it is never
+    looser than CROWN and contains sampled outputs."""
+    import importlib
+
+    from boundflow.graph import capture
+
+    crown_mod = importlib.import_module("boundflow.domains.linear.crown")
+    alpha_mod = importlib.import_module("boundflow.domains.linear.alpha")
+    k, s, p = pool
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(k, s, padding=p), nn.Flatten())
+    x = torch.rand(3, 1, 8, 8)
+    net.append(nn.Linear(net(x).shape[1], 4))
+    net, x = net.double(), x.double()
+    eps = 0.05
+    lo, hi = x - eps, x + eps
+    g = capture(net, x)
+    _, _, state = crown_mod.crown(g, lo, hi)
+    out_node = next(n for n in g.gm.graph.nodes if n.op == "output").args[0]
+    pool_node = next(n for n in g.gm.graph.nodes if n.target is torch.ops.aten.max_pool2d_with_indices.default)
+    init = alpha_mod.maxpool_alpha_init(state.lower[pool_node.args[0]], list(pool_node.args[1:]))
+    pts = x + eps * (2 * torch.rand(1000, *x.shape, dtype=x.dtype) - 1)
+    with torch.no_grad():
+        ys = net(pts.reshape(-1, *x.shape[1:])).reshape(1000, 3, 4)
+    gen = torch.Generator().manual_seed(0)
+    for w in (init, torch.rand(init.shape, generator=gen, dtype=x.dtype), torch.randn(init.shape, generator=gen,
+              dtype=x.dtype), torch.zeros_like(init)):  # fmt: skip
+        state.alpha = {(pool_node, out_node): w}
+        b_lo, b_hi = alpha_mod._final(state, g, out_node, lo, None)
+        assert bool((ys >= b_lo - 1e-9).all() and (ys <= b_hi + 1e-9).all())
+    state.alpha = {}
+    c_lo, c_hi = bf.compute_bounds(net, lo, hi, method="crown")
+    a_lo, a_hi = bf.compute_bounds(net, lo, hi, method="alpha-crown")
+    assert bool((a_lo >= c_lo - 1e-12).all() and (a_hi <= c_hi + 1e-12).all())
+    assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())

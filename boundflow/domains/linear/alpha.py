@@ -1,5 +1,6 @@
 """alpha-CROWN: CROWN with the relaxations' free parameters optimised: the lower slopes of
-unstable ReLU/LeakyReLU neurons and the tangent points of sigmoid/tanh."""
+unstable ReLU/LeakyReLU neurons, the tangent points of sigmoid/tanh and the max-pool lower
+lines' weights."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from boundflow.domains.linear.backward import backsub
 from boundflow.domains.linear.crown import crown, spec_coefficients
+from boundflow.domains.linear.maxpool import maxpool_alpha_init
 from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, s_shaped_alpha_init
 from boundflow.domains.linear.state import BoundState, _shape, ordered
 
@@ -17,7 +19,8 @@ __all__ = ["alpha_crown"]
 
 def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
-    sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`) optimised by projected
+    sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`) and the weights of
+    the max-pool lower lines (:func:`~boundflow.domains.linear.maxpool.maxpool_back`) optimised by projected
     gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
     Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
     (``deadline``, a ``time.monotonic()`` reading, stops the iterations); the result is never
@@ -28,7 +31,11 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
     free = [
         n
         for n in graph.gm.graph.nodes
-        if n.op == "call_function" and n.target in RELAXATIONS and (n.target in relu_ops or n.target in S_SHAPED)
+        if n.op == "call_function"
+        and (
+            (n.target in RELAXATIONS and (n.target in relu_ops or n.target in S_SHAPED))
+            or n.target is torch.ops.aten.max_pool2d_with_indices.default
+        )
     ]
     if not free:
         return lb0, ub0
@@ -37,7 +44,9 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
         alphas = {}
         for r in free:
             l, u = state.lower[r.args[0]], state.upper[r.args[0]]
-            if r.target in S_SHAPED:  # tangent points, starting at CROWN's
+            if r.target is torch.ops.aten.max_pool2d_with_indices.default:  # window weights, DeepPoly's first
+                a0 = maxpool_alpha_init(l, list(r.args[1:]))
+            elif r.target in S_SHAPED:  # tangent points, starting at CROWN's
                 a0 = s_shaped_alpha_init(*S_SHAPED[r.target], l, u)
             else:  # ReLU lower slopes, starting at CROWN's
                 a0 = (u >= -l).to(l.dtype)

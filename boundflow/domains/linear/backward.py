@@ -283,7 +283,7 @@ def _getitem_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     parent, idx = node.args
     if parent.target in TUPLE_OPS and idx == 0:
         if parent.target is aten.max_pool2d_with_indices.default:
-            return maxpool_back(state, parent, lA, uA, pending)
+            return maxpool_back(state, parent, lA, uA, pending, state.alpha.get((parent, start)))
         return _affine_back(state, parent, lA, uA, pending, output_index=0)
     raise UnsupportedOperation(f"linear domain: getitem {idx} of {parent.target}")
 
