@@ -48,8 +48,8 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
             continue
         if node is x_node:
             lo, hi = state.x_lo, state.x_hi
-            lb = lb + _sum_tail(lA.clamp(min=0) * lo + lA.clamp(max=0) * hi)
-            ub = ub + _sum_tail(uA.clamp(min=0) * hi + uA.clamp(max=0) * lo)
+            lb = lb + _dot_tail(lA.clamp(min=0), lo) + _dot_tail(lA.clamp(max=0), hi)
+            ub = ub + _dot_tail(uA.clamp(min=0), hi) + _dot_tail(uA.clamp(max=0), lo)
             continue
         rule = BACKWARD.get(node.target)
         if rule is None:
@@ -59,6 +59,14 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
         dl, du = rule(state, node, lA, uA, pending, start)
         lb, ub = lb + dl, ub + du
     return lb, ub
+
+
+def _dot_tail(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``_sum_tail(a * v)`` for ``a`` ``(S, B or 1, *shape)`` and ``v`` ``(B, *shape)``, as one
+    batched product (no ``(S, B, *shape)`` temporary)."""
+    s, b = a.shape[0], v.shape[0]
+    a = a.expand(s, b, *a.shape[2:]).reshape(s, b, -1)
+    return torch.einsum("sbn,bn->sb", a, v.reshape(b, -1))
 
 
 def _add_const_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> tuple | None:
