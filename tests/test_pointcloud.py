@@ -226,3 +226,40 @@ def test_cli_certifies_and_writes_results(tmp_path):
         )  # fmt: skip
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    "transform,theta,unit,method",
+    [
+        ("rotation-z", 3.0, "deg", "forward"),
+        ("rotation-z", 60.0, "deg", "forward"),  # wide: the Taylor remainder dominates
+        ("tapering-z", 0.3, "rad", "crown"),
+        ("twisting-z", 20.0, "deg", "crown"),
+        ("rotation-x+rotation-z", 10.0, "deg", "forward"),
+    ],
+)
+def test_taylor_margins_are_never_below_the_interval_ones(transform, theta, unit, method):
+    """The Taylor relaxation keeps the larger of its own and the interval box's margin lower
+    bound per theta box, so it is never looser, at narrow and wide ranges alike, and both
+    stay below the margins of sampled transformed clouds."""
+    from boundflow.pointcloud.certify import margins, sub_ranges, theta_range
+
+    torch.manual_seed(0)
+    model = pc.PointNet(len(pc.CLASSES)).double().eval()
+    x, y = pc.make_shapes(1, 16, seed=3)
+    k = sum(t.n_params for t in tf.parse(transform))
+    lo, hi = theta_range(theta, unit, k)
+    if unit == "deg":
+        lo, hi = torch.deg2rad(lo), torch.deg2rad(hi)
+    boxes = sub_ranges(lo, hi, 2)
+    t = margins(model, x[0], int(y[0]), transform, boxes, "taylor", method)
+    i = margins(model, x[0], int(y[0]), transform, boxes, "interval", method)
+    assert bool((t >= i).all())
+    g = torch.Generator().manual_seed(1)
+    for (a, b), m in zip(boxes, t):
+        thetas = a + (b - a) * torch.rand(20, k, generator=g, dtype=D)
+        with torch.no_grad():
+            out = model(torch.stack([pc.apply(x[0], transform, th) for th in thetas]))
+        true = out[:, int(y[0])].unsqueeze(1)
+        others = torch.cat([out[:, : int(y[0])], out[:, int(y[0]) + 1 :]], 1)
+        assert bool((true - others >= m - 1e-9).all())
