@@ -215,3 +215,25 @@ def test_a_method_that_cannot_encode_the_network_is_reported_not_fatal(monkeypat
     assert {r["method"] for r in summary(res)} == {"ibp", "crown"}
     assert "skipped: solver encoding" in markdown(res, "test")
     assert check_consistency(res) == []
+
+
+def test_tradeoffs_pick_the_most_gap_closed_per_second():
+    from boundflow.bench import tightness as T
+
+    def row(net, m, eps, gap, ms):
+        return {"network": net, "method": m, "eps": eps, "mean_gap": gap, "ms_per_point": ms, "worst_gap": gap,
+                "mean_width": gap, "certified": 0.0, "reference_exact_fraction": 1.0}  # fmt: skip
+
+    rows = [row("a", "ibp", e, 1.0, 1.0) for e in (0.1, 0.2)]
+    rows += [row("a", "crown", 0.1, 0.5, 10.0), row("a", "crown", 0.2, 0.3, 10.0)]  # closes 60% in 10 ms
+    rows += [row("a", "milp", 0.1, 0.0, 1000.0), row("a", "milp", 0.2, 0.0, 1000.0)]  # closes all in 1 s
+    rows += [row("b", "ibp", 0.1, 1.0, 1.0), row("b", "crown", 0.1, 1.0, 5.0), {"network": "b", "method": "lp",
+             "eps": 0.1, "skipped": "no solver"}]  # fmt: skip
+    t = {(r["network"], r["method"]): r for r in T.tradeoffs(T.TightnessResult(rows=rows))}
+    assert set(t) == {("a", "crown"), ("a", "milp"), ("b", "crown")}
+    assert abs(t["a", "crown"]["gap_closed"] - 0.6) < 1e-12 and abs(t["a", "crown"]["closed_per_second"] - 60) < 1e-9
+    assert t["a", "milp"]["gap_closed"] == 1.0 and abs(t["a", "milp"]["closed_per_second"] - 1.0) < 1e-9
+    assert t["a", "crown"]["best"] and not t["a", "milp"]["best"]
+    assert not t["b", "crown"]["best"]  # closes nothing: no trade-off to recommend
+    md = T.markdown(T.TightnessResult(rows=[r for r in rows if "skipped" not in r]), "cmd")
+    assert "## Trade-off per network" in md and "| a | crown | 60.0% |" in md

@@ -274,6 +274,36 @@ def summary(res: TightnessResult) -> list[dict]:
     return out
 
 
+def tradeoffs(res: TightnessResult, baseline: str = "ibp") -> list[dict]:
+    """Per network and method: the share of the ``baseline``'s gap the method closes (mean over
+    eps of ``1 - gap / baseline gap``), its milliseconds per point (median over eps) and the
+    share closed per second per point; ``best`` marks, per network, the method with the most
+    gap closed per second among those that close some of it (the best trade-off).  Empty
+    without the baseline's rows."""
+    done = [r for r in res.rows if "skipped" not in r and r.get("mean_gap") is not None]
+    base = {(r["network"], r["eps"]): r["mean_gap"] for r in done if r["method"] == baseline}
+    out = []
+    for net in dict.fromkeys(r["network"] for r in done):
+        rows = []
+        for m in dict.fromkeys(r["method"] for r in done if r["network"] == net):
+            if m == baseline:
+                continue
+            rs = [r for r in done if r["network"] == net and r["method"] == m and (net, r["eps"]) in base]
+            if not rs:
+                continue
+            closed = statistics.mean(
+                1 - r["mean_gap"] / base[(net, r["eps"])] if base[(net, r["eps"])] > 0 else 0.0 for r in rs
+            )
+            ms = statistics.median(r["ms_per_point"] for r in rs)
+            rows.append({"network": net, "method": m, "gap_closed": closed, "ms_per_point": ms,
+                         "closed_per_second": closed / max(ms / 1e3, 1e-9), "best": False})  # fmt: skip
+        useful = [r for r in rows if r["gap_closed"] > 0]
+        if useful:
+            max(useful, key=lambda r: r["closed_per_second"])["best"] = True
+        out += rows
+    return out
+
+
 def markdown(res: TightnessResult, command: str) -> str:
     """The tables people read: the summary per method and one row per network, eps, method."""
     s = res.settings
@@ -300,6 +330,23 @@ def markdown(res: TightnessResult, command: str) -> str:
             f"| {r['method']} | {r['median_mean_gap']:.4g} | {r['worst_gap']:.4g} | {r['certified']:.3f} | "
             f"{r['median_ms_per_point']:.1f} |"
         )
+    trade = tradeoffs(res)
+    if trade:
+        lines += [
+            "",
+            "## Trade-off per network",
+            "",
+            "Gap closed: the share of IBP's mean gap a method closes (mean over eps); per second: that share "
+            "divided by the method's seconds per point.  **Best**: the most gap closed per second.",
+            "",
+            "| network | method | gap closed | ms / point | gap closed per second | best trade-off |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in trade:
+            lines.append(
+                f"| {r['network']} | {r['method']} | {r['gap_closed']:.1%} | {r['ms_per_point']:.1f} | "
+                f"{r['closed_per_second']:.3g} | {'**best**' if r['best'] else ''} |"
+            )
     lines += [
         "",
         "## Per network and eps",
@@ -336,8 +383,10 @@ def plot(res: TightnessResult, path) -> None:
         m: dict(color=f"C{i}", marker="osD^vP*X"[i % 8], ls=("-", "--", ":", "-.")[i % 4])
         for i, m in enumerate(methods)
     }
-    cols = min(4, len(nets) + 1)
-    nrow = math.ceil((len(nets) + 1) / cols)
+    trade = tradeoffs(res)
+    panels = len(nets) + 1 + bool(trade)
+    cols = min(4, panels)
+    nrow = math.ceil(panels / cols)
     fig, axes = plt.subplots(nrow, cols, figsize=(4.2 * cols, 3.6 * nrow + 0.5), squeeze=False)
     axes = axes.ravel()
     for ax, net in zip(axes, nets):
@@ -367,7 +416,31 @@ def plot(res: TightnessResult, path) -> None:
     ax.set_ylabel("mean gap to the reference")
     ax.set_title("time vs tightness (every network and eps)", fontsize=8)
     ax.grid(alpha=0.3)
-    for a in axes[len(nets) + 1 :]:
+    if trade:  # gap closed per second, per network (bars) and method (colours)
+        ax = axes[len(nets) + 1]
+        others = [m for m in methods if any(r["method"] == m for r in trade)]
+        width = 0.8 / max(len(others), 1)
+        for k, m in enumerate(others):
+            xs = [
+                i + k * width for i, net in enumerate(nets) for r in trade if r["network"] == net and r["method"] == m
+            ]
+            ys = [
+                max(r["closed_per_second"], 1e-6)
+                for net in nets
+                for r in trade
+                if r["network"] == net and r["method"] == m
+            ]
+            ax.bar(xs, ys, width=width, color=style[m]["color"])
+            for x, net in zip(xs, [n for n in nets for r in trade if r["network"] == n and r["method"] == m]):
+                if any(r["best"] for r in trade if r["network"] == net and r["method"] == m):
+                    ax.text(x, ys[xs.index(x)], "*", ha="center", va="bottom", fontsize=10)
+        ax.set_yscale("log")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(nets))])
+        ax.set_xticklabels([f"net {i + 1}" for i in range(len(nets))], fontsize=7)
+        ax.set_ylabel("share of IBP's gap closed per second")
+        ax.set_title("trade-off per network (* best; nets in panel order)", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    for a in axes[panels:]:
         a.axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
