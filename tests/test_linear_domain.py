@@ -349,3 +349,34 @@ def test_maxpool_lower_line_is_sound_for_every_weight_and_alpha_gains(pool):
     a_lo, a_hi = bf.compute_bounds(net, lo, hi, method="alpha-crown")
     assert bool((a_lo >= c_lo - 1e-12).all() and (a_hi <= c_hi + 1e-12).all())
     assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=1, padding=1),
+     dict(kernel_size=2, stride=1, dilation=2), dict(kernel_size=3, stride=2, ceil_mode=True)],
+)  # fmt: skip
+def test_crown_tight_maxpool_is_sound_and_never_looser_than_deeppoly(pool):
+    """CROWN with the pivot-difference upper line for max pooling (``CrownDomain("tight")``):
+    contains sampled and corner inputs' outputs on overlapping, padded, dilated and ceil-mode
+    windows, is never looser than DeepPoly's rule per output, and tighter on average."""
+    from boundflow.domains.linear import CrownDomain
+
+    torch.manual_seed(4)
+    body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(**pool), nn.Flatten())
+    x = torch.rand(3, 1, 9, 9)
+    net = nn.Sequential(*body, nn.Linear(body(x).shape[1], 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x = x.double()
+    eps = 0.05
+    d_lo, d_hi = bf.compute_bounds(net, x - eps, x + eps, method="crown")
+    t_lo, t_hi = bf.compute_bounds(net, x - eps, x + eps, method=CrownDomain("tight"))
+    assert bool((t_lo >= d_lo - 1e-12).all() and (t_hi <= d_hi + 1e-12).all())
+    assert float((t_hi - t_lo).sum()) < float((d_hi - d_lo).sum())
+    g = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, (500, *x.shape), generator=g).to(x.dtype) * 2 - 1  # box corners
+    pts = torch.cat([x + eps * signs, x + eps * (2 * torch.rand(1500, *x.shape, generator=g, dtype=x.dtype) - 1)])
+    with torch.no_grad():
+        ys = net(pts.reshape(-1, *x.shape[1:])).reshape(len(pts), *t_lo.shape)
+    assert bool((ys >= t_lo - 1e-9).all() and (ys <= t_hi + 1e-9).all())
+    with pytest.raises(ValueError, match="maxpool must be"):
+        CrownDomain("magic")

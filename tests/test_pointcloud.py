@@ -171,8 +171,12 @@ def test_tight_maxpool_certifies_at_least_as_much_and_soundly():
             clouds = torch.stack([pc.apply(x[i], "shearing-z", t) for t in s])
             with torch.no_grad():
                 assert (model(clouds).argmax(1) == y[i]).all()
-    with pytest.raises(ValueError, match="maxpool='tight' is implemented for method='forward'"):
-        pc.certify(model, x[:1], y[:1], method="crown", maxpool="tight")
+    with pytest.raises(ValueError, match="maxpool='tight' is implemented for method='forward' and 'crown'"):
+        pc.certify(model, x[:1], y[:1], method="alpha-crown", maxpool="tight")
+    crown_tight = pc.certify(*args[:-1], "crown", maxpool="tight")
+    crown_dp = pc.certify(*args[:-1], "crown", maxpool="deeppoly")
+    assert all(t >= d - 1e-12 for t, d in zip(crown_tight.worst_margin, crown_dp.worst_margin))
+    assert sum(crown_tight.certified) >= sum(crown_dp.certified)
 
 
 def test_cascade_pool_computes_the_same_function():

@@ -31,7 +31,7 @@ def add_parser(sub):
     p.add_argument(
         "--maxpool",
         choices=["tight", "deeppoly"],
-        help="max-pool relaxation (default: tight with --method forward, deeppoly otherwise)",
+        help="max-pool relaxation: tight needs --method forward or crown (default: tight with forward, else deeppoly)",
     )
     options.count(p, "clouds", 24, "clouds to certify", old="--objects")
     options.count(p, "points", 64, "points per cloud (of the embedded shapes and the trained PointNet)", old="--points")

@@ -128,7 +128,11 @@ def _domain(method: str, maxpool: str | None):
 
         return ForwardDomain(maxpool)
     if maxpool == "tight":
-        raise ValueError(f"maxpool='tight' is implemented for method='forward', not {method!r}")
+        if method != "crown":
+            raise ValueError(f"maxpool='tight' is implemented for method='forward' and 'crown', not {method!r}")
+        from boundflow.domains.linear import CrownDomain
+
+        return CrownDomain("tight")
     return method
 
 

@@ -83,13 +83,16 @@ def prepare(
     x_hi: torch.Tensor,
     refine: bool = True,
     overrides: dict | None = None,
+    tight_pool: bool = False,
 ) -> BoundState:
     """Constants, interval bounds of every node, and CROWN bounds (intersected) for every
     input of a nonlinearity, in one forward sweep.  ``overrides``: node name -> ``(lo, hi)``
     extra bounds intersected into that node (ReLU splitting: a sub-domain where a neuron is
     known active has ``lo = 0`` there); they must hold on the sub-domain being bounded.
-    Entries with lower > upper mark an empty sub-domain (see :func:`empty_domains`)."""
-    state = BoundState(graph, x_lo, x_hi)
+    Entries with lower > upper mark an empty sub-domain (see :func:`empty_domains`).
+    ``tight_pool``: max pooling's upper line may be the pivot-difference line
+    (:func:`~boundflow.domains.linear.maxpool.maxpool_back`), in every back-substitution."""
+    state = BoundState(graph, x_lo, x_hi, tight_pool=tight_pool)
     nodes = list(graph.gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     x_node = placeholders[0]

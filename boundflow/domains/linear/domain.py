@@ -100,16 +100,35 @@ class LinearPrepared:
 
 
 class CrownDomain(DomainBase):
-    """CROWN: sound bounds, never looser than interval propagation per output."""
+    """CROWN: sound bounds, never looser than interval propagation per output.
+
+    ``maxpool="tight"`` lets max pooling's upper line be the pivot-difference line wherever it
+    is lower at the centre of the box (:func:`boundflow.domains.linear.maxpool.maxpool_back`),
+    and intersects the result with the ``deeppoly`` run, so it is never looser than that:
+    ``compute_bounds(model, lo, hi, method=CrownDomain("tight"))``."""
 
     name = "crown"
+
+    def __init__(self, maxpool: str = "deeppoly"):
+        if maxpool not in ("deeppoly", "tight"):
+            raise ValueError(f"maxpool must be 'deeppoly' or 'tight', got {maxpool!r}")
+        self.maxpool = maxpool
 
     def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
         return LinearPrepared(self, model, params)
 
     def _run(self, g, lo, hi, C, splits):
-        state = prepare(g, lo, hi, overrides=splits) if splits is not None else None
+        tight = getattr(self, "maxpool", "deeppoly") == "tight"
+        state = prepare(g, lo, hi, overrides=splits, tight_pool=tight) if splits is not None or tight else None
         lb, ub, state = crown(g, lo, hi, C, state=state)
+        if tight:  # the per-window choice of upper line is a heuristic: intersect with DeepPoly's
+            plain = prepare(g, lo, hi, overrides=splits) if splits is not None else None
+            d_lb, d_ub, plain = crown(g, lo, hi, C, state=plain)
+            lb, ub = intersect(lb, ub, d_lb, d_ub)
+            if splits is not None:
+                for n in state.lower:
+                    state.lower[n], state.upper[n] = intersect(state.lower[n], state.upper[n],
+                                                               plain.lower[n], plain.upper[n])  # fmt: skip
         return lb, ub, state if splits is not None else None
 
 

@@ -66,8 +66,8 @@ def maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending, alpha: torch
     lA, uA = lA.expand(lA.shape[0], *ml.shape), uA.expand(uA.shape[0], *ml.shape)
     lA_p, lA_n = lA.clamp(min=0), lA.clamp(max=0)
     uA_p, uA_n = uA.clamp(min=0), uA.clamp(max=0)
-    if alpha is not None:
-        return _weighted_back(inp, l, args, lA_p, lA_n, uA_p, uA_n, idx, mu, exact, alpha, pending, scatter)
+    if alpha is not None or state.tight_pool:
+        return _window_back(state, inp, l, u, args, (lA_p, lA_n, uA_p, uA_n), idx, mu, exact, alpha, pending)
     # lower bound: positive coeffs use y >= x_sel; negative use upper (x_sel if exact else const mu)
     l_sel = lA_p + torch.where(exact, lA_n, torch.zeros_like(lA_n))
     l_const = torch.where(exact, torch.zeros_like(lA_n), lA_n) * mu
@@ -77,33 +77,57 @@ def maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending, alpha: torch
     return _sum_tail(l_const), _sum_tail(u_const)
 
 
-def _weighted_back(inp, l, args, lA_p, lA_n, uA_p, uA_n, idx, mu, exact, alpha, pending, scatter):
-    """:func:`maxpool_back` with the lower line ``y >= sum_j w_j x_j`` (weights from ``alpha``)."""
+def _window_back(state, inp, l, u, args, parts, idx, mu, exact, alpha, pending):
+    """:func:`maxpool_back` with both lines as weights over each window's entries: the lower
+    line ``y >= sum_j w_j x_j`` (one-hot at the argmax-l entry, or from ``alpha``), and the
+    upper line DeepPoly's (``x_sel`` where exact, else the constant ``max u``) or, with
+    ``state.tight_pool``, the pivot-difference line where its value at the centre of the box is
+    lower:  ``y = x_p + max_i (x_i - x_p) <= x_p + sum_i lam_i (d_i - dl_i)`` over the entries
+    ``i`` whose difference ``d_i = x_i - x_p`` may be positive, with ``d_i`` in
+    ``[l_i - u_p, u_i - l_p]`` and ``lam_i`` the triangle slope of ``relu(d_i)`` (each step an
+    upper bound, so the line holds on the whole box)."""
+    lA_p, lA_n, uA_p, uA_n = parts
     win = pool_index_windows(l.shape, args, l.device)
     win = win.reshape(-1, win.shape[-1])  # (O, K)
     valid = win >= 0
-    w = alpha.clamp(min=0) * valid
-    total = w.sum(-1, keepdim=True)
-    onehot = (win == idx.flatten(-2).unsqueeze(-1)).to(w.dtype)
-    w = torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), onehot)
-    lead, hw = l.shape[:-2], l.shape[-2] * l.shape[-1]
     target = win.clamp(min=0)
+    lead, hw = l.shape[:-2], l.shape[-2] * l.shape[-1]
+    pidx = idx.flatten(-2)  # (B, C, O)
+    onehot = (win == pidx.unsqueeze(-1)).to(l.dtype)  # (B, C, O, K)
+    if alpha is None:
+        wl = onehot
+    else:
+        wl = alpha.clamp(min=0) * valid
+        total = wl.sum(-1, keepdim=True)
+        wl = torch.where(total > 0, wl / torch.where(total > 0, total, torch.ones_like(total)), onehot)
+    ex = exact.flatten(-2)  # (B, C, O)
+    mu_f = mu.flatten(-2)
+    wu = onehot * ex.unsqueeze(-1)
+    cu = torch.where(ex, torch.zeros_like(mu_f), mu_f)
+    if state.tight_pool:
+        lf, uf = l.flatten(-2), u.flatten(-2)
+        l_win, u_win = lf[..., target], uf[..., target]  # (B, C, O, K)
+        lp, up = lf.gather(-1, pidx).unsqueeze(-1), uf.gather(-1, pidx).unsqueeze(-1)
+        dl, du = l_win - up, u_win - lp
+        active = valid & (onehot == 0) & (du > 0)
+        unstable = active & (dl < 0)
+        lam = torch.where(unstable, du / (du - dl).clamp(min=torch.finfo(du.dtype).tiny), torch.ones_like(du))
+        lam = torch.where(active, lam, torch.zeros_like(lam))
+        c_piv = torch.where(unstable, -lam * dl, torch.zeros_like(dl)).sum(-1)  # (B, C, O)
+        w_piv = lam + onehot * (1 - lam.sum(-1, keepdim=True))
+        centre = ((l_win + u_win) / 2 * valid).nan_to_num()
+        better = (w_piv * centre).sum(-1) + c_piv < torch.where(ex, (onehot * centre).sum(-1), mu_f)
+        better = better & torch.isfinite(c_piv) & torch.isfinite(w_piv).all(-1)
+        wu = torch.where(better.unsqueeze(-1), w_piv, wu)
+        cu = torch.where(better, c_piv, cu)
 
-    def spread(a):  # (S, B, C, oh, ow) coefficients on the lower line -> (S, B, C, H, W)
+    def spread(a, w):  # (S, B, C, oh, ow) coefficients on a line with weights w -> (S, B, C, H, W)
         s = a.shape[0]
         contrib = a.flatten(-2).unsqueeze(-1) * w  # (S, B, C, O, K)
         out = torch.zeros(s, *lead, hw, dtype=a.dtype, device=a.device)
-        index = target.expand(*contrib.shape).flatten(-2)
-        out.scatter_add_(-1, index, contrib.flatten(-2))
+        out.scatter_add_(-1, target.expand(*contrib.shape).flatten(-2), contrib.flatten(-2))
         return out.reshape(s, *l.shape)
 
-    zero_l, zero_u = torch.zeros_like(lA_n), torch.zeros_like(uA_p)
-    # the upper line is DeepPoly's: x_sel where exact (then the lower line is x_sel too), else mu
-    l_lower_line = torch.where(exact, zero_l, lA_p)
-    l_sel = torch.where(exact, lA_p + lA_n, zero_l)
-    l_const = torch.where(exact, zero_l, lA_n) * mu
-    u_lower_line = torch.where(exact, zero_u, uA_n)
-    u_sel = torch.where(exact, uA_n + uA_p, zero_u)
-    u_const = torch.where(exact, zero_u, uA_p) * mu
-    _add(pending, inp, spread(l_lower_line) + scatter(l_sel), spread(u_lower_line) + scatter(u_sel))
-    return _sum_tail(l_const), _sum_tail(u_const)
+    cu = cu.reshape(mu.shape)
+    _add(pending, inp, spread(lA_p, wl) + spread(lA_n, wu), spread(uA_p, wu) + spread(uA_n, wl))
+    return _sum_tail(lA_n * cu), _sum_tail(uA_p * cu)

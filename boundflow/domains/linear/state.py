@@ -30,6 +30,7 @@ class BoundState:
     alpha: dict = field(default_factory=dict)  # relu node -> slope parameters (alpha-CROWN)
     radius: dict = field(default_factory=dict)  # bounded constant node -> radius (centre in const)
     needs_bounds: set = field(default_factory=set)
+    tight_pool: bool = False  # max pooling's upper line: also the pivot-difference line
 
 
 def _is_const(state: BoundState, a) -> bool:
