@@ -55,6 +55,7 @@ def test_orderings_hold_and_milp_is_exact_on_relu(result):
         assert (lower["lp"] >= lower["crown"] - 1e-9).all()
         assert (lower["milp"] >= lower["lp"] - 1e-9).all()
         assert (lower["alpha-crown"] >= lower["crown"] - 1e-9).all()
+        assert (lower["crown-tight"] >= lower["crown"] - 1e-9).all()
         assert (lower["crown"] >= lower["ibp"] - 1e-9).all()
         if r["network"] == "tiny relu":
             # the MILP is the network exactly and finishes: its bound is the optimum, which the
@@ -70,7 +71,7 @@ def test_orderings_hold_and_milp_is_exact_on_relu(result):
 def test_rows_report_gaps_widths_and_certified_fractions(result):
     rows = [r for r in result.rows if r["network"] == "tiny relu" and r["eps"] == 0.1]
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"ibp", "crown", "alpha-crown", "lp", "milp"}
+    assert set(by) == {"ibp", "crown", "crown-tight", "alpha-crown", "lp", "milp"}
     assert by["milp"]["mean_gap"] == pytest.approx(0, abs=1e-9)
     assert by["ibp"]["mean_gap"] > by["crown"]["mean_gap"] >= by["lp"]["mean_gap"] - 1e-12
     assert by["ibp"]["mean_width"] > by["crown"]["mean_width"] >= by["milp"]["mean_width"] - 1e-12
@@ -135,7 +136,17 @@ def test_cli_onnx_and_factory_networks(tmp_path):
     out = tmp_path / "o"
     onnx = SHARED / "rl_benchmarks" / "onnx" / "cartpole.onnx"
     argv = ["bench", "tightness", "--no-builtin", "--onnx", str(onnx), "--factory", "tests.test_bench:tiny_factory"]
-    argv += ["--n-inputs", "2", "--eps", "0.05", "--methods", "ibp,crown,milp", "--out", str(out), "--no-progress"]
+    argv += [
+        "--n-inputs",
+        "2",
+        "--eps",
+        "0.05",
+        "--methods",
+        "ibp,crown,crown-tight,milp",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     res = json.loads((out / "tightness.json").read_text())
     assert {r["network"] for r in res["rows"]} == {"cartpole", "tiny_factory"}

@@ -32,7 +32,7 @@ from boundflow.errors import UnsupportedOperation
 
 __all__ = ["METHODS", "TightnessResult", "run_case", "run", "attack", "environment"]
 
-METHODS = ("ibp", "crown", "alpha-crown", "lp", "milp")
+METHODS = ("ibp", "crown", "crown-tight", "alpha-crown", "lp", "milp")  # crown-tight: CrownDomain("tight")
 D = torch.float64
 
 
@@ -122,6 +122,10 @@ def _domain(method: str, time_limit: float):
         from boundflow.encode.network import SolverDomain
 
         return SolverDomain(method, time_limit=time_limit)
+    if method == "crown-tight":  # CROWN with the pivot-difference max-pool line
+        from boundflow.domains.linear import CrownDomain
+
+        return CrownDomain("tight")
     return bf.get_domain(method)
 
 
@@ -246,7 +250,7 @@ def check_consistency(res: TightnessResult, tol: float = 1e-6) -> list[str]:
                 bad.append(
                     f"{where}: {m} lower bound above the attack value at {int((lb > att + scale).sum())} entries"
                 )
-        pairs = [("lp", "crown"), ("milp", "lp"), ("alpha-crown", "crown"), ("crown", "ibp")]
+        pairs = [("lp", "crown"), ("milp", "lp"), ("alpha-crown", "crown"), ("crown", "ibp"), ("crown-tight", "crown")]
         for hi_m, lo_m in pairs:
             if hi_m in lower and lo_m in lower:
                 worse = lower[hi_m] < lower[lo_m] - 1e-4 * (1 + lower[lo_m].abs())
