@@ -41,7 +41,9 @@ def result():
     sig = nn.Sequential(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).to(D).eval()
     x = torch.rand(3, 6, generator=torch.Generator().manual_seed(4), dtype=D)
     cases.append(Case("tiny sigmoid-tanh", sig, x, torch.tensor([0, 1, 2])))
-    return run(cases, [0.02, 0.1], time_limit=10, progress=False)
+    from boundflow.bench.tightness import METHODS
+
+    return run(cases, [0.02, 0.1], METHODS, time_limit=10, progress=False)
 
 
 def test_orderings_hold_and_milp_is_exact_on_relu(result):

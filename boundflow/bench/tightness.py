@@ -30,9 +30,10 @@ import boundflow as bf
 from boundflow.bench.networks import Case
 from boundflow.errors import UnsupportedOperation
 
-__all__ = ["METHODS", "TightnessResult", "run_case", "run", "attack", "environment"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "TightnessResult", "run_case", "run", "attack", "environment"]
 
 METHODS = ("ibp", "crown", "crown-tight", "alpha-crown", "lp", "milp")  # crown-tight: CrownDomain("tight")
+DEFAULT_METHODS = ("ibp", "crown", "alpha-crown", "lp", "milp")  # what a run bounds unless told
 D = torch.float64
 
 
@@ -138,7 +139,7 @@ def _bound(method: str, model, lo, hi, C, time_limit):
 def run_case(
     case: Case,
     eps_values: list[float],
-    methods: tuple[str, ...] | list[str] = METHODS,
+    methods: tuple[str, ...] | list[str] = DEFAULT_METHODS,
     time_limit: float = 5.0,
     progress=None,
 ) -> tuple[list[dict], list[dict]]:
@@ -213,7 +214,7 @@ def run_case(
 def run(
     cases: list[Case],
     eps_values: list[float],
-    methods: tuple[str, ...] | list[str] = METHODS,
+    methods: tuple[str, ...] | list[str] = DEFAULT_METHODS,
     time_limit: float = 5.0,
     progress: bool = True,
     settings: dict | None = None,
