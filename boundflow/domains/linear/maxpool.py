@@ -36,9 +36,15 @@ def maxpool_alpha_init(l: torch.Tensor, args: list) -> torch.Tensor:
     """alpha-CROWN's starting weights ``(*l.shape[:-2], OH*OW, K)``: one-hot on each window's
     argmax-l entry (DeepPoly's lower line)."""
     _, idx = aten.max_pool2d_with_indices.default(l, *args)
+    return _windows_onehot(l, args, idx)[1]
+
+
+def _windows_onehot(l: torch.Tensor, args: list, idx: torch.Tensor):
+    """``(win, onehot)``: each window's flat input positions ``(O, K)`` (-1 = padding) and the
+    one-hot ``(*l.shape[:-2], O, K)`` of its selected entry ``idx``."""
     win = pool_index_windows(l.shape, args, l.device)
-    win = win.reshape(-1, win.shape[-1])  # (O, K)
-    return (win == idx.flatten(-2).unsqueeze(-1)).to(l.dtype)
+    win = win.reshape(-1, win.shape[-1])
+    return win, (win == idx.flatten(-2).unsqueeze(-1)).to(l.dtype)
 
 
 def maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending, alpha: torch.Tensor | None = None):
@@ -87,13 +93,11 @@ def _window_back(state, inp, l, u, args, parts, idx, mu, exact, alpha, pending):
     ``[l_i - u_p, u_i - l_p]`` and ``lam_i`` the triangle slope of ``relu(d_i)`` (each step an
     upper bound, so the line holds on the whole box)."""
     lA_p, lA_n, uA_p, uA_n = parts
-    win = pool_index_windows(l.shape, args, l.device)
-    win = win.reshape(-1, win.shape[-1])  # (O, K)
+    win, onehot = _windows_onehot(l, args, idx)  # (O, K), (B, C, O, K)
     valid = win >= 0
     target = win.clamp(min=0)
     lead, hw = l.shape[:-2], l.shape[-2] * l.shape[-1]
     pidx = idx.flatten(-2)  # (B, C, O)
-    onehot = (win == pidx.unsqueeze(-1)).to(l.dtype)  # (B, C, O, K)
     if alpha is None:
         wl = onehot
     else:

@@ -64,6 +64,27 @@ def _bisect(cond: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: 
     return hi
 
 
+def _tangent_ranges(f, df, l: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fu: torch.Tensor):
+    """Across zero, the ends of the valid tangent ranges: ``d_u``, the smallest ``d`` in
+    ``[0, u]`` whose tangent passes above ``(l, f(l))`` (every ``d`` in ``[d_u, u]`` gives an
+    upper line), and ``d_l``, the largest ``d`` in ``[l, 0]`` whose tangent passes below
+    ``(u, f(u))``; with ``has_u``/``has_l`` (whether any ``d`` qualifies).  Bisection returns
+    the valid side, so the ends are sound at any accuracy."""
+
+    def above_at_l(d):
+        a, b = _tangent(f, df, d)
+        return a * l + b >= fl
+
+    def below_at_u(d):
+        a, b = _tangent(f, df, d)
+        return a * u + b <= fu
+
+    u_pos, l_neg = u.clamp(min=0), l.clamp(max=0)
+    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)
+    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
+    return d_u, above_at_l(u_pos), d_l, below_at_u(l_neg)
+
+
 def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) -> Relaxation:
     """Sigmoid-like ``f``: convex on x <= 0, concave on x >= 0 (sigmoid, tanh).
 
@@ -95,14 +116,9 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None
     tan_lo_a, tan_lo_b = _tangent(f, df, d_lo_c)
     tan_up_a, tan_up_b = _tangent(f, df, d_up_c)
 
-    # mixed case, upper bound: tangent at d >= 0 with line(l) >= f(l)
-    def above_at_l(d):
-        a, b = _tangent(f, df, d)
-        return a * l + b >= fl
-
-    u_pos = u.clamp(min=0)
-    has_u = above_at_l(u_pos)
-    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)  # (hi side: valid at any accuracy)
+    # mixed case: tangents at d in [d_u, u] (upper) and [l, d_l] (lower)
+    d_u, has_u, d_l, has_l = _tangent_ranges(f, df, l, u, fl, fu)
+    u_pos, l_neg = u.clamp(min=0), l.clamp(max=0)
     if alpha is None:
         d_u = torch.maximum(d_u, torch.minimum(mid, u_pos))  # the valid tangent point nearest the midpoint
     else:
@@ -111,14 +127,6 @@ def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None
     up_a = torch.where(has_u, up_a, chord_a)
     up_b = torch.where(has_u, up_b, chord_b)
 
-    # mixed case, lower bound: tangent at d <= 0 with line(u) <= f(u)
-    def below_at_u(d):
-        a, b = _tangent(f, df, d)
-        return a * u + b <= fu
-
-    l_neg = l.clamp(max=0)
-    has_l = below_at_u(l_neg)
-    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
     if alpha is None:
         d_l = torch.minimum(d_l, torch.maximum(mid, l_neg))
     else:
@@ -144,17 +152,7 @@ def s_shaped_alpha_init(f, df, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor
     fl, fu = f(l), f(u)
     mid = (l + u) / 2
     u_pos, l_neg = u.clamp(min=0), l.clamp(max=0)
-
-    def above_at_l(d):
-        a, b = _tangent(f, df, d)
-        return a * l + b >= fl
-
-    def below_at_u(d):
-        a, b = _tangent(f, df, d)
-        return a * u + b <= fu
-
-    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)
-    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
+    d_u, _, d_l, _ = _tangent_ranges(f, df, l, u, fl, fu)
 
     def frac(x, a, b):  # where x sits in [a, b], as a fraction
         w = b - a
