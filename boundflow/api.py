@@ -96,8 +96,10 @@ def compute_bounds(
     ``"lp"`` (LP relaxation: triangle ReLU relaxation on CROWN's intermediate bounds, solved by
     HiGHS with a rigorous dual bound) and ``"milp"`` (exact for ReLU/max-pool networks with
     exact weights: big-M binaries, HiGHS branch and bound) solve one program per sample and
-    are never looser than ``crown``; see :func:`boundflow.encode.network_bounds` for time
-    limits, parallel executors and exact bilinear weights (``mibp``).
+    are never looser than ``crown``; ``"sdp"`` (the SDP relaxation of Raghunathan et al. with
+    the LP's rows, for small networks: never looser than ``lp``; cvxpy, :mod:`solvers.sdp`)
+    too; see :func:`boundflow.encode.network_bounds` for time limits, parallel executors and
+    exact bilinear weights (``mibp``).
     ``C``: a specification matrix ``(S, n_out)`` or ``(B, S, n_out)``; then the result bounds
     ``C @ y`` per sample, shape ``(B, S)`` (bounded directly, not via the output box).
     ``params``: name -> tensor or ``IntervalTensor`` (see :func:`interval_parameters`); names

@@ -8,6 +8,8 @@
 * :mod:`solvers.pulp_backend` — any MILP solver PuLP drives (its bundled CBC by default, or
   Gurobi/CPLEX where installed), and LP/MPS export;
 * :mod:`solvers.cvxpy_backend` — cvxpy (convex programs; LPs through an interior-point solver);
+* :mod:`solvers.sdp` — the SDP relaxation of a program (cvxpy; Clarabel), with a rigorous bound
+  from any dual multipliers;
 * :mod:`solvers.executor` — serial, process-pool and Ray execution of many solves with results
   that do not depend on the executor.
 

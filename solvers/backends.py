@@ -13,6 +13,8 @@ Every ``minimize`` returns a number ``b`` with ``b <= c @ x`` for every feasible
 
 * ``lp``: the safe dual bound from the LP duals, whatever the solver status (any multipliers give
   a valid bound; after a failure, the interval bound);
+* ``sdp`` (:mod:`solvers.sdp`, cvxpy): the larger of the LP bound and the SDP relaxation's
+  bound, rigorous for any duals (a Lagrangian bound with an eigenvalue correction);
 * ``milp``/``mibp``: ``max(lp bound, solver dual bound - pad)`` (``mibp`` also takes the
   ``milp`` bound), ``pad = 1e-7 (1 + sum_j |c_j|
   max(|l_j|, |u_j|))`` for the solvers' feasibility tolerances (both set to 1e-7).  This pad is
@@ -44,9 +46,14 @@ __all__ = [
     "gap_bound",
 ]
 
-MODES = ("lp", "milp", "mibp")
-# back end -> the modes it solves; ``None`` picks HiGHS for lp/milp and SCIP for mibp
-BACKENDS = {"highs": ("lp", "milp"), "scip": ("lp", "milp", "mibp"), "pulp": ("lp", "milp"), "cvxpy": ("lp", "milp")}
+MODES = ("lp", "milp", "mibp", "sdp")
+# back end -> the modes it solves; ``None`` picks HiGHS for lp/milp, SCIP for mibp, cvxpy for sdp
+BACKENDS = {
+    "highs": ("lp", "milp"),
+    "scip": ("lp", "milp", "mibp"),
+    "pulp": ("lp", "milp"),
+    "cvxpy": ("lp", "milp", "sdp"),
+}
 
 
 @dataclass
@@ -334,8 +341,8 @@ class ScipLinearSolver:
 
 
 def make_solver(program: Program, mode: str, backend: str | None = None):
-    """The solver for ``mode`` (``lp``, ``milp``, ``mibp``) on ``backend`` (see
-    :data:`BACKENDS`; default: HiGHS for ``lp``/``milp``, SCIP for ``mibp``)."""
+    """The solver for ``mode`` (``lp``, ``milp``, ``mibp``, ``sdp``) on ``backend`` (see
+    :data:`BACKENDS`; default: HiGHS for ``lp``/``milp``, SCIP for ``mibp``, cvxpy for ``sdp``)."""
     if mode not in MODES:
         raise ValueError(f"unknown solver mode {mode!r}; choose from {', '.join(MODES)}")
     if backend is not None:
@@ -349,7 +356,7 @@ def make_solver(program: Program, mode: str, backend: str | None = None):
             from solvers.pulp_backend import PulpSolver
 
             return PulpSolver(program, mode)
-        if backend == "cvxpy":
+        if backend == "cvxpy" and mode != "sdp":
             from solvers.cvxpy_backend import CvxpySolver
 
             return CvxpySolver(program, mode)
@@ -361,4 +368,8 @@ def make_solver(program: Program, mode: str, backend: str | None = None):
         return MilpSolver(program)
     if mode == "mibp":
         return ScipSolver(program)
+    if mode == "sdp":
+        from solvers.sdp import SdpSolver
+
+        return SdpSolver(program)
     raise ValueError(f"unknown solver mode {mode!r}; choose from {', '.join(MODES)}")

@@ -48,6 +48,8 @@ class Program:
     _ru: list = field(default_factory=list)
     n_rows: int = 0
     products: list = field(default_factory=list)  # (z, x, y) index triples
+    # (h, x, a, lo, hi, first row): h = max(x, 0), x in [lo, hi], binary a, its three big-M rows
+    relus: list = field(default_factory=list)
 
     @property
     def n_vars(self) -> int:
@@ -122,6 +124,7 @@ class Program:
         Returns ``(h, a)``."""
         h = int(self.var(0.0, hi))
         a = int(self.binary(()))
+        self.relus.append((h, x, a, float(lo), float(hi), self.n_rows))
         self.rows(
             [0, 0, 1, 1, 1, 2, 2],
             [h, x, h, x, a, h, a],

@@ -268,14 +268,17 @@ def draw(seed: int) -> Case:
     return Case(seed, model, centre - radius, centre + radius, params, desc)
 
 
-METHODS = ("ibp", "crown", "alpha-crown", "forward", "forward-tight", "lp", "milp", "mibp")
-SOLVER_METHODS = ("lp", "milp", "mibp")
+METHODS = ("ibp", "crown", "alpha-crown", "forward", "forward-tight", "lp", "milp", "mibp", "sdp")
+SOLVER_METHODS = ("lp", "milp", "mibp", "sdp")
+SOLVER_MAX_PARAMS = {"sdp": 150}  # parameters at most per solver method (default 400)
+SDP_MAX_LIFTED = 40  # the fuzzer's SDP programs stay small (a second or so per solve)
 
 
 def bounds_of(case: Case, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``method``'s output bounds for ``case`` (raises ``BoundFlowError`` when refused)."""
     if method in SOLVER_METHODS:
-        lo, hi = network_bounds(case.model, case.lo, case.hi, method, case.params, time_limit=5.0)
+        extra = {"max_lifted": SDP_MAX_LIFTED} if method == "sdp" else {}
+        lo, hi = network_bounds(case.model, case.lo, case.hi, method, case.params, time_limit=5.0, **extra)
         return lo.reshape(1, -1), hi.reshape(1, -1)
     domain = {
         "alpha-crown": AlphaCrownDomain(iterations=5),
@@ -358,7 +361,7 @@ def check_case(case: Case, methods=METHODS, tally: Tally | None = None, rtol: fl
     tol = rtol * scale
     got = {}
     for m in methods:
-        if m in SOLVER_METHODS and sum(p.numel() for p in case.model.parameters()) > 400:
+        if m in SOLVER_METHODS and sum(p.numel() for p in case.model.parameters()) > SOLVER_MAX_PARAMS.get(m, 400):
             continue  # keep solver programs small in the fuzzer
         if m == "mibp" and not case.params:
             continue  # mibp is the bounded-weight program; milp covers exact weights

@@ -43,7 +43,8 @@ def result():
     cases.append(Case("tiny sigmoid-tanh", sig, x, torch.tensor([0, 1, 2])))
     from boundflow.bench.tightness import METHODS
 
-    return run(cases, [0.02, 0.1], METHODS, time_limit=10, progress=False)
+    # sdp: its own test below (a solve per bounded quantity; one point is enough)
+    return run(cases, [0.02, 0.1], [m for m in METHODS if m != "sdp"], time_limit=10, progress=False)
 
 
 def test_orderings_hold_and_milp_is_exact_on_relu(result):
@@ -92,6 +93,28 @@ def test_consistency_check_catches_an_unsound_or_loose_method(result):
     msgs = check_consistency(bad)
     assert any("crown lower bound above the attack" in m for m in msgs)
     assert any("milp looser than lp" in m for m in msgs)
+
+
+def test_sdp_row_sits_between_lp_and_the_exact_milp_and_is_skipped_where_too_large():
+    c = tiny_case()
+    c.points, c.labels = c.points[:1], c.labels[:1]
+    big = Case("wide", mlp([120, 8, 3], seed=0).eval(), torch.rand(1, 120, dtype=D), torch.tensor([0]))
+    res = run([c, big], [0.1], ("lp", "sdp", "milp"), time_limit=10, progress=False)
+    assert check_consistency(res) == []
+    r = next(b for b in res.bounds if b["network"] == "tiny relu")
+    lp, sdp, milp = (torch.tensor(r["lower"][m]) for m in ("lp", "sdp", "milp"))
+    assert (sdp >= lp - 1e-9).all() and (sdp <= milp + 1e-4 * (1 + milp.abs())).all()
+    assert (sdp > lp + 1e-6).any()  # strictly tighter somewhere on this network
+    skipped = [row for row in res.rows if row["network"] == "wide" and row["method"] == "sdp"]
+    assert len(skipped) == 1 and "lifts" in skipped[0]["skipped"]
+    import copy
+
+    bad = copy.deepcopy(res)
+    rb = next(b for b in bad.bounds if b["network"] == "tiny relu")
+    rb["lower"]["sdp"] = [[v + 1 for v in row] for row in rb["lower"]["milp"]]
+    assert any("sdp above the exact MILP optimum" in m for m in check_consistency(bad))
+    rb["lower"]["sdp"] = [[v - 1 for v in row] for row in rb["lower"]["lp"]]
+    assert any("sdp looser than lp" in m for m in check_consistency(bad))
 
 
 def test_attack_values_are_reached_by_points_in_the_box():

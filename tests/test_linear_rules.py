@@ -6,6 +6,7 @@ reason it cannot be."""
 from __future__ import annotations
 
 import operator
+import types
 
 import pytest
 import torch
@@ -175,6 +176,42 @@ def test_every_linear_domain_op_is_exercised(results, method):
     if method == "lp":  # the encodings relax these through the linear domain's lines or refuse them
         missing -= {aten.log.default, aten.exp.default, aten.softplus.default}
     assert not missing, f"{method}: no containment test reaches {sorted(map(str, missing))}"
+
+
+@pytest.mark.parametrize("op", ["exp", "log", "softplus", "softplus-beta2"])
+def test_convex_and_concave_lines_enclose_the_function_at_every_tangent_point(op):
+    """exp, softplus (convex) and log (concave): the chord and the tangent hold on a dense grid
+    of random intervals (degenerate ones included) at the default tangent point and at random,
+    all-0 and all-1 alpha-CROWN parameters (and values outside [0, 1], which are clamped)."""
+    from boundflow.domains.linear import relaxations as R
+
+    aten = torch.ops.aten
+    g = torch.Generator().manual_seed(5)
+    n = 3000
+    centre = torch.randn(n, generator=g, dtype=D) * 2
+    half = torch.rand(n, generator=g, dtype=D) ** 2 * 3
+    half[:40] = 0.0
+    if op == "log":
+        centre = centre.abs() + half + 1e-3  # a positive interval
+    l, u = centre - half, centre + half
+    beta = 2.0 if op == "softplus-beta2" else 1.0
+    node = types.SimpleNamespace(args=(None, beta, 20.0))
+    target = {"exp": aten.exp.default, "log": aten.log.default}.get(op, aten.softplus.default)
+    f = {"exp": torch.exp, "log": torch.log}.get(op, lambda x: torch.nn.functional.softplus(x, beta, 20.0))
+    t = torch.linspace(0, 1, 257, dtype=D)
+    xs = l[:, None] + (u - l)[:, None] * t[None]
+    fx = f(xs)
+    tol = 1e-9 * (1 + fx.abs())
+    alphas = [None, torch.rand(n, generator=g, dtype=D), torch.zeros(n, dtype=D), torch.ones(n, dtype=D)]
+    alphas.append(torch.randn(n, generator=g, dtype=D) * 3)  # outside [0, 1]: clamped
+    assert target in R.TANGENT_POINT
+    for alpha in alphas:
+        a_l, b_l, a_u, b_u = R.RELAXATIONS[target](node, l, u, alpha)
+        assert bool((a_l[:, None] * xs + b_l[:, None] <= fx + tol).all()), alpha
+        assert bool((a_u[:, None] * xs + b_u[:, None] >= fx - tol).all()), alpha
+    default = R.RELAXATIONS[target](node, l, u)
+    half_alpha = R.RELAXATIONS[target](node, l, u, torch.full_like(l, 0.5))
+    assert all(torch.allclose(p, q, rtol=1e-9, atol=1e-9) for p, q in zip(default, half_alpha))
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh"])

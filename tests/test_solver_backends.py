@@ -127,7 +127,9 @@ def test_mode_and_back_end_errors_name_the_choices():
     with pytest.raises(ValueError, match="does not solve mode 'mibp'"):
         make_solver(p, "mibp", "pulp")
     with pytest.raises(ValueError, match="unknown solver mode"):
-        make_solver(p, "sdp")
+        make_solver(p, "socp")
+    with pytest.raises(ValueError, match="does not solve mode 'sdp'"):
+        make_solver(p, "sdp", "highs")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

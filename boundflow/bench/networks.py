@@ -17,7 +17,7 @@ from torch import nn
 
 from boundflow.models import mlp
 
-__all__ = ["Case", "builtin_cases", "onnx_case", "factory_case", "ibp_bounds", "DigitsCNN", "mlp"]
+__all__ = ["Case", "builtin_cases", "sdp_case", "onnx_case", "factory_case", "ibp_bounds", "DigitsCNN", "mlp"]
 
 D = torch.float64
 
@@ -118,6 +118,19 @@ def builtin_cases(quick: bool = False, points: int | None = None) -> list[Case]:
             ("CNN conv4-maxpool-fc ReLU, natural", lambda: _train(DigitsCNN(4).to(D), xtr, ytr, ep)),
         ]
     return [Case(name, make(), xs, ys) for name, make in specs]
+
+
+def sdp_case(points: int = 3) -> Case:
+    """A network small enough for the SDP relaxation (``--factory
+    boundflow.bench.networks:sdp_case``): MLP 16-12-12-10 ReLU, naturally trained on the digits
+    averaged to 4x4 (16 features), so the SDP lifts at most 16 inputs and 24 ReLUs."""
+    xtr, ytr, xte, yte = _digits()
+
+    def small(x):
+        return F.avg_pool2d(x.reshape(-1, 1, 8, 8), 2).reshape(-1, 16)
+
+    model = _train(mlp([16, 12, 12, 10]), small(xtr), ytr, 20)
+    return Case("MLP 16-12-12-10 ReLU on 4x4 digits, natural", model, small(xte)[:points], yte[:points])
 
 
 def onnx_case(path: str | Path, points: int = 8, data: str | Path | None = None, seed: int = 0) -> Case:

@@ -32,7 +32,8 @@ from boundflow.errors import UnsupportedOperation
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "TightnessResult", "run_case", "run", "attack", "environment"]
 
-METHODS = ("ibp", "crown", "crown-tight", "alpha-crown", "lp", "milp")  # crown-tight: CrownDomain("tight")
+# crown-tight: CrownDomain("tight"); sdp: small networks only (see boundflow.bench.networks.sdp_case)
+METHODS = ("ibp", "crown", "crown-tight", "alpha-crown", "lp", "sdp", "milp")
 DEFAULT_METHODS = ("ibp", "crown", "alpha-crown", "lp", "milp")  # what a run bounds unless told
 D = torch.float64
 
@@ -119,7 +120,7 @@ class TightnessResult:
 
 def _domain(method: str, time_limit: float):
     """The configured domain of a method row: solver rows get the per-solve time limit."""
-    if method in ("lp", "milp"):
+    if method in ("lp", "sdp", "milp"):
         from boundflow.encode.network import SolverDomain
 
         return SolverDomain(method, time_limit=time_limit)
@@ -196,6 +197,7 @@ def run_case(
                     "seconds": secs[m],
                     "ms_per_point": 1000 * secs[m] / len(x),
                     "reference_exact_fraction": n_exact / ref.numel(),
+                    "n_points": len(x),
                 }
             )
         raw.append(
@@ -238,8 +240,9 @@ def run(
 
 def check_consistency(res: TightnessResult, tol: float = 1e-6) -> list[str]:
     """Violations of the orderings every sound run must show (empty when consistent): per
-    quantity, MILP >= LP >= CROWN and alpha-CROWN >= CROWN for lower bounds (up to the MILP's
-    relative gap), and no method above the attack's value."""
+    quantity, MILP >= LP >= CROWN, SDP >= LP and alpha-CROWN >= CROWN for lower bounds (up to
+    the MILP's relative gap), SDP <= MILP where the MILP is exact, and no method above the
+    attack's value."""
     bad = []
     for r in res.bounds:
         lower = {m: torch.tensor(v) for m, v in r["lower"].items()}
@@ -251,12 +254,20 @@ def check_consistency(res: TightnessResult, tol: float = 1e-6) -> list[str]:
                 bad.append(
                     f"{where}: {m} lower bound above the attack value at {int((lb > att + scale).sum())} entries"
                 )
-        pairs = [("lp", "crown"), ("milp", "lp"), ("alpha-crown", "crown"), ("crown", "ibp"), ("crown-tight", "crown")]
+        pairs = [
+            ("lp", "crown"), ("milp", "lp"), ("alpha-crown", "crown"), ("crown", "ibp"), ("crown-tight", "crown"),
+            ("sdp", "lp"),
+        ]  # fmt: skip
         for hi_m, lo_m in pairs:
             if hi_m in lower and lo_m in lower:
                 worse = lower[hi_m] < lower[lo_m] - 1e-4 * (1 + lower[lo_m].abs())
                 if worse.any():
                     bad.append(f"{where}: {hi_m} looser than {lo_m} at {int(worse.sum())} entries")
+        if "sdp" in lower and r.get("exact") is not None:  # a relaxation is below the proven optimum
+            exact = torch.tensor(r["exact"], dtype=torch.bool)
+            above = exact & (lower["sdp"] > lower["milp"] + 1e-4 * (1 + lower["milp"].abs()))
+            if above.any():
+                bad.append(f"{where}: sdp above the exact MILP optimum at {int(above.sum())} entries")
     return bad
 
 
@@ -309,6 +320,17 @@ def tradeoffs(res: TightnessResult, baseline: str = "ibp") -> list[dict]:
     return out
 
 
+def _points_text(res: TightnessResult) -> str:
+    """``"16 points"``, or per network where the networks bring different numbers of points."""
+    per = {r["network"]: r.get("n_points") for r in res.rows if "n_points" in r}
+    counts = set(per.values())
+    if not per:
+        return f"{res.settings.get('points', '?')} points"
+    if len(counts) == 1:
+        return f"{counts.pop()} points"
+    return "points: " + ", ".join(f"{n} ({k})" for k, n in per.items())
+
+
 def markdown(res: TightnessResult, command: str) -> str:
     """The tables people read: the summary per method and one row per network, eps, method."""
     s = res.settings
@@ -317,7 +339,7 @@ def markdown(res: TightnessResult, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"{s.get('points', '?')} points per network, l-inf boxes of radius eps (digits features in [0, 1]), "
+        f"{_points_text(res)} per network, l-inf boxes of radius eps (digits features in [0, 1]), "
         f"solver time limit {s.get('time_limit', '?')} s per bound.  Gap: reference minus the method's lower "
         "bound, over all output-range and margin quantities (reference: the MILP optimum where it is proved "
         "exact, otherwise the best attack value, an upper bound of the optimum).  Width: mean output-range "
@@ -379,7 +401,7 @@ def plot(res: TightnessResult, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     rows = [r for r in res.rows if "skipped" not in r]
     nets = list(dict.fromkeys(r["network"] for r in rows))
@@ -402,6 +424,9 @@ def plot(res: TightnessResult, path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short eps range overlap
+        ax.set_xticks(sorted({r["eps"] for r in rows if r["network"] == net}))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(net, fontsize=8)
         ax.set_xlabel("eps (l-inf radius)")
         ax.set_ylabel("mean output-range width")

@@ -78,7 +78,7 @@ def apply_output(lower: torch.Tensor, upper: torch.Tensor, output: OutputSpec | 
 
 DOMAINS: dict[str, Domain] = {}
 # registered on first use, so that importing boundflow does not import the solver stack
-_LAZY = {"lp": "boundflow.encode.network", "milp": "boundflow.encode.network", "mibp": "boundflow.encode.network"}
+_LAZY = {m: "boundflow.encode.network" for m in ("lp", "milp", "mibp", "sdp")}
 
 
 def register_domain(domain: Domain) -> Domain:

@@ -16,7 +16,8 @@ big-M constants and McCormick envelopes use the tightest bounds available:
   sum of bilinear products — exact in ``mibp`` (SCIP), McCormick envelopes in ``milp``/``lp``.
 
 Modes: ``lp`` (binaries relaxed; HiGHS; rigorous dual bound), ``milp`` (HiGHS branch and
-bound), ``mibp`` (SCIP, exact bilinear).  Results are intersected with the CROWN bounds.
+bound), ``mibp`` (SCIP, exact bilinear), ``sdp`` (the SDP relaxation with the LP's rows,
+:mod:`solvers.sdp`; for small networks).  Results are intersected with the CROWN bounds.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ aten = torch.ops.aten
 
 __all__ = ["ENCODE", "encode", "network_bounds", "SolverDomain"]
 
+SOLVER_MODES = ("lp", "milp", "mibp", "sdp")
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
 
 
@@ -332,20 +334,23 @@ def network_bounds(
     executor=None,
     return_exact: bool = False,
     backend: str | None = None,
+    max_lifted: int | None = None,
 ):
     """Bounds on ``model(x)`` (or ``C @ model(x)``, shape ``(B, S)``) over the box, from the
     ``mode`` program of each sample: ``lp``, ``milp`` (exact for piecewise-linear networks with
     exact weights, when solved within ``time_limit``) or ``mibp`` (exact bilinear weights,
     SCIP).  Never looser than CROWN.  ``time_limit``: seconds per solve (a stopped solve gives
     its proven bound); ``executor``: see :mod:`solvers.executor`; ``backend``: the solver
-    back end (:data:`solvers.BACKENDS`; default HiGHS, SCIP for ``mibp``).
+    back end (:data:`solvers.BACKENDS`; default HiGHS, SCIP for ``mibp``, cvxpy for ``sdp``);
+    ``max_lifted``: ``sdp`` refuses (``UnsupportedOperation``, before any solve) a sample whose
+    program lifts more variables (default :data:`solvers.sdp.MAX_LIFTED`).
 
     With ``return_exact``, also a boolean tensor (shape of the bounds): both bounds of that
     entry are the optimum (up to the solver's relative gap, 1e-4) — the mode is ``milp`` or
     ``mibp``, the program is the network exactly (``milp``: no relaxed activation and no
     bounded weight), and both solves reported optimality."""
-    if mode not in ("lp", "milp", "mibp"):
-        raise ValueError(f"network_bounds: unknown mode {mode!r}; choose from lp, milp, mibp")
+    if mode not in SOLVER_MODES:
+        raise ValueError(f"network_bounds: unknown mode {mode!r}; choose from {', '.join(SOLVER_MODES)}")
     from solvers.executor import minimize_all
 
     x_lower = torch.as_tensor(x_lower, dtype=torch.float64)
@@ -363,7 +368,9 @@ def network_bounds(
         c_lb.append(lb[0])
         c_ub.append(ub[0])
         program, out, is_exact = encode(g, state, with_exact=True)
-        exact_programs.append(is_exact or mode == "mibp")
+        if mode == "sdp":
+            _check_sdp_size(program, i, max_lifted)
+        exact_programs.append((is_exact and mode == "milp") or mode == "mibp")
         out_node = next(n for n in g.gm.graph.nodes if n.op == "output").args[0]
         out_shape = tuple(state.lower[out_node].shape[1:]) if out_node in state.lower else (len(out),)
         rows = np.eye(len(out)) if Ci is None else Ci.reshape(-1, len(out)).double().numpy()
@@ -381,7 +388,7 @@ def network_bounds(
     assert lower.shape == (b, n_rows)
     exact = torch.tensor(
         [
-            [exact_programs[i] and mode != "lp" and lo.status.lower() == "optimal" and up.status.lower() == "optimal"
+            [exact_programs[i] and lo.status.lower() == "optimal" and up.status.lower() == "optimal"
              for lo, up in zip(r[0::2], r[1::2])]
             for i, r in enumerate(results)
         ],
@@ -390,6 +397,19 @@ def network_bounds(
     if C is None:
         lower, upper, exact = (t.reshape(b, *out_shape) for t in (lower, upper, exact))
     return (lower, upper, exact) if return_exact else (lower, upper)
+
+
+def _check_sdp_size(program: Program, sample: int, limit: int | None) -> None:
+    """Refuse, before any solve, a program too large for the SDP relaxation."""
+    from solvers.sdp import MAX_LIFTED, lifted_size
+
+    limit = MAX_LIFTED if limit is None else limit
+    n = lifted_size(program)
+    if n > limit:
+        raise UnsupportedOperation(
+            f"sdp: sample {sample}'s program lifts {n} variables (inputs, unstable ReLUs, ...); the SDP "
+            f"relaxation is for small networks (at most {limit}); use method='lp' or 'crown'"
+        )
 
 
 class SolverPrepared:
@@ -434,13 +454,13 @@ class SolverPrepared:
 
 
 class SolverDomain(DomainBase):
-    """``method="lp"`` / ``"milp"`` / ``"mibp"`` behind the common domain interface.
+    """``method="lp"`` / ``"milp"`` / ``"mibp"`` / ``"sdp"`` behind the common domain interface.
     ``time_limit``: seconds per solve (a stopped solve contributes its proven bound);
     ``executor``: :func:`solvers.make_executor`; ``backend``: :data:`solvers.BACKENDS`."""
 
     def __init__(self, name: str, time_limit: float | None = None, executor=None, backend: str | None = None):
-        if name not in ("lp", "milp", "mibp"):
-            raise ValueError(f"SolverDomain: unknown mode {name!r}; choose from lp, milp, mibp")
+        if name not in SOLVER_MODES:
+            raise ValueError(f"SolverDomain: unknown mode {name!r}; choose from {', '.join(SOLVER_MODES)}")
         self.name, self.time_limit, self.executor, self.backend = name, time_limit, executor, backend
 
     def prepare(self, model: nn.Module, params=None) -> SolverPrepared:

@@ -1,6 +1,6 @@
 """alpha-CROWN: CROWN with the relaxations' free parameters optimised: the lower slopes of
-unstable ReLU/LeakyReLU neurons, the tangent points of sigmoid/tanh and the max-pool lower
-lines' weights."""
+unstable ReLU/LeakyReLU neurons, the tangent points of sigmoid/tanh and of the convex/concave
+exp, log and softplus, and the max-pool lower lines' weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from boundflow.domains.linear.backward import backsub
 from boundflow.domains.linear.crown import crown, spec_coefficients
 from boundflow.domains.linear.maxpool import maxpool_alpha_init
-from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, s_shaped_alpha_init
+from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, TANGENT_POINT, s_shaped_alpha_init
 from boundflow.domains.linear.state import BoundState, _shape, ordered
 
 __all__ = ["alpha_crown"]
@@ -19,7 +19,8 @@ __all__ = ["alpha_crown"]
 
 def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
-    sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`) and the weights of
+    sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`), of exp/log/softplus
+    (:func:`~boundflow.domains.linear.relaxations.convex`) and the weights of
     the max-pool lower lines (:func:`~boundflow.domains.linear.maxpool.maxpool_back`) optimised by projected
     gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
     Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
@@ -33,7 +34,7 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
         for n in graph.gm.graph.nodes
         if n.op == "call_function"
         and (
-            (n.target in RELAXATIONS and (n.target in relu_ops or n.target in S_SHAPED))
+            (n.target in RELAXATIONS and (n.target in relu_ops or n.target in S_SHAPED or n.target in TANGENT_POINT))
             or n.target is torch.ops.aten.max_pool2d_with_indices.default
         )
     ]
@@ -48,6 +49,8 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
                 a0 = maxpool_alpha_init(l, list(r.args[1:]))
             elif r.target in S_SHAPED:  # tangent points, starting at CROWN's
                 a0 = s_shaped_alpha_init(*S_SHAPED[r.target], l, u)
+            elif r.target in TANGENT_POINT:  # exp / log / softplus: the midpoint first
+                a0 = torch.full_like(l, 0.5)
             else:  # ReLU lower slopes, starting at CROWN's
                 a0 = (u >= -l).to(l.dtype)
             alphas[(r, out_node)] = a0.clone().requires_grad_(True)

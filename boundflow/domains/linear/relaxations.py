@@ -188,28 +188,31 @@ S_SHAPED = {
 }
 
 
-def convex(f, df, l: torch.Tensor, u: torch.Tensor, concave: bool = False) -> Relaxation:
+def convex(f, df, l: torch.Tensor, u: torch.Tensor, concave: bool = False, alpha=None) -> Relaxation:
     """Convex ``f``: upper = chord, lower = tangent at the midpoint (both sound on [l, u]);
-    concave: the reverse."""
+    concave: the reverse.  ``alpha`` (alpha-CROWN; shape of ``l``, clamped to [0, 1]): the
+    tangent point ``l + alpha (u - l)`` instead of the midpoint; every tangent of a convex
+    (concave) function lies below (above) it everywhere, so every value is sound."""
     fl, fu = f(l), f(u)
     same = (u - l) <= 1e-12
     width = torch.where(same, torch.ones_like(l), u - l)
     mid = (l + u) / 2
     chord_a = torch.where(same, df(mid), (fu - fl) / width)
     chord_b = fl - chord_a * l
-    tan_a = df(mid)
-    tan_b = f(mid) - tan_a * mid
+    t = mid if alpha is None else l + alpha.clamp(0, 1) * (u - l)
+    tan_a = df(t)
+    tan_b = f(t) - tan_a * t
     if concave:
         return chord_a, chord_b, tan_a, tan_b
     return tan_a, tan_b, chord_a, chord_b
 
 
-def _log_relax(l, u):
+def _log_relax(l, u, alpha=None):
     from boundflow.errors import DomainError
 
     if (l <= 0).any():
         raise DomainError("linear relaxation of log needs a positive input interval")
-    return convex(torch.log, torch.reciprocal, l, u, concave=True)
+    return convex(torch.log, torch.reciprocal, l, u, concave=True, alpha=alpha)
 
 
 aten = torch.ops.aten
@@ -221,13 +224,15 @@ RELAXATIONS: dict = {
     ),
     aten.sigmoid.default: lambda node, l, u, alpha=None: sigmoid(l, u, alpha),
     aten.tanh.default: lambda node, l, u, alpha=None: tanh(l, u, alpha),
-    aten.exp.default: lambda node, l, u, alpha=None: convex(torch.exp, torch.exp, l, u),
-    aten.log.default: lambda node, l, u, alpha=None: _log_relax(l, u),
-    aten.softplus.default: lambda node, l, u, alpha=None: _softplus_relax(node, l, u),
+    aten.exp.default: lambda node, l, u, alpha=None: convex(torch.exp, torch.exp, l, u, alpha=alpha),
+    aten.log.default: lambda node, l, u, alpha=None: _log_relax(l, u, alpha),
+    aten.softplus.default: lambda node, l, u, alpha=None: _softplus_relax(node, l, u, alpha),
 }
+# convex / concave activations whose tangent point alpha-CROWN optimises (alpha = 1/2: CROWN's)
+TANGENT_POINT = {aten.exp.default, aten.log.default, aten.softplus.default}
 
 
-def _softplus_relax(node, l, u):
+def _softplus_relax(node, l, u, alpha=None):
     beta = float(node.args[1]) if len(node.args) > 1 else 1.0
     threshold = float(node.args[2]) if len(node.args) > 2 else 20.0
     if beta <= 0 or (torch.maximum(l.abs(), u.abs()) * beta >= threshold).any():
@@ -236,4 +241,4 @@ def _softplus_relax(node, l, u):
 
         raise UnsupportedOperation("linear relaxation of softplus beyond its threshold; use method='ibp'")
     f = lambda x: torch.nn.functional.softplus(x, beta, threshold)  # noqa: E731
-    return convex(f, lambda x: torch.sigmoid(beta * x), l, u)
+    return convex(f, lambda x: torch.sigmoid(beta * x), l, u, alpha=alpha)
