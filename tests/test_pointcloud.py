@@ -155,6 +155,34 @@ def test_certified_objects_hold_under_sampled_rotations():
             assert (model(clouds).argmax(1) == y[i]).all()
 
 
+def test_adaptive_refinement_certifies_more_and_soundly():
+    """Halving the sub-ranges that fail: at +-20 deg one sub-range certifies nothing here, the
+    refined ranges certify more (measured: 0 -> 2 of 12), every refined certificate holds under
+    sampled rotations over the whole range, and a certified sub-range is never re-split."""
+    model, _ = pc.train_pointnet(n_per_class=20, n_points=32, epochs=10, seed=0)
+    x, y = pc.make_shapes(2, 32, seed=5)
+    deg = 20.0
+    plain = pc.certify(model, x, y, "rotation-z", deg, splits=1, relaxation="taylor", method="forward")
+    refined = pc.certify(model, x, y, "rotation-z", deg, splits=1, relaxation="taylor", method="forward", refine=3)
+    assert refined.refine == 3 and plain.refine == 0
+    assert sum(refined.certified) > sum(plain.certified)
+    assert all(r >= p for r, p in zip(refined.certified, plain.certified))
+    assert all(b == (1 if c else 0) for b, c in zip(plain.boxes, plain.correct))
+    assert all(1 <= b <= 2**4 for b, c in zip(refined.boxes, refined.correct) if c)
+    g = torch.Generator().manual_seed(3)
+    for i, ok in enumerate(refined.certified):
+        if ok:
+            assert refined.worst_margin[i] > 0
+            angles = torch.cat(
+                [torch.tensor([-deg, 0.0, deg], dtype=D), (torch.rand(60, generator=g, dtype=D) * 2 - 1) * deg]
+            )
+            clouds = torch.stack([pc.apply(x[i], "rotation-z", torch.deg2rad(a).reshape(1)) for a in angles])
+            with torch.no_grad():
+                assert (model(clouds).argmax(1) == y[i]).all()
+    with pytest.raises(ValueError, match="refine must be >= 0"):
+        pc.certify(model, x[:1], y[:1], refine=-1)
+
+
 def test_tight_maxpool_certifies_at_least_as_much_and_soundly():
     model, _ = pc.train_pointnet(n_per_class=20, n_points=32, epochs=10, seed=0)
     x, y = pc.make_shapes(2, 32, seed=5)

@@ -21,6 +21,12 @@ def add_parser(sub):
     p.add_argument("--theta", default="3deg", help="range: 3deg, 0.05rad, -2:5deg, 0.1 (unit-free coefficients)")
     p.add_argument("--splits", type=int, default=10, help="sub-ranges per parameter")
     p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="halve a sub-range that does not certify, up to this many times along any path (adaptive splits)",
+    )
+    p.add_argument(
         "--relaxation",
         default="taylor",
         choices=["taylor", "interval"],
@@ -67,6 +73,7 @@ def run(args) -> int:
         (args.n_clouds >= 1, f"--n-clouds must be >= 1, got {args.n_clouds}"),
         (args.n_points >= 1, f"--n-points must be >= 1, got {args.n_points}"),
         (args.splits >= 1, f"--splits must be >= 1, got {args.splits}"),
+        (args.refine >= 0, f"--refine must be >= 0, got {args.refine}"),
         (args.model is None or Path(args.model).is_file(), f"--model {args.model}: no such file"),
         (args.data is None or Path(args.data).is_file(), f"--data {args.data}: no such file"),
     ]
@@ -108,17 +115,20 @@ def run(args) -> int:
     x, y = x[: args.n_clouds], y[: args.n_clouds]
     res = certify(
         model, x, y, args.transform, theta, unit, args.splits, args.relaxation, args.method,
-        progress=not args.no_progress, maxpool=args.maxpool,
+        progress=not args.no_progress, maxpool=args.maxpool, refine=args.refine,
     )  # fmt: skip
     rows = [
-        {"object": i, "label": int(y[i]), "correct": c, "certified": k, "worst_margin": m, "seconds": s}
-        for i, (c, k, m, s) in enumerate(zip(res.correct, res.certified, res.worst_margin, res.seconds))
+        {"object": i, "label": int(y[i]), "correct": c, "certified": k, "worst_margin": m, "seconds": s, "boxes": b}
+        for i, (c, k, m, s, b) in enumerate(
+            zip(res.correct, res.certified, res.worst_margin, res.seconds, res.boxes, strict=True)
+        )
     ]
     summary = {
         "transform": args.transform,
         "theta": list(theta),
         "unit": unit,
         "splits": args.splits,
+        "refine": args.refine,
         "relaxation": args.relaxation,
         "method": args.method,
         "pool": args.pool,
@@ -130,19 +140,20 @@ def run(args) -> int:
     }
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=float))
     lines = [
-        f"# {args.transform} in {theta[0]:g}..{theta[1]:g} {unit}, {args.splits} splits, {args.relaxation}, "
-        f"{res.maxpool} max pool",
+        f"# {args.transform} in {theta[0]:g}..{theta[1]:g} {unit}, {args.splits} splits"
+        + (f" (refined up to {args.refine} times)" if args.refine else "")
+        + f", {args.relaxation}, {res.maxpool} max pool",
         "",
         f"accuracy {res.accuracy:.3f}, certified {res.certified_fraction:.3f}, "
         f"{summary['seconds_per_object']:.2f} s per object",
         "",
-        "| object | label | correct | certified | worst margin | s |",
-        "|---|---|---|---|---|---|",
+        "| object | label | correct | certified | worst margin | sub-ranges bounded | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['object']} | {r['label']} | {r['correct']} | {r['certified']} | {r['worst_margin']:.3g} | "
-            f"{r['seconds']:.2f} |"
+            f"{r['boxes']} | {r['seconds']:.2f} |"
         )
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     first = next((i for i, k in enumerate(res.certified) if k), 0)

@@ -68,6 +68,16 @@ def sub_ranges(lo: torch.Tensor, hi: torch.Tensor, splits: int) -> list[tuple[to
     return boxes
 
 
+def _halves(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, depth: int) -> list:
+    """The two halves of the theta box ``[a, b]`` along its widest parameter (relative to
+    ``scale``, the whole range's widths)."""
+    j = int(torch.argmax((b - a) / scale))
+    mid = (a[j] + b[j]) / 2
+    b1, a2 = b.clone(), a.clone()
+    b1[j], a2[j] = mid, mid
+    return [(a, b1, depth), (a2, b, depth)]
+
+
 def margins(
     model: nn.Module,
     points: torch.Tensor,
@@ -146,10 +156,12 @@ class CertifyResult:
     relaxation: str
     splits: int
     maxpool: str = "deeppoly"
+    refine: int = 0
     correct: list[bool] = field(default_factory=list)
     certified: list[bool] = field(default_factory=list)
     worst_margin: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    boxes: list[int] = field(default_factory=list)  # sub-ranges bounded per object
 
     @property
     def certified_fraction(self) -> float:
@@ -173,9 +185,14 @@ def certify(
     batch: int = 16,
     progress: bool = False,
     maxpool: str | None = None,
+    refine: int = 0,
 ) -> CertifyResult:
     """Certify each cloud in ``points`` ((M, N, 3) or (N, 3)) against ``transform`` for every theta
     in the range (degrees by default for angles), split into ``splits`` sub-ranges per parameter.
+    ``refine``: a sub-range whose margins are not all positive is halved along its widest
+    parameter (relative to the range) and both halves bounded again, up to ``refine`` times
+    along any path, so the splits go where the relaxation is loose; the sub-ranges always cover
+    the range, so a certificate holds for all of it.
     ``method``: the linear-domain method for the network (``"forward"``, cheap for the few theta
     inputs, or ``"crown"``/``"alpha-crown"``); ``maxpool``: ``"tight"`` (forward only, the
     default there) or ``"deeppoly"`` relaxation of the global max pool.
@@ -193,10 +210,13 @@ def certify(
     if unit == "deg":
         conv = torch.tensor([math.pi / 180 if a else 1.0 for a in _angles(transform)], dtype=torch.float64)
         lo, hi = lo * conv, hi * conv
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
     boxes = sub_ranges(lo, hi, splits)
     maxpool = _maxpool_default(method, maxpool)
     _domain(method, maxpool)  # validate before any work
-    res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool)
+    res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool, refine)
+    scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     it = range(points.shape[0])
     if progress:
         from tqdm import tqdm
@@ -206,17 +226,30 @@ def certify(
         t0 = time.perf_counter()
         with torch.no_grad():
             correct = int(model(points[i : i + 1]).argmax(1)) == int(labels[i])
-        worst = -math.inf
+        worst, n_boxes = -math.inf, 0
         if correct:
             worst = math.inf
-            for s in range(0, len(boxes), batch):
+            queue = [(a, b, 0) for a, b in boxes]
+            while queue:
+                chunk, queue = queue[:batch], queue[batch:]
                 lb = margins(
-                    model, points[i], int(labels[i]), transform, boxes[s : s + batch], relaxation, method, maxpool
-                )
-                worst = min(worst, float(lb.min()))
+                    model, points[i], int(labels[i]), transform, [(a, b) for a, b, _ in chunk], relaxation, method,
+                    maxpool,
+                ).amin(1)  # fmt: skip
+                n_boxes += len(chunk)
+                failed = []
+                for (a, b, depth), m in zip(chunk, lb.tolist()):
+                    if m > 0:
+                        worst = min(worst, m)
+                    elif depth < refine:
+                        failed.extend(_halves(a, b, scale, depth + 1))
+                    else:
+                        worst = min(worst, m)
                 if worst <= 0:
-                    break  # one failing sub-range is enough
+                    break  # one sub-range that fails at the finest split is enough
+                queue = failed + queue  # refine where it failed first
         res.correct.append(correct)
+        res.boxes.append(n_boxes)
         res.certified.append(bool(correct and worst > 0))
         res.worst_margin.append(worst)
         res.seconds.append(time.perf_counter() - t0)
