@@ -174,6 +174,7 @@ def test_sdp_refuses_a_program_too_large_before_solving():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # 25 s (a MILP and an SDP per output); `make test-slow` runs it
 def test_the_solvers_page_sdp_example_prints_what_it_says(capsys):
     """docs/solvers.md's SDP block, run as printed: its output is the comment under it."""
     from tests.test_docs import ROOT, python_blocks
