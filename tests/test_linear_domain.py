@@ -299,15 +299,19 @@ def test_alpha_crown_optimises_sigmoid_and_tanh_tangent_points(act):
     CROWN on average, never looser per output, and sound on sampled inputs."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(12, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 4)).double()
-    x = torch.rand(6, 12, dtype=torch.float64)
-    eps = 0.2
+    _check_alpha_beats_crown(net, torch.rand(6, 12, dtype=torch.float64), 0.2)
+
+
+def _check_alpha_beats_crown(net: nn.Module, x: torch.Tensor, eps: float) -> None:
+    """alpha-CROWN never looser than CROWN per output, strictly tighter in sum (by 0.1 %), and
+    containing the outputs at 2000 sampled inputs of the box."""
     c_lo, c_hi = bf.compute_bounds(net, x - eps, x + eps, method="crown")
     a_lo, a_hi = bf.compute_bounds(net, x - eps, x + eps, method="alpha-crown")
     assert bool((a_lo >= c_lo - 1e-12).all() and (a_hi <= c_hi + 1e-12).all())
     assert float((a_hi - a_lo).sum()) < float((c_hi - c_lo).sum()) * (1 - 1e-3)
     pts = x + eps * (2 * torch.rand(2000, *x.shape, dtype=x.dtype) - 1)
     with torch.no_grad():
-        ys = net(pts.reshape(-1, 12)).reshape(2000, 6, 4)
+        ys = net(pts.reshape(-1, x.shape[1])).reshape(2000, *a_lo.shape)
     assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())
 
 
@@ -327,17 +331,7 @@ def test_alpha_crown_optimises_convex_tangent_points(act):
             return self.b(h)
 
     torch.manual_seed(2)
-    net = Net().double()
-    x = torch.rand(5, 6, dtype=torch.float64)
-    eps = 0.3
-    c_lo, c_hi = bf.compute_bounds(net, x - eps, x + eps, method="crown")
-    a_lo, a_hi = bf.compute_bounds(net, x - eps, x + eps, method="alpha-crown")
-    assert bool((a_lo >= c_lo - 1e-12).all() and (a_hi <= c_hi + 1e-12).all())
-    assert float((a_hi - a_lo).sum()) < float((c_hi - c_lo).sum()) * (1 - 1e-3)
-    pts = x + eps * (2 * torch.rand(2000, *x.shape, dtype=x.dtype) - 1)
-    with torch.no_grad():
-        ys = net(pts.reshape(-1, 6)).reshape(2000, 5, 3)
-    assert bool((ys >= a_lo - 1e-9).all() and (ys <= a_hi + 1e-9).all())
+    _check_alpha_beats_crown(Net().double(), torch.rand(5, 6, dtype=torch.float64), 0.3)
 
 
 @pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
