@@ -26,6 +26,7 @@ from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import backsub
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
+from boundflow.domains.linear.patches import patch_bounds, patch_chain, patch_entries
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import (
     BoundState,
@@ -180,8 +181,18 @@ def _attr(gm: fx.GraphModule, target: str):
 
 def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds of every entry of ``node`` (identity specification, in chunks of rows so
-    that a coefficient tensor has at most about ``budget`` entries)."""
+    that a coefficient tensor has at most about ``budget`` entries).  The neurons of a
+    convolution are bounded in patches mode (:mod:`~boundflow.domains.linear.patches`; the
+    same bounds, each row on its receptive field) unless ``state.patches`` is off."""
     shape = _shape(state, node)
+    steps = patch_chain(state, node) if state.patches else None
+    if steps is not None:  # a convolution: every neuron on its receptive field only
+        co = shape[1]
+        per_channel = patch_entries(state, steps)
+        chunk = max(1, budget // max(per_channel, 1))
+        parts = [patch_bounds(state, node, steps, slice(c, min(c + chunk, co))) for c in range(0, co, chunk)]
+        lb, ub = torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0)
+        return lb.transpose(0, 1).reshape(shape), ub.transpose(0, 1).reshape(shape)
     b = shape[0]
     n = 1
     for s in shape[1:]:

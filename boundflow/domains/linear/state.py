@@ -31,6 +31,7 @@ class BoundState:
     radius: dict = field(default_factory=dict)  # bounded constant node -> radius (centre in const)
     needs_bounds: set = field(default_factory=set)
     tight_pool: bool = False  # max pooling's upper line: also the pivot-difference line
+    patches: bool = True  # convolutions' neuron bounds in patches mode (off: matrix mode)
 
 
 def _is_const(state: BoundState, a) -> bool:

@@ -1,0 +1,296 @@
+"""Patches mode: CROWN bounds of every neuron of a convolution, with each neuron's
+coefficients kept on its receptive field only.
+
+The identity specification of a convolution's output ``(C_o, H_o, W_o)`` has ``C_o H_o W_o``
+rows, and in matrix form each row holds a full ``(C, H, W)`` coefficient tensor at every earlier
+node, almost all of it zero.  Here row ``(o, i, j)`` holds a ``(C, k_h, k_w)`` *patch* at the
+window whose top-left corner is ``(i s_h - p_h, j s_w - p_w)`` of that node (one window geometry
+``(k, s, p)`` per node for all rows; auto_LiRPA's "patches" mode has the same idea).  Through a
+convolution the patch is the transposed convolution of the patch with the kernel (the window
+grows to ``(k - 1) s_c + k_c``, its stride becomes ``s s_c`` and its offset ``p s_c + p_c``);
+through an elementwise op (a relaxation, or ``x + c``, ``x * c`` with constant ``c``) it is
+multiplied by the op's slopes on the same window.  Window entries outside the node's grid stand
+for the convolution's zero padding: they are zeroed before anything is read from them.
+
+The chain is followed from the convolution back through convolutions (constant weights,
+``groups = 1``, no dilation), elementwise relaxations and elementwise affine ops with constant
+operands, to the input; at the first other node (pooling, a residual sum, a flatten, ...) the
+patches are written out as the dense coefficient tensor and the ordinary back-substitution
+(:func:`~boundflow.domains.linear.backward.backsub`) continues from there.  The bounds are the
+matrix mode's, in exact arithmetic (the tests compare both on random architectures).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from boundflow.domains.linear.backward import backsub
+from boundflow.domains.linear.relaxations import RELAXATIONS
+from boundflow.domains.linear.state import BoundState, _bounded, _shape
+
+aten = torch.ops.aten
+
+__all__ = ["patch_bounds", "patch_chain", "patch_entries"]
+
+# elementwise affine ops with one variable operand: (op, how the constant operand enters)
+_ELEMENTWISE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.neg.default}
+
+
+# the largest transposed-convolution matrix (on one patch) built for the matrix-product path
+_MATRIX_ENTRIES = 2**22
+
+
+@dataclass
+class _Window:
+    """Window geometry at a node: size, stride and top-left offset (per axis) of row
+    ``(i, j)``'s patch, and the output grid ``(H_o, W_o)`` of the starting convolution."""
+
+    k: tuple[int, int]
+    s: tuple[int, int]
+    p: tuple[int, int]
+    out: tuple[int, int]
+
+    def through_conv(self, kc, sc, pc) -> _Window:
+        return _Window(
+            tuple((k - 1) * s_c + k_c for k, s_c, k_c in zip(self.k, sc, kc, strict=True)),
+            tuple(s * s_c for s, s_c in zip(self.s, sc, strict=True)),
+            tuple(p * s_c + p_c for p, s_c, p_c in zip(self.p, sc, pc, strict=True)),
+            self.out,
+        )
+
+
+def _conv_args(state: BoundState, node: fx.Node):
+    """``(input, weight, bias or None, stride, padding)`` of a 2-D convolution this mode
+    handles (constant, unbounded weights; no dilation, groups or transposition), else ``None``."""
+    if node.op != "call_function" or node.target is not aten.convolution.default or node.kwargs:
+        return None
+    x, w, b, stride, padding, dilation, transposed, _, groups = node.args
+    if not isinstance(x, fx.Node) or x in state.const or not isinstance(w, fx.Node) or w not in state.const:
+        return None
+    if b is not None and not (isinstance(b, fx.Node) and b in state.const):
+        return None
+    if _bounded(state, [w, b]) or transposed or groups != 1 or any(d != 1 for d in dilation):
+        return None
+    if state.const[w].dim() != 4 or len(_shape(state, x)) != 4:
+        return None
+    bias = state.const[b] if b is not None else None
+    return x, state.const[w], bias, tuple(stride), tuple(padding)
+
+
+def _elementwise_args(state: BoundState, node: fx.Node):
+    """``(variable input, scale, shift)`` for ``y = scale * x + shift`` elementwise with
+    constant ``scale``/``shift`` broadcastable to ``x``'s shape, else ``None``."""
+    if node.op != "call_function" or node.target not in _ELEMENTWISE or node.kwargs:
+        return None
+    args = list(node.args)
+    if node.target is aten.neg.default:
+        x = args[0]
+        return (x, -1.0, 0.0) if isinstance(x, fx.Node) and x not in state.const else None
+    if len(args) != 2:
+        return None
+    var = [i for i, a in enumerate(args) if isinstance(a, fx.Node) and a not in state.const]
+    if len(var) != 1:
+        return None
+    i = var[0]
+    x, c = args[i], args[1 - i]
+    if isinstance(c, fx.Node):
+        if c in state.radius:
+            return None
+        c = state.const[c]
+    if isinstance(c, torch.Tensor):
+        c = c.to(state.x_lo.dtype)
+        if c.dim() > 4 or torch.broadcast_shapes(c.shape, _shape(state, x)) != _shape(state, x):
+            return None
+    if node.target is aten.add.Tensor:
+        return x, 1.0, c
+    if node.target is aten.sub.Tensor:
+        return (x, 1.0, -c) if i == 0 else (x, -1.0, c)
+    if node.target is aten.mul.Tensor:
+        return x, c, 0.0
+    return (x, 1.0 / c, 0.0) if i == 0 else None  # c / x is not affine
+
+
+def patch_chain(state: BoundState, node: fx.Node) -> list | None:
+    """The steps patches mode takes from convolution ``node`` back to the input (or to the node
+    where it switches to matrix mode): ``[(kind, node, window), ...]`` with kind ``"conv"``,
+    ``"relax"``, ``"affine"``, ``"input"`` or ``"dense"``; ``None`` where ``node`` is not a
+    convolution this mode handles, or an alpha-CROWN slope is keyed to it."""
+    conv = _conv_args(state, node)
+    if conv is None or any(start is node for (_, start) in state.alpha):
+        return None
+    x, w, _, stride, padding = conv
+    shape = _shape(state, node)
+    win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))
+    steps = [("conv", node, win)]
+    cur = x
+    while True:
+        shape = _shape(state, cur)
+        covers = win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]
+        if cur is state.graph.input_node:
+            steps.append(("input", cur, win))
+            return steps
+        if len(shape) != 4 or covers:
+            break
+        conv = _conv_args(state, cur)
+        if conv is not None:
+            steps.append(("conv", cur, win))
+            win = win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4])
+            cur = conv[0]
+            continue
+        if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
+            inp = cur.args[0]
+            if inp in state.lower and _shape(state, inp) == shape:
+                steps.append(("relax", cur, win))
+                cur = inp
+                continue
+        affine = _elementwise_args(state, cur)
+        if affine is not None and _shape(state, affine[0]) == shape:
+            steps.append(("affine", cur, win))
+            cur = affine[0]
+            continue
+        break
+    steps.append(("dense", cur, win))
+    return steps
+
+
+def patch_entries(state: BoundState, steps: list) -> int:
+    """An upper estimate of the largest coefficient tensor per output channel along ``steps``
+    (for chunking)."""
+    b = state.x_lo.shape[0]
+    ho, wo = steps[0][2].out
+    widest = max(math.prod(_shape(state, m)[1:]) for m in state.lower)
+    most = 1
+    for kind, cur, win in steps[1:]:
+        c = _shape(state, cur)[1]
+        if kind == "dense":
+            most = max(most, ho * wo * b * widest)
+        else:
+            most = max(most, ho * wo * b * c * math.prod(win.k))
+    return most
+
+
+def _unfold(t: torch.Tensor, shape, win: _Window) -> torch.Tensor:
+    """``t`` (broadcastable to the node's ``(B, C, H, W)``) on every row's window, zero outside
+    the grid: ``(H_o W_o, B or 1, C, k_h, k_w)``."""
+    b = shape[0] if t.dim() == 4 and t.shape[0] != 1 else 1
+    t = t.expand(b, *shape[1:])
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = win.k, win.s, win.p, win.out
+    h, w = shape[2], shape[3]
+    bottom = max(0, (ho - 1) * sh + kh - ph - h)
+    right = max(0, (wo - 1) * sw + kw - pw - w)
+    padded = F.pad(t, (pw, right, ph, bottom))
+    cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # (b, C kh kw, L)
+    hp, wp = (padded.shape[2] - kh) // sh + 1, (padded.shape[3] - kw) // sw + 1
+    cols = cols.reshape(b, shape[1], kh, kw, hp, wp)[..., :ho, :wo]
+    return cols.permute(4, 5, 0, 1, 2, 3).reshape(ho * wo, b, shape[1], kh, kw)
+
+
+def _dense(P: torch.Tensor, shape, win: _Window) -> torch.Tensor:
+    """Patches ``(C_o, H_o W_o, B', C, k_h, k_w)`` written out as ``(C_o H_o W_o, B', C, H, W)``
+    (entries outside the grid dropped)."""
+    co, _, b, c, kh, kw = P.shape
+    (sh, sw), (ph, pw), (ho, wo) = win.s, win.p, win.out
+    h, w = shape[2], shape[3]
+    hc, wc = max(ph + h, (ho - 1) * sh + kh), max(pw + w, (wo - 1) * sw + kw)
+    D = P.new_zeros(co, ho, wo, b, c, hc, wc)
+    st = D.stride()
+    view = D.as_strided((co, ho, wo, b, c, kh, kw), (st[0], st[1] + sh * st[5], st[2] + sw * st[6], *st[3:]))
+    view.copy_(P.expand(co, ho * wo, b, c, kh, kw).reshape(co, ho, wo, b, c, kh, kw))
+    return D[..., ph : ph + h, pw : pw + w].reshape(co * ho * wo, b, c, h, w)
+
+
+def _grid_mask(shape, win: _Window, like: torch.Tensor) -> torch.Tensor:
+    """1 on every window entry inside the node's grid, 0 outside: ``(H_o W_o, 1, 1, k_h, k_w)``."""
+    ones = torch.ones(1, 1, shape[2], shape[3], dtype=like.dtype, device=like.device)
+    return _unfold(ones, (1, 1, *shape[2:]), win)
+
+
+def _sum_patch(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ``(C, k_h, k_w)``: ``(C_o, H_o W_o, B')``."""
+    return t.reshape(*t.shape[:3], -1).sum(-1)
+
+
+def patch_bounds(state: BoundState, node: fx.Node, steps: list, channels: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds ``(lb, ub)`` of shape ``(rows, B)`` on the neurons of output channels
+    ``channels`` of convolution ``node`` (rows in ``(channel, i, j)`` order), along ``steps``
+    from :func:`patch_chain`."""
+    _, w, bias, _, _ = _conv_args(state, node)
+    w = w[channels].to(state.x_lo.dtype)
+    co = w.shape[0]
+    b = _shape(state, node)[0]
+    zero = torch.zeros(co, 1, 1, dtype=w.dtype, device=w.device)
+    lb = ub = zero if bias is None else bias[channels].to(w.dtype).reshape(co, 1, 1)
+    Pl = Pu = w.reshape(co, 1, 1, *w.shape[1:])  # (C_o, positions, B', C, k_h, k_w), broadcast
+    for kind, cur, win in steps[1:]:
+        shape = _shape(state, cur)
+        if kind == "input":
+            lo, hi = _unfold(state.x_lo, shape, win), _unfold(state.x_hi, shape, win)
+            lb = lb + _sum_patch(Pl.clamp(min=0) * lo + Pl.clamp(max=0) * hi)
+            ub = ub + _sum_patch(Pu.clamp(min=0) * hi + Pu.clamp(max=0) * lo)
+        elif kind == "relax":
+            inp = cur.args[0]
+            a_l, b_l, a_u, b_u = (
+                _unfold(torch.as_tensor(t, dtype=w.dtype, device=w.device), shape, win)
+                for t in RELAXATIONS[cur.target](cur, state.lower[inp], state.upper[inp], None)
+            )
+            lp, ln, up, un = Pl.clamp(min=0), Pl.clamp(max=0), Pu.clamp(min=0), Pu.clamp(max=0)
+            lb = lb + _sum_patch(lp * b_l + ln * b_u)
+            ub = ub + _sum_patch(up * b_u + un * b_l)
+            Pl, Pu = lp * a_l + ln * a_u, up * a_u + un * a_l
+        elif kind == "affine":
+            _, scale, shift = _elementwise_args(state, cur)
+            if isinstance(shift, torch.Tensor) or shift != 0:
+                shift_u = _unfold(torch.as_tensor(shift, dtype=w.dtype, device=w.device), shape, win)
+                lb, ub = lb + _sum_patch(Pl * shift_u), ub + _sum_patch(Pu * shift_u)
+            # the scale is zero outside the grid, which also clears those entries
+            scale_u = _unfold(torch.as_tensor(scale, dtype=w.dtype, device=w.device), shape, win)
+            Pl, Pu = _both(lambda P: P * scale_u, Pl, Pu)
+        elif kind == "conv":
+            _, wc, bc, sc, _ = _conv_args(state, cur)
+            mask = _grid_mask(shape, win, w)
+            Pl, Pu = _both(lambda P: P * mask, Pl, Pu)
+            if bc is not None:
+                bc = bc.to(w.dtype).reshape(1, 1, 1, -1, 1, 1)
+                lb, ub = lb + _sum_patch(Pl * bc), ub + _sum_patch(Pu * bc)
+            Pl, Pu = _both(lambda P: _through_conv(P, wc.to(w.dtype), sc), Pl, Pu)
+        else:  # dense: the matrix mode from here
+            Al = _dense(Pl, shape, win)
+            Au = Al if Pu is Pl else _dense(Pu, shape, win)
+            dl, du = backsub(state, cur, Al, Au)
+            lb = lb + dl.reshape(co, -1, b)
+            ub = ub + du.reshape(co, -1, b)
+    ho, wo = steps[0][2].out
+    lb = lb.expand(co, ho * wo, b).reshape(co * ho * wo, b)
+    ub = ub.expand(co, ho * wo, b).reshape(co * ho * wo, b)
+    return lb, ub
+
+
+def _both(f, Pl: torch.Tensor, Pu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(Pl), f(Pu))``, computed once while the two are the same tensor."""
+    if Pl is Pu:
+        out = f(Pl)
+        return out, out
+    return f(Pl), f(Pu)
+
+
+def _through_conv(P: torch.Tensor, w: torch.Tensor, stride) -> torch.Tensor:
+    """Patches on a convolution's output to patches on its input (window grown by the kernel):
+    the transposed convolution of every patch, as one matrix product with the transposed
+    convolution's matrix on a patch (many tiny images are slow as convolutions), or as the
+    convolution where that matrix would be large."""
+    co, pos, b, c, kh, kw = P.shape
+    flat = P.reshape(co * pos * b, c, kh, kw)
+    n_in = c * kh * kw
+    k_out = [(k - 1) * s + kc for k, s, kc in zip((kh, kw), stride, w.shape[2:], strict=True)]
+    if n_in * w.shape[1] * k_out[0] * k_out[1] <= _MATRIX_ENTRIES:
+        eye = torch.eye(n_in, dtype=P.dtype, device=P.device).reshape(n_in, c, kh, kw)
+        T = F.conv_transpose2d(eye, w, stride=stride)
+        out = (flat.reshape(flat.shape[0], n_in) @ T.reshape(n_in, -1)).reshape(-1, *T.shape[1:])
+    else:
+        out = F.conv_transpose2d(flat, w, stride=stride)
+    return out.reshape(co, pos, b, *out.shape[1:])

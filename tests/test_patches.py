@@ -1,0 +1,192 @@
+"""Patches mode (:mod:`boundflow.domains.linear.patches`): every convolution's neuron bounds
+equal the matrix mode's on random CNNs (kernel sizes, strides, paddings per axis, channel
+counts, odd and even grids, activations, elementwise affine ops, convolutions without an
+activation between them, and the layers where it hands over to matrix mode), and CROWN's final
+bounds contain sampled and corner outputs."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from boundflow.graph import capture
+
+crown_mod = importlib.import_module("boundflow.domains.linear.crown")
+patches_mod = importlib.import_module("boundflow.domains.linear.patches")
+
+
+class Affine(nn.Module):
+    """An elementwise affine op with a constant operand (per channel, per entry or scalar)."""
+
+    def __init__(self, kind: str, channels: int, grid: tuple[int, int], gen: torch.Generator):
+        super().__init__()
+        self.kind = kind
+        shape = {"channel": (channels, 1, 1), "entry": (channels, *grid), "scalar": ()}[
+            ["channel", "entry", "scalar"][int(torch.randint(3, (1,), generator=gen))]
+        ]
+        c = torch.randn(shape, generator=gen, dtype=torch.float64)
+        self.register_buffer("c", c if kind != "div" else c.abs() + 0.5)
+
+    def forward(self, x):
+        if self.kind == "add":
+            return x + self.c
+        if self.kind == "rsub":
+            return self.c - x
+        if self.kind == "mul":
+            return x * self.c
+        if self.kind == "div":
+            return x / self.c
+        return -x
+
+
+def _grid(h, w, conv: nn.Conv2d) -> tuple[int, int]:
+    out = []
+    for size, k, s, p, d in zip((h, w), conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
+        out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    return out[0], out[1]
+
+
+def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
+    """A random CNN on a random grid: 2-4 convolutions with random kernel sizes, strides and
+    paddings (per axis), optional bias, activations or none between them, elementwise affine
+    ops, and sometimes a layer patches mode does not follow (pooling, batch norm, a dilated or
+    grouped convolution)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    c, h, w = rint(1, 3), rint(5, 11), rint(5, 11)
+    x = torch.rand(rint(1, 3), c, h, w, generator=gen, dtype=torch.float64)
+    layers: list[nn.Module] = []
+    for i in range(rint(2, 4)):
+        while True:
+            k = (rint(1, 4), rint(1, 4))
+            s = (rint(1, 3), rint(1, 3))
+            p = (rint(0, min(2, k[0] - 1)), rint(0, min(2, k[1] - 1)))
+            special = rint(0, 9)
+            dil = 2 if special == 0 and i > 0 else 1
+            groups = 2 if special == 1 and i > 0 and c % 2 == 0 else 1
+            out_c = rint(1, 4) * groups
+            conv = nn.Conv2d(c, out_c, k, s, p, dilation=dil, groups=groups, bias=bool(rint(0, 3)))
+            gh, gw = _grid(h, w, conv)
+            if gh >= 1 and gw >= 1:
+                break
+        layers.append(conv)
+        c, h, w = out_c, gh, gw
+        for _ in range(rint(0, 2)):
+            kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none"][rint(0, 5)]
+            if kind == "relu":
+                layers.append(nn.ReLU())
+            elif kind == "leaky":
+                layers.append(nn.LeakyReLU([0.1, -0.3, 2.0][rint(0, 2)]))
+            elif kind == "tanh":
+                layers.append(nn.Tanh())
+            elif kind == "sigmoid":
+                layers.append(nn.Sigmoid())
+            elif kind == "affine":
+                layers.append(Affine(["add", "rsub", "mul", "div", "neg"][rint(0, 4)], c, (h, w), gen))
+        extra = rint(0, 7)
+        if extra == 0 and h >= 2 and w >= 2:
+            layers += [nn.MaxPool2d(2, 1), nn.ReLU()]
+            h, w = h - 1, w - 1
+        elif extra == 1:
+            bn = nn.BatchNorm2d(c)
+            bn.running_mean.normal_(generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+            layers.append(bn)
+        elif extra == 2 and h >= 2 and w >= 2:
+            layers.append(nn.AvgPool2d(2, 1))
+            h, w = h - 1, w - 1
+    layers += [nn.ReLU(), nn.Flatten(), nn.Linear(c * h * w, 3)]
+    torch.manual_seed(seed)
+    net = nn.Sequential(*layers).double().eval()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=1.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1]) ** 0.5)
+    return net, x
+
+
+def _compare(seed: int, kinds: set) -> int:
+    """Patches against matrix mode at every convolution with CROWN bounds; returns how many
+    convolutions went through patches mode."""
+    net, x = random_cnn(seed)
+    eps = 0.1
+    g = capture(net, x)
+    state = crown_mod.prepare(g, x - eps, x + eps)
+    used = 0
+    for node in g.gm.graph.nodes:
+        if node.target is not torch.ops.aten.convolution.default or node not in state.needs_bounds:
+            continue
+        steps = patches_mod.patch_chain(state, node)
+        if steps is None:
+            continue
+        used += 1
+        kinds.update(k for k, _, _ in steps)
+        state.patches = True
+        p_lo, p_hi = crown_mod.node_bounds(state, node)
+        # a small budget: one output channel at a time
+        c_lo, c_hi = crown_mod.node_bounds(state, node, budget=1)
+        state.patches = False
+        m_lo, m_hi = crown_mod.node_bounds(state, node)
+        scale = 1 + m_hi.abs().max()
+        tol = 1e-10 * scale
+        assert torch.allclose(p_lo, m_lo, rtol=0, atol=tol), (seed, node.name, (p_lo - m_lo).abs().max())
+        assert torch.allclose(p_hi, m_hi, rtol=0, atol=tol), (seed, node.name, (p_hi - m_hi).abs().max())
+        assert torch.allclose(c_lo, p_lo, rtol=0, atol=tol) and torch.allclose(c_hi, p_hi, rtol=0, atol=tol)
+    # the final CROWN bounds (with patches-mode intermediate bounds) contain sampled outputs
+    state.patches = True
+    lb, ub, _ = crown_mod.crown(g, x - eps, x + eps, state=crown_mod.prepare(g, x - eps, x + eps))
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(256, *x.shape, generator=gen, dtype=x.dtype)
+    u[:64] = u[:64].round()  # corners
+    with torch.no_grad():
+        ys = net((x + eps * (2 * u - 1)).reshape(-1, *x.shape[1:])).reshape(256, x.shape[0], -1)
+    assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all()), seed
+    return used
+
+
+@pytest.mark.parametrize("seeds", [range(0, 20), range(20, 40)])
+def test_patches_equal_matrix_mode_on_random_cnns(seeds):
+    kinds: set = set()
+    used = sum(_compare(seed, kinds) for seed in seeds)
+    assert used >= 10  # the comparison is not vacuous
+    assert kinds >= {"conv", "relax", "input", "dense"}, kinds
+
+
+def test_patches_cover_every_step_kind():
+    """Across the random architectures, every kind of step occurs (so each is compared)."""
+    kinds: set = set()
+    for seed in itertools.count(40):
+        _compare(seed, kinds)
+        if kinds >= {"conv", "relax", "affine", "input", "dense"} or seed > 80:
+            break
+    assert kinds == {"conv", "relax", "affine", "input", "dense"}, kinds
+
+
+def test_patches_mode_is_not_used_where_it_does_not_apply():
+    """Dilated, grouped and bounded-weight convolutions, and convolutions with an alpha-CROWN
+    slope keyed to them, stay in matrix mode."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 7, 7, dtype=torch.float64)
+    for conv in (nn.Conv2d(2, 2, 3, dilation=2), nn.Conv2d(2, 2, 3, groups=2)):
+        net = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), conv, nn.ReLU(), nn.Flatten()).double()
+        g = capture(net, x)
+        state = crown_mod.prepare(g, x - 0.1, x + 0.1)
+        second = [n for n in g.gm.graph.nodes if n.target is torch.ops.aten.convolution.default][1]
+        assert patches_mod.patch_chain(state, second) is None
+    net = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Flatten()).double()
+    g = capture(net, x)
+    state = crown_mod.prepare(g, x - 0.1, x + 0.1)
+    second = [n for n in g.gm.graph.nodes if n.target is torch.ops.aten.convolution.default][1]
+    assert patches_mod.patch_chain(state, second) is not None
+    relu = next(n for n in g.gm.graph.nodes if n.target is torch.ops.aten.relu.default)
+    state.alpha = {(relu, second): torch.zeros(1)}
+    assert patches_mod.patch_chain(state, second) is None
+    state.alpha = {}
+    state.radius[second.args[1]] = torch.full_like(state.const[second.args[1]], 0.01)
+    assert patches_mod.patch_chain(state, second) is None
