@@ -34,7 +34,8 @@ from boundflow.specs import Box  # noqa: E402
 
 
 def networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
-    """(name, model, batch of inputs, eps): MLPs (ReLU, tanh, sigmoid), a CNN, a deep MLP."""
+    """(name, model, batch of inputs, eps): MLPs (ReLU, tanh, sigmoid), two CNNs (the second of
+    CIFAR's input size), a deep MLP."""
     torch.manual_seed(0)
 
     def mlp(widths, act):
@@ -51,11 +52,24 @@ def networks() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
         nn.Flatten(),
         nn.Linear(16 * 8 * 8, 10),
     )
+    cifar = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
     return [
         ("MLP 64-32-32-10 ReLU b32", mlp([64, 32, 32, 10], nn.ReLU), torch.rand(32, 64), 0.03),
         ("MLP 64-32-32-10 tanh b32", mlp([64, 32, 32, 10], nn.Tanh), torch.rand(32, 64), 0.03),
         ("MLP 64-32-32-10 sigmoid b32", mlp([64, 32, 32, 10], nn.Sigmoid), torch.rand(32, 64), 0.03),
         ("CNN conv8-conv16s2-fc 16x16 b16", cnn, torch.rand(16, 1, 16, 16), 0.01),
+        ("CNN conv16-conv32s2-conv32s2-fc100 3x32x32 b8", cifar, torch.rand(8, 3, 32, 32), 2 / 255),
         ("MLP 784-256-256-256-10 ReLU b32", mlp([784, 256, 256, 256, 10], nn.ReLU), torch.rand(32, 784), 0.01),
     ]
 
@@ -117,6 +131,7 @@ def main() -> None:
     ap.add_argument("--auto-lirpa", default=os.environ.get("AUTO_LIRPA"), help="folder holding the auto_LiRPA package")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", default=None, help="run only the networks whose name contains this")
     ap.add_argument("--out", default=None, help="write crown_vs_auto_lirpa.json and .md here")
     args = ap.parse_args()
     if args.threads:
@@ -133,6 +148,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     rows = []
     for name, model, x, eps in networks():
+        if args.only and args.only not in name:
+            continue
         for dtype in (torch.float32, torch.float64):
             try:
                 r = compare(name, model, x, eps, dtype, args.repeats, auto_LiRPA)

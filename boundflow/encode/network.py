@@ -360,7 +360,7 @@ def network_bounds(
     for i in range(b):
         lo, hi = x_lower[i : i + 1], x_upper[i : i + 1]
         g = capture(model, (lo + hi) / 2, params)
-        state = prepare(g, lo, hi)
+        state = prepare(g, lo, hi, sparse=False)  # every box CROWN-tight: the program's big-M and ranges
         Ci = None
         if C is not None:
             Ci = C if C.dim() == 2 else C[i : i + 1]

@@ -24,7 +24,7 @@ from boundflow.errors import UnsupportedOperation
 
 aten = torch.ops.aten
 
-__all__ = ["BACKWARD", "backsub"]
+__all__ = ["BACKWARD", "backsub", "is_zero", "through_lines"]
 
 
 def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tensor):
@@ -280,10 +280,31 @@ def _relaxation_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     inp = node.args[0]
     l, u = state.lower[inp], state.upper[inp]
     a_l, b_l, a_u, b_u = RELAXATIONS[node.target](node, l, u, state.alpha.get((node, start)))
-    lA_p, lA_n = lA.clamp(min=0), lA.clamp(max=0)
-    uA_p, uA_n = uA.clamp(min=0), uA.clamp(max=0)
-    _add(pending, inp, lA_p * a_l + lA_n * a_u, uA_p * a_u + uA_n * a_l)
-    return _sum_tail(lA_p * b_l + lA_n * b_u), _sum_tail(uA_p * b_u + uA_n * b_l)
+    new_l, dl = through_lines(lA, a_l, b_l, a_u, b_u, _sum_tail)
+    new_u, du = through_lines(uA, a_u, b_u, a_l, b_l, _sum_tail)
+    _add(pending, inp, new_l, new_u)
+    return dl, du
+
+
+def through_lines(A: torch.Tensor, a_p, b_p, a_n, b_n, reduce) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients through an elementwise relaxation: positive entries of ``A`` take the line
+    ``a_p x + b_p``, negative ones ``a_n x + b_n``.  Returns ``A_+ a_p + A_- a_n`` and
+    ``reduce(A_+ b_p + A_- b_n)``, computed as ``A a_p + A_- (a_n - a_p)`` (fewer passes over
+    ``A``; the same in exact arithmetic) and with a zero offset skipped (ReLU's lower line)."""
+    neg = A.clamp(max=0)
+    out = (A * a_p).addcmul_(neg, a_n - a_p)
+    zero_p, zero_n = is_zero(b_p), is_zero(b_n)
+    const = 0.0
+    if not (zero_p and zero_n):
+        const = reduce(neg * (b_n if zero_p else b_n - b_p))
+    if not zero_p:
+        const = const + reduce(A * b_p)
+    return out, const
+
+
+def is_zero(t) -> bool:
+    """Whether a tensor or number is zero everywhere."""
+    return not bool(t.any()) if isinstance(t, torch.Tensor) else t == 0
 
 
 def _getitem_back(state: BoundState, node: fx.Node, lA, uA, pending, start):

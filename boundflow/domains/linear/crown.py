@@ -26,7 +26,7 @@ from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import backsub
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
-from boundflow.domains.linear.patches import patch_bounds, patch_chain, patch_entries
+from boundflow.domains.linear.patches import Rows, patch_bounds, patch_chain, patch_entries
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import (
     BoundState,
@@ -85,6 +85,7 @@ def prepare(
     refine: bool = True,
     overrides: dict | None = None,
     tight_pool: bool = False,
+    sparse: bool = True,
 ) -> BoundState:
     """Constants, interval bounds of every node, and CROWN bounds (intersected) for every
     input of a nonlinearity, in one forward sweep.  ``overrides``: node name -> ``(lo, hi)``
@@ -92,7 +93,11 @@ def prepare(
     known active has ``lo = 0`` there); they must hold on the sub-domain being bounded.
     Entries with lower > upper mark an empty sub-domain (see :func:`empty_domains`).
     ``tight_pool``: max pooling's upper line may be the pivot-difference line
-    (:func:`~boundflow.domains.linear.maxpool.maxpool_back`), in every back-substitution."""
+    (:func:`~boundflow.domains.linear.maxpool.maxpool_back`), in every back-substitution.
+    ``sparse``: a node read only by ReLU/LeakyReLU gets CROWN bounds only where its interval
+    bounds leave the sign open (a neuron of known sign has the exact relaxation whatever its
+    bounds; auto_LiRPA's sparse intermediate bounds); off, every entry (what the solver
+    encodings want: every box as tight as CROWN makes it)."""
     state = BoundState(graph, x_lo, x_hi, tight_pool=tight_pool)
     nodes = list(graph.gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -152,9 +157,11 @@ def prepare(
                     "(use method='ibp' for this model)"
                 )
             if refine and n in state.needs_bounds and n not in affine_of_input:
-                c_lo, c_hi = node_bounds(state, n)
-                lo, hi = intersect(lo, hi, c_lo, c_hi)
-                env[n] = IntervalTensor(lo, hi, check=False)
+                mask = _unstable(n, lo, hi) if sparse else None
+                if mask is None or bool(mask.any()):
+                    c_lo, c_hi = node_bounds(state, n, mask=mask)
+                    lo, hi = intersect(lo, hi, c_lo.reshape(lo.shape), c_hi.reshape(hi.shape))
+                    env[n] = IntervalTensor(lo, hi, check=False)
             if overrides and n.name in overrides:
                 o_lo, o_hi = overrides[n.name]
                 s_lo, s_hi = lo, hi
@@ -172,6 +179,18 @@ def prepare(
     return state
 
 
+_RELU_LIKE = (aten.relu.default, aten.leaky_relu.default)
+
+
+def _unstable(node: fx.Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
+    """``(B, n)``: where the sign of ``node`` is open, if every reader of it is a ReLU-like
+    activation (for which a neuron of known sign is relaxed exactly); else ``None``."""
+    users = list(node.users)
+    if not users or any(u.op != "call_function" or u.target not in _RELU_LIKE or u.args[0] is not node for u in users):
+        return None
+    return ((lo < 0) & (hi > 0)).reshape(lo.shape[0], -1)
+
+
 def _attr(gm: fx.GraphModule, target: str):
     obj = gm
     for part in target.split("."):
@@ -179,40 +198,59 @@ def _attr(gm: fx.GraphModule, target: str):
     return obj
 
 
-def node_bounds(state: BoundState, node: fx.Node, budget: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
-    """CROWN bounds of every entry of ``node`` (identity specification, in chunks of rows so
-    that a coefficient tensor has at most about ``budget`` entries).  The neurons of a
-    convolution are bounded in patches mode (:mod:`~boundflow.domains.linear.patches`; the
-    same bounds, each row on its receptive field) unless ``state.patches`` is off."""
+def node_bounds(
+    state: BoundState, node: fx.Node, budget: int = 2**24, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN bounds of the entries of ``node`` (identity specification, in chunks of rows so
+    that a coefficient tensor has at most about ``budget`` entries); with ``mask`` (bool,
+    ``(B, n)`` over the flattened entries) only where it is True, ``(-inf, inf)`` elsewhere.
+    The neurons of a convolution are bounded in patches mode
+    (:mod:`~boundflow.domains.linear.patches`; the same bounds, each row on its receptive
+    field, one row per sample and neuron where the mask asks) unless ``state.patches`` is off."""
     shape = _shape(state, node)
+    b = shape[0]
+    n = math.prod(shape[1:])
+    dev, dt = state.x_lo.device, state.x_lo.dtype
+    lo = torch.full((b, n), -math.inf, dtype=dt, device=dev)
+    hi = torch.full((b, n), math.inf, dtype=dt, device=dev)
     steps = patch_chain(state, node) if state.patches else None
     if steps is not None:  # a convolution: every neuron on its receptive field only
-        co = shape[1]
-        per_channel = patch_entries(state, steps)
-        chunk = max(1, budget // max(per_channel, 1))
-        parts = [patch_bounds(state, node, steps, slice(c, min(c + chunk, co))) for c in range(0, co, chunk)]
-        lb, ub = torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0)
-        return lb.transpose(0, 1).reshape(shape), ub.transpose(0, 1).reshape(shape)
-    b = shape[0]
-    n = 1
-    for s in shape[1:]:
-        n *= s
+        # one row per sample and neuron (each row gathers its own slopes; faster than rows
+        # shared by every sample even where the mask keeps nearly every pair), except where
+        # matrix mode takes over, which needs rows for every sample
+        per_sample = steps[-1][0] != "dense"
+        if per_sample:
+            b_idx, flat = (mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=dev)).nonzero(
+                as_tuple=True
+            )
+        else:
+            b_idx = None
+            flat = mask.any(0).nonzero().squeeze(1) if mask is not None else torch.arange(n, device=dev)
+        positions = shape[2] * shape[3]
+        chunk = max(1, budget // patch_entries(state, steps, per_sample))
+        for s in range(0, len(flat), chunk):
+            f = flat[s : s + chunk]
+            rows = Rows(f // positions, f % positions, None if b_idx is None else b_idx[s : s + chunk])
+            lb, ub = patch_bounds(state, node, steps, rows)
+            if rows.b is None:
+                lo[:, f], hi[:, f] = lb.T, ub.T
+            else:
+                lo[rows.b, f], hi[rows.b, f] = lb[:, 0], ub[:, 0]
+        return lo.reshape(shape), hi.reshape(shape)
+    sel = mask.any(0).nonzero().squeeze(1) if mask is not None else torch.arange(n, device=dev)
     widest = max(math.prod(_shape(state, m)[1:]) for m in list(state.lower))
     rows = max(1, budget // max(b * max(widest, n), 1))
-    lbs, ubs = [], []
-    for start in range(0, n, rows):
-        k = min(rows, n - start)
-        dev = state.x_lo.device
-        eye = torch.zeros(k, n, dtype=state.x_lo.dtype, device=dev)
-        eye[torch.arange(k, device=dev), torch.arange(start, start + k, device=dev)] = 1
+    for start in range(0, len(sel), rows):
+        idx = sel[start : start + rows]
+        k = len(idx)
+        eye = torch.zeros(k, n, dtype=dt, device=dev)
+        eye[torch.arange(k, device=dev), idx] = 1
         # batch dimension 1: the identity is the same for every sample; relaxations make the
         # coefficients sample-specific later (broadcasting), so the first products are shared
         eye = eye.reshape(k, 1, *shape[1:])
         lb, ub = backsub(state, node, eye, eye)
-        lbs.append(lb)
-        ubs.append(ub)
-    lb, ub = torch.cat(lbs, 0), torch.cat(ubs, 0)
-    return lb.transpose(0, 1).reshape(shape), ub.transpose(0, 1).reshape(shape)
+        lo[:, idx], hi[:, idx] = lb.T, ub.T
+    return lo.reshape(shape), hi.reshape(shape)
 
 
 def spec_coefficients(C, shape, dtype, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -105,24 +105,33 @@ class CrownDomain(DomainBase):
     ``maxpool="tight"`` lets max pooling's upper line be the pivot-difference line wherever it
     is lower at the centre of the box (:func:`boundflow.domains.linear.maxpool.maxpool_back`),
     and intersects the result with the ``deeppoly`` run, so it is never looser than that:
-    ``compute_bounds(model, lo, hi, method=CrownDomain("tight"))``."""
+    ``compute_bounds(model, lo, hi, method=CrownDomain("tight"))``.
+
+    ``sparse`` (default): a node read only by ReLU/LeakyReLU gets CROWN bounds only where its
+    interval bounds leave the sign open, as auto_LiRPA does (a neuron of known sign is relaxed
+    exactly whatever its bounds); ``sparse=False`` bounds every entry, which can make later
+    interval bounds, and so the result, slightly tighter (0-2% of the output width on small
+    random CNNs) at up to twice the time on CNNs."""
 
     name = "crown"
 
-    def __init__(self, maxpool: str = "deeppoly"):
+    def __init__(self, maxpool: str = "deeppoly", sparse: bool = True):
         if maxpool not in ("deeppoly", "tight"):
             raise ValueError(f"maxpool must be 'deeppoly' or 'tight', got {maxpool!r}")
-        self.maxpool = maxpool
+        if not isinstance(sparse, bool):
+            raise ValueError(f"sparse must be True or False, got {sparse!r}")
+        self.maxpool, self.sparse = maxpool, sparse
 
     def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
         return LinearPrepared(self, model, params)
 
     def _run(self, g, lo, hi, C, splits):
         tight = getattr(self, "maxpool", "deeppoly") == "tight"
-        state = prepare(g, lo, hi, overrides=splits, tight_pool=tight) if splits is not None or tight else None
+        sparse = getattr(self, "sparse", True)
+        state = prepare(g, lo, hi, overrides=splits, tight_pool=tight, sparse=sparse)
         lb, ub, state = crown(g, lo, hi, C, state=state)
         if tight:  # the per-window choice of upper line is a heuristic: intersect with DeepPoly's
-            plain = prepare(g, lo, hi, overrides=splits) if splits is not None else None
+            plain = prepare(g, lo, hi, overrides=splits, sparse=sparse)
             d_lb, d_ub, plain = crown(g, lo, hi, C, state=plain)
             lb, ub = intersect(lb, ub, d_lb, d_ub)
             if splits is not None:

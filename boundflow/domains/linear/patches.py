@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from boundflow.domains.linear.backward import backsub
+from boundflow.domains.linear.backward import backsub, is_zero, through_lines
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _bounded, _shape
 
 aten = torch.ops.aten
 
-__all__ = ["patch_bounds", "patch_chain", "patch_entries"]
+__all__ = ["Rows", "patch_bounds", "patch_chain", "patch_entries"]
 
 # elementwise affine ops with one variable operand: (op, how the constant operand enters)
 _ELEMENTWISE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.neg.default}
@@ -158,25 +158,37 @@ def patch_chain(state: BoundState, node: fx.Node) -> list | None:
     return steps
 
 
-def patch_entries(state: BoundState, steps: list) -> int:
-    """An upper estimate of the largest coefficient tensor per output channel along ``steps``
-    (for chunking)."""
-    b = state.x_lo.shape[0]
-    ho, wo = steps[0][2].out
+def patch_entries(state: BoundState, steps: list, per_sample: bool) -> int:
+    """An upper estimate of the largest coefficient tensor per row along ``steps`` (for
+    chunking); ``per_sample``: each row is one sample's neuron, else every sample's."""
+    b = 1 if per_sample else state.x_lo.shape[0]
     widest = max(math.prod(_shape(state, m)[1:]) for m in state.lower)
     most = 1
     for kind, cur, win in steps[1:]:
-        c = _shape(state, cur)[1]
-        if kind == "dense":
-            most = max(most, ho * wo * b * widest)
-        else:
-            most = max(most, ho * wo * b * c * math.prod(win.k))
+        size = widest if kind == "dense" else _shape(state, cur)[1] * math.prod(win.k)
+        most = max(most, b * size)
     return most
 
 
+@dataclass
+class Rows:
+    """The neurons bounded: output channel ``o`` and position ``pos = i W_o + j`` per row, and
+    the sample ``b`` per row (``None``: every row for every sample)."""
+
+    o: torch.Tensor
+    pos: torch.Tensor
+    b: torch.Tensor | None = None
+
+    def at(self, unfolded: torch.Tensor) -> torch.Tensor:
+        """``(positions, B or 1, ...)`` taken at each row: ``(rows, B or 1, ...)``."""
+        if self.b is None or unfolded.shape[1] == 1:
+            return unfolded[self.pos]
+        return unfolded[self.pos, self.b].unsqueeze(1)
+
+
 def _unfold(t: torch.Tensor, shape, win: _Window) -> torch.Tensor:
-    """``t`` (broadcastable to the node's ``(B, C, H, W)``) on every row's window, zero outside
-    the grid: ``(H_o W_o, B or 1, C, k_h, k_w)``."""
+    """``t`` (broadcastable to the node's ``(B, C, H, W)``) on every position's window, zero
+    outside the grid: ``(H_o W_o, B or 1, C, k_h, k_w)``."""
     b = shape[0] if t.dim() == 4 and t.shape[0] != 1 else 1
     t = t.expand(b, *shape[1:])
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = win.k, win.s, win.p, win.out
@@ -190,18 +202,19 @@ def _unfold(t: torch.Tensor, shape, win: _Window) -> torch.Tensor:
     return cols.permute(4, 5, 0, 1, 2, 3).reshape(ho * wo, b, shape[1], kh, kw)
 
 
-def _dense(P: torch.Tensor, shape, win: _Window) -> torch.Tensor:
-    """Patches ``(C_o, H_o W_o, B', C, k_h, k_w)`` written out as ``(C_o H_o W_o, B', C, H, W)``
-    (entries outside the grid dropped)."""
-    co, _, b, c, kh, kw = P.shape
+def _dense(P: torch.Tensor, rows: Rows, shape, win: _Window) -> torch.Tensor:
+    """Patches ``(rows, B', C, k_h, k_w)`` written out as ``(rows, B', C, H, W)`` (entries
+    outside the grid dropped)."""
+    r, b, c, kh, kw = P.shape
     (sh, sw), (ph, pw), (ho, wo) = win.s, win.p, win.out
     h, w = shape[2], shape[3]
     hc, wc = max(ph + h, (ho - 1) * sh + kh), max(pw + w, (wo - 1) * sw + kw)
-    D = P.new_zeros(co, ho, wo, b, c, hc, wc)
-    st = D.stride()
-    view = D.as_strided((co, ho, wo, b, c, kh, kw), (st[0], st[1] + sh * st[5], st[2] + sw * st[6], *st[3:]))
-    view.copy_(P.expand(co, ho * wo, b, c, kh, kw).reshape(co, ho, wo, b, c, kh, kw))
-    return D[..., ph : ph + h, pw : pw + w].reshape(co * ho * wo, b, c, h, w)
+    D = P.new_zeros(r, hc, wc, b, c)
+    dev = P.device
+    ys = (rows.pos // wo * sh).reshape(r, 1, 1) + torch.arange(kh, device=dev).reshape(1, kh, 1)
+    xs = (rows.pos % wo * sw).reshape(r, 1, 1) + torch.arange(kw, device=dev).reshape(1, 1, kw)
+    D[torch.arange(r, device=dev).reshape(r, 1, 1), ys, xs] = P.permute(0, 3, 4, 1, 2)
+    return D[:, ph : ph + h, pw : pw + w].permute(0, 3, 4, 1, 2)
 
 
 def _grid_mask(shape, win: _Window, like: torch.Tensor) -> torch.Tensor:
@@ -211,62 +224,55 @@ def _grid_mask(shape, win: _Window, like: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_patch(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ``(C, k_h, k_w)``: ``(C_o, H_o W_o, B')``."""
-    return t.reshape(*t.shape[:3], -1).sum(-1)
+    """Sum over ``(C, k_h, k_w)``: ``(rows, B')``."""
+    return t.reshape(*t.shape[:2], -1).sum(-1)
 
 
-def patch_bounds(state: BoundState, node: fx.Node, steps: list, channels: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds ``(lb, ub)`` of shape ``(rows, B)`` on the neurons of output channels
-    ``channels`` of convolution ``node`` (rows in ``(channel, i, j)`` order), along ``steps``
-    from :func:`patch_chain`."""
+def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds ``(lb, ub)`` on the neurons ``rows`` of convolution ``node`` along ``steps`` from
+    :func:`patch_chain`: shape ``(rows, B)``, or ``(rows, 1)`` for per-sample rows."""
     _, w, bias, _, _ = _conv_args(state, node)
-    w = w[channels].to(state.x_lo.dtype)
-    co = w.shape[0]
-    b = _shape(state, node)[0]
-    zero = torch.zeros(co, 1, 1, dtype=w.dtype, device=w.device)
-    lb = ub = zero if bias is None else bias[channels].to(w.dtype).reshape(co, 1, 1)
-    Pl = Pu = w.reshape(co, 1, 1, *w.shape[1:])  # (C_o, positions, B', C, k_h, k_w), broadcast
+    w = w.to(state.x_lo.dtype)
+    dt, dev = w.dtype, w.device
+    lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev) if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
+    Pl = Pu = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
     for kind, cur, win in steps[1:]:
         shape = _shape(state, cur)
         if kind == "input":
-            lo, hi = _unfold(state.x_lo, shape, win), _unfold(state.x_hi, shape, win)
-            lb = lb + _sum_patch(Pl.clamp(min=0) * lo + Pl.clamp(max=0) * hi)
-            ub = ub + _sum_patch(Pu.clamp(min=0) * hi + Pu.clamp(max=0) * lo)
+            lo, hi = rows.at(_unfold(state.x_lo, shape, win)), rows.at(_unfold(state.x_hi, shape, win))
+            lb = lb + _sum_patch(Pl * lo) + _sum_patch(Pl.clamp(max=0) * (hi - lo))
+            ub = ub + _sum_patch(Pu * hi) + _sum_patch(Pu.clamp(max=0) * (lo - hi))
         elif kind == "relax":
             inp = cur.args[0]
-            a_l, b_l, a_u, b_u = (
-                _unfold(torch.as_tensor(t, dtype=w.dtype, device=w.device), shape, win)
-                for t in RELAXATIONS[cur.target](cur, state.lower[inp], state.upper[inp], None)
+            lines = RELAXATIONS[cur.target](cur, state.lower[inp], state.upper[inp], None)
+            a_l, b_l, a_u, b_u = (  # a zero offset (ReLU's lower line) is not gathered
+                0.0 if i % 2 and is_zero(t) else rows.at(_unfold(torch.as_tensor(t, dtype=dt, device=dev), shape, win))
+                for i, t in enumerate(lines)
             )
-            lp, ln, up, un = Pl.clamp(min=0), Pl.clamp(max=0), Pu.clamp(min=0), Pu.clamp(max=0)
-            lb = lb + _sum_patch(lp * b_l + ln * b_u)
-            ub = ub + _sum_patch(up * b_u + un * b_l)
-            Pl, Pu = lp * a_l + ln * a_u, up * a_u + un * a_l
+            Pl, dl = through_lines(Pl, a_l, b_l, a_u, b_u, _sum_patch)
+            Pu, du = through_lines(Pu, a_u, b_u, a_l, b_l, _sum_patch)
+            lb, ub = lb + dl, ub + du
         elif kind == "affine":
             _, scale, shift = _elementwise_args(state, cur)
             if isinstance(shift, torch.Tensor) or shift != 0:
-                shift_u = _unfold(torch.as_tensor(shift, dtype=w.dtype, device=w.device), shape, win)
+                shift_u = rows.at(_unfold(torch.as_tensor(shift, dtype=dt, device=dev), shape, win))
                 lb, ub = lb + _sum_patch(Pl * shift_u), ub + _sum_patch(Pu * shift_u)
             # the scale is zero outside the grid, which also clears those entries
-            scale_u = _unfold(torch.as_tensor(scale, dtype=w.dtype, device=w.device), shape, win)
+            scale_u = rows.at(_unfold(torch.as_tensor(scale, dtype=dt, device=dev), shape, win))
             Pl, Pu = _both(lambda P: P * scale_u, Pl, Pu)
         elif kind == "conv":
             _, wc, bc, sc, _ = _conv_args(state, cur)
-            mask = _grid_mask(shape, win, w)
+            mask = rows.at(_grid_mask(shape, win, w))
             Pl, Pu = _both(lambda P: P * mask, Pl, Pu)
             if bc is not None:
-                bc = bc.to(w.dtype).reshape(1, 1, 1, -1, 1, 1)
+                bc = bc.to(dt).reshape(1, 1, -1, 1, 1)
                 lb, ub = lb + _sum_patch(Pl * bc), ub + _sum_patch(Pu * bc)
-            Pl, Pu = _both(lambda P: _through_conv(P, wc.to(w.dtype), sc), Pl, Pu)
-        else:  # dense: the matrix mode from here
-            Al = _dense(Pl, shape, win)
-            Au = Al if Pu is Pl else _dense(Pu, shape, win)
+            Pl, Pu = _both(lambda P: _through_conv(P, wc.to(dt), sc), Pl, Pu)
+        else:  # dense: the matrix mode from here (rows for every sample)
+            Al = _dense(Pl, rows, shape, win)
+            Au = Al if Pu is Pl else _dense(Pu, rows, shape, win)
             dl, du = backsub(state, cur, Al, Au)
-            lb = lb + dl.reshape(co, -1, b)
-            ub = ub + du.reshape(co, -1, b)
-    ho, wo = steps[0][2].out
-    lb = lb.expand(co, ho * wo, b).reshape(co * ho * wo, b)
-    ub = ub.expand(co, ho * wo, b).reshape(co * ho * wo, b)
+            lb, ub = lb + dl, ub + du
     return lb, ub
 
 
@@ -283,8 +289,8 @@ def _through_conv(P: torch.Tensor, w: torch.Tensor, stride) -> torch.Tensor:
     the transposed convolution of every patch, as one matrix product with the transposed
     convolution's matrix on a patch (many tiny images are slow as convolutions), or as the
     convolution where that matrix would be large."""
-    co, pos, b, c, kh, kw = P.shape
-    flat = P.reshape(co * pos * b, c, kh, kw)
+    r, b, c, kh, kw = P.shape
+    flat = P.reshape(r * b, c, kh, kw)
     n_in = c * kh * kw
     k_out = [(k - 1) * s + kc for k, s, kc in zip((kh, kw), stride, w.shape[2:], strict=True)]
     if n_in * w.shape[1] * k_out[0] * k_out[1] <= _MATRIX_ENTRIES:
@@ -293,4 +299,4 @@ def _through_conv(P: torch.Tensor, w: torch.Tensor, stride) -> torch.Tensor:
         out = (flat.reshape(flat.shape[0], n_in) @ T.reshape(n_in, -1)).reshape(-1, *T.shape[1:])
     else:
         out = F.conv_transpose2d(flat, w, stride=stride)
-    return out.reshape(co, pos, b, *out.shape[1:])
+    return out.reshape(r, b, *out.shape[1:])
