@@ -19,7 +19,15 @@ from torch.func import vjp, vmap
 from boundflow.domains.linear.maxpool import maxpool_back
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
-from boundflow.domains.linear.state import BoundState, _add, _bounded, _is_const, _shape, _sum_tail
+from boundflow.domains.linear.state import (
+    BoundState,
+    _add,
+    _bounded,
+    _is_const,
+    _shape,
+    _sum_tail,
+    relaxation_lines,
+)
 from boundflow.errors import UnsupportedOperation
 
 aten = torch.ops.aten
@@ -48,8 +56,9 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
             continue
         if node is x_node:
             lo, hi = state.x_lo, state.x_hi
-            lb = lb + _dot_tail(lA.clamp(min=0), lo) + _dot_tail(lA.clamp(max=0), hi)
-            ub = ub + _dot_tail(uA.clamp(min=0), hi) + _dot_tail(uA.clamp(max=0), lo)
+            # A_+ lo + A_- hi = A lo + A_- (hi - lo): one pass fewer over A
+            lb = lb + _dot_tail(lA, lo) + _dot_tail(lA.clamp(max=0), hi - lo)
+            ub = ub + _dot_tail(uA, hi) + _dot_tail(uA.clamp(max=0), lo - hi)
             continue
         rule = BACKWARD.get(node.target)
         if rule is None:
@@ -133,11 +142,8 @@ def _linear_fast(state: BoundState, node: fx.Node, lA, uA, pending) -> tuple | N
     if lA is uA:
         ax = lA @ wv.T
         _add(pending, x, ax, ax)
-    else:
-        both = torch.cat([lA, uA], 0)
-        ax = both @ wv.T
-        s = lA.shape[0]
-        _add(pending, x, ax[:s], ax[s:])
+    else:  # two products: concatenating first would copy both
+        _add(pending, x, lA @ wv.T, uA @ wv.T)
     if bias is not None:
         bv = state.const[bias] if isinstance(bias, fx.Node) else bias
         return _sum_tail(lA * bv), _sum_tail(uA * bv)
@@ -278,8 +284,7 @@ def _relaxation_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     """A nonlinearity through its linear relaxation on the input's bounds (alpha-CROWN slopes
     where ``state.alpha`` holds them for this start node)."""
     inp = node.args[0]
-    l, u = state.lower[inp], state.upper[inp]
-    a_l, b_l, a_u, b_u = RELAXATIONS[node.target](node, l, u, state.alpha.get((node, start)))
+    a_l, b_l, a_u, b_u = relaxation_lines(state, node, state.alpha.get((node, start)))
     new_l, dl = through_lines(lA, a_l, b_l, a_u, b_u, _sum_tail)
     new_u, du = through_lines(uA, a_u, b_u, a_l, b_l, _sum_tail)
     _add(pending, inp, new_l, new_u)

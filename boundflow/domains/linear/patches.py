@@ -31,7 +31,7 @@ from torch import fx
 
 from boundflow.domains.linear.backward import backsub, is_zero, through_lines
 from boundflow.domains.linear.relaxations import RELAXATIONS
-from boundflow.domains.linear.state import BoundState, _bounded, _shape
+from boundflow.domains.linear.state import BoundState, _bounded, _shape, relaxation_lines
 
 aten = torch.ops.aten
 
@@ -243,8 +243,7 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
             lb = lb + _sum_patch(Pl * lo) + _sum_patch(Pl.clamp(max=0) * (hi - lo))
             ub = ub + _sum_patch(Pu * hi) + _sum_patch(Pu.clamp(max=0) * (lo - hi))
         elif kind == "relax":
-            inp = cur.args[0]
-            lines = RELAXATIONS[cur.target](cur, state.lower[inp], state.upper[inp], None)
+            lines = relaxation_lines(state, cur)
             a_l, b_l, a_u, b_u = (  # a zero offset (ReLU's lower line) is not gathered
                 0.0 if i % 2 and is_zero(t) else rows.at(_unfold(torch.as_tensor(t, dtype=dt, device=dev), shape, win))
                 for i, t in enumerate(lines)

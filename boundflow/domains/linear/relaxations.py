@@ -50,7 +50,8 @@ def leaky_relu(l: torch.Tensor, u: torch.Tensor, slope: float, alpha: torch.Tens
 
 
 def _tangent(f, df, d):
-    return df(d), f(d) - df(d) * d
+    a = df(d)
+    return a, f(d) - a * d
 
 
 def _bisect(cond: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, iters: int = 40):
@@ -71,18 +72,19 @@ def _tangent_ranges(f, df, l: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, f
     ``(u, f(u))``; with ``has_u``/``has_l`` (whether any ``d`` qualifies).  Bisection returns
     the valid side, so the ends are sound at any accuracy."""
 
-    def above_at_l(d):
-        a, b = _tangent(f, df, d)
-        return a * l + b >= fl
+    # both searches in one: row 0 searches d in [0, u] (the tangent at d must pass above
+    # (l, f(l))), row 1 searches t in [0, -l] (the tangent at -t must pass below (u, f(u)))
+    sign = torch.stack([torch.ones_like(l), -torch.ones_like(l)])
+    ref_x, ref_f = torch.stack([l, u]), torch.stack([fl, fu])
 
-    def below_at_u(d):
-        a, b = _tangent(f, df, d)
-        return a * u + b <= fu
+    def passes(t):
+        a, b = _tangent(f, df, sign * t)
+        return sign * (a * ref_x + b - ref_f) >= 0
 
-    u_pos, l_neg = u.clamp(min=0), l.clamp(max=0)
-    d_u = _bisect(above_at_l, torch.zeros_like(u), u_pos, iters=20)
-    d_l = -_bisect(lambda t: below_at_u(-t), torch.zeros_like(l), -l_neg, iters=20)
-    return d_u, above_at_l(u_pos), d_l, below_at_u(l_neg)
+    ends = torch.stack([u.clamp(min=0), -l.clamp(max=0)])
+    d = _bisect(passes, torch.zeros_like(ends), ends, iters=20)
+    has = passes(ends)
+    return d[0], has[0], -d[1], has[1]
 
 
 def s_shaped(f, df, l: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor | None = None) -> Relaxation:

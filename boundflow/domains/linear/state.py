@@ -32,6 +32,7 @@ class BoundState:
     needs_bounds: set = field(default_factory=set)
     tight_pool: bool = False  # max pooling's upper line: also the pivot-difference line
     patches: bool = True  # convolutions' neuron bounds in patches mode (off: matrix mode)
+    lines: dict = field(default_factory=dict)  # relaxation node -> (l, u, its lines on [l, u])
 
 
 def _is_const(state: BoundState, a) -> bool:
@@ -118,6 +119,22 @@ def _add(pending: dict, node, lA, uA) -> None:
             pending[node] = (pl + lA, pu + uA)
     else:
         pending[node] = (lA, uA)
+
+
+def relaxation_lines(state: BoundState, node: fx.Node, alpha=None) -> tuple:
+    """``(a_l, b_l, a_u, b_u)`` of the elementwise relaxation ``node`` on its input's bounds;
+    without alpha-CROWN slopes computed once per bounds (a back-substitution from every later
+    node passes through it)."""
+    from boundflow.domains.linear.relaxations import RELAXATIONS
+
+    inp = node.args[0]
+    l, u = state.lower[inp], state.upper[inp]
+    if alpha is not None:
+        return RELAXATIONS[node.target](node, l, u, alpha)
+    hit = state.lines.get(node)
+    if hit is None or hit[0] is not l or hit[1] is not u:
+        hit = state.lines[node] = (l, u, RELAXATIONS[node.target](node, l, u, None))
+    return hit[2]
 
 
 def _sum_tail(t: torch.Tensor) -> torch.Tensor:
