@@ -213,6 +213,8 @@ def node_bounds(
     dev, dt = state.x_lo.device, state.x_lo.dtype
     lo = torch.full((b, n), -math.inf, dtype=dt, device=dev)
     hi = torch.full((b, n), math.inf, dtype=dt, device=dev)
+    if mask is not None and bool(mask.all()):
+        mask = None
     steps = patch_chain(state, node) if state.patches else None
     if steps is not None:  # a convolution: every neuron on its receptive field only
         # one row per sample and neuron (each row gathers its own slopes; faster than rows
@@ -237,19 +239,25 @@ def node_bounds(
             else:
                 lo[rows.b, f], hi[rows.b, f] = lb[:, 0], ub[:, 0]
         return lo.reshape(shape), hi.reshape(shape)
-    sel = mask.any(0).nonzero().squeeze(1) if mask is not None else torch.arange(n, device=dev)
+    sel = None  # the neurons bounded (None: all, written as contiguous column ranges)
+    if mask is not None:
+        keep = mask.any(0)
+        if not bool(keep.all()):
+            sel = keep.nonzero().squeeze(1)
+    total = n if sel is None else len(sel)
     widest = max(math.prod(_shape(state, m)[1:]) for m in list(state.lower))
     rows = max(1, budget // max(b * max(widest, n), 1))
-    for start in range(0, len(sel), rows):
-        idx = sel[start : start + rows]
-        k = len(idx)
+    for start in range(0, total, rows):
+        k = min(rows, total - start)
+        idx = torch.arange(start, start + k, device=dev) if sel is None else sel[start : start + k]
+        cols = slice(start, start + k) if sel is None else idx
         eye = torch.zeros(k, n, dtype=dt, device=dev)
         eye[torch.arange(k, device=dev), idx] = 1
         # batch dimension 1: the identity is the same for every sample; relaxations make the
         # coefficients sample-specific later (broadcasting), so the first products are shared
         eye = eye.reshape(k, 1, *shape[1:])
         lb, ub = backsub(state, node, eye, eye)
-        lo[:, idx], hi[:, idx] = lb.T, ub.T
+        lo[:, cols], hi[:, cols] = lb.T, ub.T
     return lo.reshape(shape), hi.reshape(shape)
 
 
