@@ -273,3 +273,33 @@ def test_crown_domain_refuses_a_bad_sparse_flag():
 
     with pytest.raises(ValueError, match="sparse must be True or False"):
         CrownDomain(sparse="no")
+
+
+def test_patches_hand_over_after_a_flat_layer():
+    """A convolution fed by a linear layer through a view (a 2-D node before the grid): the
+    chain hands over to matrix mode there, with the matrix mode's bounds."""
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 2 * 5 * 5)
+            self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+            self.conv2 = nn.Conv2d(3, 2, 3, stride=2)
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x)).view(-1, 2, 5, 5)
+            return torch.relu(self.conv2(torch.relu(self.conv1(h)))).flatten(1)
+
+    torch.manual_seed(0)
+    net, x = Up().double(), torch.randn(3, 6, dtype=torch.float64)
+    g = capture(net, x)
+    state = crown_mod.prepare(g, x - 0.1, x + 0.1, sparse=False)
+    convs = [n for n in g.gm.graph.nodes if n.target is torch.ops.aten.convolution.default]
+    for node in convs:
+        steps = patches_mod.patch_chain(state, node)
+        assert steps is not None and steps[-1][0] == "dense"
+        p_lo, p_hi = crown_mod.node_bounds(state, node)
+        state.patches = False
+        m_lo, m_hi = crown_mod.node_bounds(state, node)
+        state.patches = True
+        assert torch.allclose(p_lo, m_lo, rtol=0, atol=1e-10) and torch.allclose(p_hi, m_hi, rtol=0, atol=1e-10)

@@ -130,12 +130,13 @@ def patch_chain(state: BoundState, node: fx.Node) -> list | None:
     cur = x
     while True:
         shape = _shape(state, cur)
-        covers = win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]
+        if len(shape) != 4:  # e.g. a view from a flat layer: matrix mode from here
+            break
         if cur is state.graph.input_node:
             steps.append(("input", cur, win))
             return steps
-        if len(shape) != 4 or covers:
-            break
+        if win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]:
+            break  # the window covers the whole grid: patches save nothing
         conv = _conv_args(state, cur)
         if conv is not None:
             steps.append(("conv", cur, win))
