@@ -7,24 +7,36 @@ and optimised multipliers, instead of the general graph back-substitution.
 
 :func:`extract_chain` recognises a chain in the model's captured ATen graph: the ReLUs must form
 a path (every ReLU input depends on the previous ReLU's output and on nothing else that varies),
-and every segment between two ReLUs must be affine, which is checked on random points (a
-segment with any other nonlinearity fails the check).  ``W_k`` is the segment's Jacobian and
-``b_k`` its value at zero, both in float64; the chain is cross-checked against the model before
-use, and the verifier's onnxruntime cross-check runs as before any ``unsat``.
+and every segment between two ReLUs must be affine *by construction*: each of its nodes that
+depends on the segment's start is an op on the affine allow-list of the linear domain
+(:data:`~boundflow.domains.linear.ops.AFFINE_OPS`; a product or division only with exactly one
+varying operand, divided by a constant), with every other operand a constant.  That structural
+rule is the proof that the segment is affine; no test on sample points is trusted for it (a
+``Clip`` whose bounds the points never reach, or a nonlinearity next to an output 1e12 larger,
+passes any such test).  ``W_k`` is then the segment's Jacobian and ``b_k`` its value at zero,
+exact for an affine map up to float64 rounding; the chain is also compared with the model on
+random points (a second line of defence, not the proof), and the verifier's onnxruntime
+cross-check runs as before any ``unsat``.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
+from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS
 from boundflow.graph import capture
 
-__all__ = ["Chain", "extract_chain"]
+__all__ = ["Chain", "extract_chain", "segment_is_affine"]
 
 aten = torch.ops.aten
+
+# batch norm in inference mode is affine in its input (its statistics are constants)
+_BATCH_NORM = {aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default}
+_DIVISION = {aten.div.Tensor, aten.div.Scalar}
 
 
 @dataclass
@@ -71,6 +83,78 @@ def _sources(gm: fx.GraphModule, x_node: fx.Node, relus: set[fx.Node]) -> dict[f
                 s |= {a} if a in relus else src.get(a, set())
             src[n] = s
     return src
+
+
+def _varying_operands(node: fx.Node, varying: set[fx.Node]) -> list[int]:
+    """Positions (in ``args`` then ``kwargs`` order, lists flattened) of the varying operands."""
+    out: list[int] = []
+    pos = 0
+
+    def walk(a):
+        nonlocal pos
+        if isinstance(a, (list, tuple)):
+            for b in a:
+                walk(b)
+            return
+        if isinstance(a, fx.Node) and a in varying:
+            out.append(pos)
+        pos += 1
+
+    walk(node.args)
+    walk(list(node.kwargs.values()))
+    return out
+
+
+def segment_is_affine(gm: fx.GraphModule, start: fx.Node, end: fx.Node) -> bool:
+    """Whether ``end`` is affine in ``start`` by the graph's structure: every node on a path
+    from ``start`` to ``end`` is an affine op of the allow-list whose non-varying operands do
+    not depend on ``start``; products (``mul``, matrix products, convolutions) have exactly one
+    varying operand and divisions a constant divisor; batch norm is read only through its first
+    output.  A node that does not depend on ``start`` is a constant of the segment whatever its
+    op.  ``False`` for anything else (the caller then does not treat the segment as affine)."""
+    nodes = list(gm.graph.nodes)
+    varying: set[fx.Node] = {start}
+    for n in nodes[nodes.index(start) + 1 :]:
+        if any(a in varying for a in n.all_input_nodes):
+            varying.add(n)
+    if end not in varying:
+        return True  # a constant segment is affine (zero Jacobian)
+    # only the nodes that ``end`` depends on matter
+    needed: set[fx.Node] = set()
+    stack = [end]
+    while stack:
+        n = stack.pop()
+        if n in needed or n not in varying:
+            continue
+        needed.add(n)
+        stack.extend(n.all_input_nodes)
+    for n in needed:
+        if n is start:
+            continue
+        if n.op != "call_function":
+            return False
+        pos = _varying_operands(n, varying)
+        if n.target is operator.getitem:
+            parent, idx = n.args
+            if not (isinstance(parent, fx.Node) and parent.target in _BATCH_NORM and idx == 0):
+                return False
+            continue
+        if n.target in _BATCH_NORM:
+            if pos != [0]:  # only the input may vary (not the weights or the statistics)
+                return False
+            for u in n.users:  # read only through its normalised output
+                if not (u.target is operator.getitem and u.args[1] == 0):
+                    return False
+            continue
+        if n.target in PRODUCT_OPS:
+            if len(pos) != 1:
+                return False
+            if n.target in _DIVISION and pos[0] != 0:
+                return False
+            continue
+        if n.target not in AFFINE_OPS:
+            return False
+    return True
 
 
 class _Segment(fx.Interpreter):
@@ -123,6 +207,9 @@ def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> C
     ends = [r.args[0] for r in relus] + [out]
     sizes = [n_inputs] + [int(r.meta["val"].numel()) for r in relus] + [int(out.meta["val"].numel())]
     if any(a * b > max_entries for a, b in zip(sizes[:-1], sizes[1:], strict=False)):
+        return None
+    # the proof that each segment is affine: its structure (sample points cannot prove it)
+    if not all(segment_is_affine(gm, path[k], end) for k, end in enumerate(ends)):
         return None
     weights, biases = [], []
     params = list(g.params)

@@ -16,6 +16,7 @@ import torch
 from torch import fx
 from torch.func import vjp, vmap
 
+from boundflow.domains.linear.joint import JOINT, interval_back
 from boundflow.domains.linear.maxpool import maxpool_back
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
@@ -23,6 +24,7 @@ from boundflow.domains.linear.state import (
     BoundState,
     _add,
     _bounded,
+    _flat_nodes,
     _is_const,
     _shape,
     _sum_tail,
@@ -32,7 +34,7 @@ from boundflow.errors import UnsupportedOperation
 
 aten = torch.ops.aten
 
-__all__ = ["BACKWARD", "backsub", "is_zero", "through_lines"]
+__all__ = ["BACKWARD", "backsub", "is_zero", "through_lines", "needs_input_bounds"]
 
 
 def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tensor):
@@ -61,13 +63,30 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
             ub = ub + _dot_tail(uA, hi) + _dot_tail(uA.clamp(max=0), lo - hi)
             continue
         rule = BACKWARD.get(node.target)
+        if (
+            rule is not None
+            and node.target is not operator.getitem
+            and any(a not in state.const and a is not x_node and a not in state.lower for a in node.all_input_nodes)
+        ):
+            rule = None  # it reads a varying value without bounds (a mask, an index): no rule applies
         if rule is None:
-            raise UnsupportedOperation(
-                f"no linear-relaxation rule for {node.target} (node {node.name}); method='ibp' supports it"
-            )
+            if node not in state.lower:
+                raise UnsupportedOperation(
+                    f"no linear-relaxation rule for {node.target} (node {node.name}) and no interval bounds there"
+                )
+            rule = interval_back  # the node's own interval bounds: sound for any op
+
         dl, du = rule(state, node, lA, uA, pending, start)
         lb, ub = lb + dl, ub + du
     return lb, ub
+
+
+def needs_input_bounds(node: fx.Node) -> bool:
+    """Whether back-substitution through ``node`` reads its varying inputs' bounds: a
+    relaxation, a two-operand rule or the interval fallback (so those inputs get CROWN bounds)."""
+    if node.op != "call_function":
+        return False
+    return node.target in RELAXATIONS or node.target in JOINT or node.target not in BACKWARD
 
 
 def _dot_tail(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -323,6 +342,13 @@ def _getitem_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
 
 
 def _affine_rule(state: BoundState, node: fx.Node, lA, uA, pending, start):
+    if node.target in PRODUCT_OPS and not _is_const(state, [a for a in node.args if a is not node.args[0]]):
+        var = [a for a in _flat_nodes(node.args) if a not in state.const]
+        divided = node.target in (aten.div.Tensor, aten.div.Scalar)
+        if (len(var) > 1 or divided) and not _bounded(state, node.args):
+            # a product of two varying operands (attention's matrix products) or a varying
+            # divisor: the node's interval bounds
+            return interval_back(state, node, lA, uA, pending, start)
     return _affine_back(state, node, lA, uA, pending)
 
 
@@ -339,6 +365,7 @@ def _with_fast_path(fast):
 BACKWARD: dict = {op: _affine_rule for op in AFFINE_OPS | PRODUCT_OPS}
 BACKWARD.update({op: _relaxation_back for op in RELAXATIONS})
 BACKWARD[operator.getitem] = _getitem_back
+BACKWARD.update(JOINT)
 for _op in (aten.add.Tensor, aten.sub.Tensor):
     BACKWARD[_op] = _with_fast_path(_add_const_fast)
 for _op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):

@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 from boundflow.domains.interval import IntervalTensor, lohi
-from boundflow.domains.linear.backward import backsub
+from boundflow.domains.linear.backward import BACKWARD, backsub, needs_input_bounds
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.patches import Rows, patch_bounds, patch_chain, patch_entries
@@ -111,6 +111,8 @@ def prepare(
         t = _nonlinear_input(n) if n.op == "call_function" else None
         if t is not None:
             state.needs_bounds.add(t)
+        elif needs_input_bounds(n) and n.target is not operator.getitem:
+            state.needs_bounds.update(a for a in n.all_input_nodes if a.op != "placeholder" or a is x_node)
     env: dict = {x_node: IntervalTensor(x_lo, x_hi, check=False)}
     state.lower[x_node], state.upper[x_node] = x_lo, x_hi
     # nodes that are an affine function of the input through single-operand affine ops: their
@@ -156,7 +158,9 @@ def prepare(
                     f"dimension {x_lo.shape[0]} in front; the linear domain needs batch-first models "
                     "(use method='ibp' for this model)"
                 )
-            if refine and n in state.needs_bounds and n not in affine_of_input:
+            # (a node without a linear rule keeps its interval bounds: back-substitution from it
+            # would stop at once)
+            if refine and n in state.needs_bounds and n not in affine_of_input and n.target in BACKWARD:
                 mask = _unstable(n, lo, hi) if sparse else None
                 if mask is None or bool(mask.any()):
                     c_lo, c_hi = node_bounds(state, n, mask=mask)

@@ -19,8 +19,9 @@ from torch.func import vmap
 
 from boundflow.domains.interval.rules_pooling import pool_index_windows
 from boundflow.domains.linear.crown import prepare
+from boundflow.domains.linear.joint import JOINT
 from boundflow.domains.linear.maxpool import deeppoly_pool
-from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, TUPLE_OPS
+from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import _flat_nodes, _shape, intersect
 from boundflow.errors import UnsupportedOperation
@@ -147,9 +148,17 @@ def forward_bounds(
         else:
             n_eff = n
         rule = FORWARD.get(target)
-        if rule is None:
-            raise UnsupportedOperation(f"forward linear bounds: no rule for {target} (node {n.name})")
         var = [a for a in _flat_nodes(n_eff.args) if a not in state.const]
+        two_vars = (target in JOINT or target in PRODUCT_OPS) and len(set(var)) != 1
+        var_divisor = target is aten.div.Tensor and any(a in var for a in n_eff.args[1:])
+        if rule is None or two_vars or var_divisor or any(v not in lin for v in var):
+            if n not in state.lower:
+                continue  # not a float tensor (a mask, an index): its readers take their interval bounds
+            # the node's interval bounds as constant forms: sound for any op
+            lo_n, hi_n = state.lower[n], state.upper[n]
+            zw = torch.zeros(*lo_n.shape, n_in, dtype=lo_n.dtype, device=lo_n.device)
+            lin[n] = _Lin(zw, lo_n, zw, hi_n)
+            continue
         lin[n] = rule(_Ctx(state, lin, node_bounds, maxpool == "tight"), n_eff, var)
     lo, hi = node_bounds(out_node)
     if C is None:

@@ -244,3 +244,90 @@ def _softplus_relax(node, l, u, alpha=None):
         raise UnsupportedOperation("linear relaxation of softplus beyond its threshold; use method='ibp'")
     f = lambda x: torch.nn.functional.softplus(x, beta, threshold)  # noqa: E731
     return convex(f, lambda x: torch.sigmoid(beta * x), l, u, alpha=alpha)
+
+
+def _general_relaxations() -> dict:
+    """The general elementwise nonlinearities (:mod:`boundflow.domains.linear.curved`)."""
+    import math as _m
+
+    from boundflow.domains.linear import curved as cv
+
+    def ival(fn):
+        return lambda l, u: cv.interval_of(fn, l, u)
+
+    def sin(node, l, u, alpha=None):
+        return cv.curved(torch.sin, torch.cos, ival(lambda t: -torch.sin(t)), l, u)
+
+    def cos(node, l, u, alpha=None):
+        return cv.curved(torch.cos, lambda t: -torch.sin(t), ival(lambda t: -torch.cos(t)), l, u)
+
+    def power(node, l, u, alpha=None):
+        p = float(node.args[1])
+        if p == 0:
+            one = torch.ones_like(l)
+            return cv.interval_lines(one, one)
+        if p == 1:
+            one, zero = torch.ones_like(l), torch.zeros_like(l)
+            return one, zero, one.clone(), zero.clone()
+        return cv.curved(
+            lambda t: torch.pow(t, p),
+            lambda t: p * torch.pow(t, p - 1),
+            ival(lambda t: torch.pow(t, p - 2) * (p * (p - 1))),
+            l,
+            u,
+        )
+
+    def sqrt(node, l, u, alpha=None):
+        return cv.curved(torch.sqrt, lambda t: 0.5 / torch.sqrt(t), ival(lambda t: torch.pow(t, -1.5) * -0.25), l, u)
+
+    def rsqrt(node, l, u, alpha=None):
+        return cv.curved(
+            torch.rsqrt, lambda t: -0.5 * torch.pow(t, -1.5), ival(lambda t: torch.pow(t, -2.5) * 0.75), l, u
+        )
+
+    def reciprocal(node, l, u, alpha=None):
+        return cv.curved(torch.reciprocal, lambda t: -1 / (t * t), ival(lambda t: torch.pow(t, -3) * 2.0), l, u)
+
+    k = 2 / _m.sqrt(_m.pi)
+
+    def erf(node, l, u, alpha=None):
+        return cv.curved(
+            torch.erf, lambda t: k * torch.exp(-t * t), ival(lambda t: t * torch.exp(-(t * t)) * (-2 * k)), l, u
+        )
+
+    def step(fn):
+        return lambda node, l, u, alpha=None: cv.interval_lines(*cv.interval_of(fn, l, u))
+
+    def clamp(node, l, u, alpha=None):
+        a = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+        return cv.clamp_lines(l, u, a, b)
+
+    def hardtanh(node, l, u, alpha=None):
+        a = node.args[1] if len(node.args) > 1 else -1.0
+        b = node.args[2] if len(node.args) > 2 else 1.0
+        return cv.clamp_lines(l, u, a, b)
+
+    return {
+        aten.sin.default: sin,
+        aten.cos.default: cos,
+        aten.pow.Tensor_Scalar: power,
+        aten.sqrt.default: sqrt,
+        aten.rsqrt.default: rsqrt,
+        aten.reciprocal.default: reciprocal,
+        aten.erf.default: erf,
+        aten.abs.default: lambda node, l, u, alpha=None: cv.abs_lines(l, u),
+        aten.sign.default: step(torch.sign),
+        aten.sgn.default: step(torch.sgn),
+        aten.floor.default: step(torch.floor),
+        aten.ceil.default: step(torch.ceil),
+        aten.round.default: step(torch.round),
+        aten.trunc.default: step(torch.trunc),
+        aten.clamp.default: clamp,
+        aten.clamp_min.default: lambda node, l, u, alpha=None: cv.clamp_lines(l, u, node.args[1], None),
+        aten.clamp_max.default: lambda node, l, u, alpha=None: cv.clamp_lines(l, u, None, node.args[1]),
+        aten.hardtanh.default: hardtanh,
+    }
+
+
+RELAXATIONS.update(_general_relaxations())

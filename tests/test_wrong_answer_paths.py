@@ -1,0 +1,139 @@
+"""The two wrong-answer paths of the issue-30 audit, each with its reproducer and a fuzzer family
+that would have found it: the ReLU-chain recogniser taking non-affine segments for affine (a
+``Clip`` whose bounds random points never reach; a nonlinearity next to an output 1e12 larger),
+and MILP bounds that the solver's tolerances break when activations are tiny.  No data needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import boundflow as bf
+from boundflow.verify.chain import extract_chain
+
+D = torch.float64
+
+
+def _reproducer_onnx(path):
+    """The audit's network: ``Y = Clip(Z, -1e4, 1e4) - 0.5 Z`` with ``Z`` a ReLU spike of height
+    2^20 around x = 0.3125 (``Y(0.3125) = -514288`` in onnxruntime)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, d, a = 0.3125, 2**-20, 2.0**40
+    inits = {
+        "W1": np.array([[a, a, a]], dtype=np.float32),
+        "B1": np.array([-a * (c - d), -a * c, -a * (c + d)], dtype=np.float32),
+        "W2": np.array([[1], [-2], [1]], dtype=np.float32),
+        "B2": np.array([0], dtype=np.float32),
+        "lo": np.array(-1e4, dtype=np.float32),
+        "hi": np.array(1e4, dtype=np.float32),
+        "half": np.array(0.5, dtype=np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["X", "W1", "B1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "W2", "B2"], ["Z"]),
+        helper.make_node("Clip", ["Z", "lo", "hi"], ["cz"]),
+        helper.make_node("Mul", ["Z", "half"], ["hz"]),
+        helper.make_node("Sub", ["cz", "hz"], ["Y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "clip_spike",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_clip_spike_reproducer_answers_sat_never_unsat(tmp_path):
+    from boundflow.verify import verify
+
+    _reproducer_onnx(tmp_path / "net.onnx")
+    (tmp_path / "prop.vnnlib").write_text(
+        "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+        "(assert (>= X_0 -1.0))\n(assert (<= X_0 1.0))\n(assert (<= Y_0 -1.0))\n"
+    )
+    res = verify(tmp_path / "net.onnx", tmp_path / "prop.vnnlib", timeout=60)
+    assert res.status in ("sat", "unknown", "timeout"), res
+    assert res.status != "unsat"
+    if res.status == "sat":  # the witness really violates the property in onnxruntime
+        assert float(res.output[0]) <= -1.0
+
+
+class _Segment(nn.Module):
+    """``Linear -> ReLU -> Linear -> tail(.)`` with a tail that is or is not affine."""
+
+    def __init__(self, n_in, hidden, n_out, tail, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.l1 = nn.Linear(n_in, hidden).double()
+        self.l2 = nn.Linear(hidden, n_out).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=D))
+        self.tail = tail
+
+    def forward(self, x):
+        return self.tail(self.l2(torch.relu(self.l1(x))))
+
+
+# tails with a nonlinearity a random-point test can miss: clamps whose bounds are never reached,
+# and a nonlinearity on one output beside a sibling output scaled by 1e12
+HIDDEN = {
+    "clip-unreached": lambda z: torch.clamp(z, -1e6, 1e6),
+    "clip-one-side": lambda z: torch.clamp(z, min=-1e9),
+    "min-const": lambda z: torch.minimum(z, torch.full_like(z, 1e8)),
+    "sigmoid-beside-huge": lambda z: torch.cat([torch.sigmoid(z[:, :1]), 1e12 * z[:, 1:]], 1),
+    "tanh-tiny": lambda z: z + 1e-13 * torch.tanh(z),
+    "abs-shifted": lambda z: torch.abs(z + 1e7) - 1e7,
+    "square-tiny": lambda z: z + 1e-14 * z * z,
+    "relu6-wide": lambda z: torch.nn.functional.hardtanh(z, -1e5, 1e5),
+}
+AFFINE = {
+    "scale-shift": lambda z: 3.0 * z - 2.0,
+    "mixed-scales": lambda z: torch.cat([z[:, :1], 1e12 * z[:, 1:]], 1),
+    "reshape-flip": lambda z: z.reshape(z.shape[0], -1).flip(1),
+    "divide-const": lambda z: z / 7.0,
+}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("name", sorted(HIDDEN))
+def test_chain_recogniser_refuses_segments_with_hidden_nonlinearities(name, seed):
+    model = _Segment(3, 5, 2, HIDDEN[name], seed)
+    assert extract_chain(model, 3) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("name", sorted(AFFINE))
+def test_chain_recogniser_accepts_affine_segments_and_equals_the_model(name, seed):
+    model = _Segment(3, 5, 2, AFFINE[name], seed)
+    chain = extract_chain(model, 3)
+    assert chain is not None
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(seed), dtype=D)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(chain(x), ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
+
+
+def test_hidden_nonlinearity_networks_get_sound_crown_bounds():
+    """The general path that such networks now take bounds them soundly (attacked points too)."""
+    for k, name in enumerate(sorted(HIDDEN)):
+        model = _Segment(3, 5, 2, HIDDEN[name], k)
+        g = torch.Generator().manual_seed(k)
+        lo = torch.randn(1, 3, generator=g, dtype=D)
+        hi = lo + 0.5
+        lb, ub = bf.compute_bounds(model, lo, hi, method="crown")
+        x = (lo + (hi - lo) * torch.rand(2000, 3, generator=g, dtype=D)).requires_grad_(True)
+        y = model(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        corners = torch.where(grad > 0, hi, lo), torch.where(grad > 0, lo, hi)
+        with torch.no_grad():
+            pts = torch.cat([y, model(corners[0]), model(corners[1])])
+        assert (pts >= lb - 1e-9 * (1 + lb.abs())).all(), name
+        assert (pts <= ub + 1e-9 * (1 + ub.abs())).all(), name
