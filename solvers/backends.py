@@ -15,12 +15,20 @@ Every ``minimize`` returns a number ``b`` with ``b <= c @ x`` for every feasible
   a valid bound; after a failure, the interval bound);
 * ``sdp`` (:mod:`solvers.sdp`, cvxpy): the larger of the LP bound and the SDP relaxation's
   bound, rigorous for any duals (a Lagrangian bound with an eigenvalue correction);
-* ``milp``/``mibp``: ``max(lp bound, solver dual bound - pad)`` (``mibp`` also takes the
-  ``milp`` bound), ``pad = 1e-7 (1 + sum_j |c_j|
-  max(|l_j|, |u_j|))`` for the solvers' feasibility tolerances (both set to 1e-7).  This pad is
-  an engineering margin, not a proof: MILP/MIBP bounds are as trustworthy as the solvers'
-  tolerances; the LP bound is rigorous.  A solve stopped by its time limit contributes its dual
-  bound, never the incumbent; a failed solve contributes nothing beyond the LP bound.
+* ``milp`` (HiGHS): the MIP solver's dual bound ``D`` is a claim, not a proof (its absolute
+  feasibility and integrality tolerances can cut off feasible points when activations are tiny
+  against the weights downstream).  :meth:`MilpSolver.certify` turns the claim ``T = D - pad``
+  into a rigorous bound: a branch and bound over the binaries whose every leaf is bounded by the
+  rigorous LP bound (:meth:`Program.safe_bound` on the leaf's box); a leaf is closed when its
+  bound reaches ``T``, or when its LP optimum is integral (its bound is then the leaf's
+  optimum); the result is ``min(T, the bounds of the leaves left)``, rigorous whenever the search
+  stops (node or time budget), and the status is ``Optimal`` only when every leaf closed at
+  ``T`` or above (``exact`` in :func:`~boundflow.encode.network.network_bounds` reads it).
+* ``mibp`` (SCIP) and the PuLP/cvxpy back ends: ``max(lp bound, solver dual bound - pad)``,
+  ``pad = 1e-7 (1 + sum_j |c_j| max(|l_j|, |u_j|))`` for the solvers' tolerances (1e-7): an
+  engineering margin, not a proof; their LP bound is rigorous.  A solve stopped by its time
+  limit contributes its dual bound, never the incumbent; a failed solve nothing beyond the LP
+  bound.
 """
 
 from __future__ import annotations
@@ -213,8 +221,90 @@ class MilpSolver(LpSolver):
             status, dual = f"failed: {e}", -math.inf
         bound = base.bound
         if math.isfinite(dual) and status != "Infeasible":
-            bound = max(bound, dual - _pad(self.program, c))
+            claim = dual - _pad(self.program, c)
+            if claim > bound:
+                left = None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 0.05)
+                certified, closed = self.certify(c, claim, left)
+                bound = max(bound, certified)
+                if not closed and status.lower() == "optimal":
+                    status = "Optimal (claimed by the MIP solver; not certified within the budget)"
+        elif status == "Infeasible":
+            status = "Infeasible (claimed; the LP bound is kept)"
         return Outcome(bound, status, time.perf_counter() - t0)
+
+    def certify(self, c: np.ndarray, target: float, time_limit: float | None, max_nodes: int = 4000):
+        """``(bound, closed)``: a rigorous lower bound ``<= target`` on ``c @ x`` over the
+        program, by branch and bound on the binaries with rigorous LP bounds at every leaf, and
+        whether every leaf closed (then ``bound == target``).  Sound at any stop: the bound of a
+        leaf not yet searched is its parent's."""
+        prog, lp = self.program, self.lp
+        h = lp.h
+        lo0, hi0 = np.asarray(prog.lower, dtype=np.float64), np.asarray(prog.upper, dtype=np.float64)
+        binaries = np.array([j for j in range(prog.n_vars) if prog.integer[j]], dtype=np.int32)
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
+        lp.set_objective(c)
+        h.setOptionValue("time_limit", float("inf"))
+        stack: list[tuple[dict, float]] = [({}, -math.inf)]  # (fixed binaries, the parent's bound)
+        worst, nodes, parent = target, 0, -math.inf
+        try:
+            while stack:
+                fixes, parent = stack.pop()
+                if nodes >= max_nodes or (deadline is not None and time.perf_counter() > deadline):
+                    worst = min(worst, parent, *(b for _, b in stack))
+                    return worst, False
+                nodes += 1
+                lo, hi = lo0.copy(), hi0.copy()
+                for j, v in fixes.items():
+                    lo[j] = hi[j] = v
+                idx = np.fromiter(fixes, dtype=np.int32, count=len(fixes))
+                if len(idx):
+                    h.changeColsBounds(len(idx), idx, lo[idx], hi[idx])
+                try:
+                    h.run()
+                    status = h.modelStatusToString(h.getModelStatus()).lower()
+                    sol = h.getSolution()
+                    y = np.asarray(sol.row_dual, dtype=np.float64)
+                    x = np.asarray(sol.col_value, dtype=np.float64)
+                    ray = None
+                    if "infeasible" in status:
+                        has, r = h.getDualRay()[-2:]
+                        ray = np.asarray(r, dtype=np.float64) if has else None
+                finally:
+                    if len(idx):
+                        h.changeColsBounds(len(idx), idx, lo0[idx], hi0[idx])
+                m = lp.form.A.shape[0]
+                if y.shape != (m,):
+                    y = None
+                b = dual_bound_box(prog, c, lp.form, y, lo, hi)
+                if ray is not None and ray.shape == (m,):
+                    # an infeasible leaf: a Farkas ray scaled up proves any bound it can (the
+                    # solver's word alone is not a proof)
+                    for scale in (1e2, 1e4, 1e6, 1e8):
+                        b = max(b, dual_bound_box(prog, c, lp.form, scale * ray, lo, hi))
+                if b >= target:
+                    continue
+                free = [j for j in binaries if j not in fixes]
+                if not free:
+                    worst = min(worst, b)  # nothing left to split: the leaf's own rigorous bound
+                    continue
+                optimal = status == "optimal" and x.shape == (prog.n_vars,)
+                frac = [j for j in free if optimal and 1e-9 < x[j] < 1 - 1e-9]
+                if optimal and not frac:
+                    worst = min(worst, b)  # an integral LP optimum: the leaf's bound is its optimum
+                    continue
+                j = max(frac, key=lambda k: min(x[k], 1 - x[k])) if frac else free[0]
+                for v in (0.0, 1.0):
+                    stack.append(({**fixes, j: v}, b))
+            return worst, worst >= target
+        except Exception:  # a failed LP: the leaf and what is left keep their parents' bounds
+            return min(worst, parent, *(b for _, b in stack)), False
+
+
+def dual_bound_box(program: Program, c: np.ndarray, form, y, lower, upper) -> float:
+    """:func:`dual_bound` on the sub-box ``[lower, upper]`` of the program's variables."""
+    if y is None:
+        return program.safe_bound(c, form, None, lower, upper)
+    return max(program.safe_bound(c, form, y, lower, upper), program.safe_bound(c, form, -y, lower, upper))
 
 
 class ScipSolver(MilpSolver):

@@ -201,11 +201,20 @@ class Program:
         """``min c @ x`` over the variable box alone (the fallback bound)."""
         return self.safe_bound(c, None, None)
 
-    def safe_bound(self, c: np.ndarray, form: LinearForm | None, y: np.ndarray | None) -> float:
+    def safe_bound(
+        self,
+        c: np.ndarray,
+        form: LinearForm | None,
+        y: np.ndarray | None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> float:
         """A lower bound on ``c @ x`` over every point of the box satisfying ``form``, valid for
         any multipliers ``y`` (see the module docstring); rounding in the float64 sum is covered
-        by a relative pad of the summed magnitudes."""
-        lo, hi = np.asarray(self.lower), np.asarray(self.upper)
+        by a relative pad of the summed magnitudes.  ``lower``/``upper``: a sub-box of the
+        program's (a branch of a search) instead of its own bounds."""
+        lo = np.asarray(self.lower if lower is None else lower)
+        hi = np.asarray(self.upper if upper is None else upper)
         eps = np.finfo(np.float64).eps
         terms = []
         r = np.asarray(c, dtype=np.float64).copy()

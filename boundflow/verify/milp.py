@@ -4,7 +4,8 @@ Variables: the input box, every pre-activation ``z_i`` within its sound bounds (
 splits applied), a big-M ReLU (:meth:`solvers.program.Program.relu`) per unstable neuron, and
 ``t >= m_s`` for every margin row.  The disjunct has a point in the sub-domain iff
 ``min t <= 0``; ``unsat`` needs a dual bound ``> 0`` (:class:`solvers.backends.MilpSolver`: the
-LP's rigorous bound or HiGHS's MIP dual bound less its tolerance pad).  A solution with
+LP's rigorous bound, or HiGHS's MIP dual bound once :meth:`~solvers.backends.MilpSolver.certify`
+has proved it with rigorous LP bounds on every leaf of its own search).  A solution with
 ``t <= 0`` is only a candidate: it is re-checked in onnxruntime before ``sat``.
 """
 
