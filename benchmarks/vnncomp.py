@@ -1,14 +1,18 @@
 """Run VNN-COMP instances as the competition does and compare with the expected answers.
 
-    python benchmarks/vnncomp.py [FOLDER ...] [--timeout-factor 1.0] [--out docs/benchmarks]
-                                 [--results results/vnncomp] [--limit N]
+    python benchmarks/vnncomp.py [FOLDER ...] [--timeout-factor 1.0] [--timeout-cap S]
+                                 [--out docs/benchmarks] [--results results/vnncomp] [--limit N]
+                                 [--in-process]
 
 Each FOLDER has an ``instances.csv`` (onnx, vnnlib, timeout_s, expected); default: every
 benchmark under ../shared/benchmarks/vnncomp.  Every folder runs through
-``boundflow vnncomp`` (:func:`boundflow.verify.vnncomp.run_benchmark`: competition timeouts,
-an answer after the timeout counts as a timeout, one result file per instance, resumable under
-``--results``).  Prints solved / wrong / timeout-or-unknown per benchmark and the distribution
-of wall time over the timeout; writes vnncomp.json, vnncomp.md and vnncomp.png.  A *wrong*
+:func:`boundflow.verify.vnncomp.run_benchmark` (competition timeouts, at most ``--timeout-cap``
+seconds each; an answer after the timeout counts as a timeout; one result file per instance,
+resumable under ``--results``), each instance in its own ``boundflow verify`` process timed
+from its launch, as the competition runs it (``--in-process``: in this process).  Prints per
+benchmark solved / wrong / timeout-or-unknown, answers later than the timeout + 2 s, median and
+slowest seconds of the answers, and alpha-beta-CROWN's solved count and median time from the
+folder's ``results_vnncomp*.csv``; writes vnncomp.json, vnncomp.md and vnncomp.png.  A *wrong*
 answer is ``unsat`` on a ``sat`` instance or ``sat`` on an ``unsat`` one.
 """
 
@@ -51,6 +55,27 @@ def _plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def _reference(folder: Path) -> dict:
+    """alpha-beta-CROWN's solve time per (onnx, vnnlib) file name in the folder's
+    ``results_vnncomp*.csv`` (``None`` where it did not solve the instance); empty without them."""
+    import csv
+
+    out: dict = {}
+    for f in sorted(folder.glob("results_vnncomp*.csv")):
+        with open(f) as fh:
+            for row in csv.DictReader(fh):
+                cell = (row.get("alpha_beta_crown") or "").strip()
+                key = (row["onnx"].split("/")[-1], row["vnnlib"].split("/")[-1])
+                t = None
+                if cell.endswith("(h)") or cell.endswith("(v)"):
+                    try:
+                        t = float(cell.split()[0])
+                    except ValueError:
+                        t = None
+                out[key] = t
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="*")
@@ -61,6 +86,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="parallel branch and bound over this many processes")
     ap.add_argument("--executor", default="process", choices=["process", "ray"])
     ap.add_argument("--parallel", default="subdomains", choices=["subdomains", "instances"])
+    ap.add_argument("--timeout-cap", type=float, default=None, help="no instance gets more seconds than this")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="verify in this process (default: one `boundflow verify` process per instance, as the competition runs)",
+    )
     args = ap.parse_args()
     executor = None
     if args.workers > 1:
@@ -92,15 +123,33 @@ def main() -> None:
             timeout_factor=args.timeout_factor,
             executor=executor,
             parallel=args.parallel,
+            isolate=not args.in_process,
+            timeout_cap=args.timeout_cap,
         )
-        counts = {"solved": 0, "wrong": 0, "unsolved": 0}
+        counts = {"solved": 0, "wrong": 0, "unsolved": 0, "late": 0}
+        abc = _reference(folder)
         for r in got:
             exp = (expected.get((r["onnx"], r["vnnlib"])) or r.get("expected") or "").strip()
             ans = r["result"]
             wrong = (ans == "unsat" and exp == "sat") or (ans == "sat" and exp == "unsat")
             counts["wrong" if wrong else "solved" if ans == exp else "unsolved"] += 1
+            counts["late"] += float(r["run_time"]) > float(r["timeout"]) + 2.0
             rows.append({**r, "expected": exp, "overrun": float(r["run_time"]) - float(r["timeout"])})
-        summary.append({"benchmark": folder.name, "instances": len(got), **counts, "seconds": time.monotonic() - t0})
+        times = sorted(float(r["run_time"]) for r in got if r["result"] in ("sat", "unsat"))
+        ref = [abc.get((r["onnx"].split("/")[-1], r["vnnlib"].split("/")[-1])) for r in got]
+        ref_times = sorted(t for t in ref if t is not None)
+        summary.append(
+            {
+                "benchmark": folder.name,
+                "instances": len(got),
+                **counts,
+                "median_s": times[len(times) // 2] if times else None,
+                "slowest_s": times[-1] if times else None,
+                "abcrown_solved": len(ref_times) if any(abc.values()) or abc else None,
+                "abcrown_median_s": ref_times[len(ref_times) // 2] if ref_times else None,
+                "seconds": time.monotonic() - t0,
+            }
+        )
     if executor is not None:
         executor.close()
     over = sorted(r["overrun"] for r in rows)
@@ -127,6 +176,10 @@ def main() -> None:
     )
     if args.limit:
         cmd += f" --limit {args.limit}"
+    if args.timeout_cap:
+        cmd += f" --timeout-cap {args.timeout_cap:g}"
+    if args.in_process:
+        cmd += " --in-process"
     if args.workers > 1:
         cmd += f" --workers {args.workers} --executor {args.executor} --parallel {args.parallel}"
     lines = [
@@ -134,13 +187,19 @@ def main() -> None:
         "",
         f"Command: `{cmd}` (each folder through `boundflow vnncomp`; an answer after the timeout counts as a timeout)",
         "",
-        "| benchmark | instances | solved | wrong | timeout/unknown | total s |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | instances | solved | wrong | timeout/unknown | later than timeout + 2 s | median s | "
+        "slowest s | alpha-beta-CROWN solved (median s) | total s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.1f}"
+
     for s in summary:
+        ref = "-" if s["abcrown_solved"] is None else f"{s['abcrown_solved']} ({fmt(s['abcrown_median_s'])})"
         lines.append(
-            f"| {s['benchmark']} | {s['instances']} | {s['solved']} | {s['wrong']} | {s['unsolved']} | "
-            f"{s['seconds']:.1f} |"
+            f"| {s['benchmark']} | {s['instances']} | {s['solved']} | {s['wrong']} | {s['unsolved']} | {s['late']} | "
+            f"{fmt(s['median_s'])} | {fmt(s['slowest_s'])} | {ref} | {s['seconds']:.1f} |"
         )
     lines += [
         "",

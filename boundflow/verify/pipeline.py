@@ -407,7 +407,23 @@ def verify_model(
     (``start``: a ``time.monotonic()`` reading, by default now).  ``executor``: a
     :mod:`solvers.executor` executor with more than one worker spreads the branch and bound of
     ReLU chains over its workers (:mod:`boundflow.verify.parallel`); ``None``: this process."""
+    from boundflow import deadline as _deadline
+
     start = time.monotonic() if start is None else start
+    try:
+        with _deadline.within(start + timeout):
+            return _verify_model(module, onnx_path, disjuncts, timeout, start, executor)
+    except _deadline.DeadlineExceeded as e:
+        return Result("timeout", seconds=time.monotonic() - start, notes=[str(e)])
+    except MemoryError as e:
+        return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {e}"])
+    except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
+        if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {str(e)[:200]}"])
+
+
+def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Result:
     deadline = start + timeout
     parallel = executor is not None and executor.workers > 1
     if parallel:

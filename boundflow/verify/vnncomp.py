@@ -41,6 +41,35 @@ def _verify_instance(job) -> tuple[str, str, float]:
     return status, text, elapsed
 
 
+def _verify_isolated(job) -> tuple[str, str, float]:
+    """``(status, result text, seconds)`` of one instance run as the competition runs it: a
+    fresh ``boundflow verify`` process (start-up counted), its answer read from its result
+    file; a process still running 5 s past the timeout is killed and scored ``timeout``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    _, onnx, vnnlib, timeout, _ = job
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.txt"
+        cmd = [sys.executable, "-m", "boundflow", "verify", str(onnx), str(vnnlib), "--timeout", f"{timeout}"]
+        cmd += ["--out", str(out), "--no-progress"]
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+        except subprocess.TimeoutExpired:
+            return "timeout", "timeout\n; killed 5 s after the timeout\n", time.monotonic() - start
+        elapsed = time.monotonic() - start
+        if not out.exists():
+            why = (proc.stderr.strip().splitlines() or ["no result file"])[-1]
+            return "error", f"error\n; {why}\n", elapsed
+        text = out.read_text()
+    status = text.split("\n", 1)[0].strip()
+    if status in ("sat", "unsat") and elapsed > timeout:
+        status, text = "timeout", "timeout\n"
+    return status, text, elapsed
+
+
 class InstancesError(BoundFlowError, ValueError):
     """A malformed instances CSV (the message names the file and line)."""
 
@@ -126,12 +155,17 @@ def run_benchmark(
     verify_fn=None,
     executor=None,
     parallel: str = "subdomains",
+    isolate: bool = False,
+    timeout_cap: float | None = None,
 ) -> list[dict]:
     """Verify every instance of ``csv_path`` (see the module docstring); returns the rows of the
     results CSV (``out_dir/results.csv``), one result file per instance in ``out_dir``.
     ``executor`` (:func:`solvers.executor.make_executor`) with ``parallel="subdomains"``: each
     instance's branch and bound is spread over its workers; ``"instances"``: the workers take
-    whole instances, each verified serially (its time counted from when a worker starts it)."""
+    whole instances, each verified serially (its time counted from when a worker starts it).
+    ``isolate``: each instance in its own ``boundflow verify`` process, timed from its launch
+    (the competition's way; a process that overruns is killed).  ``timeout_cap``: no instance
+    gets more than this many seconds (after ``timeout_factor``)."""
     from boundflow.atomic import atomic_write_text
 
     if parallel not in PARALLEL:
@@ -153,7 +187,9 @@ def run_benchmark(
     for inst in instances:  # finished instances, with their timeout and expected answer
         row = done.get((inst.onnx_text, inst.vnnlib_text))
         if row is not None:
-            rows.append({**row, "expected": inst.expected or "", "timeout": f"{inst.timeout * timeout_factor:g}"})
+            t = inst.timeout * timeout_factor
+            t = min(t, timeout_cap) if timeout_cap is not None else t
+            rows.append({**row, "expected": inst.expected or "", "timeout": f"{t:g}"})
     todo = [(i, inst) for i, inst in enumerate(instances) if (inst.onnx_text, inst.vnnlib_text) not in done]
     bar = None
     if progress:
@@ -162,14 +198,22 @@ def run_benchmark(
         bar = tqdm(total=len(instances), initial=len(instances) - len(todo), desc=benchmark, unit="inst")
     order = {(inst.onnx_text, inst.vnnlib_text): i for i, inst in enumerate(instances)}
     by_instances = executor is not None and parallel == "instances" and executor.workers > 1
-    jobs = [(verify_fn, inst.onnx, inst.vnnlib, inst.timeout * timeout_factor, None) for _, inst in todo]
+    if timeout_cap is not None and not timeout_cap > 0:
+        raise InstancesError(f"timeout cap must be > 0, got {timeout_cap}")
+
+    def limit(inst: Instance) -> float:
+        t = inst.timeout * timeout_factor
+        return min(t, timeout_cap) if timeout_cap is not None else t
+
+    jobs = [(verify_fn, inst.onnx, inst.vnnlib, limit(inst), None) for _, inst in todo]
+    run_one = _verify_isolated if isolate else _verify_instance
     if by_instances:
-        results = executor.imap(_verify_instance, jobs)
+        results = executor.imap(run_one, jobs)
     else:
-        results = ((k, _verify_instance(job[:4] + (executor,))) for k, job in enumerate(jobs))
+        results = ((k, run_one(job[:4] + (executor,))) for k, job in enumerate(jobs))
     for k, (status, text, elapsed) in results:
         i, inst = todo[k]
-        timeout = inst.timeout * timeout_factor
+        timeout = limit(inst)
         atomic_write_text(out_dir / _result_name(i, inst), text)
         rows.append(
             {

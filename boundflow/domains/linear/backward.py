@@ -16,6 +16,7 @@ import torch
 from torch import fx
 from torch.func import vjp, vmap
 
+from boundflow import deadline
 from boundflow.domains.linear.joint import JOINT, interval_back
 from boundflow.domains.linear.maxpool import maxpool_back
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
@@ -49,6 +50,7 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
     ub = torch.zeros(s, b, dtype=lA.dtype, device=lA.device)
     x_node = state.graph.input_node
     while pending:
+        deadline.check("back-substitution")
         node = max(pending, key=lambda n: order[n])
         lA, uA = pending.pop(node)
         if node in state.const:

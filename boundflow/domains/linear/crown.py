@@ -22,6 +22,7 @@ import operator
 import torch
 from torch import fx
 
+from boundflow import deadline
 from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import BACKWARD, backsub, needs_input_bounds
 from boundflow.domains.linear.maxpool import deeppoly_pool
@@ -119,6 +120,7 @@ def prepare(
     # interval bounds are already exact (an affine image of a box), so CROWN is skipped there
     affine_of_input = {x_node}
     for n in nodes:
+        deadline.check("intermediate bounds")
         if n.op == "placeholder":
             continue
         if n.op == "output":
@@ -235,6 +237,7 @@ def node_bounds(
         positions = shape[2] * shape[3]
         chunk = max(1, budget // patch_entries(state, steps, per_sample))
         for s in range(0, len(flat), chunk):
+            deadline.check("patch bounds")
             f = flat[s : s + chunk]
             rows = Rows(f // positions, f % positions, None if b_idx is None else b_idx[s : s + chunk])
             lb, ub = patch_bounds(state, node, steps, rows)

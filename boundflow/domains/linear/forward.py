@@ -17,6 +17,7 @@ import torch
 from torch import fx
 from torch.func import vmap
 
+from boundflow import deadline
 from boundflow.domains.interval.rules_pooling import pool_index_windows
 from boundflow.domains.linear.crown import prepare
 from boundflow.domains.linear.joint import JOINT
@@ -133,6 +134,7 @@ def forward_bounds(
 
     out_node = None
     for n in nodes:
+        deadline.check("forward linear bounds")
         if n.op == "output":
             out_node = n.args[0]
             break
