@@ -33,6 +33,8 @@ from torch import nn
 
 import boundflow as bf
 from boundflow.domains.linear import EMPTY_TOLERANCE
+from boundflow import deadline as _deadline
+from boundflow.errors import BoundFlowError
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
 from boundflow.specs import Box, OutputSpec
@@ -76,8 +78,15 @@ class _Batched(nn.Module):
     def forward(self, x):
         n = x.shape[0]
         if self.batchable:
-            return self.module(x.reshape(n, *self.shape[1:])).reshape(n, -1)
-        return torch.stack([self.module(x[i].reshape(self.shape)).reshape(-1) for i in range(n)])
+            y = self.module(x.reshape(n, *self.shape[1:])).reshape(n, -1)
+        else:
+            outs = []
+            for i in range(n):  # one sample at a time: the deadline is checked between them
+                _deadline.check("evaluation")
+                outs.append(self.module(x[i].reshape(self.shape)).reshape(-1))
+            y = torch.stack(outs)
+        # an integer output (a count of pixels, a class index) is compared as a number
+        return y if y.is_floating_point() else y.to(x.dtype)
 
 
 def _batchable(module, shape) -> bool:
@@ -181,8 +190,13 @@ def _falsify(
             lo + (hi - lo) * torch.rand(n_random, len(lo), generator=g, dtype=torch.float64),
         ]
     )
-    with torch.no_grad():
-        worst = _margins(f, pts, dj).amax(1)
+    chunks = []
+    with torch.no_grad():  # in chunks, the deadline checked between them (wide inputs are costly)
+        for s in range(0, len(pts), 128):
+            if time.monotonic() > deadline:
+                return None
+            chunks.append(_margins(f, pts[s : s + 128], dj).amax(1))
+    worst = torch.cat(chunks)
     order = worst.argsort()
     for i in order[:8].tolist():
         if worst[i] <= 0:
@@ -370,6 +384,10 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
     return "unsat", None, boxes
 
 
+# the share of the time left that the attacks before bounding may take (they run again on
+# open sub-domains inside the search)
+ATTACK_SHARE = 0.3
+
 # inputs up to this many are split as boxes; wider inputs are split on ReLUs
 INPUT_SPLIT_MAX = 64
 
@@ -407,8 +425,6 @@ def verify_model(
     (``start``: a ``time.monotonic()`` reading, by default now).  ``executor``: a
     :mod:`solvers.executor` executor with more than one worker spreads the branch and bound of
     ReLU chains over its workers (:mod:`boundflow.verify.parallel`); ``None``: this process."""
-    from boundflow import deadline as _deadline
-
     start = time.monotonic() if start is None else start
     try:
         with _deadline.within(start + timeout):
@@ -417,10 +433,14 @@ def verify_model(
         return Result("timeout", seconds=time.monotonic() - start, notes=[str(e)])
     except MemoryError as e:
         return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {e}"])
+    except BoundFlowError:
+        raise
     except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
-        if "alloc" not in str(e).lower() and "memory" not in str(e).lower():
-            raise
-        return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {str(e)[:200]}"])
+        if "alloc" in str(e).lower() or "memory" in str(e).lower():
+            note = f"out of memory: {str(e)[:200]}"
+        else:  # never a traceback instead of an answer: unknown, with what went wrong
+            note = f"internal error ({type(e).__name__}): {str(e)[:300]}"
+        return Result("unknown", seconds=time.monotonic() - start, notes=[note])
 
 
 def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Result:
@@ -441,10 +461,13 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
             return Result("sat", w[:n_in], w[n_in:], time.monotonic() - start, boxes, notes or [])
         return Result(status, seconds=time.monotonic() - start, boxes=boxes, notes=notes or [])
 
-    for dj in disjuncts:  # attack every disjunct before bounding any
+    # the attacks get at most ATTACK_SHARE of the time left, shared by the disjuncts
+    attack_end = time.monotonic() + ATTACK_SHARE * max(0.0, deadline - time.monotonic())
+    for k, dj in enumerate(disjuncts):  # attack every disjunct before bounding any
         if time.monotonic() > deadline:
             return answer("timeout")
-        w = _falsify(f, dj, checker, deadline) if len(dj.C) else checker.check((dj.lower + dj.upper) / 2, dj)
+        until = time.monotonic() + (attack_end - time.monotonic()) / (len(disjuncts) - k)
+        w = _falsify(f, dj, checker, until) if len(dj.C) else checker.check((dj.lower + dj.upper) / 2, dj)
         if w is not None:
             return answer("sat", 0, w, len(dj.lower))
     # graph capture's first call imports torch's compiler stack (~1 s, not interruptible): pay it

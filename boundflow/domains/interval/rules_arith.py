@@ -46,7 +46,10 @@ def rsub(a, b, alpha=1):
 
 @implements(aten.mul.Tensor, aten.mul.Scalar)
 def mul(a, b):
-    return _out(arith.mul(_b(a), _b(b)))
+    lo, hi = arith.mul(_b(a), _b(b))
+    if a is b and isinstance(lo, torch.Tensor):  # x * x: a square is never negative
+        lo = lo.clamp(min=0)
+    return _out((lo, hi))
 
 
 def _cast(b: arith.Bounds, dtype: torch.dtype) -> arith.Bounds:

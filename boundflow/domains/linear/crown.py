@@ -164,6 +164,8 @@ def prepare(
             # would stop at once)
             if refine and n in state.needs_bounds and n not in affine_of_input and n.target in BACKWARD:
                 mask = _unstable(n, lo, hi) if sparse else None
+                # its interval bounds first: a rule that falls back to them at this node reads them
+                state.lower[n], state.upper[n] = lo, hi
                 if mask is None or bool(mask.any()):
                     c_lo, c_hi = node_bounds(state, n, mask=mask)
                     lo, hi = intersect(lo, hi, c_lo.reshape(lo.shape), c_hi.reshape(hi.shape))

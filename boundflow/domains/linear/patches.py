@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from boundflow.domains.linear.backward import backsub, is_zero, through_lines
+from boundflow import deadline
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _bounded, _shape, relaxation_lines
 
@@ -238,6 +239,7 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
     lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev) if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
     Pl = Pu = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
     for kind, cur, win in steps[1:]:
+        deadline.check("patch bounds")
         shape = _shape(state, cur)
         if kind == "input":
             lo, hi = rows.at(_unfold(state.x_lo, shape, win)), rows.at(_unfold(state.x_hi, shape, win))
