@@ -93,7 +93,13 @@ CASES = {
         [],
         11,
     ),
-    "reducemean-attr": ([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2], keepdims=0)], [1, 2, 3], [1, 2], [], 13),
+    "reducemean-attr": (
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2], keepdims=0)],
+        [1, 2, 3],
+        [1, 2],
+        [],
+        13,
+    ),
     "reducemax-all-but-batch": (
         [helper.make_node("ReduceMax", ["x"], ["y"], axes=[1, 2], keepdims=1)],
         [1, 2, 3],
@@ -266,9 +272,7 @@ def test_a_shape_input_that_varies_with_the_network_input_is_refused_at_import()
 
 
 def test_batch_one_reshape_follows_the_batch_of_the_call():
-    m = _model(
-        [helper.make_node("Reshape", ["x", "s"], ["y"])], [1, 2, 3], [1, 6], [_c("s", [1, -1], np.int64)]
-    )
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [1, 2, 3], [1, 6], [_c("s", [1, -1], np.int64)])
     module = OnnxModule(m, "net.onnx").double()
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     assert torch.equal(module(x), x.reshape(4, 6))

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 import boundflow as bf
-from boundflow.domains.linear import EMPTY_TOLERANCE
 from boundflow import deadline as _deadline
+from boundflow.domains.linear import EMPTY_TOLERANCE
 from boundflow.errors import BoundFlowError
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from boundflow.domains.linear.backward import backsub, is_zero, through_lines
 from boundflow import deadline
+from boundflow.domains.linear.backward import backsub, is_zero, through_lines
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _bounded, _shape, relaxation_lines
 
