@@ -94,6 +94,18 @@ HIDDEN = {
     "square-tiny": lambda z: z + 1e-14 * z * z,
     "relu6-wide": lambda z: torch.nn.functional.hardtanh(z, -1e5, 1e5),
 }
+class _TrainBN(nn.Module):
+    """Batch norm in training mode: its statistics come from the batch (not affine)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(2).double().train()
+
+    def forward(self, z):
+        return self.bn(z)
+
+
+HIDDEN["batch-norm-training"] = _TrainBN()
 AFFINE = {
     "scale-shift": lambda z: 3.0 * z - 2.0,
     "mixed-scales": lambda z: torch.cat([z[:, :1], 1e12 * z[:, 1:]], 1),

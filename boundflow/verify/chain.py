@@ -142,6 +142,8 @@ def segment_is_affine(gm: fx.GraphModule, start: fx.Node, end: fx.Node) -> bool:
         if n.target in _BATCH_NORM:
             if pos != [0]:  # only the input may vary (not the weights or the statistics)
                 return False
+            if n.target is aten.native_batch_norm.default and n.args[5] is not False:
+                return False  # training mode: batch statistics of the input (not affine)
             for u in n.users:  # read only through its normalised output
                 if not (u.target is operator.getitem and u.args[1] == 0):
                     return False
