@@ -135,7 +135,7 @@ def test_chain_recogniser_accepts_affine_segments_and_equals_the_model(name, see
 
 def test_hidden_nonlinearity_networks_get_sound_crown_bounds():
     """The general path that such networks now take bounds them soundly (attacked points too)."""
-    for k, name in enumerate(sorted(HIDDEN)):
+    for k, name in enumerate(sorted(set(HIDDEN) - {"batch-norm-training"})):  # (needs a batch > 1)
         model = _Segment(3, 5, 2, HIDDEN[name], k)
         g = torch.Generator().manual_seed(k)
         lo = torch.randn(1, 3, generator=g, dtype=D)
