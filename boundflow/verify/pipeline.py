@@ -34,7 +34,7 @@ from torch import nn
 import boundflow as bf
 from boundflow import deadline as _deadline
 from boundflow.domains.linear import EMPTY_TOLERANCE
-from boundflow.errors import BoundFlowError
+from boundflow.errors import BoundFlowError, UnsupportedOperation
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
 from boundflow.specs import Box, OutputSpec
@@ -347,7 +347,13 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             t_batch = time.monotonic()
             blo, bhi = lo[s : s + batch], hi[s : s + batch]
             boxes += len(blo)
-            m = bounder(blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
+            try:
+                m = bounder(blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
+            except UnsupportedOperation:
+                if not linear:
+                    raise
+                linear = False  # a graph the linear domain cannot take (not batch-first inside)
+                m = bounder(blo, bhi, dj.C, dj.d, "ibp")
             open_ = ~leaf_proved(m)
             if linear and open_.any() and len(blo) <= 8:
                 m2 = bounder(blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
@@ -433,6 +439,8 @@ def verify_model(
         return Result("timeout", seconds=time.monotonic() - start, notes=[str(e)])
     except MemoryError as e:
         return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {e}"])
+    except UnsupportedOperation as e:  # found while bounding (the inputs were valid): no answer
+        return Result("unknown", seconds=time.monotonic() - start, notes=[f"unsupported: {str(e)[:300]}"])
     except BoundFlowError:
         raise
     except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
