@@ -276,3 +276,41 @@ def test_batch_one_reshape_follows_the_batch_of_the_call():
     module = OnnxModule(m, "net.onnx").double()
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     assert torch.equal(module(x), x.reshape(4, 6))
+
+
+def test_constants_are_folded_at_import_and_shape_arithmetic_is_not_traced():
+    """Transpose(W) and Mul(W, 2) of initializers are evaluated once at import; Shape -> Gather
+    -> Concat -> Reshape on the input's shape runs outside capture: the captured graph holds only
+    ops on values that vary with the input."""
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("Mul", ["wt", "two"], ["w2"]),
+        helper.make_node("MatMul", ["x", "w2"], ["h"]),
+        helper.make_node("Shape", ["h"], ["sh"]),
+        helper.make_node("Gather", ["sh", "zero"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "ax"], ["b1"]),
+        helper.make_node("Concat", ["b1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["y"]),
+    ]
+    inits = [
+        _c("w", np.arange(6).reshape(3, 2)),
+        _c("two", 2.0),
+        _c("zero", 0, np.int64),
+        _c("ax", [0], np.int64),
+        _c("minus1", [-1], np.int64),
+    ]
+    m = _model(nodes, [1, 2], [1, 3], inits)
+    module = OnnxModule(m, "folded").eval()
+    assert check_against_onnxruntime(module, m.SerializeToString(), atol=1e-6) <= 1e-6
+    varying = [op for op, *_rest, on_shapes in module.nodes if not on_shapes]
+    shape_only = [op for op, *_rest, on_shapes in module.nodes if on_shapes]
+    assert varying == ["MatMul", "Reshape"]  # Transpose and Mul were folded
+    assert shape_only == ["Shape", "Gather", "Unsqueeze", "Concat"]
+    from boundflow.graph import capture
+
+    g = capture(module.double(), torch.zeros(1, 2, dtype=torch.float64))
+    ops = [str(n.target) for n in g.gm.graph.nodes if n.op == "call_function"]
+    assert not any("permute" in o or "transpose" in o or o.startswith("aten.mul") for o in ops), ops
+    # and the batch: a batch of 4 through the shape arithmetic
+    x = torch.randn(4, 2, dtype=torch.float64)
+    assert module(x).shape == (4, 3)

@@ -94,6 +94,8 @@ HIDDEN = {
     "square-tiny": lambda z: z + 1e-14 * z * z,
     "relu6-wide": lambda z: torch.nn.functional.hardtanh(z, -1e5, 1e5),
 }
+
+
 class _TrainBN(nn.Module):
     """Batch norm in training mode: its statistics come from the batch (not affine)."""
 
