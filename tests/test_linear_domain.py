@@ -416,3 +416,37 @@ def test_crown_tight_maxpool_is_sound_and_never_looser_than_deeppoly(pool):
     assert bool((ys >= t_lo - 1e-9).all() and (ys <= t_hi + 1e-9).all())
     with pytest.raises(ValueError, match="maxpool must be"):
         CrownDomain("magic")
+
+
+class _Attention(nn.Module):
+    """``softmax(Q K^T / sqrt(d)) V`` on ``n`` tokens of width ``d`` (products of two variables)."""
+
+    def __init__(self, n: int, d: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n, self.d = n, d
+        self.wq, self.wk, self.wv = (nn.Parameter(torch.randn(d, d, generator=g, dtype=torch.float64)) for _ in "qkv")
+
+    def forward(self, x):
+        t = x.reshape(x.shape[0], self.n, self.d)
+        q, k, v = (torch.bmm(t, w.expand(t.shape[0], -1, -1)) for w in (self.wq, self.wk, self.wv))
+        s = torch.bmm(q, k.transpose(1, 2)) / self.d**0.5
+        return torch.bmm(torch.softmax(s, -1), v).reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_attention_products_of_two_variables_are_bounded_soundly_and_tighter_than_intervals(seed):
+    n, d = 2 + seed % 2, 2 + seed // 2
+    model = _Attention(n, d, seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    lo = torch.randn(2, n * d, generator=g, dtype=torch.float64)
+    hi = lo + 0.3 * torch.rand(2, n * d, generator=g, dtype=torch.float64)
+    lb, ub = bf.compute_bounds(model, lo, hi, method="crown")
+    ilb, iub = bf.compute_bounds(model, lo, hi, method="ibp")
+    for b in range(2):
+        x = lo[b] + (hi[b] - lo[b]) * torch.rand(3000, n * d, generator=g, dtype=torch.float64)
+        corners = torch.where(torch.rand(64, n * d, generator=g) < 0.5, lo[b], hi[b])
+        with torch.no_grad():
+            y = model(torch.cat([x, corners]))
+        assert (y >= lb[b] - 1e-9).all() and (y <= ub[b] + 1e-9).all()
+    assert float((ub - lb).sum()) <= float((iub - ilb).sum()) + 1e-9

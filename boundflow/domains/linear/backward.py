@@ -17,7 +17,7 @@ from torch import fx
 from torch.func import vjp, vmap
 
 from boundflow import deadline
-from boundflow.domains.linear.joint import JOINT, interval_back
+from boundflow.domains.linear.joint import JOINT, interval_back, matmul_back
 from boundflow.domains.linear.maxpool import maxpool_back
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
@@ -348,8 +348,10 @@ def _affine_rule(state: BoundState, node: fx.Node, lA, uA, pending, start):
         var = [a for a in _flat_nodes(node.args) if a not in state.const]
         divided = node.target in (aten.div.Tensor, aten.div.Scalar)
         if (len(var) > 1 or divided) and not _bounded(state, node.args):
-            # a product of two varying operands (attention's matrix products) or a varying
-            # divisor: the node's interval bounds
+            if node.target is aten.bmm.default and not divided and len(node.args) == 2:
+                return matmul_back(state, node, lA, uA, pending, start)  # attention: McCormick
+            # another product of two varying operands or a varying divisor: the node's
+            # interval bounds
             return interval_back(state, node, lA, uA, pending, start)
     return _affine_back(state, node, lA, uA, pending)
 

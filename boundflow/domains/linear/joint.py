@@ -30,7 +30,7 @@ from boundflow.domains.linear.state import BoundState, _add, _shape, _sum_tail
 
 aten = torch.ops.aten
 
-__all__ = ["JOINT", "interval_back", "reduce_to"]
+__all__ = ["JOINT", "interval_back", "matmul_back", "reduce_to"]
 
 
 def reduce_to(A: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -176,6 +176,42 @@ def _mul_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     uxc, uyc, du = side(uA, up_ax, up_ay, up_c, lo_ax, lo_ay, lo_c)
     _add(pending, x, _to(lxc, sx), _to(uxc, sx))
     _add(pending, y, _to(lyc, sy), _to(uyc, sy))
+    return dl, du
+
+
+def matmul_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
+    """``bmm(X, Y)`` of two varying batches of matrices (attention): every product
+    ``X_il Y_lj`` of the sum ``Z_ij`` relaxed by its McCormick planes (the one higher, resp.
+    lower, at the centre of the two boxes), so ``Z`` is bounded by planes in ``X`` and ``Y``
+    (the triples ``(b, i, l, j)`` are materialised: meant for attention-sized products)."""
+    x, y = node.args[:2]
+    lx, ux, ly, uy = state.lower[x], state.upper[x], state.lower[y], state.upper[y]
+    if x is y or not all(bool(torch.isfinite(t).all()) for t in (lx, ux, ly, uy)):
+        return interval_back(state, node, lA, uA, pending, start)
+    LX, UX = lx.unsqueeze(-1), ux.unsqueeze(-1)  # (b, n, k, 1)
+    LY, UY = ly.unsqueeze(1), uy.unsqueeze(1)  # (b, 1, k, m)
+    MX, MY = (LX + UX) / 2, (LY + UY) / 2
+    first_lo = (LY * MX + LX * MY - LX * LY) >= (UY * MX + UX * MY - UX * UY)
+    lo_ax, lo_ay = torch.where(first_lo, LY, UY), torch.where(first_lo, LX, UX)  # slopes on X, Y
+    first_up = (UY * MX + LX * MY - LX * UY) <= (LY * MX + UX * MY - UX * LY)
+    up_ax, up_ay = torch.where(first_up, UY, LY), torch.where(first_up, LX, UX)
+    lo_c, up_c = -lo_ax * lo_ay, -up_ax * up_ay
+    b = lx.shape[0]
+
+    def side(A, p_ax, p_ay, p_c, n_ax, n_ay, n_c):
+        A = A.expand(A.shape[0], b, *A.shape[2:])  # (s, b, n, m)
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        cx = torch.einsum("sbnm,bnkm->sbnk", pos, p_ax) + torch.einsum("sbnm,bnkm->sbnk", neg, n_ax)
+        cy = torch.einsum("sbnm,bnkm->sbkm", pos, p_ay) + torch.einsum("sbnm,bnkm->sbkm", neg, n_ay)
+        c = torch.einsum("sbnm,bnkm->sb", pos, p_c) + torch.einsum("sbnm,bnkm->sb", neg, n_c)
+        return cx, cy, c
+
+    full = (b, lx.shape[1], lx.shape[2], ly.shape[2])
+    planes = [t.expand(full) for t in (lo_ax, lo_ay, lo_c, up_ax, up_ay, up_c)]
+    lxc, lyc, dl = side(lA, *planes)
+    uxc, uyc, du = side(uA, *planes[3:], *planes[:3])
+    _add(pending, x, lxc, uxc)
+    _add(pending, y, lyc, uyc)
     return dl, du
 
 
