@@ -195,3 +195,41 @@ def test_milp_bounds_contain_attained_values_for_activations_from_1e_8_to_1e3(se
         n_all += exact.numel()
     # the certified search closes at the MIP's claim on most of them (so milp stays exact there)
     assert n_exact >= n_all // 2, (n_exact, n_all)
+
+
+def test_binarised_network_counterexample_found_through_straight_through_gradients(tmp_path):
+    """A Sign network has zero gradients: the attack passes them as the identity, and the
+    disjuncts over one box (a classification property) are attacked together."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from boundflow.verify import verify
+
+    # y = sign(x W + b): class 1 beats class 0 only where x_0 - x_1 > 1.99, a corner of the box
+    # of volume 1.25e-5 that random points miss and zero gradients never reach
+    w = np.zeros((8, 3), dtype=np.float32)
+    w[0, 1], w[1, 1] = 1.0, -1.0
+    b = np.array([0.0, -1.99, -0.5], dtype=np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["a"]),
+        helper.make_node("Sign", ["a"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "bnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "bnn.onnx")
+    decl = "".join(f"(declare-const X_{i} Real)\n" for i in range(8))
+    decl += "".join(f"(declare-const Y_{j} Real)\n" for j in range(3))
+    box = "".join(f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))\n" for i in range(8))
+    # unsafe: class 1 or class 2 strictly above class 0
+    prop = decl + box + "(assert (or (and (> Y_1 Y_0)) (and (> Y_2 Y_0))))\n"
+    (tmp_path / "p.vnnlib").write_text(prop)
+    res = verify(tmp_path / "bnn.onnx", tmp_path / "p.vnnlib", timeout=60)
+    assert res.status == "sat", res
+    y = res.output
+    assert y[1] > y[0] or y[2] > y[0]

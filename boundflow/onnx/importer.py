@@ -576,6 +576,8 @@ STATIC_INPUTS = {
 # inputs passed as a Python number where they are a constant of one element (so the domains see
 # clamp(x, lo, hi) and pow(x, p) with known numbers)
 SCALAR_INPUTS = {"Clip": (1, 2), "Pow": (1,)}
+# step functions: zero gradients (the attacks use the identity's instead)
+_STEPS = {"Sign", "Floor", "Ceil", "Round"}
 # ops whose result does not depend on the values of their input, only on its shape
 SHAPE_ONLY = {"Shape", "Size"}
 
@@ -592,6 +594,9 @@ class OnnxModule(nn.Module):
     whose input has batch size 1 is evaluated batch by batch: a ``Reshape`` target whose leading
     entry is that 1 takes the batch size of the call (so ``Reshape(x, [1, -1])`` flattens each
     sample), which keeps such models batch-first for the linear domain."""
+
+    # attacks only (boundflow.verify.pipeline): step functions pass gradients as the identity
+    straight_through: bool = False
 
     def __init__(self, model, path: str = "<onnx>"):
         super().__init__()
@@ -690,6 +695,9 @@ class OnnxModule(nn.Module):
                 axis = attrs.get("axis", 0)
                 size = args[0].shape[axis]
                 return tuple(torch.split(args[0], [size // n_out + (i < size % n_out) for i in range(n_out)], axis))
+            if self.straight_through and op in _STEPS and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                x = args[0]  # the step's value, the identity's gradient (attacks only)
+                return (x + (self._ops[op](x) - x).detach(),)
             out = self._ops[op](*args, **attrs)
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             if isinstance(e, BoundFlowError):

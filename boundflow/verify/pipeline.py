@@ -174,13 +174,47 @@ def _margins(f, x, dj):
     return f(x) @ dj.C.T - dj.d  # (N, rows): unsafe iff all <= 0 (< 0 on strict rows)
 
 
-def _falsify(
-    f, dj: Disjunct, checker: _Checker, deadline: float, n_random: int = 1024, restarts: int = 16, steps: int = 60
-):
-    """Random points, then projected sign-gradient descent on the worst margin of all rows from
-    ``restarts`` starts (the best random points and fresh random ones), every candidate with a
-    non-positive worst margin confirmed in onnxruntime."""
-    lo, hi = dj.lower, dj.upper
+class _straight_through:
+    """During the attacks' gradient steps, step functions of an imported model (``Sign``,
+    ``Floor``, ``Ceil``, ``Round``) pass gradients as the identity (straight-through): a
+    binarised network has zero gradients otherwise.  Values are unchanged up to rounding, and
+    every candidate is re-run in onnxruntime anyway."""
+
+    def __init__(self, f):
+        self.module = getattr(f, "module", None)
+
+    def __enter__(self):
+        if self.module is not None and hasattr(self.module, "straight_through"):
+            self.module.straight_through = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.module is not None and hasattr(self.module, "straight_through"):
+            self.module.straight_through = False
+        return False
+
+
+def _falsify(f, group, checker: _Checker, deadline: float, n_random: int = 1024, restarts: int = 16, steps: int = 60):
+    """Random points, then projected sign-gradient descent from ``restarts`` starts (the best
+    random points and fresh random ones) on the worst margin: for one disjunct the largest of its
+    rows (unsafe iff every row is <= 0); for a ``group`` of disjuncts over the same box the
+    smallest of those over the disjuncts (unsafe iff some disjunct is), so a classification
+    property's disjuncts are attacked together.  Every candidate with a non-positive worst
+    margin is confirmed in onnxruntime against the disjunct it violates."""
+    group = [group] if isinstance(group, Disjunct) else list(group)
+    lo, hi = group[0].lower, group[0].upper
+    C = torch.cat([dj.C for dj in group]).to(torch.float64)
+    d = torch.cat([dj.d for dj in group]).to(torch.float64)
+    sizes = [len(dj.d) for dj in group]
+
+    def worst(x):
+        parts = torch.split(f(x) @ C.T - d, sizes, 1)
+        per = torch.stack([p.amax(1) for p in parts], 1)  # (N, disjuncts)
+        return per.amin(1), per.argmin(1)
+
+    def confirm(x, k):
+        return checker.check(x, group[int(k)])
+
     g = torch.Generator().manual_seed(0)
     pts = torch.cat(
         [
@@ -190,17 +224,19 @@ def _falsify(
             lo + (hi - lo) * torch.rand(n_random, len(lo), generator=g, dtype=torch.float64),
         ]
     )
-    chunks = []
+    vals, which = [], []
     with torch.no_grad():  # in chunks, the deadline checked between them (wide inputs are costly)
         for s in range(0, len(pts), 128):
             if time.monotonic() > deadline:
                 return None
-            chunks.append(_margins(f, pts[s : s + 128], dj).amax(1))
-    worst = torch.cat(chunks)
-    order = worst.argsort()
+            v, k = worst(pts[s : s + 128])
+            vals.append(v)
+            which.append(k)
+    val, which = torch.cat(vals), torch.cat(which)
+    order = val.argsort()
     for i in order[:8].tolist():
-        if worst[i] <= 0:
-            w = checker.check(pts[i], dj)
+        if val[i] <= 0:
+            w = confirm(pts[i], which[i])
             if w is not None:
                 return w
     half = restarts // 2
@@ -212,14 +248,14 @@ def _falsify(
         if time.monotonic() > deadline:
             return None
         z.requires_grad_(True)
-        m = _margins(f, z, dj)
-        obj = m.amax(1).sum()
-        (grad,) = torch.autograd.grad(obj, z)
+        with _straight_through(f):  # step functions pass gradients as the identity
+            obj = worst(z)[0].sum()
+            (grad,) = torch.autograd.grad(obj, z)
         with torch.no_grad():
             z = torch.minimum(torch.maximum(z - step * grad.sign(), lo), hi)
-            mz = _margins(f, z, dj).amax(1)
+            mz, kz = worst(z)
             for i in torch.nonzero(mz <= 0).reshape(-1).tolist():
-                w = checker.check(z[i], dj)
+                w = confirm(z[i], kz[i])
                 if w is not None:
                     return w
         step = step * (0.5 if k == steps // 2 else 0.95)
@@ -471,13 +507,22 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
 
     # the attacks get at most ATTACK_SHARE of the time left, shared by the disjuncts
     attack_end = time.monotonic() + ATTACK_SHARE * max(0.0, deadline - time.monotonic())
-    for k, dj in enumerate(disjuncts):  # attack every disjunct before bounding any
+    for dj in disjuncts:  # a disjunct without output constraint: every input is unsafe
+        if not len(dj.C):
+            w = checker.check((dj.lower + dj.upper) / 2, dj)
+            if w is not None:
+                return answer("sat", 0, w, len(dj.lower))
+    groups: dict = {}  # disjuncts over the same box are attacked together
+    for dj in disjuncts:
+        if len(dj.C):
+            groups.setdefault((dj.lower.numpy().tobytes(), dj.upper.numpy().tobytes()), []).append(dj)
+    for k, group in enumerate(groups.values()):  # attack every disjunct before bounding any
         if time.monotonic() > deadline:
             return answer("timeout")
-        until = time.monotonic() + (attack_end - time.monotonic()) / (len(disjuncts) - k)
-        w = _falsify(f, dj, checker, until) if len(dj.C) else checker.check((dj.lower + dj.upper) / 2, dj)
+        until = time.monotonic() + (attack_end - time.monotonic()) / (len(groups) - k)
+        w = _falsify(f, group, checker, until)
         if w is not None:
-            return answer("sat", 0, w, len(dj.lower))
+            return answer("sat", 0, w, len(group[0].lower))
     # graph capture's first call imports torch's compiler stack (~1 s, not interruptible): pay it
     # here, after the attacks and where the deadline is checked next, rather than in the middle
     # of branch and bound
