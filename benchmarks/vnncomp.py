@@ -1,8 +1,8 @@
 """Run VNN-COMP instances as the competition does and compare with the expected answers.
 
     python benchmarks/vnncomp.py [FOLDER ...] [--timeout-factor 1.0] [--timeout-cap S]
-                                 [--out docs/benchmarks] [--results results/vnncomp] [--limit N]
-                                 [--in-process]
+                                 [--out docs/benchmarks] [--name vnncomp] [--results results/vnncomp]
+                                 [--limit N] [--in-process]
 
 Each FOLDER has an ``instances.csv`` (onnx, vnnlib, timeout_s, expected); default: every
 benchmark under ../shared/benchmarks/vnncomp.  Every folder runs through
@@ -12,15 +12,14 @@ resumable under ``--results``), each instance in its own ``boundflow verify`` pr
 from its launch, as the competition runs it (``--in-process``: in this process).  Prints per
 benchmark solved / wrong / timeout-or-unknown, answers later than the timeout + 2 s, median and
 slowest seconds of the answers, and alpha-beta-CROWN's solved count and median time from the
-folder's ``results_vnncomp*.csv``; writes vnncomp.json, vnncomp.md and vnncomp.png.  A *wrong*
-answer is ``unsat`` on a ``sat`` instance or ``sat`` on an ``unsat`` one.
+folder's ``results_vnncomp*.csv``; writes NAME.json, NAME.md and NAME.png to ``--out``
+(``--name``, default vnncomp).  A *wrong* answer is ``unsat`` on a ``sat`` instance or ``sat`` on an ``unsat`` one.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,6 +86,7 @@ def main() -> None:
     ap.add_argument("--executor", default="process", choices=["process", "ray"])
     ap.add_argument("--parallel", default="subdomains", choices=["subdomains", "instances"])
     ap.add_argument("--timeout-cap", type=float, default=None, help="no instance gets more seconds than this")
+    ap.add_argument("--name", default="vnncomp", help="stem of the files written to --out")
     ap.add_argument(
         "--in-process",
         action="store_true",
@@ -115,7 +115,6 @@ def main() -> None:
                 + "\n"
             )
         expected = {(i.onnx_text, i.vnnlib_text): i.expected for i in read_instances(csv_path)}
-        t0 = time.monotonic()
         got = run_benchmark(
             csv_path,
             Path(args.results) / folder.name,
@@ -147,7 +146,7 @@ def main() -> None:
                 "slowest_s": times[-1] if times else None,
                 "abcrown_solved": len(ref_times) if any(abc.values()) or abc else None,
                 "abcrown_median_s": ref_times[len(ref_times) // 2] if ref_times else None,
-                "seconds": time.monotonic() - t0,
+                "seconds": sum(float(r["run_time"]) for r in got),  # (also right for a resumed run)
             }
         )
     if executor is not None:
@@ -160,7 +159,7 @@ def main() -> None:
     overrun = {"max": q(1.0), "p99": q(0.99), "p90": q(0.9), "median": q(0.5), "over_timeout": sum(o > 0 for o in over)}
     out = Path(args.out)
     write_json(
-        out / "vnncomp.json",
+        out / f"{args.name}.json",
         {
             "benchmark": "vnncomp",
             "args": vars(args),
@@ -170,7 +169,7 @@ def main() -> None:
             "rows": rows,
         },
     )
-    _plot(rows, out / "vnncomp.png")
+    _plot(rows, out / f"{args.name}.png")
     cmd = "python benchmarks/vnncomp.py" + (
         f" --timeout-factor {args.timeout_factor}" if args.timeout_factor != 1 else ""
     )
@@ -180,6 +179,8 @@ def main() -> None:
         cmd += f" --timeout-cap {args.timeout_cap:g}"
     if args.in_process:
         cmd += " --in-process"
+    if args.name != "vnncomp":
+        cmd += f" --name {args.name}"
     if args.workers > 1:
         cmd += f" --workers {args.workers} --executor {args.executor} --parallel {args.parallel}"
     lines = [
@@ -207,7 +208,7 @@ def main() -> None:
         f"{overrun['p90']:.2f}, 99th {overrun['p99']:.2f}, max {overrun['max']:.2f}; "
         f"{overrun['over_timeout']} of {len(over)} instances ran past their timeout.",
         "",
-        "![wall time per answer](vnncomp.png)",
+        f"![wall time per answer]({args.name}.png)",
         "",
         "| benchmark | onnx | vnnlib | expected | answer | s |",
         "|---|---|---|---|---|---|",
@@ -217,7 +218,7 @@ def main() -> None:
             f"| {r['benchmark']} | {r['onnx']} | {r['vnnlib']} | {r['expected']} | {r['result']} | "
             f"{float(r['run_time']):.2f} |"
         )
-    write_text(out / "vnncomp.md", "\n".join(lines) + "\n")
+    write_text(out / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines[4 : 8 + len(summary)]))
 
 
