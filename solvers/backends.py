@@ -243,7 +243,6 @@ class MilpSolver(LpSolver):
         binaries = np.array([j for j in range(prog.n_vars) if prog.integer[j]], dtype=np.int32)
         deadline = None if time_limit is None else time.perf_counter() + time_limit
         lp.set_objective(c)
-        h.setOptionValue("time_limit", float("inf"))
         stack: list[tuple[dict, float]] = [({}, -math.inf)]  # (fixed binaries, the parent's bound)
         worst, nodes, parent = target, 0, -math.inf
         try:
@@ -260,6 +259,9 @@ class MilpSolver(LpSolver):
                 if len(idx):
                     h.changeColsBounds(len(idx), idx, lo[idx], hi[idx])
                 try:
+                    # every LP within the time left (any multipliers it stops with give a bound)
+                    left = 30.0 if deadline is None else max(0.01, deadline - time.perf_counter())
+                    h.setOptionValue("time_limit", left)
                     h.run()
                     status = h.modelStatusToString(h.getModelStatus()).lower()
                     sol = h.getSolution()
