@@ -77,7 +77,7 @@ def decide(chain: Chain, lower, upper, splits, bounds, deadline: float, time_lim
     solver = make_solver(p, "milp")
     c = np.zeros(p.n_vars)
     c[t] = 1.0
-    out = solver.minimize(c, left)
+    out = solver.minimize(c, left, goal=0.0)  # only the sign of the minimum matters here
     if out.bound > 0:
         return Outcome("unsat")
     try:
