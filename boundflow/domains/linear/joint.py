@@ -179,6 +179,11 @@ def _mul_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     return dl, du
 
 
+# a product of two varying matrices whose (rows, b, n, k, m) triples would exceed this many
+# entries takes its interval bounds instead (the planes are materialised per triple)
+MAX_TRIPLES = 1 << 24
+
+
 def matmul_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     """``bmm(X, Y)`` of two varying batches of matrices (attention): every product
     ``X_il Y_lj`` of the sum ``Z_ij`` relaxed by its McCormick planes (the one higher, resp.
@@ -186,8 +191,9 @@ def matmul_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     (the triples ``(b, i, l, j)`` are materialised: meant for attention-sized products)."""
     x, y = node.args[:2]
     lx, ux, ly, uy = state.lower[x], state.upper[x], state.lower[y], state.upper[y]
-    if x is y or not all(bool(torch.isfinite(t).all()) for t in (lx, ux, ly, uy)):
-        return interval_back(state, node, lA, uA, pending, start)
+    triples = lx.shape[0] * lx.shape[1] * lx.shape[2] * ly.shape[2] * max(1, lA.shape[0])
+    if x is y or triples > MAX_TRIPLES or not all(bool(torch.isfinite(t).all()) for t in (lx, ux, ly, uy)):
+        return interval_back(state, node, lA, uA, pending, start)  # (too large to materialise: intervals)
     LX, UX = lx.unsqueeze(-1), ux.unsqueeze(-1)  # (b, n, k, 1)
     LY, UY = ly.unsqueeze(1), uy.unsqueeze(1)  # (b, 1, k, m)
     MX, MY = (LX + UX) / 2, (LY + UY) / 2
