@@ -80,12 +80,15 @@ def decide(chain: Chain, lower, upper, splits, bounds, deadline: float, time_lim
     out = solver.minimize(c, left, goal=0.0)  # only the sign of the minimum matters here
     if out.bound > 0:
         return Outcome("unsat")
+    # counterexample candidates: a point the rigorous search met below the goal, the MIP's incumbent
+    candidates = [solver.candidate]
     try:
-        sol = np.asarray(solver.mip.h.getSolution().col_value, dtype=np.float64)
-        if len(sol) == p.n_vars:
+        candidates.append(np.asarray(solver.mip.h.getSolution().col_value, dtype=np.float64))
+    except Exception:
+        pass
+    for sol in candidates:
+        if sol is not None and len(sol) == p.n_vars:
             w = check(torch.from_numpy(sol[x]))
             if w is not None:
                 return Outcome("sat", w)
-    except Exception:
-        pass
     return Outcome("unknown" if time.monotonic() < deadline else "timeout")
