@@ -61,7 +61,8 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
     from boundflow import deadline
     from boundflow.onnx import load_onnx, parse_vnnlib
     from boundflow.onnx.importer import check_against_onnxruntime
-    from boundflow.verify.pipeline import _batchable, _Batched, _n_outputs
+    from boundflow.errors import UnsupportedOperation
+    from boundflow.verify.pipeline import _batched, _n_outputs
 
     torch.set_num_threads(2)
     row: dict = {}
@@ -85,9 +86,9 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
     except Exception as e:  # noqa: BLE001
         row["bound"] = {m: f"property: {type(e).__name__}: {str(e)[:120]}" for m in methods}
         return row
-    batchable = _batchable(module, module.input_shape)
-    row["batch_first"] = batchable
-    f = _Batched(module, module.input_shape, batchable).eval()
+    f = _batched(module)
+    row["batch_first"] = "yes" if f.batchable else ("vmap" if f.vmapped else "no")
+    linear = f.batchable or f.vmapped  # a vmapped graph batch-first by vmap's batching rules
     lo, hi = dj.lower[None], dj.upper[None]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -112,10 +113,18 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
         t = time.monotonic()
         try:
             with deadline.within(time.monotonic() + bound_timeout):
-                lb, ub = bf.compute_bounds(f, lo, hi, method=m if batchable else "ibp")
+                try:
+                    lb, ub = bf.compute_bounds(f, lo, hi, method=m if linear else "ibp")
+                except UnsupportedOperation:
+                    alt = f.vmapped_view() if linear else None
+                    if alt is None:
+                        raise
+                    # not batch-first inside: the verifier bounds vmap's batch-first graph
+                    lb, ub = bf.compute_bounds(alt, lo, hi, method=m)
+                    row["batch_first"] = "vmap"
             tol = 1e-9 * (1 + y.abs().max())
             ok = bool(((y >= lb - tol) & (y <= ub + tol)).all())
-            row["bound"][m] = ("ok" if ok else "VIOLATED") + ("" if batchable else " (ibp: not batch-first)")
+            row["bound"][m] = ("ok" if ok else "VIOLATED") + ("" if linear else " (ibp: not batch-first)")
             row["width"][m] = float((ub - lb).mean())
         except deadline.DeadlineExceeded:
             row["bound"][m] = f"timeout ({bound_timeout:g} s)"

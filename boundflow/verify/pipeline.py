@@ -69,16 +69,34 @@ class Result:
 
 
 class _Batched(nn.Module):
-    """``(N, n_in) -> (N, n_out)`` around an imported module."""
+    """``(N, n_in) -> (N, n_out)`` around an imported module.  ``batchable``: the module takes a
+    batch itself; ``vmapped``: it takes one sample (a graph that drops or moves the batch of 1,
+    e.g. a reshape to ``(tokens, heads, dim)``) and ``torch.func.vmap`` batches it, which also
+    makes the captured graph batch-first wherever vmap's batching rules keep the batch in
+    front (the linear domain then applies); otherwise one sample at a time."""
 
-    def __init__(self, module: nn.Module, input_shape: list[int], batchable: bool):
+    def __init__(self, module: nn.Module, input_shape: list[int], batchable: bool, vmapped: bool = False):
         super().__init__()
         self.module, self.shape, self.batchable = module, input_shape, batchable
+        self.vmapped = vmapped and not batchable
+
+    def vmapped_view(self) -> _Batched | None:
+        """The same function batched by vmap (for a module that batches itself but whose graph
+        is not batch-first inside, e.g. a transpose that moves the batch of 1 to the back), or
+        ``None`` if vmap cannot evaluate it."""
+        if self.vmapped or not _vmappable(self.module, self.shape):
+            return None
+        return _Batched(self.module, self.shape, False, True).eval()
+
+    def _one(self, xi):
+        return self.module(xi.reshape(self.shape)).reshape(-1)
 
     def forward(self, x):
         n = x.shape[0]
         if self.batchable:
             y = self.module(x.reshape(n, *self.shape[1:])).reshape(n, -1)
+        elif self.vmapped:
+            y = torch.func.vmap(self._one)(x)
         else:
             outs = []
             for i in range(n):  # one sample at a time: the deadline is checked between them
@@ -352,6 +370,28 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
     return "unsat", n_done
 
 
+def _vmappable(module, shape) -> bool:
+    """Whether ``torch.func.vmap`` evaluates ``module`` on a batch as it does sample by sample
+    (its ops have batching rules; same values)."""
+    x = torch.rand(3, int(np.prod(shape)), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            y = torch.func.vmap(lambda xi: module(xi.reshape(shape)).reshape(-1))(x)
+            ref = torch.stack([module(x[i].reshape(shape)).reshape(-1) for i in range(3)])
+        return y.shape == ref.shape and torch.allclose(y, ref, atol=1e-9)
+    except Exception:
+        return False
+
+
+def _batched(module) -> _Batched:
+    """The verifier's ``(N, n_in) -> (N, n_out)`` view of an imported module (batched by the
+    module itself, else by vmap, else one sample at a time)."""
+    shape = module.input_shape
+    if _batchable(module, shape):
+        return _Batched(module, shape, True).eval()
+    return _Batched(module, shape, False, _vmappable(module, shape)).eval()
+
+
 def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024, chain=None):
     """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
     if chain is not None and len(dj.C):
@@ -361,7 +401,9 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
         search = input_bab if len(dj.lower) <= INPUT_SPLIT_MAX else relu_bab
         out = search(spec_chain, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
         return out.status, out.witness, out.domains
-    linear = f.batchable  # the linear domain needs batch-first graphs; otherwise intervals only
+    # the linear domain needs batch-first graphs (a vmapped one may still have a node that is
+    # not: the bounder then falls back to intervals); otherwise intervals only
+    linear = f.batchable or f.vmapped
     bounder = _Bounder(f, deadline)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
@@ -388,8 +430,19 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             except UnsupportedOperation:
                 if not linear:
                     raise
-                linear = False  # a graph the linear domain cannot take (not batch-first inside)
-                m = bounder(blo, bhi, dj.C, dj.d, "ibp")
+                # a graph the linear domain cannot take (not batch-first inside): the vmapped
+                # view's graph, if it is batch-first, else intervals
+                alt = f.vmapped_view()
+                m = None
+                if alt is not None:
+                    bounder = _Bounder(alt, deadline)
+                    try:
+                        m = bounder(blo, bhi, dj.C, dj.d, "crown")
+                    except UnsupportedOperation:
+                        m = None
+                if m is None:
+                    linear = False
+                    m = bounder(blo, bhi, dj.C, dj.d, "ibp")
             open_ = ~leaf_proved(m)
             if linear and open_.any() and len(blo) <= 8:
                 m2 = bounder(blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
@@ -495,7 +548,7 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
 
         executor.warm(warm_up, None)  # the workers import while the attacks run
     module = module.double().eval()
-    f = _Batched(module, module.input_shape, _batchable(module, module.input_shape)).eval()
+    f = _batched(module)
     checker = _Checker.from_path(onnx_path, module)
 
     def answer(status, boxes=0, w=None, n_in=0, notes=None):
