@@ -314,3 +314,44 @@ def test_constants_are_folded_at_import_and_shape_arithmetic_is_not_traced():
     # and the batch: a batch of 4 through the shape arithmetic
     x = torch.randn(4, 2, dtype=torch.float64)
     assert module(x).shape == (4, 3)
+
+
+class _BatchAtTheBack(torch.nn.Module):
+    """Batchable, but not batch-first inside: the batch is moved to the back (as ``ml4acopf``'s
+    transposes do) before a dense layer and a nonlinearity."""
+
+    def __init__(self, seed: int, act: str):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W1 = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        self.W2 = torch.randn(3, 6, generator=g, dtype=torch.float64)
+        self.act = {"relu": torch.relu, "sin": torch.sin, "sigmoid": torch.sigmoid}[act]
+        self.input_shape = [1, 4]
+
+    def forward(self, x):
+        h = self.act(self.W1 @ x.t())  # (6, B): the batch in the back
+        return (self.W2 @ h).t() * 0.5 + x[:, :3]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("act", ["relu", "sin", "sigmoid"])
+def test_a_graph_not_batch_first_inside_gets_linear_bounds_through_its_vmapped_view(seed, act):
+    from boundflow.errors import UnsupportedOperation
+    from boundflow.verify.pipeline import _batched
+
+    f = _batched(_BatchAtTheBack(seed, act))
+    g = torch.Generator().manual_seed(100 + seed)
+    lo = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(1, 4, generator=g, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperation, match="batch"):
+        bf.compute_bounds(f, lo, hi, method="crown")
+    alt = f.vmapped_view()
+    assert alt is not None
+    lb, ub = bf.compute_bounds(alt, lo, hi, method="crown")
+    ilb, iub = bf.compute_bounds(f, lo, hi, method="ibp")
+    x = lo + (hi - lo) * torch.rand(4000, 4, generator=g, dtype=torch.float64)
+    corners = torch.cartesian_prod(*[torch.stack([lo[0, i], hi[0, i]]) for i in range(4)])
+    with torch.no_grad():
+        y = f(torch.cat([x, corners]))
+    assert (y >= lb - 1e-9).all() and (y <= ub + 1e-9).all()
+    assert float((ub - lb).sum()) <= float((iub - ilb).sum()) + 1e-9  # no looser than intervals
