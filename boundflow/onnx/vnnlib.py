@@ -1,10 +1,18 @@
 """VNN-LIB properties → a list of disjuncts ``(input box, C, d)``: the unsafe set is the union
 over disjuncts of ``{x in box : C @ f(x) <= d}`` (every row).  Malformed files raise
-:class:`VnnlibError` with the line number."""
+:class:`VnnlibError` with the line number.
+
+Both versions are read: 1.0 (``declare-const X_i`` / ``Y_j``) and 2.x (``(vnnlib-version <2.0>)``,
+one ``declare-network`` with one ``declare-input`` and one ``declare-output`` tensor of any
+shape, elements ``NAME[i, j, ...]`` flattened in row-major order).  Terms are linear: numbers,
+variables, ``+``, ``-``, ``*`` by constants; ``==`` is two inequalities.  Constraints on inputs
+must bound a single input (a box); constraints over several inputs, ``!=``, hidden nodes and
+properties over several networks are refused by name."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +69,9 @@ def read_text(path: Path) -> str:
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")
+_TENSOR_VAR = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\[([\d,\s]*)\]$")
+# VNN-LIB 2.0 writes tensor elements and shapes with brackets, spaces allowed inside: one token
+_BRACKETS = re.compile(r"\s*\[([^\]]*)\]")
 
 
 def _tokens(text: str):
@@ -96,33 +107,115 @@ def _line(expr) -> int:
     return expr[0][1] if isinstance(expr, list) else expr[1]
 
 
-def _term(t, path):
-    """A variable ('X', i) / ('Y', i) or a float."""
+def _term(t, path, names=None):
+    """A linear expression ``({variable: coefficient}, constant)``; a variable is ``('X', i)`` or
+    ``('Y', j)``.  Terms: numbers, ``X_i``/``Y_j`` (VNN-LIB 1.0), ``NAME[i, ...]`` of a declared
+    tensor (2.0; ``names``: name -> (kind, shape)), and ``(+ ...)``, ``(- a)``, ``(- a b ...)``,
+    ``(* ...)`` with at most one non-constant factor."""
     if isinstance(t, list):
-        raise VnnlibError(f"{path}:{_line(t)}: only variables and numbers are supported as terms, got an expression")
+        h = _head(t)
+        args = [_term(a, path, names) for a in t[2:]]
+        if h == "+" and args:
+            return _lin_sum(args, [1.0] * len(args))
+        if h == "-" and len(args) == 1:
+            return _lin_sum(args, [-1.0])
+        if h == "-" and len(args) > 1:
+            return _lin_sum(args, [1.0] + [-1.0] * (len(args) - 1))
+        if h == "*" and args:
+            coef, var = 1.0, None
+            for a in args:
+                if a[0]:
+                    if var is not None:
+                        raise VnnlibError(f"{path}:{_line(t)}: a product of two variables is not a linear constraint")
+                    var = a
+                else:
+                    coef *= a[1]
+            if var is None:
+                return {}, coef
+            return {k: coef * v for k, v in var[0].items()}, coef * var[1]
+        raise VnnlibError(f"{path}:{_line(t)}: unsupported term {h!r} (numbers, variables, +, -, * only)")
     tok, line = t
     m = _VAR.match(tok)
     if m:
-        return (m.group(1), int(m.group(2)))
+        return {(m.group(1), int(m.group(2))): 1.0}, 0.0
+    m = _TENSOR_VAR.match(tok)
+    if m and names is not None:
+        name, idx = m.group(1), [int(i) for i in m.group(2).split(",") if i.strip()]
+        if name not in names:
+            raise VnnlibError(f"{path}:{line}: {name} is not declared")
+        kind, shape = names[name]
+        if len(idx) != len(shape) or any(not 0 <= i < n for i, n in zip(idx, shape, strict=False)):
+            raise VnnlibError(f"{path}:{line}: index {idx} is out of the shape {list(shape)} of {name}")
+        flat = 0
+        for i, n in zip(idx, shape, strict=True):
+            flat = flat * n + i
+        return {(kind, flat): 1.0}, 0.0
+    if names is not None and tok in names and not names[tok][1]:
+        return {(names[tok][0], 0): 1.0}, 0.0  # a scalar tensor
     try:
-        return float(tok)
+        return {}, float(tok)
     except ValueError:
         raise VnnlibError(f"{path}:{line}: unknown term {tok!r}") from None
 
 
-def _dnf(expr, path) -> list[list]:
+def _lin_sum(args, signs):
+    out: dict = {}
+    const = 0.0
+    for (coefs, c), s in zip(args, signs, strict=True):
+        for k, v in coefs.items():
+            out[k] = out.get(k, 0.0) + s * v
+        const += s * c
+    return out, const
+
+
+def _dnf(expr, path, names=None) -> list[list]:
     """Formula → list of conjunctions (lists of atoms ``(op, lhs, rhs, line)``)."""
     h = _head(expr)
     if h == "and":
-        parts = [_dnf(e, path) for e in expr[2:]]
+        parts = [_dnf(e, path, names) for e in expr[2:]]
         return [sum(combo, []) for combo in itertools.product(*parts)]
     if h == "or":
-        return [c for e in expr[2:] for c in _dnf(e, path)]
-    if h in ("<=", ">=", "<", ">"):
+        return [c for e in expr[2:] for c in _dnf(e, path, names)]
+    if h in ("<=", ">=", "<", ">", "=="):
         if len(expr) != 4:
             raise VnnlibError(f"{path}:{_line(expr)}: '{h}' takes two terms")
-        return [[(h, _term(expr[2], path), _term(expr[3], path), _line(expr))]]
+        a, b = _term(expr[2], path, names), _term(expr[3], path, names)
+        if h == "==":
+            return [[("<=", a, b, _line(expr)), (">=", a, b, _line(expr))]]
+        return [[(h, a, b, _line(expr))]]
+    if h == "!=":
+        raise VnnlibError(f"{path}:{_line(expr)}: '!=' (a union of two open half-spaces) is not supported")
     raise VnnlibError(f"{path}:{_line(expr)}: unsupported formula head {h!r}")
+
+
+def _declare_network(e, path, names: dict) -> None:
+    """Read a VNN-LIB 2.0 ``(declare-network NAME (declare-input ...) ... (declare-output ...))``
+    into ``names`` (tensor name -> ``('X' | 'Y', shape)``); one input and one output tensor."""
+    for part in e[3:]:
+        if not isinstance(part, list):
+            raise VnnlibError(f"{path}:{_line(part)}: unexpected {part[0]!r} in declare-network")
+        h = _head(part)
+        if h in ("isomorphic-to", "equal-to"):
+            raise VnnlibError(f"{path}:{_line(part)}: '{h}' (properties over several networks) is not supported")
+        if h == "declare-hidden":
+            raise VnnlibError(f"{path}:{_line(part)}: declare-hidden (constraints on hidden nodes) is not supported")
+        if h not in ("declare-input", "declare-output"):
+            raise VnnlibError(f"{path}:{_line(part)}: unsupported declaration {h!r} in declare-network")
+        # after the bracket normalisation the element type and the shape are one token: Real[1,3]
+        m = None
+        if len(part) >= 4 and isinstance(part[2], tuple) and isinstance(part[3], tuple):
+            m = re.match(r"^([A-Za-z][A-Za-z0-9_]*)\[([\d,]*)\]$", part[3][0])
+        if not m:
+            raise VnnlibError(f"{path}:{_line(part)}: '{h}' needs a name, an element type and a shape ([1, 3] or [])")
+        name = part[2][0]
+        shape = tuple(int(i) for i in m.group(2).split(",") if i.strip())
+        kind = "X" if h == "declare-input" else "Y"
+        if any(k == kind for k, _ in names.values()):
+            raise VnnlibError(
+                f"{path}:{_line(part)}: a second network {'input' if kind == 'X' else 'output'} "
+                f"({name}) is not supported (one input and one output tensor)"
+            )
+        names[name] = (kind, shape)
 
 
 def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> list[Disjunct]:
@@ -130,14 +223,39 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
     path = Path(path)
     if not path.is_file():
         raise VnnlibError(f"{path}: no VNN-LIB file there")
-    exprs = _parse(_tokens(read_text(path)), path)
+    text = read_text(path)
+    names: dict | None = None  # VNN-LIB 2.0: tensor name -> (kind, shape)
+    if "vnnlib-version" in text:
+        text = _BRACKETS.sub(lambda m: "[" + m.group(1).replace(" ", "") + "]", text)
+    exprs = _parse(_tokens(text), path)
     nx = ny = 0
     conj: list[list] = [[]]
+    networks = 0
     for e in exprs:
         if not isinstance(e, list):
             raise VnnlibError(f"{path}:{e[1]}: unexpected token {e[0]!r} outside an expression")
         h = _head(e)
-        if h == "declare-const":
+        if h == "vnnlib-version":
+            version = e[2][0] if len(e) > 2 and isinstance(e[2], tuple) else ""
+            if not re.match(r"^<2\.\d+>$", version):
+                raise VnnlibError(f"{path}:{_line(e)}: VNN-LIB version {version!r} is not supported (1.0 and 2.x)")
+            names = {}
+        elif h == "declare-network":
+            if names is None:
+                raise VnnlibError(f"{path}:{_line(e)}: declare-network needs '(vnnlib-version <2.0>)' first")
+            networks += 1
+            if networks > 1:
+                raise VnnlibError(f"{path}:{_line(e)}: a second network is not supported (one network per property)")
+            _declare_network(e, path, names)
+            for kind, shape in names.values():
+                size = 1
+                for n in shape:
+                    size *= n
+                if kind == "X":
+                    nx = size
+                else:
+                    ny = size
+        elif h == "declare-const":
             m = _VAR.match(e[2][0]) if len(e) > 2 and isinstance(e[2], tuple) else None
             if not m:
                 raise VnnlibError(f"{path}:{_line(e)}: declare-const needs a name X_i or Y_j")
@@ -148,7 +266,7 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
         elif h == "assert":
             if len(e) != 3:
                 raise VnnlibError(f"{path}:{_line(e)}: assert takes one formula")
-            d = _dnf(e[2], path)
+            d = _dnf(e[2], path, names)
             conj = [a + b for a in conj for b in d]
         else:
             raise VnnlibError(f"{path}:{_line(e)}: unsupported command {h!r}")
@@ -167,31 +285,37 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
         for op, a, b, line in atoms:
             if op in (">=", ">"):
                 a, b = b, a  # a <= b
-            for t in (a, b):
-                if isinstance(t, tuple) and t[1] >= (declared_x if t[0] == "X" else declared_y):
-                    raise VnnlibError(f"{path}:{line}: {t[0]}_{t[1]} is used but not declared")
-            ax, bx = isinstance(a, tuple) and a[0] == "X", isinstance(b, tuple) and b[0] == "X"
-            if ax or bx:
+            # a - b <= 0 as {variable: coefficient} and a constant
+            coefs, const = _lin_sum([a, b], [1.0, -1.0])
+            coefs = {k: v for k, v in coefs.items() if v != 0.0}
+            for kind, i in coefs:
+                if i >= (declared_x if kind == "X" else declared_y):
+                    raise VnnlibError(f"{path}:{line}: {kind}_{i} is used but not declared")
+            xs = [k for k in coefs if k[0] == "X"]
+            if xs:
                 # a strict input bound is widened to <=: the box is closed, which only adds
                 # boundary points to the proof's obligations (a witness is still checked as written)
-                if ax and isinstance(b, float):
-                    hi[a[1]] = min(hi[a[1]].item(), b)
-                elif bx and isinstance(a, float):
-                    lo[b[1]] = max(lo[b[1]].item(), a)
+                if len(coefs) != 1:
+                    raise VnnlibError(
+                        f"{path}:{line}: only bounds on single inputs ('X_i <= c', '(* -1 X[i]) <= c') are "
+                        "supported; this constraint mixes several variables"
+                    )
+                (k, coef) = next(iter(coefs.items()))
+                bound = -const / coef
+                if abs(coef) != 1.0:  # the division rounds: one step outwards keeps every point
+                    bound = math.nextafter(bound, math.inf if coef > 0 else -math.inf)
+                if coef > 0:
+                    hi[k[1]] = min(hi[k[1]].item(), bound)
                 else:
-                    raise VnnlibError(f"{path}:{line}: only bounds 'X_i <= c' / 'X_i >= c' are supported on inputs")
+                    lo[k[1]] = max(lo[k[1]].item(), bound)
                 continue
             row = torch.zeros(ny, dtype=torch.float64)
-            c = 0.0
-            for term, sign in ((a, 1.0), (b, -1.0)):
-                if isinstance(term, float):
-                    c -= sign * term
-                else:
-                    if term[1] >= ny:
-                        raise VnnlibError(f"{path}:{line}: Y_{term[1]} is not declared")
-                    row[term[1]] += sign
+            for (_, j), v in coefs.items():
+                if j >= ny:
+                    raise VnnlibError(f"{path}:{line}: Y_{j} is not declared")
+                row[j] += v
             rows.append(row)
-            rhs.append(c)
+            rhs.append(-const)
             strict.append(op in ("<", ">"))
         if torch.isinf(lo).any() or torch.isinf(hi).any():
             missing = torch.nonzero(torch.isinf(lo) | torch.isinf(hi)).reshape(-1).tolist()
