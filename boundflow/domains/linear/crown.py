@@ -79,6 +79,28 @@ def _nonlinear_input(node: fx.Node) -> fx.Node | None:
     return None
 
 
+# forward-mode intermediate bounds pay when the input is narrow and the network wide: backward
+# CROWN back-substitutes from every entry of every nonlinearity's input (cost ~ entries x
+# network), forward mode carries one form per input (cost ~ inputs x network)
+FORWARD_INPUTS = 64
+FORWARD_ENTRIES = 100_000
+
+
+def forward_pays(graph: CapturedGraph, x_lo: torch.Tensor) -> bool:
+    """Whether intermediate bounds come cheaper forward (few inputs, at most
+    :data:`FORWARD_INPUTS` per sample) than backward (nonlinearities with at least
+    :data:`FORWARD_ENTRIES` input entries per sample in all)."""
+    if x_lo[0].numel() > FORWARD_INPUTS:
+        return False
+    entries = 0
+    for n in graph.gm.graph.nodes:
+        t = _nonlinear_input(n) if n.op == "call_function" else None
+        v = t.meta.get("val") if isinstance(t, fx.Node) else None
+        if isinstance(v, torch.Tensor) and v.dim():
+            entries += v[0].numel()
+    return entries >= FORWARD_ENTRIES
+
+
 def prepare(
     graph: CapturedGraph,
     x_lo: torch.Tensor,

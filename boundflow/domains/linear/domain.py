@@ -17,7 +17,7 @@ from torch import nn
 from boundflow.bounds import Bounds
 from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.linear.alpha import alpha_crown
-from boundflow.domains.linear.crown import crown, empty_domains, intersect, prepare
+from boundflow.domains.linear.crown import crown, empty_domains, forward_pays, intersect, prepare
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph, capture
 from boundflow.specs import InputSpec, LinearSpec, OutputSpec
@@ -128,6 +128,16 @@ class CrownDomain(DomainBase):
     def _run(self, g, lo, hi, C, splits):
         tight = getattr(self, "maxpool", "deeppoly") == "tight"
         sparse = getattr(self, "sparse", True)
+        if splits is None and not tight and forward_pays(g, lo):
+            # a narrow input into a wide network: intermediate bounds by forward mode (sound
+            # for the box), then one backward pass from the output through them
+            from boundflow.domains.linear.forward import forward_bounds
+
+            nodes: dict = {}
+            forward_bounds(g, lo, hi, nodes_out=nodes)
+            state = prepare(g, lo, hi, refine=False, overrides=nodes, sparse=sparse)
+            lb, ub, _ = crown(g, lo, hi, C, state=state)
+            return lb, ub, None
         state = prepare(g, lo, hi, overrides=splits, tight_pool=tight, sparse=sparse)
         lb, ub, state = crown(g, lo, hi, C, state=state)
         if tight:  # the per-window choice of upper line is a heuristic: intersect with DeepPoly's

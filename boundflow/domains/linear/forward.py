@@ -102,6 +102,7 @@ def forward_bounds(
     x_hi: torch.Tensor,
     maxpool: str = "deeppoly",
     C: torch.Tensor | None = None,
+    nodes_out: dict | None = None,
 ):
     """Bounds ``(lo, hi)`` of the output node (shape of the output) by forward propagation; with
     ``C`` (``(S, n_out)`` or ``(B, S, n_out)``), bounds ``(B, S)`` of ``C @ y``, with ``C``
@@ -110,7 +111,9 @@ def forward_bounds(
 
     ``maxpool``: ``"deeppoly"`` (lower ``y >= x_p``, upper ``max u`` unless the pivot ``p``
     dominates) or ``"tight"`` (also the pivot-difference upper bound of :func:`_pivot_upper`,
-    chosen per pooled entry where its concretised upper bound is smaller; never looser there)."""
+    chosen per pooled entry where its concretised upper bound is smaller; never looser there).
+    ``nodes_out``: a dict that receives every node's bounds the pass concretised (the inputs of
+    its nonlinearities), by node name: sound intermediate bounds for a backward pass."""
     if maxpool not in MAXPOOL_RELAXATIONS:
         raise ValueError(f"maxpool must be one of {MAXPOOL_RELAXATIONS}, got {maxpool!r}")
     state = prepare(graph, x_lo, x_hi, refine=False)
@@ -163,6 +166,8 @@ def forward_bounds(
             continue
         lin[n] = rule(_Ctx(state, lin, node_bounds, maxpool == "tight"), n_eff, var)
     lo, hi = node_bounds(out_node)
+    if nodes_out is not None:  # every node's bounds that the pass concretised, by name
+        nodes_out.update({n.name: b for n, b in bounds.items() if n is not x_node})
     if C is None:
         return lo, hi
     from boundflow.domains.interval.domain import spec_bounds
