@@ -59,9 +59,9 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
 
     import boundflow as bf
     from boundflow import deadline
+    from boundflow.errors import UnsupportedOperation
     from boundflow.onnx import load_onnx, parse_vnnlib
     from boundflow.onnx.importer import check_against_onnxruntime
-    from boundflow.errors import UnsupportedOperation
     from boundflow.verify.pipeline import _batched, _n_outputs
 
     torch.set_num_threads(2)
@@ -176,6 +176,11 @@ def main() -> None:
     ap.add_argument("--methods", default="crown", help="comma-separated bound methods")
     ap.add_argument("--bound-timeout", type=float, default=60.0)
     ap.add_argument("--out", default="docs/benchmarks")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="re-measure only the given folders; keep the other benchmarks' rows of the existing table",
+    )
     ap.add_argument("--one", nargs=2, metavar=("ONNX", "VNNLIB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -208,15 +213,29 @@ def main() -> None:
         row["seconds"] = time.monotonic() - t0
         rows.append(row)
     out = Path(args.out)
+    kept: list = []
+    if args.update and (out / "vnncomp_coverage.json").exists():
+        measured = {r["benchmark"] for r in rows}
+        old_rows = json.loads((out / "vnncomp_coverage.json").read_text())["rows"]
+        kept = [r for r in old_rows if r["benchmark"] not in measured]
+        order = [r["benchmark"] for r in old_rows]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["benchmark"]) if r["benchmark"] in order else len(order))
     write_json(out / "vnncomp_coverage.json", {"args": vars(args), "environment": environment(), "rows": rows})
     _plot(rows, out / "vnncomp_coverage.png")
     cmd = "python benchmarks/vnncomp_coverage.py" + (f" --methods {args.methods}" if args.methods != "crown" else "")
     cmd += f" --bound-timeout {args.bound_timeout:g}" if args.bound_timeout != 60 else ""
+    if args.update:
+        cmd += " --update " + " ".join(str(f) for f in args.folders)
     lines = [
         "# VNN-COMP networks: import and bounds",
         "",
         f"Command: `{cmd}` (each network in its own process, 2 threads; bounds on the input box of "
-        "the first property that names the network)",
+        "the first property that names the network)"
+        + (
+            f"; the rows of {', '.join(sorted({r['benchmark'] for r in kept}))} are kept from the run before"
+            if kept
+            else ""
+        ),
         "",
         "| benchmark | network | import | onnxruntime rel. diff | "
         + " | ".join(f"{m} bounds" for m in methods)
