@@ -153,7 +153,9 @@ class CrownDomain(DomainBase):
 
 class AlphaCrownDomain(CrownDomain):
     """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN.  ``deadline``
-    (a ``time.monotonic()`` reading) stops the iterations early (every iterate is sound)."""
+    (a ``time.monotonic()`` reading) stops the iterations early (every iterate is sound).  On a
+    narrow input into a wide network (:func:`~boundflow.domains.linear.crown.forward_pays`) it
+    is CROWN with forward-mode intermediate bounds."""
 
     name = "alpha-crown"
 
@@ -163,6 +165,10 @@ class AlphaCrownDomain(CrownDomain):
     def _run(self, g, lo, hi, C, splits):
         if splits is not None:
             raise UnsupportedOperation("alpha-crown does not take split constraints yet; use crown")
+        if forward_pays(g, lo):
+            # a narrow input into a wide network: optimising slopes needs backward intermediate
+            # bounds (minutes there); CROWN with forward intermediate bounds instead
+            return super()._run(g, lo, hi, C, splits)
         lb, ub = alpha_crown(g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline)
         return lb, ub, None
 
