@@ -86,3 +86,29 @@ def test_vnnlib_2_refuses_what_it_does_not_support_by_name(tmp_path, body, messa
     v.write_text("(vnnlib-version <3.0>)\n")
     with pytest.raises(VnnlibError, match="version"):
         parse_vnnlib(v)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.25, 0.2500001), (-1e-44, 1e-44), (-0.5000001, -0.5), (1.0, 1.0), (0.1, 0.1)])
+def test_exhaustive_check_lists_every_float32_of_a_box(lo, hi):
+    """The ground-truth script of ``benchmarks/exhaustive_float32.py`` lists exactly the float32
+    numbers in ``[lo, hi]`` (stepping by ``nextafter``), or the nearest one when none is inside."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "exhaustive_float32.py"
+    spec = importlib.util.spec_from_file_location("exhaustive_float32", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = mod.float32_points(lo, hi)
+    want = []
+    x = np.float32(lo)
+    if float(x) < lo:
+        x = np.nextafter(x, np.float32(np.inf))
+    while float(x) <= hi:
+        want.append(x)
+        x = np.nextafter(x, np.float32(np.inf))
+    if not want:
+        want = [np.float32(lo)]
+    assert [float(v) for v in got] == [float(v) for v in want]
