@@ -266,6 +266,11 @@ def _sign_split(state, node, target, v):
     return make(w.clamp(min=0)), make(w.clamp(max=0))
 
 
+# the most entries of a dense Jacobian that a signed linear map without a sign split may build
+# (8 bytes each): beyond, the node keeps its interval bounds
+DENSE_JACOBIAN_MAX = 2**25
+
+
 def _affine(state, node, target, v, lin):
     f, positive, c = _split_linear(state, node, target, v)
     src = lin[v]
@@ -286,6 +291,18 @@ def _affine(state, node, target, v, lin):
     n = 1
     for s_ in shape_in[1:]:
         n *= s_
+    # the node whose bounds the interval pass holds: the op's, or for a tuple op its first output's
+    held = (
+        node
+        if node in state.lower
+        else next((u for u in node.users if u.target is operator.getitem and u.args[1] == 0 and u in state.lower), None)
+    )
+    if n * c.numel() > DENSE_JACOBIAN_MAX and held is not None:
+        # the dense Jacobian would not fit (a wide batch norm or transposed convolution): the
+        # node's interval bounds as constant forms instead (sound for any op)
+        lo_n, hi_n = state.lower[held], state.upper[held]
+        zw = torch.zeros(*lo_n.shape, src.lw.shape[-1], dtype=lo_n.dtype, device=lo_n.device)
+        return _Lin(zw, lo_n, zw, hi_n)
     basis = torch.eye(n, dtype=state.x_lo.dtype, device=state.x_lo.device)
     basis = basis.reshape(n, 1, *shape_in[1:]).expand(n, shape_in[0], *shape_in[1:])
     cols = vmap(f)(basis)  # (n, B, *out): column j = J e_j
