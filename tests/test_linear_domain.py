@@ -479,3 +479,26 @@ def test_forward_intermediate_bounds_for_narrow_inputs_contain_samples(name, mon
         for p in pts:
             y = model(p)
             assert (y >= lb - 1e-9).all() and (y <= ub + 1e-9).all(), name
+
+
+@pytest.mark.parametrize("name", ["cnn-maxpool-bn", "cnn-avgpool"])
+def test_forward_mode_without_room_for_a_dense_jacobian_keeps_interval_bounds(name, monkeypatch):
+    """A signed linear map whose dense Jacobian would not fit (forced here: no room at all) keeps
+    the node's interval bounds as constant forms: still contains sampled and attacked outputs."""
+    import importlib
+
+    forward_mod = importlib.import_module("boundflow.domains.linear.forward")
+    model, shape = _models()[name]
+    model = model.to(D).eval()
+    x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(2))
+    eps = 0.1
+    full = bf.compute_bounds(model, x - eps, x + eps, method="forward")
+    monkeypatch.setattr(forward_mod, "DENSE_JACOBIAN_MAX", 0)
+    lb, ub = bf.compute_bounds(model, x - eps, x + eps, method="forward")
+    assert (ub - lb >= full[1] - full[0] - 1e-9).all()  # never tighter than with the Jacobian
+    assert float((ub - lb).sum()) > float((full[1] - full[0]).sum()) * 1.1  # the fallback was taken
+    pts = _samples(model, x, eps)
+    with torch.no_grad():
+        for p in pts:
+            y = model(p)
+            assert (y >= lb - 1e-9).all() and (y <= ub + 1e-9).all(), name
