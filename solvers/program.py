@@ -255,6 +255,9 @@ class Propagator:
     def __init__(self, form: LinearForm, integer, rounds: int = 12, min_gain: float = 1e-6):
         self.csr = form.A.tocsr()
         self.csr.sum_duplicates()
+        # a stored zero (a McCormick row at a bound of 0) bounds nothing: dividing by it must
+        # never produce a bound
+        self.csr.eliminate_zeros()
         self.csc = self.csr.tocsc()
         self.rl, self.ru = np.asarray(form.row_lower, float), np.asarray(form.row_upper, float)
         self.per_row = np.diff(self.csr.indptr)

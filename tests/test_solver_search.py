@@ -137,3 +137,16 @@ def test_goal_query_never_claims_a_bound_above_an_attained_value(seeds):
                 proved += out.bound > goal
     # a goal under the minimum is proved (the search closes), not only left open
     assert proved >= 0.9 * below, (proved, below)
+
+
+def test_propagation_ignores_stored_zero_coefficients():
+    """A row may store a zero coefficient (McCormick rows at a bound of 0): it bounds nothing,
+    on either side of the row."""
+    for lower, upper in ((0.5, np.inf), (-np.inf, 0.5)):
+        p = Program()
+        p.var([-1.0, 0.0], [1.0, 1.0])
+        p.rows([0, 0], [0, 1], [0.0, 1.0], [lower], [upper])
+        form = p.linear_form()
+        assert form.A.nnz == 2  # the zero is stored
+        lo, hi = Propagator(form, [False, False])([-1.0, 0.0], [1.0, 1.0])
+        assert lo[0] == -1.0 and hi[0] == 1.0
