@@ -112,3 +112,20 @@ def test_exhaustive_check_lists_every_float32_of_a_box(lo, hi):
     if not want:
         want = [np.float32(lo)]
     assert [float(v) for v in got] == [float(v) for v in want]
+
+
+def test_constant_arithmetic_is_exact_and_rounded_outwards(tmp_path):
+    """Constants combined inside a term are summed exactly and rounded so that the input box and
+    the unsafe output set only grow (``0.3 - 0.1`` is not a double)."""
+    from fractions import Fraction
+
+    v = tmp_path / "p.vnnlib"
+    v.write_text(
+        "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+        "(assert (<= (+ X_0 0.1) 0.3))\n(assert (>= (- X_0 0.1) -0.3))\n(assert (<= (+ Y_0 0.1) 0.3))\n"
+    )
+    (d,) = parse_vnnlib(v)
+    exact = Fraction(0.3) - Fraction(0.1)
+    assert Fraction(d.upper[0].item()) >= exact and Fraction(d.lower[0].item()) <= -exact
+    assert Fraction(d.d[0].item()) >= exact
+    assert d.upper[0].item() - float(exact) < 1e-15

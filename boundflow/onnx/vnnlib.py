@@ -15,6 +15,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -116,13 +117,13 @@ def _term(t, path, names=None):
         h = _head(t)
         args = [_term(a, path, names) for a in t[2:]]
         if h == "+" and args:
-            return _lin_sum(args, [1.0] * len(args))
+            return _lin_sum(args, [1] * len(args))
         if h == "-" and len(args) == 1:
-            return _lin_sum(args, [-1.0])
+            return _lin_sum(args, [-1])
         if h == "-" and len(args) > 1:
-            return _lin_sum(args, [1.0] + [-1.0] * (len(args) - 1))
+            return _lin_sum(args, [1] + [-1] * (len(args) - 1))
         if h == "*" and args:
-            coef, var = 1.0, None
+            coef, var = Fraction(1), None
             for a in args:
                 if a[0]:
                     if var is not None:
@@ -137,7 +138,7 @@ def _term(t, path, names=None):
     tok, line = t
     m = _VAR.match(tok)
     if m:
-        return {(m.group(1), int(m.group(2))): 1.0}, 0.0
+        return {(m.group(1), int(m.group(2))): Fraction(1)}, Fraction(0)
     m = _TENSOR_VAR.match(tok)
     if m and names is not None:
         name, idx = m.group(1), [int(i) for i in m.group(2).split(",") if i.strip()]
@@ -149,21 +150,34 @@ def _term(t, path, names=None):
         flat = 0
         for i, n in zip(idx, shape, strict=True):
             flat = flat * n + i
-        return {(kind, flat): 1.0}, 0.0
+        return {(kind, flat): Fraction(1)}, Fraction(0)
     if names is not None and tok in names and not names[tok][1]:
-        return {(names[tok][0], 0): 1.0}, 0.0  # a scalar tensor
+        return {(names[tok][0], 0): Fraction(1)}, Fraction(0)  # a scalar tensor
     try:
-        return {}, float(tok)
+        value = float(tok)
     except ValueError:
         raise VnnlibError(f"{path}:{line}: unknown term {tok!r}") from None
+    if not math.isfinite(value):
+        raise VnnlibError(f"{path}:{line}: {tok!r} is not a finite number")
+    return {}, Fraction(value)  # the number is the double nearest the token; arithmetic is exact
+
+
+def _to_float(q: Fraction, up: bool) -> float:
+    """The double nearest ``q``, moved one step up (``up``) or down if it lies on the wrong side."""
+    f = float(q)
+    if up and Fraction(f) < q:
+        return math.nextafter(f, math.inf)
+    if not up and Fraction(f) > q:
+        return math.nextafter(f, -math.inf)
+    return f
 
 
 def _lin_sum(args, signs):
     out: dict = {}
-    const = 0.0
+    const = Fraction(0)
     for (coefs, c), s in zip(args, signs, strict=True):
         for k, v in coefs.items():
-            out[k] = out.get(k, 0.0) + s * v
+            out[k] = out.get(k, Fraction(0)) + s * v
         const += s * c
     return out, const
 
@@ -286,8 +300,8 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
             if op in (">=", ">"):
                 a, b = b, a  # a <= b
             # a - b <= 0 as {variable: coefficient} and a constant
-            coefs, const = _lin_sum([a, b], [1.0, -1.0])
-            coefs = {k: v for k, v in coefs.items() if v != 0.0}
+            coefs, const = _lin_sum([a, b], [1, -1])
+            coefs = {k: v for k, v in coefs.items() if v != 0}
             for kind, i in coefs:
                 if i >= (declared_x if kind == "X" else declared_y):
                     raise VnnlibError(f"{path}:{line}: {kind}_{i} is used but not declared")
@@ -301,9 +315,8 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
                         "supported; this constraint mixes several variables"
                     )
                 (k, coef) = next(iter(coefs.items()))
-                bound = -const / coef
-                if abs(coef) != 1.0:  # the division rounds: one step outwards keeps every point
-                    bound = math.nextafter(bound, math.inf if coef > 0 else -math.inf)
+                # exact rational bound, rounded outwards to a double (keeps every point)
+                bound = _to_float(-const / coef, up=coef > 0)
                 if coef > 0:
                     hi[k[1]] = min(hi[k[1]].item(), bound)
                 else:
@@ -313,9 +326,9 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
             for (_, j), v in coefs.items():
                 if j >= ny:
                     raise VnnlibError(f"{path}:{line}: Y_{j} is not declared")
-                row[j] += v
+                row[j] += float(v)
             rows.append(row)
-            rhs.append(-const)
+            rhs.append(_to_float(-const, up=True))  # rounded up: the unsafe set only grows
             strict.append(op in ("<", ">"))
         if torch.isinf(lo).any() or torch.isinf(hi).any():
             missing = torch.nonzero(torch.isinf(lo) | torch.isinf(hi)).reshape(-1).tolist()
