@@ -710,6 +710,18 @@ def _ort_candidates(dj: Disjunct, rng: np.random.Generator):
         yield lo + (hi - lo) * rng.random((256, len(lo)))
 
 
+def _check_property(disjuncts: list[Disjunct], n_in: int, vnnlib_path, onnx_path) -> None:
+    """A property the network can be checked against: at least one disjunct, each over the
+    network's ``n_in`` inputs (a one-line :class:`VnnlibError` otherwise)."""
+    from boundflow.onnx.vnnlib import VnnlibError
+
+    for dj in disjuncts:
+        if len(dj.lower) != n_in:
+            raise VnnlibError(f"{vnnlib_path}: property has {len(dj.lower)} inputs but {onnx_path} takes {n_in}")
+    if not disjuncts:
+        raise VnnlibError(f"{vnnlib_path}: the property has no disjunct")
+
+
 def _falsify_unimported(onnx_path: Path, vnnlib_path, timeout: float, start: float, error) -> Result:
     """``sat`` with an onnxruntime-checked witness, or ``unknown`` (naming why the model did
     not import), for a network no bound domain can read: centre, corners, integer points of few
@@ -731,11 +743,7 @@ def _falsify_unimported(onnx_path: Path, vnnlib_path, timeout: float, start: flo
     note = f"the model did not import ({error}); searched for a counterexample in onnxruntime only"
     checker = _Checker(data, inp.name, shape)
     rng = np.random.default_rng(0)
-    for dj in disjuncts:
-        if len(dj.lower) != n_in:
-            from boundflow.onnx.vnnlib import VnnlibError
-
-            raise VnnlibError(f"{vnnlib_path}: property has {len(dj.lower)} inputs but {onnx_path} takes {n_in}")
+    _check_property(disjuncts, n_in, vnnlib_path, onnx_path)
     for dj in disjuncts:
         for pts in _ort_candidates(dj, rng):
             for x in pts:
@@ -772,15 +780,7 @@ def verify(
         return _falsify_unimported(onnx_path, vnnlib_path, timeout, start, e)
     n_in = int(np.prod(module.input_shape))
     disjuncts = parse_vnnlib(vnnlib_path, n_inputs=None, n_outputs=_n_outputs(module))
-    for dj in disjuncts:
-        if len(dj.lower) != n_in:
-            from boundflow.onnx.vnnlib import VnnlibError
-
-            raise VnnlibError(f"{vnnlib_path}: property has {len(dj.lower)} inputs but {onnx_path} takes {n_in}")
-    if not disjuncts:
-        from boundflow.onnx.vnnlib import VnnlibError
-
-        raise VnnlibError(f"{vnnlib_path}: the property has no disjunct")
+    _check_property(disjuncts, n_in, vnnlib_path, onnx_path)
     if time.monotonic() > start + timeout:
         return Result("timeout", seconds=time.monotonic() - start)
     return verify_model(module, onnx_path, disjuncts, timeout, start, executor)
