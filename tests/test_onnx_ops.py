@@ -219,6 +219,50 @@ CASES = {
         [],
         13,
     ),
+    # batch-first graphs for the linear domain: torch's matmul folds the batch into mm rows
+    # (constant right operand) or merges it with the heads (two varying operands)
+    "matmul-3d-by-constant": (
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [1, 3, 4],
+        [1, 3, 2],
+        [_c("w", [[0.5, -1.0], [2.0, 0.3], [-0.7, 0.0], [1.1, -0.4]])],
+        13,
+    ),
+    "matmul-4d-by-constant": (
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [1, 2, 3, 4],
+        [1, 2, 3, 2],
+        [_c("w", [[0.5, -1.0], [2.0, 0.3], [-0.7, 0.0], [1.1, -0.4]])],
+        13,
+    ),
+    "matmul-4d-by-broadcast-3d-constant": (
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [1, 2, 3, 4],
+        [1, 2, 3, 1],
+        [_c("w", [[[0.5], [-1.0], [2.0], [0.3]], [[-0.7], [0.0], [1.1], [-0.4]]])],
+        13,
+    ),
+    "attention-scores-4d": (
+        [helper.make_node("MatMul", ["x", "xt"], ["y"])],
+        [1, 2, 3, 2],
+        [1, 2, 3, 3],
+        [],
+        13,
+    ),
+    "batch-norm-3d": (
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=1e-3)],
+        [1, 3, 4],
+        [1, 3, 4],
+        [_c("g", [1.0, -2.0, 0.5]), _c("b", [0.1, 0.0, -0.3]), _c("m", [0.2, -0.1, 0.0]), _c("v", [0.5, 2.0, 1e-3])],
+        13,
+    ),
+    "batch-norm-2d": (
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"])],
+        [1, 3],
+        [1, 3],
+        [_c("g", [1.0, -2.0, 0.5]), _c("b", [0.1, 0.0, -0.3]), _c("m", [0.2, -0.1, 0.0]), _c("v", [0.5, 2.0, 1e-3])],
+        13,
+    ),
 }
 
 
@@ -226,6 +270,8 @@ def _build(name):
     nodes, i, o, inits, opset = CASES[name]
     if name == "softmax-reducemean-transformer-block":  # x @ x^T: a product of two variables
         nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1])] + nodes
+    if name == "attention-scores-4d":  # queries times keys, per head
+        nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2])] + nodes
     return _model(nodes, i, o, inits, opset)
 
 

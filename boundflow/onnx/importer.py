@@ -48,6 +48,17 @@ def _matmul(a, b):
         return torch.matmul(a, b.unsqueeze(-1)).squeeze(-1)
     if a.dim() == 1:
         return torch.matmul(a.unsqueeze(0), b).squeeze(-2)
+    if a.dim() >= 3 and b.dim() == 2:
+        # (N, ..., k) @ (k, m) as one bmm over the first dimension: torch's matmul folds the
+        # leading dimensions into the rows of an mm, which moves the batch out of the front
+        # (the linear domain needs batch-first graphs)
+        n, k, m = a.shape[0], b.shape[0], b.shape[1]
+        return torch.bmm(a.reshape(n, -1, k), b.expand(n, k, m)).reshape(*a.shape[:-1], m)
+    if a.dim() >= 4 or b.dim() >= 4:
+        # batched products of matrices (attention: queries times keys): broadcast products
+        # summed over the shared dimension, which keeps the batch in front, where torch's
+        # matmul would merge the batch with the heads into one bmm
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
     return torch.matmul(a, b)
 
 
@@ -106,7 +117,13 @@ def _pool(kind):
 
 
 def _bn(x, scale, bias, mean, var, epsilon=1e-5, **_):
-    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
+    if x.dim() == 4:
+        return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
+    # other ranks as the affine map it is at inference: torch traces batch norm of a 2-D or 3-D
+    # input with a transpose that moves the batch out of the front
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    s = scale / torch.sqrt(var + epsilon)
+    return x * s.reshape(shape) + (bias - mean * s).reshape(shape)
 
 
 def _reshape(x, shape, allowzero=0, **_):
