@@ -466,7 +466,7 @@ def test_forward_intermediate_bounds_for_narrow_inputs_contain_samples(name, mon
     model = model.to(D).eval()
     x = torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(1))
     eps = 0.2
-    monkeypatch.setattr(crown_mod, "FORWARD_ENTRIES", 0)
+    monkeypatch.setattr(crown_mod, "FORWARD_COST", 0)
     calls = []
     real = forward_mod.forward_bounds
     monkeypatch.setattr(forward_mod, "forward_bounds", lambda *a, **k: calls.append(1) or real(*a, **k))

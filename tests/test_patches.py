@@ -43,6 +43,28 @@ class Affine(nn.Module):
         return -x
 
 
+class ChannelsLast(nn.Module):
+    """A channels-last stretch as TensorFlow exports it: ``permute`` to ``(B, H, W, C)``, an
+    elementwise activation or affine op there (constants shaped for that layout: per channel,
+    per entry or scalar), ``permute`` back."""
+
+    def __init__(self, kind: str, channels: int, grid: tuple[int, int], gen: torch.Generator):
+        super().__init__()
+        self.kind = kind
+        shape = [(channels,), (*grid, channels), ()][int(torch.randint(3, (1,), generator=gen))]
+        self.register_buffer("c", torch.randn(shape, generator=gen, dtype=torch.float64))
+
+    def forward(self, x):
+        y = x.permute(0, 2, 3, 1)
+        if self.kind == "sign":
+            y = torch.sign(y) + self.c  # a step function, then a shift (QConv layers)
+        elif self.kind == "relu":
+            y = torch.relu(y * self.c)
+        else:
+            y = torch.tanh(y) - self.c
+        return y.permute(0, 3, 1, 2)
+
+
 def _grid(h, w, conv: nn.Conv2d) -> tuple[int, int]:
     out = []
     for size, k, s, p, d in zip((h, w), conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
@@ -79,8 +101,10 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
         layers.append(conv)
         c, h, w = out_c, gh, gw
         for _ in range(rint(0, 2)):
-            kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none"][rint(0, 5)]
-            if kind == "relu":
+            kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none", "nhwc"][rint(0, 6)]
+            if kind == "nhwc":
+                layers.append(ChannelsLast(["sign", "relu", "tanh"][rint(0, 2)], c, (h, w), gen))
+            elif kind == "relu":
                 layers.append(nn.ReLU())
             elif kind == "leaky":
                 layers.append(nn.LeakyReLU([0.1, -0.3, 2.0][rint(0, 2)]))
@@ -126,7 +150,7 @@ def _compare(seed: int, kinds: set) -> int:
         if steps is None:
             continue
         used += 1
-        kinds.update(k for k, _, _ in steps)
+        kinds.update(k for k, *_ in steps)
         state.patches = True
         p_lo, p_hi = crown_mod.node_bounds(state, node)
         # a small budget: one output channel at a time
@@ -166,6 +190,49 @@ def test_patches_cover_every_step_kind():
         if kinds >= {"conv", "relax", "affine", "input", "dense"} or seed > 80:
             break
     assert kinds == {"conv", "relax", "affine", "input", "dense"}, kinds
+
+
+def test_patches_follow_channels_last_stretches_between_convolutions():
+    """A convolution behind a channels-last stretch (permute, elementwise op, permute back)
+    keeps patches mode through it; the bounds equal the matrix mode's (checked in
+    :func:`_compare`), and such chains occur across the random architectures."""
+    through = 0
+    for seed in range(60):
+        net, x = random_cnn(seed)
+        if not any(isinstance(m, ChannelsLast) for m in net):
+            continue
+        g = capture(net, x)
+        state = crown_mod.prepare(g, x - 0.1, x + 0.1)
+        for node in g.gm.graph.nodes:
+            if node.target is torch.ops.aten.convolution.default:
+                steps = patches_mod.patch_chain(state, node)
+                through += bool(steps) and any(perm is not None for *_, perm in steps)
+        _compare(seed, set())
+    assert through >= 3, through
+
+
+def test_a_shift_of_a_step_function_keeps_its_exact_interval_bounds():
+    """``sign(permute(conv)) + b`` read by another ``sign``: the shift of a step function needs
+    no back-substitution (its interval bounds are the exact range), and the channels-last view
+    of the convolution is bounded at the convolution itself (patches mode)."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), ChannelsLast("sign", 3, (4, 4), torch.Generator().manual_seed(1)),
+                        nn.Conv2d(3, 2, 2), nn.Flatten()).double()  # fmt: skip
+    # the stretch computes sign(y) + c, then (through a second sign in QConv nets) reads it
+    g = capture(net, x)
+    state = crown_mod.prepare(g, x - 0.2, x + 0.2)
+    aten = torch.ops.aten
+    by_target = {n.target: n for n in g.gm.graph.nodes if n.op == "call_function"}
+    first_conv = next(n for n in g.gm.graph.nodes if n.target is aten.convolution.default)
+    assert first_conv in state.needs_bounds  # instead of its channels-last permute
+    assert by_target[aten.permute.default] not in state.needs_bounds
+    lb, ub, _ = crown_mod.crown(g, x - 0.2, x + 0.2, state=state)
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(300, *x.shape[1:], generator=gen, dtype=x.dtype)
+    with torch.no_grad():
+        ys = net(x - 0.2 + 0.4 * u)
+    assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all())
 
 
 def test_patches_mode_is_not_used_where_it_does_not_apply():

@@ -80,25 +80,35 @@ def _nonlinear_input(node: fx.Node) -> fx.Node | None:
 
 
 # forward-mode intermediate bounds pay when the input is narrow and the network wide: backward
-# CROWN back-substitutes from every entry of every nonlinearity's input (cost ~ entries x
-# network), forward mode carries one form per input (cost ~ inputs x network)
+# CROWN back-substitutes from every entry of every nonlinearity's input through every earlier
+# one (cost ~ sum over nonlinearities of entries x entries before it), forward mode carries one
+# form per input through the network (cost ~ inputs x entries).  Forward bounds are looser, so
+# they are taken only where the backward pass would cost minutes: the shared VNN-COMP networks
+# split cleanly (TLL nets <= 9e7, 5-input cGANs and 16-input bias-field CNNs >= 8e8)
 FORWARD_INPUTS = 64
-FORWARD_ENTRIES = 100_000
+FORWARD_COST = 2e8
 
 
-def forward_pays(graph: CapturedGraph, x_lo: torch.Tensor) -> bool:
-    """Whether intermediate bounds come cheaper forward (few inputs, at most
-    :data:`FORWARD_INPUTS` per sample) than backward (nonlinearities with at least
-    :data:`FORWARD_ENTRIES` input entries per sample in all)."""
-    if x_lo[0].numel() > FORWARD_INPUTS:
-        return False
-    entries = 0
+def backward_cost(graph: CapturedGraph, n_inputs: int) -> float:
+    """The entries a backward CROWN pass touches for intermediate bounds (per sample): each
+    nonlinearity input's entries times the entries of the input and of every nonlinearity
+    input before it."""
+    before, cost = n_inputs, 0.0
     for n in graph.gm.graph.nodes:
         t = _nonlinear_input(n) if n.op == "call_function" else None
         v = t.meta.get("val") if isinstance(t, fx.Node) else None
         if isinstance(v, torch.Tensor) and v.dim():
-            entries += v[0].numel()
-    return entries >= FORWARD_ENTRIES
+            cost += v[0].numel() * before
+            before += v[0].numel()
+    return cost
+
+
+def forward_pays(graph: CapturedGraph, x_lo: torch.Tensor) -> bool:
+    """Whether intermediate bounds come from forward mode: few inputs (at most
+    :data:`FORWARD_INPUTS` per sample) and a backward pass of at least :data:`FORWARD_COST`
+    entries (:func:`backward_cost`)."""
+    n_in = x_lo[0].numel()
+    return n_in <= FORWARD_INPUTS and backward_cost(graph, n_in) >= FORWARD_COST
 
 
 def prepare(
@@ -136,6 +146,7 @@ def prepare(
             state.needs_bounds.add(t)
         elif needs_input_bounds(n) and n.target is not operator.getitem:
             state.needs_bounds.update(a for a in n.all_input_nodes if a.op != "placeholder" or a is x_node)
+    _redirect_bounds(state, nodes, x_node)
     env: dict = {x_node: IntervalTensor(x_lo, x_hi, check=False)}
     state.lower[x_node], state.upper[x_node] = x_lo, x_hi
     # nodes that are an affine function of the input through single-operand affine ops: their
@@ -210,6 +221,60 @@ def prepare(
 
 
 _RELU_LIKE = (aten.relu.default, aten.leaky_relu.default)
+
+# ops that only move entries (each output entry is one input entry)
+_REARRANGE = {
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.clone.default,
+}
+# elementwise affine ops with constant other operands
+_SHIFT_SCALE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.neg.default}
+
+
+def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
+    """Where a node that needs bounds is, entry by entry, a shift, scale or rearrangement of one
+    earlier node ``y`` (``sign(x) + b``; a channels-last ``permute`` of a convolution), CROWN
+    at the node is no tighter than the interval image of ``y``'s bounds, which the forward sweep
+    computes exactly.  So: if ``y`` is an elementwise relaxation (its interval bounds are the
+    exact range on its input's bounds, and no linear lower line lies above that range) the node
+    keeps its interval bounds; if ``y`` is a convolution reached through a rearrangement, ``y``
+    is bounded instead (in patches mode) and the node inherits the rearranged bounds."""
+    varies = {x_node}
+    for n in nodes:
+        if n.op == "call_function" and any(a in varies for a in n.all_input_nodes):
+            varies.add(n)
+    for t in list(state.needs_bounds):
+        y, moved = t, False
+        while y.op == "call_function" and y is not x_node:
+            var = [a for a in y.all_input_nodes if a in varies]
+            if len(var) != 1 or any(isinstance(a, fx.Node) and a in varies for a in y.kwargs.values()):
+                break
+            v = var[0]
+            if y.target in _REARRANGE and y.args[0] is v:
+                y, moved = v, True
+                continue
+            out, inp = y.meta.get("val"), v.meta.get("val")
+            if (
+                y.target in _SHIFT_SCALE
+                and isinstance(out, torch.Tensor)
+                and isinstance(inp, torch.Tensor)
+                and out.shape == inp.shape
+                and not (y.target is aten.div.Tensor and y.args[0] is not v)  # c / x is not affine
+            ):
+                y = v
+                continue
+            break
+        if y is t:
+            continue
+        if y.op == "call_function" and y.target in RELAXATIONS:
+            state.needs_bounds.discard(t)
+        elif moved and y.op == "call_function" and y.target is aten.convolution.default:
+            state.needs_bounds.discard(t)
+            state.needs_bounds.add(y)
 
 
 def _unstable(node: fx.Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:

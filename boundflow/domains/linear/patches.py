@@ -116,47 +116,105 @@ def _elementwise_args(state: BoundState, node: fx.Node):
     return (x, 1.0 / c, 0.0) if i == 0 else None  # c / x is not affine
 
 
+# ops that only rearrange their input's entries (each output entry is one input entry, each
+# input entry appears once): the box of the input, rearranged, is exactly the set of values
+_REARRANGE = {
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.clone.default,
+}
+
+
+def _rearranged_input(state: BoundState, node: fx.Node) -> bool:
+    """Whether ``node`` is the input or a rearrangement of it (a reshape of the flat input to an
+    image, a channels-last permutation): its interval bounds are then the input box itself, so
+    patches end there as they would at the input."""
+    while node is not state.graph.input_node:
+        if node.op != "call_function" or node.target not in _REARRANGE or not isinstance(node.args[0], fx.Node):
+            return False
+        if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+            return False
+        node = node.args[0]
+    return True
+
+
+def _layout(shape, perm) -> tuple[int, ...]:
+    """A node's shape in the convolution's layout (``perm``: ``None`` for the same layout)."""
+    return tuple(shape) if perm is None else tuple(shape[i] for i in perm)
+
+
+def _in_layout(t, shape, perm, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (a number, or a tensor broadcastable to the node's ``shape``) in the convolution's
+    layout: broadcast to the node's shape (keeping a batch dimension of 1) and permuted."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if perm is None:
+        return t
+    b = t.shape[0] if t.dim() == len(shape) else 1
+    return t.expand(b, *shape[1:]).permute(*perm)
+
+
 def patch_chain(state: BoundState, node: fx.Node) -> list | None:
     """The steps patches mode takes from convolution ``node`` back to the input (or to the node
-    where it switches to matrix mode): ``[(kind, node, window), ...]`` with kind ``"conv"``,
-    ``"relax"``, ``"affine"``, ``"input"`` or ``"dense"``; ``None`` where ``node`` is not a
-    convolution this mode handles, or an alpha-CROWN slope is keyed to it."""
+    where it switches to matrix mode): ``[(kind, node, window, perm), ...]`` with kind
+    ``"conv"``, ``"relax"``, ``"affine"``, ``"input"`` or ``"dense"``; ``None`` where ``node``
+    is not a convolution this mode handles, or an alpha-CROWN slope is keyed to it.
+
+    Elementwise steps may sit behind a ``permute`` that keeps the batch in front (a
+    channels-last stretch between convolutions, as TensorFlow exports them): ``perm`` then takes
+    such a node's tensors to the convolution's layout (``None``: same layout).  Convolutions and
+    matrix mode need the convolution's layout; where the chain would end in another one, it
+    ends at the last permutation instead."""
     conv = _conv_args(state, node)
     if conv is None or any(start is node for (_, start) in state.alpha):
         return None
     x, w, _, stride, padding = conv
     shape = _shape(state, node)
     win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))
-    steps = [("conv", node, win)]
-    cur = x
+    steps = [("conv", node, win, None)]
+    cur, perm = x, None
+    entered = []  # (steps so far, permute node, layout before it) for every permutation followed
     while True:
-        shape = _shape(state, cur)
+        shape = _layout(_shape(state, cur), perm)
         if len(shape) != 4:  # e.g. a view from a flat layer: matrix mode from here
             break
-        if cur is state.graph.input_node:
-            steps.append(("input", cur, win))
+        if _rearranged_input(state, cur):
+            steps.append(("input", cur, win, perm))
             return steps
         if win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]:
             break  # the window covers the whole grid: patches save nothing
-        conv = _conv_args(state, cur)
+        if cur.op == "call_function" and cur.target is aten.permute.default and isinstance(cur.args[0], fx.Node):
+            p = tuple(int(d) % 4 for d in cur.args[1])
+            new = tuple(p[j] for j in (perm or range(4)))
+            if new[0] == 0 and cur.args[0] not in state.const:
+                entered.append((len(steps), cur, perm))
+                perm = None if new == (0, 1, 2, 3) else new
+                cur = cur.args[0]
+                continue
+        conv = _conv_args(state, cur) if perm is None else None
         if conv is not None:
-            steps.append(("conv", cur, win))
+            steps.append(("conv", cur, win, None))
             win = win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4])
             cur = conv[0]
             continue
         if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
             inp = cur.args[0]
-            if inp in state.lower and _shape(state, inp) == shape:
-                steps.append(("relax", cur, win))
+            if inp in state.lower and _shape(state, inp) == _shape(state, cur):
+                steps.append(("relax", cur, win, perm))
                 cur = inp
                 continue
         affine = _elementwise_args(state, cur)
-        if affine is not None and _shape(state, affine[0]) == shape:
-            steps.append(("affine", cur, win))
+        if affine is not None and _shape(state, affine[0]) == _shape(state, cur):
+            steps.append(("affine", cur, win, perm))
             cur = affine[0]
             continue
         break
-    steps.append(("dense", cur, win))
+    while perm is not None:  # matrix mode needs the convolution's layout
+        n_steps, cur, perm = entered.pop()
+        del steps[n_steps:]
+    steps.append(("dense", cur, win, None))
     return steps
 
 
@@ -166,8 +224,8 @@ def patch_entries(state: BoundState, steps: list, per_sample: bool) -> int:
     b = 1 if per_sample else state.x_lo.shape[0]
     widest = max(math.prod(_shape(state, m)[1:]) for m in state.lower)
     most = 1
-    for kind, cur, win in steps[1:]:
-        size = widest if kind == "dense" else _shape(state, cur)[1] * math.prod(win.k)
+    for kind, cur, win, perm in steps[1:]:
+        size = widest if kind == "dense" else _layout(_shape(state, cur), perm)[1] * math.prod(win.k)
         most = max(most, b * size)
     return most
 
@@ -238,18 +296,22 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
     dt, dev = w.dtype, w.device
     lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev) if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
     Pl = Pu = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
-    for kind, cur, win in steps[1:]:
+    for kind, cur, win, perm in steps[1:]:
         deadline.check("patch bounds")
-        shape = _shape(state, cur)
-        if kind == "input":
-            lo, hi = rows.at(_unfold(state.x_lo, shape, win)), rows.at(_unfold(state.x_hi, shape, win))
+        node_shape = _shape(state, cur)
+        shape = _layout(node_shape, perm)
+
+        def at(t):  # a node-shaped tensor (or number) on every row's window
+            return rows.at(_unfold(_in_layout(t, node_shape, perm, w), shape, win))
+
+        if kind == "input":  # the input, or a rearrangement of it with the input box as bounds
+            lo, hi = at(state.lower[cur]), at(state.upper[cur])
             lb = lb + _sum_patch(Pl * lo) + _sum_patch(Pl.clamp(max=0) * (hi - lo))
             ub = ub + _sum_patch(Pu * hi) + _sum_patch(Pu.clamp(max=0) * (lo - hi))
         elif kind == "relax":
             lines = relaxation_lines(state, cur)
             a_l, b_l, a_u, b_u = (  # a zero offset (ReLU's lower line) is not gathered
-                0.0 if i % 2 and is_zero(t) else rows.at(_unfold(torch.as_tensor(t, dtype=dt, device=dev), shape, win))
-                for i, t in enumerate(lines)
+                0.0 if i % 2 and is_zero(t) else at(t) for i, t in enumerate(lines)
             )
             Pl, dl = through_lines(Pl, a_l, b_l, a_u, b_u, _sum_patch)
             Pu, du = through_lines(Pu, a_u, b_u, a_l, b_l, _sum_patch)
@@ -257,10 +319,10 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
         elif kind == "affine":
             _, scale, shift = _elementwise_args(state, cur)
             if isinstance(shift, torch.Tensor) or shift != 0:
-                shift_u = rows.at(_unfold(torch.as_tensor(shift, dtype=dt, device=dev), shape, win))
+                shift_u = at(shift)
                 lb, ub = lb + _sum_patch(Pl * shift_u), ub + _sum_patch(Pu * shift_u)
             # the scale is zero outside the grid, which also clears those entries
-            scale_u = rows.at(_unfold(torch.as_tensor(scale, dtype=dt, device=dev), shape, win))
+            scale_u = at(scale)
             Pl, Pu = _both(lambda P: P * scale_u, Pl, Pu)
         elif kind == "conv":
             _, wc, bc, sc, _ = _conv_args(state, cur)
