@@ -46,7 +46,8 @@ class Affine(nn.Module):
 class ChannelsLast(nn.Module):
     """A channels-last stretch as TensorFlow exports it: ``permute`` to ``(B, H, W, C)``, an
     elementwise activation or affine op there (constants shaped for that layout: per channel,
-    per entry or scalar), ``permute`` back."""
+    per entry or scalar), ``permute`` back; or (``"unit"``) a ReLU on a unit dimension added
+    and reshaped away."""
 
     def __init__(self, kind: str, channels: int, grid: tuple[int, int], gen: torch.Generator):
         super().__init__()
@@ -55,6 +56,8 @@ class ChannelsLast(nn.Module):
         self.register_buffer("c", torch.randn(shape, generator=gen, dtype=torch.float64))
 
     def forward(self, x):
+        if self.kind == "unit":  # a unit dimension, as vmapped graphs carry one
+            return torch.relu(x.unsqueeze(1)).reshape(x.shape)
         y = x.permute(0, 2, 3, 1)
         if self.kind == "sign":
             y = torch.sign(y) + self.c  # a step function, then a shift (QConv layers)
@@ -103,7 +106,7 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
         for _ in range(rint(0, 2)):
             kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none", "nhwc"][rint(0, 6)]
             if kind == "nhwc":
-                layers.append(ChannelsLast(["sign", "relu", "tanh"][rint(0, 2)], c, (h, w), gen))
+                layers.append(ChannelsLast(["sign", "relu", "tanh", "unit"][rint(0, 3)], c, (h, w), gen))
             elif kind == "relu":
                 layers.append(nn.ReLU())
             elif kind == "leaky":
@@ -298,8 +301,8 @@ def test_sparse_intermediate_bounds_are_sound_and_nearly_as_tight(kind):
     """``prepare(sparse=True)`` (CROWN only where a ReLU input's sign is open) against every
     entry bounded: the final bounds contain sampled and corner outputs.  They can be looser
     (a neuron of known sign keeps its interval bound, so later interval bounds, intersected
-    with CROWN's, are wider): on these 12 random CNNs by 0.8% of the total width (2% on one
-    network), on 12 random MLPs by 0.02%."""
+    with CROWN's, are wider): on these 12 random CNNs by 1.0% of the total width, on 12 random
+    MLPs by 0.02%."""
     full_w = sparse_w = 0.0
     for seed in range(12):
         if kind == "cnn":
@@ -332,7 +335,7 @@ def test_sparse_intermediate_bounds_are_sound_and_nearly_as_tight(kind):
                 assert torch.allclose(d_lb.reshape(lb.shape), lb) and torch.allclose(d_ub.reshape(ub.shape), ub)
         full_w += float((ub_f - lb_f).sum())
         sparse_w += float((ub_s - lb_s).sum())
-    assert sparse_w <= full_w * (1.01 if kind == "cnn" else 1.001), (sparse_w, full_w)
+    assert sparse_w <= full_w * (1.015 if kind == "cnn" else 1.001), (sparse_w, full_w)
 
 
 def test_crown_domain_refuses_a_bad_sparse_flag():

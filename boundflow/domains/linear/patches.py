@@ -125,15 +125,23 @@ _REARRANGE = {
     aten.permute.default,
     aten.transpose.int,
     aten.clone.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
 }
 
 
 def _rearranged_input(state: BoundState, node: fx.Node) -> bool:
-    """Whether ``node`` is the input or a rearrangement of it (a reshape of the flat input to an
-    image, a channels-last permutation): its interval bounds are then the input box itself, so
+    """Whether ``node`` is the input or a rearrangement or slice of it (a reshape of the flat
+    input to an image, a channels-last permutation, some of its channels): each entry is one
+    input entry and no entry appears twice, so its interval bounds are the input box itself and
     patches end there as they would at the input."""
     while node is not state.graph.input_node:
-        if node.op != "call_function" or node.target not in _REARRANGE or not isinstance(node.args[0], fx.Node):
+        if node.op != "call_function" or not isinstance(node.args[0], fx.Node):
+            return False
+        selects = node.target is aten.slice.Tensor and (len(node.args) < 5 or int(node.args[4]) >= 1)
+        if node.target not in _REARRANGE and not selects:  # a slice picks distinct entries
             return False
         if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
             return False
@@ -141,80 +149,128 @@ def _rearranged_input(state: BoundState, node: fx.Node) -> bool:
     return True
 
 
-def _layout(shape, perm) -> tuple[int, ...]:
-    """A node's shape in the convolution's layout (``perm``: ``None`` for the same layout)."""
-    return tuple(shape) if perm is None else tuple(shape[i] for i in perm)
+def _apply(t: torch.Tensor, transform: tuple) -> torch.Tensor:
+    """``t`` (a node's tensor, any batch size) through a rearrangement ``transform``: a tuple
+    of ``("permute", dims)`` / ``("view", shape without the batch)`` applied in order."""
+    for kind, arg in transform:
+        t = t.permute(*arg) if kind == "permute" else t.reshape(t.shape[0], *arg)
+    return t
 
 
-def _in_layout(t, shape, perm, like: torch.Tensor) -> torch.Tensor:
+def _layout(shape, transform) -> tuple[int, ...]:
+    """A node's shape in the convolution's layout."""
+    if not transform:
+        return tuple(shape)
+    return (shape[0], *_apply(torch.empty(1, *shape[1:], device="meta"), transform).shape[1:])
+
+
+def _in_layout(t, shape, transform, like: torch.Tensor) -> torch.Tensor:
     """``t`` (a number, or a tensor broadcastable to the node's ``shape``) in the convolution's
-    layout: broadcast to the node's shape (keeping a batch dimension of 1) and permuted."""
+    layout: broadcast to the node's shape (keeping a batch dimension of 1) and rearranged."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    if perm is None:
+    if not transform:
         return t
     b = t.shape[0] if t.dim() == len(shape) else 1
-    return t.expand(b, *shape[1:]).permute(*perm)
+    return _apply(t.expand(b, *shape[1:]), transform)
+
+
+def _is_identity(shape, transform) -> bool:
+    """Whether ``transform`` takes every entry of a node of ``shape`` to the same flat position
+    (only unit dimensions moved, added or dropped)."""
+    probe = torch.arange(math.prod(shape[1:])).reshape(1, *shape[1:])
+    return bool(torch.equal(_apply(probe, transform).reshape(-1), probe.reshape(-1)))
+
+
+def _rearrangement(state: BoundState, node: fx.Node):
+    """``(input, op)`` where ``node`` only rearranges one varying input's entries with the batch
+    kept in front (a permutation, a reshape or a copy), else ``None``."""
+    if node.op != "call_function" or node.target not in _REARRANGE:
+        return None
+    if node.kwargs and node.target is not aten.clone.default:
+        return None
+    x = node.args[0]
+    if not isinstance(x, fx.Node) or x in state.const or any(isinstance(a, fx.Node) for a in node.args[1:]):
+        return None
+    shape, out = _shape(state, x), _shape(state, node)
+    if out[0] != shape[0]:
+        return None
+    if node.target is aten.permute.default:
+        dims = tuple(int(d) % len(shape) for d in node.args[1])
+        return (x, ("permute", dims)) if dims[0] == 0 else None
+    if node.target is aten.transpose.int:
+        a, b = (int(d) % len(shape) for d in node.args[1:3])
+        dims = list(range(len(shape)))
+        dims[a], dims[b] = dims[b], dims[a]
+        return (x, ("permute", tuple(dims))) if dims[0] == 0 else None
+    if node.target is aten.clone.default:
+        return x, None
+    return x, ("view", tuple(out[1:]))
 
 
 def patch_chain(state: BoundState, node: fx.Node) -> list | None:
     """The steps patches mode takes from convolution ``node`` back to the input (or to the node
-    where it switches to matrix mode): ``[(kind, node, window, perm), ...]`` with kind
+    where it switches to matrix mode): ``[(kind, node, window, transform), ...]`` with kind
     ``"conv"``, ``"relax"``, ``"affine"``, ``"input"`` or ``"dense"``; ``None`` where ``node``
     is not a convolution this mode handles, or an alpha-CROWN slope is keyed to it.
 
-    Elementwise steps may sit behind a ``permute`` that keeps the batch in front (a
-    channels-last stretch between convolutions, as TensorFlow exports them): ``perm`` then takes
-    such a node's tensors to the convolution's layout (``None``: same layout).  Convolutions and
-    matrix mode need the convolution's layout; where the chain would end in another one, it
-    ends at the last permutation instead."""
+    Elementwise steps may sit behind rearrangements that keep the batch in front (a
+    channels-last stretch between convolutions, as TensorFlow exports them; the unit dimension
+    a vmapped graph carries): ``transform`` (see :func:`_apply`) then takes such a node's
+    tensors to the convolution's layout (empty: the same layout).  Convolutions and matrix mode
+    need the convolution's layout; where the chain would end in another one, it ends at the
+    last rearrangement that left the layout instead."""
     conv = _conv_args(state, node)
     if conv is None or any(start is node for (_, start) in state.alpha):
         return None
     x, w, _, stride, padding = conv
     shape = _shape(state, node)
     win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))
-    steps = [("conv", node, win, None)]
-    cur, perm = x, None
-    entered = []  # (steps so far, permute node, layout before it) for every permutation followed
+    steps = [("conv", node, win, ())]
+    cur, transform = x, ()
+    entered = []  # (steps so far, node, transform before it) where the layout was left
     while True:
-        shape = _layout(_shape(state, cur), perm)
+        node_shape = _shape(state, cur)
+        shape = _layout(node_shape, transform)
         if len(shape) != 4:  # e.g. a view from a flat layer: matrix mode from here
             break
         if _rearranged_input(state, cur):
-            steps.append(("input", cur, win, perm))
+            steps.append(("input", cur, win, transform))
             return steps
         if win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]:
             break  # the window covers the whole grid: patches save nothing
-        if cur.op == "call_function" and cur.target is aten.permute.default and isinstance(cur.args[0], fx.Node):
-            p = tuple(int(d) % 4 for d in cur.args[1])
-            new = tuple(p[j] for j in (perm or range(4)))
-            if new[0] == 0 and cur.args[0] not in state.const:
-                entered.append((len(steps), cur, perm))
-                perm = None if new == (0, 1, 2, 3) else new
-                cur = cur.args[0]
-                continue
-        conv = _conv_args(state, cur) if perm is None else None
+        moved = _rearrangement(state, cur)
+        if moved is not None:
+            inp, op = moved
+            new = transform if op is None else (op, *transform)
+            in_shape = tuple(_shape(state, inp))
+            if new and _layout(in_shape, new) == in_shape and _is_identity(in_shape, new):
+                new = ()  # back in the convolution's layout (e.g. a unit dimension dropped again)
+            if new and not transform:
+                entered.append((len(steps), cur, transform))
+            cur, transform = inp, new
+            continue
+        conv = _conv_args(state, cur) if not transform else None
         if conv is not None:
-            steps.append(("conv", cur, win, None))
+            steps.append(("conv", cur, win, ()))
             win = win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4])
             cur = conv[0]
             continue
         if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
             inp = cur.args[0]
-            if inp in state.lower and _shape(state, inp) == _shape(state, cur):
-                steps.append(("relax", cur, win, perm))
+            if inp in state.lower and _shape(state, inp) == node_shape:
+                steps.append(("relax", cur, win, transform))
                 cur = inp
                 continue
         affine = _elementwise_args(state, cur)
-        if affine is not None and _shape(state, affine[0]) == _shape(state, cur):
-            steps.append(("affine", cur, win, perm))
+        if affine is not None and _shape(state, affine[0]) == node_shape:
+            steps.append(("affine", cur, win, transform))
             cur = affine[0]
             continue
         break
-    while perm is not None:  # matrix mode needs the convolution's layout
-        n_steps, cur, perm = entered.pop()
+    if transform:  # matrix mode needs the convolution's layout
+        n_steps, cur, transform = entered.pop()
         del steps[n_steps:]
-    steps.append(("dense", cur, win, None))
+    steps.append(("dense", cur, win, ()))
     return steps
 
 
@@ -224,8 +280,8 @@ def patch_entries(state: BoundState, steps: list, per_sample: bool) -> int:
     b = 1 if per_sample else state.x_lo.shape[0]
     widest = max(math.prod(_shape(state, m)[1:]) for m in state.lower)
     most = 1
-    for kind, cur, win, perm in steps[1:]:
-        size = widest if kind == "dense" else _layout(_shape(state, cur), perm)[1] * math.prod(win.k)
+    for kind, cur, win, transform in steps[1:]:
+        size = widest if kind == "dense" else _layout(_shape(state, cur), transform)[1] * math.prod(win.k)
         most = max(most, b * size)
     return most
 
@@ -296,13 +352,13 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
     dt, dev = w.dtype, w.device
     lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev) if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
     Pl = Pu = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
-    for kind, cur, win, perm in steps[1:]:
+    for kind, cur, win, transform in steps[1:]:
         deadline.check("patch bounds")
         node_shape = _shape(state, cur)
-        shape = _layout(node_shape, perm)
+        shape = _layout(node_shape, transform)
 
         def at(t):  # a node-shaped tensor (or number) on every row's window
-            return rows.at(_unfold(_in_layout(t, node_shape, perm, w), shape, win))
+            return rows.at(_unfold(_in_layout(t, node_shape, transform, w), shape, win))
 
         if kind == "input":  # the input, or a rearrangement of it with the input box as bounds
             lo, hi = at(state.lower[cur]), at(state.upper[cur])
