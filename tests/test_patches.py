@@ -68,6 +68,45 @@ class ChannelsLast(nn.Module):
         return y.permute(0, 3, 1, 2)
 
 
+class Residual(nn.Module):
+    """``x + f(x)`` or ``x - f(x)`` with ``f`` one or two same-size convolutions (odd kernels,
+    per-axis), a ReLU between them, and sometimes a ReLU after the sum: the two paths grow a
+    patch's window differently."""
+
+    def __init__(self, channels: int, gen: torch.Generator):
+        super().__init__()
+
+        def rint(lo, hi):
+            return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+        layers: list[nn.Module] = []
+        for i in range(rint(1, 2)):
+            k = (2 * rint(0, 2) + 1, 2 * rint(0, 2) + 1)
+            layers += ([nn.ReLU()] if i else []) + [nn.Conv2d(channels, channels, k, 1, (k[0] // 2, k[1] // 2))]
+        self.f = nn.Sequential(*layers)
+        self.sign = 1.0 if rint(0, 2) else -1.0
+        self.post = bool(rint(0, 1))  # a ReLU after the sum (a ResNet block): the sum needs bounds
+
+    def forward(self, x):
+        y = x + self.f(x) if self.sign > 0 else x - self.f(x)
+        return torch.relu(y) if self.post else y
+
+
+class Downsample(nn.Module):
+    """A downsampling residual block on an even grid: ``conv_1x1/2(x) + conv_3x3(relu(conv_2x2/2(x)))``
+    (the paths reach ``x`` on windows of different sizes and offsets: 1 x 1 at offset 0 against
+    6 x 6 at offset 2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.skip = nn.Conv2d(channels, channels, 1, 2)
+        self.a = nn.Conv2d(channels, channels, 2, 2)
+        self.b = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x):
+        return torch.relu(self.skip(x) + self.b(torch.relu(self.a(x))))
+
+
 def _grid(h, w, conv: nn.Conv2d) -> tuple[int, int]:
     out = []
     for size, k, s, p, d in zip((h, w), conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
@@ -104,8 +143,13 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
         layers.append(conv)
         c, h, w = out_c, gh, gw
         for _ in range(rint(0, 2)):
-            kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none", "nhwc"][rint(0, 6)]
-            if kind == "nhwc":
+            kind = ["relu", "leaky", "tanh", "sigmoid", "affine", "none", "nhwc", "residual"][rint(0, 7)]
+            if kind == "residual" and h % 2 == 0 and w % 2 == 0 and h >= 4 and w >= 4:
+                layers.append(Downsample(c))
+                h, w = h // 2, w // 2
+            elif kind == "residual":
+                layers.append(Residual(c, gen))
+            elif kind == "nhwc":
                 layers.append(ChannelsLast(["sign", "relu", "tanh", "unit"][rint(0, 3)], c, (h, w), gen))
             elif kind == "relu":
                 layers.append(nn.ReLU())
@@ -139,15 +183,15 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
 
 
 def _compare(seed: int, kinds: set) -> int:
-    """Patches against matrix mode at every convolution with CROWN bounds; returns how many
-    convolutions went through patches mode."""
+    """Patches against matrix mode at every convolution and residual sum with CROWN bounds;
+    returns how many went through patches mode."""
     net, x = random_cnn(seed)
     eps = 0.1
     g = capture(net, x)
     state = crown_mod.prepare(g, x - eps, x + eps)
     used = 0
     for node in g.gm.graph.nodes:
-        if node.target is not torch.ops.aten.convolution.default or node not in state.needs_bounds:
+        if node not in state.needs_bounds:  # convolutions and residual sums
             continue
         steps = patches_mod.patch_chain(state, node)
         if steps is None:
@@ -182,7 +226,7 @@ def test_patches_equal_matrix_mode_on_random_cnns(seeds):
     kinds: set = set()
     used = sum(_compare(seed, kinds) for seed in seeds)
     assert used >= 10  # the comparison is not vacuous
-    assert kinds >= {"conv", "relax", "input", "dense"}, kinds
+    assert kinds >= {"conv", "relax", "input", "dense", "sum", "start"}, kinds
 
 
 def test_patches_cover_every_step_kind():
@@ -190,9 +234,9 @@ def test_patches_cover_every_step_kind():
     kinds: set = set()
     for seed in itertools.count(40):
         _compare(seed, kinds)
-        if kinds >= {"conv", "relax", "affine", "input", "dense"} or seed > 80:
+        if kinds >= {"conv", "relax", "affine", "input", "dense", "sum", "move", "start"} or seed > 80:
             break
-    assert kinds == {"conv", "relax", "affine", "input", "dense"}, kinds
+    assert kinds == {"conv", "relax", "affine", "input", "dense", "sum", "move", "start"}, kinds
 
 
 def test_patches_follow_channels_last_stretches_between_convolutions():

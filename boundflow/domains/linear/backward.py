@@ -38,12 +38,15 @@ aten = torch.ops.aten
 __all__ = ["BACKWARD", "backsub", "is_zero", "through_lines", "needs_input_bounds"]
 
 
-def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tensor):
+def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tensor, extra: dict | None = None):
     """Bounds ``(lb, ub)`` of shape ``(S, B)`` on ``sum(A * start)`` with ``lA`` for the lower
-    and ``uA`` for the upper bound (both ``(S, B, *start_shape)``)."""
+    and ``uA`` for the upper bound (both ``(S, B, *start_shape)``); ``extra``: more terms
+    ``node -> (lA, uA)`` of the same sum (bounded together, as one linear function)."""
     nodes = list(state.graph.gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     pending: dict = {start: (lA, uA)}
+    for n, (l_n, u_n) in (extra or {}).items():
+        _add(pending, n, l_n, u_n)
     s = lA.shape[0]
     b = _shape(state, start)[0]
     lb = torch.zeros(s, b, dtype=lA.dtype, device=lA.device)

@@ -27,7 +27,7 @@ from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import BACKWARD, backsub, needs_input_bounds
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
-from boundflow.domains.linear.patches import Rows, patch_bounds, patch_chain, patch_entries
+from boundflow.domains.linear.patches import Rows, patch_bounds, patch_chain, patch_entries, uses_matrix_mode
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import (
     BoundState,
@@ -315,7 +315,7 @@ def node_bounds(
         # one row per sample and neuron (each row gathers its own slopes; faster than rows
         # shared by every sample even where the mask keeps nearly every pair), except where
         # matrix mode takes over, which needs rows for every sample
-        per_sample = steps[-1][0] != "dense"
+        per_sample = not uses_matrix_mode(steps)
         if per_sample:
             b_idx, flat = (mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=dev)).nonzero(
                 as_tuple=True

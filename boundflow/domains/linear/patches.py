@@ -36,7 +36,7 @@ from boundflow.domains.linear.state import BoundState, _bounded, _shape, relaxat
 
 aten = torch.ops.aten
 
-__all__ = ["Rows", "patch_bounds", "patch_chain", "patch_entries"]
+__all__ = ["Rows", "patch_bounds", "patch_chain", "patch_entries", "uses_matrix_mode"]
 
 # elementwise affine ops with one variable operand: (op, how the constant operand enters)
 _ELEMENTWISE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.neg.default}
@@ -207,71 +207,166 @@ def _rearrangement(state: BoundState, node: fx.Node):
     return x, ("view", tuple(out[1:]))
 
 
-def patch_chain(state: BoundState, node: fx.Node) -> list | None:
-    """The steps patches mode takes from convolution ``node`` back to the input (or to the node
-    where it switches to matrix mode): ``[(kind, node, window, transform), ...]`` with kind
-    ``"conv"``, ``"relax"``, ``"affine"``, ``"input"`` or ``"dense"``; ``None`` where ``node``
-    is not a convolution this mode handles, or an alpha-CROWN slope is keyed to it.
-
-    Elementwise steps may sit behind rearrangements that keep the batch in front (a
-    channels-last stretch between convolutions, as TensorFlow exports them; the unit dimension
-    a vmapped graph carries): ``transform`` (see :func:`_apply`) then takes such a node's
-    tensors to the convolution's layout (empty: the same layout).  Convolutions and matrix mode
-    need the convolution's layout; where the chain would end in another one, it ends at the
-    last rearrangement that left the layout instead."""
-    conv = _conv_args(state, node)
-    if conv is None or any(start is node for (_, start) in state.alpha):
+def _union(wins: list) -> _Window | None:
+    """The smallest window holding every window of ``wins`` (same stride and output grid), or
+    ``None`` where they do not share a stride and grid."""
+    first = wins[0]
+    if any(w.s != first.s or w.out != first.out for w in wins):
         return None
-    x, w, _, stride, padding = conv
+    p = tuple(max(w.p[a] for w in wins) for a in range(2))
+    k = tuple(p[a] + max(w.k[a] - w.p[a] for w in wins) for a in range(2))
+    return _Window(k, first.s, p, first.out)
+
+
+def _embed(P: torch.Tensor, win: _Window, into: _Window) -> torch.Tensor:
+    """Patches ``(rows, B', C, k_h, k_w)`` on ``win`` written into the larger window ``into``
+    (zeros around)."""
+    if win == into:
+        return P
+    top, left = into.p[0] - win.p[0], into.p[1] - win.p[1]
+    bottom, right = into.k[0] - win.k[0] - top, into.k[1] - win.k[1] - left
+    return F.pad(P, (left, right, top, bottom))
+
+
+def _residual(state: BoundState, node: fx.Node):
+    """``(x, y, sign of y)`` for ``x + y`` / ``x - y`` of two varying operands of the sum's own
+    shape (a residual connection), else ``None``."""
+    if node.op != "call_function" or node.target not in (aten.add.Tensor, aten.sub.Tensor) or node.kwargs:
+        return None
+    if len(node.args) != 2 or not all(isinstance(a, fx.Node) and a not in state.const for a in node.args):
+        return None
+    x, y = node.args
+    if _bounded(state, [x, y]) or _shape(state, x) != _shape(state, node) or _shape(state, y) != _shape(state, node):
+        return None
+    return x, y, (1.0 if node.target is aten.add.Tensor else -1.0)
+
+
+def _moved(state: BoundState, node: fx.Node, transform: tuple):
+    """``(input, its transform)`` where ``node`` is a rearrangement (:func:`_rearrangement`)
+    whose output is in ``transform``'s layout, else ``None``."""
+    moved = _rearrangement(state, node)
+    if moved is None:
+        return None
+    inp, op = moved
+    new = transform if op is None else (op, *transform)
+    in_shape = tuple(_shape(state, inp))
+    if new and _layout(in_shape, new) == in_shape and _is_identity(in_shape, new):
+        new = ()  # back in the convolution's layout (e.g. a unit dimension dropped again)
+    return inp, new
+
+
+def _unapply(t: torch.Tensor, node_shape, transform: tuple) -> torch.Tensor:
+    """The inverse of :func:`_apply`: ``t`` in the convolution's layout (any leading size) back
+    in the node's layout."""
+    before = []
+    m = torch.empty(1, *node_shape[1:], device="meta")
+    for op in transform:
+        before.append(tuple(m.shape))
+        m = _apply(m, (op,))
+    for (kind, arg), shape in zip(reversed(transform), reversed(before), strict=True):
+        if kind == "permute":
+            inv = [0] * len(arg)
+            for i, d in enumerate(arg):
+                inv[d] = i
+            t = t.permute(*inv)
+        else:
+            t = t.reshape(t.shape[0], *shape[1:])
+    return t
+
+
+def patch_chain(state: BoundState, node: fx.Node, residuals: bool = True) -> list | None:
+    """The steps patches mode takes from convolution ``node`` back to the input, in reverse
+    topological order: ``[(kind, node, window, transform), ...]`` with kind ``"conv"``,
+    ``"relax"``, ``"affine"``, ``"sum"`` (a residual connection: the patch goes to both
+    operands), ``"move"`` (a rearrangement: the patch goes on with another ``transform``),
+    ``"input"`` or ``"dense"`` (matrix mode from that node: the patches reaching it are written
+    out and back-substituted, all such nodes together); ``None`` where ``node`` is not a
+    convolution this mode handles, or an alpha-CROWN slope is keyed to it.
+
+    Each node's window is the union of the windows reaching it (a residual block's two paths
+    grow them differently).  Elementwise steps may sit behind rearrangements that keep the batch
+    in front (a channels-last stretch between convolutions, as TensorFlow exports them; the unit
+    dimension a vmapped graph carries): ``transform`` (see :func:`_apply`) takes such a node's
+    tensors to the convolution's layout (empty: the same layout).  Residual sums are followed
+    only where every path stays in patches mode (``residuals``), so that the paths meet at each
+    later node before its relaxation lines are chosen: the bounds are the matrix mode's."""
+    if any(start is node for (_, start) in state.alpha):
+        return None
+    conv = _conv_args(state, node)
     shape = _shape(state, node)
-    win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))
-    steps = [("conv", node, win, ())]
-    cur, transform = x, ()
-    entered = []  # (steps so far, node, transform before it) where the layout was left
-    while True:
+    if conv is not None:
+        x, w, _, stride, padding = conv
+        win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))  # the kernel's, on x
+        steps = [("conv", node, win, ())]
+        incoming: dict = {x: [(win, ())]}
+    elif residuals and len(shape) == 4 and _residual(state, node) is not None:
+        # a residual sum (a ReLU's input in a ResNet): each neuron starts as a 1 x 1 patch
+        win = _Window((1, 1), (1, 1), (0, 0), tuple(shape[2:]))
+        steps = [("start", node, win, ())]
+        incoming = {node: [(win, ())]}
+    else:
+        return None
+    order = {n: i for i, n in enumerate(state.graph.gm.graph.nodes)}
+
+    def send(target, win, transform):
+        incoming.setdefault(target, []).append((win, transform))
+
+    while incoming:
+        cur = max(incoming, key=lambda n: order[n])
+        arriving = incoming.pop(cur)
+        transforms = {t for _, t in arriving}
+        win = _union([a[0] for a in arriving]) if len(transforms) == 1 else None
+        transform = next(iter(transforms))
         node_shape = _shape(state, cur)
-        shape = _layout(node_shape, transform)
-        if len(shape) != 4:  # e.g. a view from a flat layer: matrix mode from here
-            break
+        shape = _layout(node_shape, transform) if win is not None else ()
+        if win is None or len(shape) != 4:  # e.g. a view from a flat layer: matrix mode from here
+            steps.append(("dense", cur, None, None))
+            continue
         if _rearranged_input(state, cur):
             steps.append(("input", cur, win, transform))
-            return steps
+            continue
         if win.k[0] >= shape[2] + win.p[0] and win.k[1] >= shape[3] + win.p[1]:
-            break  # the window covers the whole grid: patches save nothing
-        moved = _rearrangement(state, cur)
+            steps.append(("dense", cur, None, None))  # the window covers the whole grid
+            continue
+        moved = _moved(state, cur, transform)
         if moved is not None:
-            inp, op = moved
-            new = transform if op is None else (op, *transform)
-            in_shape = tuple(_shape(state, inp))
-            if new and _layout(in_shape, new) == in_shape and _is_identity(in_shape, new):
-                new = ()  # back in the convolution's layout (e.g. a unit dimension dropped again)
-            if new and not transform:
-                entered.append((len(steps), cur, transform))
-            cur, transform = inp, new
+            steps.append(("move", cur, win, transform))
+            send(*moved[:1], win, moved[1])
             continue
         conv = _conv_args(state, cur) if not transform else None
         if conv is not None:
             steps.append(("conv", cur, win, ()))
-            win = win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4])
-            cur = conv[0]
+            send(conv[0], win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4]), ())
             continue
         if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
             inp = cur.args[0]
             if inp in state.lower and _shape(state, inp) == node_shape:
                 steps.append(("relax", cur, win, transform))
-                cur = inp
+                send(inp, win, transform)
                 continue
         affine = _elementwise_args(state, cur)
         if affine is not None and _shape(state, affine[0]) == node_shape:
             steps.append(("affine", cur, win, transform))
-            cur = affine[0]
+            send(affine[0], win, transform)
             continue
-        break
-    if transform:  # matrix mode needs the convolution's layout
-        n_steps, cur, transform = entered.pop()
-        del steps[n_steps:]
-    steps.append(("dense", cur, win, ()))
+        res = _residual(state, cur) if residuals else None
+        if res is not None:
+            steps.append(("sum", cur, win, transform))
+            send(res[0], win, transform)
+            send(res[1], win, transform)
+            continue
+        steps.append(("dense", cur, None, None))
+    if residuals and uses_matrix_mode(steps) and any(kind in ("sum", "start") for kind, *_ in steps):
+        # one path of a residual block in matrix mode, the other in patches: the two would meet
+        # the same relaxations (and the input) separately, each choosing its own lines (sound,
+        # but looser than matrix mode); so matrix mode from the residual sum instead
+        return patch_chain(state, node, residuals=False)
     return steps
+
+
+def uses_matrix_mode(steps: list) -> bool:
+    """Whether some path of ``steps`` hands over to matrix mode (rows for every sample)."""
+    return any(kind == "dense" for kind, *_ in steps)
 
 
 def patch_entries(state: BoundState, steps: list, per_sample: bool) -> int:
@@ -283,7 +378,8 @@ def patch_entries(state: BoundState, steps: list, per_sample: bool) -> int:
     for kind, cur, win, transform in steps[1:]:
         size = widest if kind == "dense" else _layout(_shape(state, cur), transform)[1] * math.prod(win.k)
         most = max(most, b * size)
-    return most
+    # a residual block keeps a patch on each path alive
+    return most * (1 + sum(kind == "sum" for kind, *_ in steps))
 
 
 @dataclass
@@ -347,18 +443,54 @@ def _sum_patch(t: torch.Tensor) -> torch.Tensor:
 def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds ``(lb, ub)`` on the neurons ``rows`` of convolution ``node`` along ``steps`` from
     :func:`patch_chain`: shape ``(rows, B)``, or ``(rows, 1)`` for per-sample rows."""
-    _, w, bias, _, _ = _conv_args(state, node)
-    w = w.to(state.x_lo.dtype)
-    dt, dev = w.dtype, w.device
-    lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev) if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
-    Pl = Pu = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
+    dt, dev = state.x_lo.dtype, state.x_lo.device
+    if steps[0][0] == "start":  # the node's own neurons: one-hot 1 x 1 patches
+        c = _shape(state, node)[1]
+        P0 = torch.zeros(len(rows.o), 1, c, 1, 1, dtype=dt, device=dev)
+        P0[torch.arange(len(rows.o), device=dev), 0, rows.o] = 1.0
+        lb = ub = torch.zeros(len(rows.o), 1, dtype=dt, device=dev)
+        pending: dict = {node: [(P0, P0, steps[0][2], ())]}
+    else:
+        _, w, bias, _, _ = _conv_args(state, node)
+        w = w.to(dt)
+        zero = torch.zeros(len(rows.o), 1, dtype=dt, device=dev)
+        lb = ub = zero if bias is None else bias.to(dt)[rows.o].unsqueeze(1)
+        P0 = w[rows.o].unsqueeze(1)  # (rows, B', C, k_h, k_w)
+        pending = {steps[0][1].args[0]: [(P0, P0, steps[0][2], ())]}
+    like = torch.zeros((), dtype=dt, device=dev)
+    dense: dict = {}  # node -> (lA, uA) where matrix mode takes over
+
+    def send(target, Pl, Pu, win, transform):
+        pending.setdefault(target, []).append((Pl, Pu, win, transform))
+
     for kind, cur, win, transform in steps[1:]:
         deadline.check("patch bounds")
+        parts = pending.pop(cur)
         node_shape = _shape(state, cur)
+        if kind == "dense":  # every patch reaching it, written out in the node's own layout
+            for Pl, Pu, w_i, t_i in parts:
+                shape_i = _layout(node_shape, t_i)
+
+                def out(P, shape_i=shape_i, w_i=w_i, t_i=t_i):
+                    D = _dense(P, rows, shape_i, w_i)
+                    r, b = D.shape[:2]
+                    return _unapply(D.reshape(r * b, *D.shape[2:]), node_shape, t_i).reshape(r, b, *node_shape[1:])
+
+                Al = out(Pl)
+                Au = Al if Pu is Pl else out(Pu)
+                if cur in dense:
+                    ol, ou = dense[cur]
+                    dense[cur] = (ol + Al, ol + Al) if ol is ou and Al is Au else (ol + Al, ou + Au)
+                else:
+                    dense[cur] = (Al, Au)
+            continue
+        shared = all(Pl is Pu for Pl, Pu, *_ in parts)
+        Pl = sum(_embed(P, w_i, win) for P, _, w_i, _ in parts)
+        Pu = Pl if shared else sum(_embed(P, w_i, win) for _, P, w_i, _ in parts)
         shape = _layout(node_shape, transform)
 
         def at(t):  # a node-shaped tensor (or number) on every row's window
-            return rows.at(_unfold(_in_layout(t, node_shape, transform, w), shape, win))
+            return rows.at(_unfold(_in_layout(t, node_shape, transform, like), shape, win))
 
         if kind == "input":  # the input, or a rearrangement of it with the input box as bounds
             lo, hi = at(state.lower[cur]), at(state.upper[cur])
@@ -369,30 +501,38 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
             a_l, b_l, a_u, b_u = (  # a zero offset (ReLU's lower line) is not gathered
                 0.0 if i % 2 and is_zero(t) else at(t) for i, t in enumerate(lines)
             )
-            Pl, dl = through_lines(Pl, a_l, b_l, a_u, b_u, _sum_patch)
-            Pu, du = through_lines(Pu, a_u, b_u, a_l, b_l, _sum_patch)
+            Pl2, dl = through_lines(Pl, a_l, b_l, a_u, b_u, _sum_patch)
+            Pu2, du = through_lines(Pu, a_u, b_u, a_l, b_l, _sum_patch)
             lb, ub = lb + dl, ub + du
+            send(cur.args[0], Pl2, Pu2, win, transform)
         elif kind == "affine":
-            _, scale, shift = _elementwise_args(state, cur)
+            inp, scale, shift = _elementwise_args(state, cur)
             if isinstance(shift, torch.Tensor) or shift != 0:
                 shift_u = at(shift)
                 lb, ub = lb + _sum_patch(Pl * shift_u), ub + _sum_patch(Pu * shift_u)
             # the scale is zero outside the grid, which also clears those entries
             scale_u = at(scale)
-            Pl, Pu = _both(lambda P: P * scale_u, Pl, Pu)
-        elif kind == "conv":
-            _, wc, bc, sc, _ = _conv_args(state, cur)
-            mask = rows.at(_grid_mask(shape, win, w))
+            send(inp, *_both(lambda P: P * scale_u, Pl, Pu), win, transform)
+        elif kind == "sum":  # a residual connection: the same patch on both operands
+            x, y, sign = _residual(state, cur)
+            send(x, Pl, Pu, win, transform)
+            send(y, *((Pl, Pu) if sign > 0 else _both(torch.neg, Pl, Pu)), win, transform)
+        elif kind == "move":
+            inp, new = _moved(state, cur, transform)
+            send(inp, Pl, Pu, win, new)
+        else:  # conv
+            x, wc, bc, sc, pc = _conv_args(state, cur)
+            mask = rows.at(_grid_mask(shape, win, like))
             Pl, Pu = _both(lambda P: P * mask, Pl, Pu)
             if bc is not None:
                 bc = bc.to(dt).reshape(1, 1, -1, 1, 1)
                 lb, ub = lb + _sum_patch(Pl * bc), ub + _sum_patch(Pu * bc)
             Pl, Pu = _both(lambda P: _through_conv(P, wc.to(dt), sc), Pl, Pu)
-        else:  # dense: the matrix mode from here (rows for every sample)
-            Al = _dense(Pl, rows, shape, win)
-            Au = Al if Pu is Pl else _dense(Pu, rows, shape, win)
-            dl, du = backsub(state, cur, Al, Au)
-            lb, ub = lb + dl, ub + du
+            send(x, Pl, Pu, win.through_conv(tuple(wc.shape[2:]), sc, pc), ())
+    if dense:  # matrix mode from every node where patches stopped, in one back-substitution
+        (first, (Al, Au)), *rest = dense.items()
+        dl, du = backsub(state, first, Al, Au, extra=dict(rest))
+        lb, ub = lb + dl, ub + du
     return lb, ub
 
 
