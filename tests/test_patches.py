@@ -173,6 +173,13 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
         elif extra == 2 and h >= 2 and w >= 2:
             layers.append(nn.AvgPool2d(2, 1))
             h, w = h - 1, w - 1
+        elif extra == 3 and h >= 3 and w >= 3:  # padding counted as zeros, stride 2
+            layers.append(nn.AvgPool2d(3, 2, 1))
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        elif extra == 4:  # zero padding, per side
+            pads = [rint(0, 2) for _ in range(4)]
+            layers.append(nn.ZeroPad2d(tuple(pads)))
+            h, w = h + pads[2] + pads[3], w + pads[0] + pads[1]
     layers += [nn.ReLU(), nn.Flatten(), nn.Linear(c * h * w, 3)]
     torch.manual_seed(seed)
     net = nn.Sequential(*layers).double().eval()
@@ -234,9 +241,9 @@ def test_patches_cover_every_step_kind():
     kinds: set = set()
     for seed in itertools.count(40):
         _compare(seed, kinds)
-        if kinds >= {"conv", "relax", "affine", "input", "dense", "sum", "move", "start"} or seed > 80:
+        if kinds >= {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad"} or seed > 80:
             break
-    assert kinds == {"conv", "relax", "affine", "input", "dense", "sum", "move", "start"}, kinds
+    assert kinds == {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad"}, kinds
 
 
 def test_patches_follow_channels_last_stretches_between_convolutions():

@@ -83,6 +83,45 @@ def _conv_args(state: BoundState, node: fx.Node):
     return x, state.const[w], bias, tuple(stride), tuple(padding)
 
 
+def _pool_args(state: BoundState, node: fx.Node):
+    """Average pooling as the depthwise convolution it is (``(input, weight, None, stride,
+    padding)`` as :func:`_conv_args` gives), where padding counts as zeros and no divisor or
+    ceil mode changes the mean; else ``None``."""
+    if node.op != "call_function" or node.target is not aten.avg_pool2d.default or node.kwargs:
+        return None
+    x, k = node.args[0], list(node.args[1])
+    if not isinstance(x, fx.Node) or x in state.const or len(_shape(state, x)) != 4:
+        return None
+    k = k * 2 if len(k) == 1 else k
+    stride = list(node.args[2]) if len(node.args) > 2 and node.args[2] else k
+    stride = stride * 2 if len(stride) == 1 else stride
+    pad = list(node.args[3]) if len(node.args) > 3 else [0, 0]
+    pad = pad * 2 if len(pad) == 1 else pad
+    ceil = node.args[4] if len(node.args) > 4 else False
+    include = node.args[5] if len(node.args) > 5 else True
+    divisor = node.args[6] if len(node.args) > 6 else None
+    if ceil or divisor is not None or (not include and any(pad)):
+        return None
+    c = _shape(state, x)[1]
+    w = torch.eye(c, dtype=state.x_lo.dtype, device=state.x_lo.device).reshape(c, c, 1, 1).expand(c, c, *k)
+    return x, w / (k[0] * k[1]), None, tuple(stride), tuple(pad)
+
+
+def _zero_pad(state: BoundState, node: fx.Node):
+    """``(input, (top, left))`` for a zero padding of the last two dimensions by non-negative
+    amounts (the window moves by the top and left padding), else ``None``."""
+    if node.op != "call_function" or node.target is not aten.constant_pad_nd.default or node.kwargs:
+        return None
+    x, pad = node.args[0], list(node.args[1])
+    value = node.args[2] if len(node.args) > 2 else 0.0
+    if not isinstance(x, fx.Node) or x in state.const or value != 0 or any(p < 0 for p in pad):
+        return None
+    if any(pad[4:]) or len(_shape(state, x)) != 4:
+        return None
+    pad = pad + [0] * (4 - len(pad))
+    return x, (pad[2], pad[0])
+
+
 def _elementwise_args(state: BoundState, node: fx.Node):
     """``(variable input, scale, shift)`` for ``y = scale * x + shift`` elementwise with
     constant ``scale``/``shift`` broadcastable to ``x``'s shape, else ``None``."""
@@ -205,6 +244,11 @@ def _rearrangement(state: BoundState, node: fx.Node):
     if node.target is aten.clone.default:
         return x, None
     return x, ("view", tuple(out[1:]))
+
+
+def _padded(win: _Window, top_left) -> _Window:
+    """The window on a zero padding's input: the same entries, shifted by the padding."""
+    return _Window(win.k, win.s, (win.p[0] + top_left[0], win.p[1] + top_left[1]), win.out)
 
 
 def _union(wins: list) -> _Window | None:
@@ -333,10 +377,15 @@ def patch_chain(state: BoundState, node: fx.Node, residuals: bool = True) -> lis
             steps.append(("move", cur, win, transform))
             send(*moved[:1], win, moved[1])
             continue
-        conv = _conv_args(state, cur) if not transform else None
+        conv = (_conv_args(state, cur) or _pool_args(state, cur)) if not transform else None
         if conv is not None:
             steps.append(("conv", cur, win, ()))
             send(conv[0], win.through_conv(tuple(conv[1].shape[2:]), conv[3], conv[4]), ())
+            continue
+        padded = _zero_pad(state, cur) if not transform else None
+        if padded is not None:
+            steps.append(("pad", cur, win, ()))
+            send(padded[0], _padded(win, padded[1]), ())
             continue
         if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
             inp = cur.args[0]
@@ -520,8 +569,11 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
         elif kind == "move":
             inp, new = _moved(state, cur, transform)
             send(inp, Pl, Pu, win, new)
-        else:  # conv
-            x, wc, bc, sc, pc = _conv_args(state, cur)
+        elif kind == "pad":  # entries outside the input's grid are the zeros it pads with
+            x, top_left = _zero_pad(state, cur)
+            send(x, Pl, Pu, _padded(win, top_left), ())
+        else:  # conv, or average pooling
+            x, wc, bc, sc, pc = _conv_args(state, cur) or _pool_args(state, cur)
             mask = rows.at(_grid_mask(shape, win, like))
             Pl, Pu = _both(lambda P: P * mask, Pl, Pu)
             if bc is not None:
