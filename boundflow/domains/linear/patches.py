@@ -32,7 +32,7 @@ from torch import fx
 from boundflow import deadline
 from boundflow.domains.linear.backward import backsub, is_zero, through_lines
 from boundflow.domains.linear.relaxations import RELAXATIONS
-from boundflow.domains.linear.state import BoundState, _bounded, _shape, relaxation_lines
+from boundflow.domains.linear.state import BoundState, _bounded, _is_tuple_head, _shape, relaxation_lines
 
 aten = torch.ops.aten
 
@@ -122,9 +122,46 @@ def _zero_pad(state: BoundState, node: fx.Node):
     return x, (pad[2], pad[0])
 
 
+def _batch_norm_args(state: BoundState, node: fx.Node):
+    """``(input, scale, shift)`` of batch norm at inference (the first output of
+    ``native_batch_norm`` without training, constant unbounded statistics), per channel
+    ``(C, 1, 1)``; else ``None``."""
+    if not _is_tuple_head(node):
+        return None
+    bn = node.args[0]
+    if bn.kwargs:
+        return None
+    if bn.target is aten.native_batch_norm.default:
+        x, weight, bias, mean, var, training, _, eps = bn.args
+        if training:
+            return None
+    else:
+        x, weight, bias, mean, var, _, eps = bn.args
+    parts = [weight, bias, mean, var]
+    if not isinstance(x, fx.Node) or x in state.const or len(_shape(state, x)) != 4:
+        return None
+    if any(isinstance(a, fx.Node) and (a not in state.const or a in state.radius) for a in parts):
+        return None
+    if mean is None or var is None:
+        return None
+    dt = state.x_lo.dtype
+    mean, var = state.const[mean].to(dt), state.const[var].to(dt)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * state.const[weight].to(dt)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + state.const[bias].to(dt)
+    return x, scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
+
+
 def _elementwise_args(state: BoundState, node: fx.Node):
     """``(variable input, scale, shift)`` for ``y = scale * x + shift`` elementwise with
-    constant ``scale``/``shift`` broadcastable to ``x``'s shape, else ``None``."""
+    constant ``scale``/``shift`` broadcastable to ``x``'s shape (batch norm at inference
+    included), else ``None``."""
+    bn = _batch_norm_args(state, node)
+    if bn is not None:
+        return bn
     if node.op != "call_function" or node.target not in _ELEMENTWISE or node.kwargs:
         return None
     args = list(node.args)
