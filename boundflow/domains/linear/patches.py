@@ -253,7 +253,7 @@ def _in_layout(t, shape, transform, like: torch.Tensor) -> torch.Tensor:
 def _is_identity(shape, transform) -> bool:
     """Whether ``transform`` takes every entry of a node of ``shape`` to the same flat position
     (only unit dimensions moved, added or dropped)."""
-    probe = torch.arange(math.prod(shape[1:])).reshape(1, *shape[1:])
+    probe = torch.arange(math.prod(shape[1:]), device="cpu").reshape(1, *shape[1:])  # a host-side index map
     return bool(torch.equal(_apply(probe, transform).reshape(-1), probe.reshape(-1)))
 
 
