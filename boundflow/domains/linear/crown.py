@@ -236,13 +236,14 @@ _SHIFT_SCALE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tens
 
 
 def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
-    """Where a node that needs bounds is, entry by entry, a shift, scale or rearrangement of one
-    earlier node ``y`` (``sign(x) + b``; a channels-last ``permute`` of a convolution), CROWN
-    at the node is no tighter than the interval image of ``y``'s bounds, which the forward sweep
-    computes exactly.  So: if ``y`` is an elementwise relaxation (its interval bounds are the
-    exact range on its input's bounds, and no linear lower line lies above that range) the node
-    keeps its interval bounds; if ``y`` is a convolution reached through a rearrangement, ``y``
-    is bounded instead (in patches mode) and the node inherits the rearranged bounds."""
+    """Where a node that needs bounds is, entry by entry, a shift, scale (batch norm included)
+    or rearrangement of one earlier node ``y`` (``sign(x) + b``; a channels-last ``permute`` of
+    a convolution), CROWN at the node is no tighter than the interval image of ``y``'s bounds,
+    which the forward sweep computes exactly.  So: if ``y`` is an elementwise relaxation (its
+    interval bounds are the exact range on its input's bounds, and no linear lower line lies
+    above that range), the node keeps its interval bounds; if ``y`` is a convolution reached
+    through a rearrangement, ``y`` is bounded instead (in patches mode) and the node inherits
+    the rearranged bounds."""
     varies = {x_node}
     for n in nodes:
         if n.op == "call_function" and any(a in varies for a in n.all_input_nodes):
@@ -254,6 +255,9 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
             if len(var) != 1 or any(isinstance(a, fx.Node) and a in varies for a in y.kwargs.values()):
                 break
             v = var[0]
+            if _is_tuple_head(y) and y.args[0].args[0] is v:  # batch norm at inference: per channel
+                y = v
+                continue
             if y.target in _REARRANGE and y.args[0] is v:
                 y, moved = v, True
                 continue
