@@ -27,7 +27,14 @@ from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import BACKWARD, backsub, needs_input_bounds
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
-from boundflow.domains.linear.patches import Rows, patch_bounds, patch_chain, patch_entries, uses_matrix_mode
+from boundflow.domains.linear.patches import (
+    REARRANGE,
+    Rows,
+    patch_bounds,
+    patch_chain,
+    patch_entries,
+    uses_matrix_mode,
+)
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import (
     BoundState,
@@ -222,15 +229,6 @@ def prepare(
 
 _RELU_LIKE = (aten.relu.default, aten.leaky_relu.default)
 
-# ops that only move entries (each output entry is one input entry)
-_REARRANGE = {
-    aten.view.default,
-    aten._unsafe_view.default,
-    aten.reshape.default,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.clone.default,
-}
 # elementwise affine ops with constant other operands
 _SHIFT_SCALE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.neg.default}
 
@@ -258,7 +256,7 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
             if _is_tuple_head(y) and y.args[0].args[0] is v:  # batch norm at inference: per channel
                 y = v
                 continue
-            if y.target in _REARRANGE and y.args[0] is v:
+            if y.target in REARRANGE and y.args[0] is v:
                 y, moved = v, True
                 continue
             out, inp = y.meta.get("val"), v.meta.get("val")

@@ -194,7 +194,7 @@ def _elementwise_args(state: BoundState, node: fx.Node):
 
 # ops that only rearrange their input's entries (each output entry is one input entry, each
 # input entry appears once): the box of the input, rearranged, is exactly the set of values
-_REARRANGE = {
+REARRANGE = {
     aten.view.default,
     aten._unsafe_view.default,
     aten.reshape.default,
@@ -217,7 +217,7 @@ def _rearranged_input(state: BoundState, node: fx.Node) -> bool:
         if node.op != "call_function" or not isinstance(node.args[0], fx.Node):
             return False
         selects = node.target is aten.slice.Tensor and (len(node.args) < 5 or int(node.args[4]) >= 1)
-        if node.target not in _REARRANGE and not selects:  # a slice picks distinct entries
+        if node.target not in REARRANGE and not selects:  # a slice picks distinct entries
             return False
         if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
             return False
@@ -260,7 +260,7 @@ def _is_identity(shape, transform) -> bool:
 def _rearrangement(state: BoundState, node: fx.Node):
     """``(input, op)`` where ``node`` only rearranges one varying input's entries with the batch
     kept in front (a permutation, a reshape or a copy), else ``None``."""
-    if node.op != "call_function" or node.target not in _REARRANGE:
+    if node.op != "call_function" or node.target not in REARRANGE:
         return None
     if node.kwargs and node.target is not aten.clone.default:
         return None
