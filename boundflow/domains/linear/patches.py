@@ -442,12 +442,23 @@ def patch_chain(state: BoundState, node: fx.Node, residuals: bool = True) -> lis
             send(res[1], win, transform)
             continue
         steps.append(("dense", cur, None, None))
-    if residuals and uses_matrix_mode(steps) and any(kind in ("sum", "start") for kind, *_ in steps):
+    residual = any(kind in ("sum", "start") for kind, *_ in steps)
+    if residuals and residual and any(_oversized(state, cur, win, t) for kind, cur, win, t in steps[1:] if win):
+        # a window larger than its node's grid: patches cost more than the dense rows there (and
+        # in branch and bound every sample's rows carry their own), so no residual paths
+        return patch_chain(state, node, residuals=False)
+    if residuals and uses_matrix_mode(steps) and residual:
         # one path of a residual block in matrix mode, the other in patches: the two would meet
         # the same relaxations (and the input) separately, each choosing its own lines (sound,
         # but looser than matrix mode); so matrix mode from the residual sum instead
         return patch_chain(state, node, residuals=False)
     return steps
+
+
+def _oversized(state: BoundState, node: fx.Node, win: _Window, transform: tuple) -> bool:
+    """Whether ``win`` has more entries than ``node``'s grid."""
+    shape = _layout(_shape(state, node), transform)
+    return len(shape) == 4 and win.k[0] * win.k[1] > shape[2] * shape[3]
 
 
 def uses_matrix_mode(steps: list) -> bool:
