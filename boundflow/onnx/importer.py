@@ -55,10 +55,14 @@ def _matmul(a, b):
         n, k, m = a.shape[0], b.shape[0], b.shape[1]
         return torch.bmm(a.reshape(n, -1, k), b.expand(n, k, m)).reshape(*a.shape[:-1], m)
     if a.dim() >= 4 or b.dim() >= 4:
-        # batched products of matrices (attention: queries times keys): broadcast products
-        # summed over the shared dimension, which keeps the batch in front, where torch's
-        # matmul would merge the batch with the heads into one bmm
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+        # batched products of matrices (attention: queries times keys): one bmm per head, each
+        # over the batch, where torch's matmul would merge the batch with the heads into one
+        # bmm (the linear domain needs the batch in front); no broadcast temporary
+        lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a = a.expand(*lead, *a.shape[-2:]).reshape(lead[0], -1, *a.shape[-2:])
+        b = b.expand(*lead, *b.shape[-2:]).reshape(lead[0], -1, *b.shape[-2:])
+        heads = [torch.bmm(a[:, i], b[:, i]) for i in range(a.shape[1])]
+        return torch.stack(heads, 1).reshape(*lead, a.shape[-2], b.shape[-1])
     return torch.matmul(a, b)
 
 

@@ -265,6 +265,7 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
                 and isinstance(out, torch.Tensor)
                 and isinstance(inp, torch.Tensor)
                 and out.shape == inp.shape
+                and sum(a is v for a in y.args) == 1  # x * x is not a scale
                 and not (y.target is aten.div.Tensor and y.args[0] is not v)  # c / x is not affine
             ):
                 y = v
