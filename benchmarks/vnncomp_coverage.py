@@ -62,6 +62,7 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
     from boundflow.errors import UnsupportedOperation
     from boundflow.onnx import load_onnx, parse_vnnlib
     from boundflow.onnx.importer import check_against_onnxruntime
+    from boundflow.verify.cases import case_bounds, cases
     from boundflow.verify.pipeline import _batched, _n_outputs
 
     torch.set_num_threads(2)
@@ -114,7 +115,12 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
         try:
             with deadline.within(time.monotonic() + bound_timeout):
                 try:
-                    lb, ub = bf.compute_bounds(f, lo, hi, method=m if linear else "ibp")
+                    if module.index_inputs:  # inputs read as indices: bounded case by case
+                        lb, ub = case_bounds(module, lo, hi, method=m)
+                        n_cases = len(list(cases(module, lo[0], hi[0])))
+                        row["batch_first"] = f"{row['batch_first']}; {n_cases} index cases"
+                    else:
+                        lb, ub = bf.compute_bounds(f, lo, hi, method=m if linear else "ibp")
                 except UnsupportedOperation:
                     alt = f.vmapped_view() if linear else None
                     if alt is None:

@@ -308,12 +308,25 @@ def test_an_unsupported_operator_is_named_with_its_node():
 
 
 def test_a_shape_input_that_varies_with_the_network_input_is_refused_at_import():
+    # a shape computed from the input's values (not only from integer casts of input elements)
+    m = _model(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Cast", ["r"], ["s"], to=TensorProto.INT64),
+            helper.make_node("Reshape", ["x", "s"], ["y"]),
+        ],
+        [1, 2],
+        [1, 2],
+    )
+    with pytest.raises(bf.UnsupportedOperation, match="varies with the network input"):
+        OnnxModule(m, "net.onnx")
+    # input elements cast to integers for the shape and read as values too
     m = _model(
         [helper.make_node("Cast", ["x"], ["s"], to=TensorProto.INT64), helper.make_node("Reshape", ["x", "s"], ["y"])],
         [1, 2],
         [1, 2],
     )
-    with pytest.raises(bf.UnsupportedOperation, match="varies with the network input"):
+    with pytest.raises(bf.UnsupportedOperation, match="both as indices"):
         OnnxModule(m, "net.onnx")
 
 

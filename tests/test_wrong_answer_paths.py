@@ -235,10 +235,11 @@ def test_binarised_network_counterexample_found_through_straight_through_gradien
     assert y[1] > y[0] or y[2] > y[0]
 
 
-def _patch_position_onnx(path, table):
+def _patch_position_onnx(path, table, value_use: bool = False):
     """cctsdb_yolo's pattern on a small scale: the network input's last coordinate, cast to an
-    integer, is the start of a ``Slice`` (so no bound domain can import it); ``Y`` is
-    ``table[int(X_1)] + 0 * X_0``."""
+    integer, is the start of a ``Slice``; ``Y`` is ``table[int(X_1)] + 0 * X_0`` (with
+    ``value_use``, ``+ 0 * X_1`` too: ``X_1`` is then read as a value as well, which no domain
+    can bound, so the network does not import)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -255,7 +256,7 @@ def _patch_position_onnx(path, table):
         helper.make_node("Cast", ["p"], ["s"], to=TensorProto.INT64),
         helper.make_node("Add", ["s", "one"], ["e"]),
         helper.make_node("Slice", ["T", "s", "e", "ax"], ["v"]),
-        helper.make_node("Gather", ["X", "i0"], ["x0"], axis=0),
+        helper.make_node("Gather", ["X", "i1" if value_use else "i0"], ["x0"], axis=0),
         helper.make_node("Mul", ["x0", "zero"], ["z"]),
         helper.make_node("Add", ["v", "z"], ["Y"]),
     ]
@@ -269,26 +270,49 @@ def _patch_position_onnx(path, table):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
+_PATCH_PROPERTY = (
+    "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+    "(assert (>= X_0 0.25))\n(assert (<= X_0 0.25))\n"
+    "(assert (>= X_1 0.0))\n(assert (<= X_1 7.0))\n(assert (<= Y_0 -0.5))\n"
+)
+
+
 @pytest.mark.parametrize("bad", [None, 0, 4, 7])
 def test_network_that_does_not_import_answers_sat_by_onnxruntime_or_unknown_never_unsat(tmp_path, bad):
-    """A network with an input-dependent slice start does not import; the verifier still finds a
-    counterexample at the one integer position where it exists (re-checked in onnxruntime), and
-    answers ``unknown``, never ``unsat``, where none exists."""
+    """A network whose index input is also read as a value does not import; the verifier still
+    finds a counterexample at the one integer position where it exists (re-checked in
+    onnxruntime), and answers ``unknown``, never ``unsat``, where none exists."""
     from boundflow.verify import verify
 
     table = np.ones(8)
     if bad is not None:
         table[bad] = -1.0
-    _patch_position_onnx(tmp_path / "net.onnx", table)
-    (tmp_path / "prop.vnnlib").write_text(
-        "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
-        "(assert (>= X_0 0.25))\n(assert (<= X_0 0.25))\n"
-        "(assert (>= X_1 0.0))\n(assert (<= X_1 7.0))\n(assert (<= Y_0 -0.5))\n"
-    )
+    _patch_position_onnx(tmp_path / "net.onnx", table, value_use=True)
+    (tmp_path / "prop.vnnlib").write_text(_PATCH_PROPERTY)
     res = verify(tmp_path / "net.onnx", tmp_path / "prop.vnnlib", timeout=20)
     assert any("did not import" in n for n in res.notes)
     if bad is None:
         assert res.status == "unknown"
     else:
         assert res.status == "sat"
+        assert int(res.counterexample[1]) == bad and res.output[0] <= -0.5
+
+
+@pytest.mark.parametrize("bad", [None, 0, 4, 7])
+def test_index_input_network_is_decided_case_by_case(tmp_path, bad):
+    """The same network read only through the cast imports (``index_inputs``) and is decided
+    exactly, one case per integer position: ``sat`` at the one bad position, ``unsat`` where the
+    table has none."""
+    from boundflow.verify import verify
+
+    table = np.ones(8)
+    if bad is not None:
+        table[bad] = -1.0
+    _patch_position_onnx(tmp_path / "net.onnx", table)
+    (tmp_path / "prop.vnnlib").write_text(_PATCH_PROPERTY)
+    res = verify(tmp_path / "net.onnx", tmp_path / "prop.vnnlib", timeout=20)
+    if bad is None:
+        assert res.status == "unsat", res
+    else:
+        assert res.status == "sat", res
         assert int(res.counterexample[1]) == bad and res.output[0] <= -0.5

@@ -367,6 +367,9 @@ def _scatter_nd(data, indices, updates, reduction=b"none"):
     k = idx.shape[-1]
     dims = torch.tensor(data.shape[:k], dtype=torch.long)
     idx = torch.where(idx < 0, idx + dims, idx)  # ONNX allows negative indices
+    if data.dtype != updates.dtype:  # (a float constant made from a shape stays float32 in a .double() model)
+        dtype = torch.promote_types(data.dtype, updates.dtype)
+        data, updates = data.to(dtype), updates.to(dtype)
     return data.index_put(tuple(idx.reshape(-1, k).unbind(-1)), updates.reshape(-1, *data.shape[k:]))
 
 
@@ -601,6 +604,20 @@ SCALAR_INPUTS = {"Clip": (1, 2), "Pow": (1,)}
 _STEPS = {"Sign", "Floor", "Ceil", "Round"}
 # ops whose result does not depend on the values of their input, only on its shape
 SHAPE_ONLY = {"Shape", "Size"}
+# ops that select or rearrange elements of their first input (the others constant): applied to
+# the input's element numbers they say which input elements a value holds
+SELECTIONS = {"Gather", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Identity"}
+_INTEGER_CASTS = {6, 7}  # Cast to INT32 / INT64: rounds toward zero
+
+
+def _capturing(x) -> bool:
+    """Whether ``x`` is being traced or transformed (graph capture, vmap, an interval tensor)
+    rather than evaluated: values read as Python numbers there would be baked in."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if type(x) is not torch.Tensor or _get_current_dispatch_mode() is not None:
+        return True
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
 class OnnxModule(nn.Module):
@@ -614,12 +631,19 @@ class OnnxModule(nn.Module):
     ``Gather``, ``Concat``, ``Range`` ...) runs on concrete shapes outside tracing.  A model
     whose input has batch size 1 is evaluated batch by batch: a ``Reshape`` target whose leading
     entry is that 1 takes the batch size of the call (so ``Reshape(x, [1, -1])`` flattens each
-    sample), which keeps such models batch-first for the linear domain."""
+    sample), which keeps such models batch-first for the linear domain.
+
+    **Index inputs.**  Input elements that the graph reads only through a ``Cast`` to an integer
+    (a patch position that starts a ``Slice`` or indexes a ``ScatterND``) are listed in
+    ``index_inputs``; the module evaluates them, but no domain can capture it (the indices would
+    be baked in): :meth:`pin` gives the model with those elements fixed, whose graph the
+    domains read, and :mod:`boundflow.verify.cases` bounds the model case by case over the
+    integer values a box allows.  An element read both as an index and as a value is refused."""
 
     # attacks only (boundflow.verify.pipeline): step functions pass gradients as the identity
     straight_through: bool = False
 
-    def __init__(self, model, path: str = "<onnx>"):
+    def __init__(self, model, path: str = "<onnx>", pinned: dict[int, float] | None = None):
         super().__init__()
         from onnx import numpy_helper
 
@@ -646,6 +670,11 @@ class OnnxModule(nn.Module):
         self.nodes = []
         dynamic = {self.input_name}  # values that vary with the input
         shaped = set()  # values computed from the input's shape only (not its values)
+        # values that select input elements: the input element numbers they hold
+        selections = {self.input_name: torch.arange(math.prod(self.input_shape)).reshape(self.input_shape)}
+        in_dtype = torch.float64 if inputs[0].type.tensor_type.elem_type == 11 else torch.float32
+        discrete = set()  # values that vary with the input only through integer casts of it
+        as_index, as_value = set(), set()  # input elements read as indices / as values
         for k, n in enumerate(g.node):
             label = n.name or f"node{k}"
             if n.op_type == "Constant":
@@ -666,7 +695,32 @@ class OnnxModule(nn.Module):
                     f"support; supported: {', '.join(sorted(set(self._ops) | SHAPE_ONLY))}"
                 )
             ins, attrs = list(n.input), _attrs(n)
+            if n.op_type in SELECTIONS and ins[0] in selections and all(i in self._static for i in ins[1:] if i):
+                args = [selections[ins[0]]] + [self._static[i] if i else None for i in ins[1:]]
+                held = self._run(n.op_type, args, attrs, 1, label)[0]
+                if pinned is not None and all(int(e) in pinned for e in held.reshape(-1).tolist()):
+                    values = [float(pinned[int(e)]) for e in held.reshape(-1).tolist()]
+                    self._add_const(n.output[0], torch.tensor(values, dtype=in_dtype).reshape(held.shape), f"p{k}")
+                    continue
+                selections[n.output[0]] = held
+                dynamic.add(n.output[0])
+                self.nodes.append((n.op_type, ins, list(n.output), attrs, label, False))
+                continue
+            if n.op_type == "Cast" and ins[0] in selections and int(attrs.get("to", 0)) in _INTEGER_CASTS:
+                as_index.update(selections[ins[0]].reshape(-1).tolist())
+                discrete.add(n.output[0])
+                dynamic.add(n.output[0])
+                self.nodes.append((n.op_type, ins, list(n.output), attrs, label, False))
+                continue
+            if n.op_type not in SHAPE_ONLY:
+                for i in ins:
+                    if i in selections:
+                        as_value.update(selections[i].reshape(-1).tolist())
+            if all(i in discrete for i in ins if i in dynamic) and any(i in discrete for i in ins):
+                discrete.update(n.output)  # a function of index inputs alone: evaluated, never bounded
             for pos in STATIC_INPUTS.get(n.op_type, ()):
+                if pos < len(ins) and ins[pos] in discrete:
+                    continue  # an index input's function: read when the module is evaluated
                 if pos < len(ins) and ins[pos] in dynamic and n.op_type not in ("Gather", "ScatterND"):
                     raise UnsupportedOperation(
                         f"{path}: node {k} ({label}, {n.op_type}): input {pos} ({ins[pos]}) varies with the network "
@@ -691,6 +745,30 @@ class OnnxModule(nn.Module):
                 self.nodes.append((n.op_type, ins, list(n.output), attrs, label, True))
         if self.output_name not in dynamic:
             raise OnnxImportError(f"{path}: the output {self.output_name!r} does not depend on the input")
+        if self.output_name in selections:
+            as_value.update(selections[self.output_name].reshape(-1).tolist())
+        both = sorted(as_index & as_value)
+        if both:
+            raise UnsupportedOperation(
+                f"{path}: input elements {both[:5]} are read both as indices (Cast to an integer) and as values"
+            )
+        # input elements read only as indices (sorted flat positions); empty once pinned
+        self.index_inputs: tuple[int, ...] = tuple(sorted(int(e) for e in as_index))
+        self._proto = model if self.index_inputs else None  # what pin() imports again
+
+    def pin(self, values: dict[int, float]) -> OnnxModule:
+        """The model with the input elements ``values`` names (flat positions) fixed to the given
+        values: equal to this model on every input that holds those values there, whatever the
+        input says at those positions.  Pinning every index input gives a model the domains
+        capture."""
+        if self._proto is None:
+            raise ValueError(f"{self.path}: the model reads no input element as an index; nothing to pin")
+        n = math.prod(self.input_shape)
+        bad = [p for p in values if not 0 <= int(p) < n]
+        if bad:
+            raise ValueError(f"{self.path}: pinned positions {bad[:5]} are outside the input's {n} elements")
+        module = OnnxModule(self._proto, self.path, {int(p): float(v) for p, v in values.items()})
+        return module.to(next(self.buffers()).dtype) if any(True for _ in self.buffers()) else module
 
     def _add_const(self, name: str, t: torch.Tensor, buffer: str) -> None:
         if t.is_floating_point():
@@ -729,6 +807,11 @@ class OnnxModule(nn.Module):
     def forward(self, x):
         from torch.utils._python_dispatch import _disable_current_modes
 
+        if self.index_inputs and _capturing(x):
+            raise UnsupportedOperation(
+                f"{self.path}: input elements {list(self.index_inputs[:5])} are read as indices (Cast to an "
+                "integer); no domain captures such a model: bound it per index value (boundflow.verify.cases)"
+            )
         env = {self.input_name: x}
         for name, t in self._static.items():
             env[name] = getattr(self, self._consts[name]) if name in self._consts else t

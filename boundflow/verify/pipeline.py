@@ -103,8 +103,9 @@ class _Batched(nn.Module):
                 _deadline.check("evaluation")
                 outs.append(self.module(x[i].reshape(self.shape)).reshape(-1))
             y = torch.stack(outs)
-        # an integer output (a count of pixels, a class index) is compared as a number
-        return y if y.is_floating_point() else y.to(x.dtype)
+        # an integer output (a count of pixels, a class index) is compared as a number, and a
+        # float output cast from one (exact) in the input's precision
+        return y.to(x.dtype) if x.is_floating_point() else y
 
 
 def _batchable(module, shape) -> bool:
@@ -558,6 +559,8 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
             return Result("sat", w[:n_in], w[n_in:], time.monotonic() - start, boxes, notes or [])
         return Result(status, seconds=time.monotonic() - start, boxes=boxes, notes=notes or [])
 
+    if getattr(module, "index_inputs", ()):  # piecewise in its index inputs: case by case
+        return _verify_index_cases(module, disjuncts, checker, deadline, answer)
     # the attacks get at most ATTACK_SHARE of the time left, shared by the disjuncts
     attack_end = time.monotonic() + ATTACK_SHARE * max(0.0, deadline - time.monotonic())
     for dj in disjuncts:  # a disjunct without output constraint: every input is unsafe
@@ -708,6 +711,26 @@ def _ort_candidates(dj: Disjunct, rng: np.random.Generator):
                 yield pts
     for _ in range(0, ORT_SAMPLES, 256):
         yield lo + (hi - lo) * rng.random((256, len(lo)))
+
+
+def _verify_index_cases(module, disjuncts, checker, deadline, answer) -> Result:
+    """Every disjunct case by case (:mod:`boundflow.verify.cases`); ``unsat`` when every
+    disjunct's every case is proved."""
+    from boundflow.verify.cases import verify_cases
+
+    status, boxes = "unsat", 0
+    for dj in disjuncts:
+        if not len(dj.C):
+            continue  # (answered before the attacks)
+        st, w, nb = verify_cases(module, dj, checker, deadline, ATTACK_SHARE)
+        boxes += nb
+        if st == "sat":
+            return answer("sat", boxes, w, len(dj.lower))
+        if st != "unsat":
+            status = st if status in ("unsat", "unknown") else status
+            if st == "timeout":
+                break
+    return answer(status, boxes)
 
 
 def _check_property(disjuncts: list[Disjunct], n_in: int, vnnlib_path, onnx_path) -> None:
