@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import operator
 
 import pytest
 import torch
@@ -176,6 +177,18 @@ def random_cnn(seed: int) -> tuple[nn.Module, torch.Tensor]:
         elif extra == 3 and h >= 3 and w >= 3:  # padding counted as zeros, stride 2
             layers.append(nn.AvgPool2d(3, 2, 1))
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        elif extra == 5 and h >= 2 and w >= 2:  # overlapping, padded windows
+            layers.append(nn.MaxPool2d(3, 2, 1))
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        elif extra == 6 and h >= 2 and w >= 2:  # disjoint windows (a remainder row dropped)
+            layers.append(nn.MaxPool2d(2, 2))
+            h, w = h // 2, w // 2
+        elif extra == 7 and h >= 2 and w >= 2:  # a QConv block: max pool, batch norm, channels-last sign
+            bn = nn.BatchNorm2d(c)
+            bn.running_mean.normal_(generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+            layers += [nn.MaxPool2d(2, 2), bn, ChannelsLast("sign", c, (h // 2, w // 2), gen)]
+            h, w = h // 2, w // 2
         elif extra == 4:  # zero padding, per side
             pads = [rint(0, 2) for _ in range(4)]
             layers.append(nn.ZeroPad2d(tuple(pads)))
@@ -196,6 +209,7 @@ def _compare(seed: int, kinds: set) -> int:
     eps = 0.1
     g = capture(net, x)
     state = crown_mod.prepare(g, x - eps, x + eps)
+    state.tight_pool = seed % 3 == 1  # max pooling's pivot-difference upper line on some
     used = 0
     for node in g.gm.graph.nodes:
         if node not in state.needs_bounds:  # convolutions and residual sums
@@ -241,9 +255,12 @@ def test_patches_cover_every_step_kind():
     kinds: set = set()
     for seed in itertools.count(40):
         _compare(seed, kinds)
-        if kinds >= {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad"} or seed > 80:
+        if (
+            kinds >= {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad", "maxpool"}
+            or seed > 80
+        ):
             break
-    assert kinds == {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad"}, kinds
+    assert kinds == {"conv", "relax", "affine", "input", "dense", "sum", "move", "start", "pad", "maxpool"}, kinds
 
 
 def test_patches_follow_channels_last_stretches_between_convolutions():
@@ -286,6 +303,45 @@ def test_a_shift_of_a_step_function_keeps_its_exact_interval_bounds():
     u = torch.rand(300, *x.shape[1:], generator=gen, dtype=x.dtype)
     with torch.no_grad():
         ys = net(x - 0.2 + 0.4 * u)
+    assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all())
+
+
+def test_max_pool_values_behind_batch_norm_are_bounded_at_the_pool_in_patches_mode():
+    """A QConv block (``conv -> max pool -> batch norm -> channels-last sign``): the sign's
+    input is bounded at the pool's values (batch norm and the permutation map those bounds
+    exactly), in patches mode from a 1 x 1 patch there through the pool's lines; the bounds
+    equal the matrix mode's and contain sampled outputs."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 9, 9, dtype=torch.float64)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    gen = torch.Generator().manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.MaxPool2d(2, 2), bn, ChannelsLast("sign", 3, (3, 3), gen),
+                        nn.Conv2d(3, 2, 2), nn.Flatten()).double().eval()  # fmt: skip
+    g = capture(net, x)
+    lo, hi = x - 0.1, x + 0.1
+    state = crown_mod.prepare(g, lo, hi)
+    aten = torch.ops.aten
+    pool = next(
+        n
+        for n in g.gm.graph.nodes
+        if n.target is operator.getitem and n.args[0].target is aten.max_pool2d_with_indices.default
+    )
+    assert pool in state.needs_bounds
+    assert not any(n.target is aten.permute.default for n in state.needs_bounds)
+    steps = patches_mod.patch_chain(state, pool)
+    assert [k for k, *_ in steps] == ["start", "maxpool", "conv", "input"]
+    state.patches = True
+    p_lo, p_hi = crown_mod.node_bounds(state, pool)
+    state.patches = False
+    m_lo, m_hi = crown_mod.node_bounds(state, pool)
+    assert torch.allclose(p_lo, m_lo, rtol=0, atol=1e-10) and torch.allclose(p_hi, m_hi, rtol=0, atol=1e-10)
+    assert (m_hi - m_lo).max() > 0  # not a degenerate comparison
+    lb, ub, _ = crown_mod.crown(g, lo, hi, state=state)
+    u = torch.rand(300, *x.shape, generator=gen, dtype=x.dtype)
+    with torch.no_grad():
+        ys = net((lo + (hi - lo) * u).reshape(-1, *x.shape[1:])).reshape(300, *lb.shape)
     assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all())
 
 

@@ -241,7 +241,7 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
     interval bounds are the exact range on its input's bounds, and no linear lower line lies
     above that range), the node keeps its interval bounds; if ``y`` is a convolution reached
     through a rearrangement, ``y`` is bounded instead (in patches mode) and the node inherits
-    the rearranged bounds."""
+    the rearranged bounds; max pooling's values likewise."""
     varies = {x_node}
     for n in nodes:
         if n.op == "call_function" and any(a in varies for a in n.all_input_nodes):
@@ -253,8 +253,11 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
             if len(var) != 1 or any(isinstance(a, fx.Node) and a in varies for a in y.kwargs.values()):
                 break
             v = var[0]
-            if _is_tuple_head(y) and y.args[0].args[0] is v:  # batch norm at inference: per channel
-                y = v
+            if _is_tuple_head(y):  # batch norm at inference: per channel, constant statistics
+                bn = y.args[0]
+                if [a for a in bn.all_input_nodes if a in varies] != [bn.args[0]] or bn.kwargs:
+                    break
+                y = bn.args[0]
                 continue
             if y.target in REARRANGE and y.args[0] is v:
                 y, moved = v, True
@@ -278,6 +281,19 @@ def _redirect_bounds(state: BoundState, nodes: list, x_node: fx.Node) -> None:
         elif moved and y.op == "call_function" and y.target is aten.convolution.default:
             state.needs_bounds.discard(t)
             state.needs_bounds.add(y)
+        elif _is_pool_values(y):  # (bounded by CROWN there, in patches mode where it applies)
+            state.needs_bounds.discard(t)
+            state.needs_bounds.add(y)
+
+
+def _is_pool_values(n: fx.Node) -> bool:
+    """``getitem(max_pool2d_with_indices(...), 0)``: max pooling's values."""
+    return (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and n.args[1] == 0
+        and getattr(n.args[0], "target", None) is aten.max_pool2d_with_indices.default
+    )
 
 
 def _unstable(node: fx.Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:

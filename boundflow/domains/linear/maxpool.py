@@ -11,7 +11,7 @@ from boundflow.domains.linear.state import BoundState, _add, _sum_tail
 
 aten = torch.ops.aten
 
-__all__ = ["deeppoly_pool", "maxpool_back", "maxpool_alpha_init"]
+__all__ = ["deeppoly_pool", "maxpool_back", "maxpool_alpha_init", "pool_lines"]
 
 
 def deeppoly_pool(l: torch.Tensor, u: torch.Tensor, args: list):
@@ -83,20 +83,24 @@ def maxpool_back(state: BoundState, node: fx.Node, lA, uA, pending, alpha: torch
     return _sum_tail(l_const), _sum_tail(u_const)
 
 
-def _window_back(state, inp, l, u, args, parts, idx, mu, exact, alpha, pending):
-    """:func:`maxpool_back` with both lines as weights over each window's entries: the lower
-    line ``y >= sum_j w_j x_j`` (one-hot at the argmax-l entry, or from ``alpha``), and the
-    upper line DeepPoly's (``x_sel`` where exact, else the constant ``max u``) or, with
-    ``state.tight_pool``, the pivot-difference line where its value at the centre of the box is
-    lower:  ``y = x_p + max_i (x_i - x_p) <= x_p + sum_i lam_i (d_i - dl_i)`` over the entries
-    ``i`` whose difference ``d_i = x_i - x_p`` may be positive, with ``d_i`` in
-    ``[l_i - u_p, u_i - l_p]`` and ``lam_i`` the triangle slope of ``relu(d_i)`` (each step an
-    upper bound, so the line holds on the whole box)."""
-    lA_p, lA_n, uA_p, uA_n = parts
-    win, onehot = _windows_onehot(l, args, idx)  # (O, K), (B, C, O, K)
+def pool_lines(state: BoundState, node: fx.Node, alpha: torch.Tensor | None = None):
+    """Max pooling ``node``'s two lines as weights over each window's entries: ``(win, wl, wu,
+    cu)`` with ``win`` each window's flat input positions ``(O, K)`` (-1 = padding), the lower
+    line ``y >= sum_k wl_k x_k`` and the upper line ``y <= sum_k wu_k x_k + cu`` (``wl``, ``wu``
+    of shape ``(B, C, O, K)``, ``cu`` of ``(B, C, O)``), as :func:`maxpool_back` uses them (with
+    ``alpha`` and ``state.tight_pool`` as there)."""
+    inp = node.args[0]
+    l, u = state.lower[inp], state.upper[inp]
+    args = list(node.args[1:])
+    _, idx, mu, exact = deeppoly_pool(l, u, args)
+    win, onehot = _windows_onehot(l, args, idx)
+    return (win, *_line_weights(state, l, u, win, onehot, idx, mu, exact, alpha))
+
+
+def _line_weights(state, l, u, win, onehot, idx, mu, exact, alpha):
+    """``(wl, wu, cu)`` of :func:`pool_lines` (``cu`` flat over the output positions)."""
     valid = win >= 0
     target = win.clamp(min=0)
-    lead, hw = l.shape[:-2], l.shape[-2] * l.shape[-1]
     pidx = idx.flatten(-2)  # (B, C, O)
     if alpha is None:
         wl = onehot
@@ -124,6 +128,23 @@ def _window_back(state, inp, l, u, args, parts, idx, mu, exact, alpha, pending):
         better = better & torch.isfinite(c_piv) & torch.isfinite(w_piv).all(-1)
         wu = torch.where(better.unsqueeze(-1), w_piv, wu)
         cu = torch.where(better, c_piv, cu)
+    return wl, wu, cu
+
+
+def _window_back(state, inp, l, u, args, parts, idx, mu, exact, alpha, pending):
+    """:func:`maxpool_back` with both lines as weights over each window's entries: the lower
+    line ``y >= sum_j w_j x_j`` (one-hot at the argmax-l entry, or from ``alpha``), and the
+    upper line DeepPoly's (``x_sel`` where exact, else the constant ``max u``) or, with
+    ``state.tight_pool``, the pivot-difference line where its value at the centre of the box is
+    lower:  ``y = x_p + max_i (x_i - x_p) <= x_p + sum_i lam_i (d_i - dl_i)`` over the entries
+    ``i`` whose difference ``d_i = x_i - x_p`` may be positive, with ``d_i`` in
+    ``[l_i - u_p, u_i - l_p]`` and ``lam_i`` the triangle slope of ``relu(d_i)`` (each step an
+    upper bound, so the line holds on the whole box)."""
+    lA_p, lA_n, uA_p, uA_n = parts
+    win, onehot = _windows_onehot(l, args, idx)  # (O, K), (B, C, O, K)
+    target = win.clamp(min=0)
+    lead, hw = l.shape[:-2], l.shape[-2] * l.shape[-1]
+    wl, wu, cu = _line_weights(state, l, u, win, onehot, idx, mu, exact, alpha)
 
     def spread(a, w):  # (S, B, C, oh, ow) coefficients on a line with weights w -> (S, B, C, H, W)
         s = a.shape[0]

@@ -23,6 +23,7 @@ matrix mode's, in exact arithmetic (the tests compare both on random architectur
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from torch import fx
 
 from boundflow import deadline
 from boundflow.domains.linear.backward import backsub, is_zero, through_lines
+from boundflow.domains.linear.maxpool import pool_lines
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _bounded, _is_tuple_head, _shape, relaxation_lines
 
@@ -120,6 +122,29 @@ def _zero_pad(state: BoundState, node: fx.Node):
         return None
     pad = pad + [0] * (4 - len(pad))
     return x, (pad[2], pad[0])
+
+
+def _max_pool_args(state: BoundState, node: fx.Node):
+    """``(pool node, input, kernel, stride, padding)`` where ``node`` is the values of a 2-D max
+    pooling (``getitem(max_pool2d_with_indices(x, ...), 0)``, no dilation or ceil mode) whose
+    input has bounds, else ``None``."""
+    if node.op != "call_function" or node.target is not operator.getitem or node.args[1] != 0:
+        return None
+    mp = node.args[0]
+    if not isinstance(mp, fx.Node) or mp.target is not aten.max_pool2d_with_indices.default or mp.kwargs:
+        return None
+    x, args = mp.args[0], list(mp.args[1:]) + [None] * (6 - len(mp.args))
+    if not isinstance(x, fx.Node) or x not in state.lower or len(_shape(state, x)) != 4:
+        return None
+    k = list(args[0]) * (2 if len(args[0]) == 1 else 1)
+    stride = list(args[1]) if args[1] else k
+    stride = stride * (2 if len(stride) == 1 else 1)
+    pad = list(args[2]) if args[2] is not None else [0]
+    pad = pad * (2 if len(pad) == 1 else 1)
+    dilation = list(args[3]) if args[3] is not None else [1]
+    if any(d != 1 for d in dilation) or args[4]:
+        return None
+    return mp, x, tuple(k), tuple(stride), tuple(pad)
 
 
 def _batch_norm_args(state: BoundState, node: fx.Node):
@@ -380,8 +405,11 @@ def patch_chain(state: BoundState, node: fx.Node, residuals: bool = True) -> lis
         win = _Window(tuple(w.shape[2:]), stride, padding, tuple(shape[2:]))  # the kernel's, on x
         steps = [("conv", node, win, ())]
         incoming: dict = {x: [(win, ())]}
-    elif residuals and len(shape) == 4 and _residual(state, node) is not None:
-        # a residual sum (a ReLU's input in a ResNet): each neuron starts as a 1 x 1 patch
+    elif len(shape) == 4 and (
+        (residuals and _residual(state, node) is not None) or _max_pool_args(state, node) is not None
+    ):
+        # a residual sum (a ReLU's input in a ResNet) or max pooling's values (a sign's input
+        # behind batch norm): each neuron starts as a 1 x 1 patch
         win = _Window((1, 1), (1, 1), (0, 0), tuple(shape[2:]))
         steps = [("start", node, win, ())]
         incoming = {node: [(win, ())]}
@@ -423,6 +451,11 @@ def patch_chain(state: BoundState, node: fx.Node, residuals: bool = True) -> lis
         if padded is not None:
             steps.append(("pad", cur, win, ()))
             send(padded[0], _padded(win, padded[1]), ())
+            continue
+        pool = _max_pool_args(state, cur) if not transform else None
+        if pool is not None and (pool[0], node) not in state.alpha:  # (an alpha-CROWN slope: matrix mode)
+            steps.append(("maxpool", cur, win, ()))
+            send(pool[1], win.through_conv(*pool[2:]), ())
             continue
         if cur.op == "call_function" and cur.target in RELAXATIONS and (cur, node) not in state.alpha:
             inp = cur.args[0]
@@ -602,6 +635,22 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
             Pu2, du = through_lines(Pu, a_u, b_u, a_l, b_l, _sum_patch)
             lb, ub = lb + dl, ub + du
             send(cur.args[0], Pl2, Pu2, win, transform)
+        elif kind == "maxpool":  # each window's lower and upper line, spread over the window
+            mp, x, k, sp, pp = _max_pool_args(state, cur)
+            _, wl, wu, cu = pool_lines(state, mp)
+            c, (oh, ow), n_k = shape[1], shape[2:], wl.shape[-1]
+
+            def at_k(w, c=c, oh=oh, ow=ow, n_k=n_k):  # (B, C, O, K) -> (rows, B', C, K, k_h, k_w)
+                t = w.reshape(w.shape[0], c, oh, ow, n_k).permute(0, 1, 4, 2, 3).reshape(w.shape[0], c * n_k, oh, ow)
+                t = rows.at(_unfold(t, (t.shape[0], c * n_k, oh, ow), win))
+                return t.reshape(*t.shape[:2], c, n_k, *t.shape[-2:])
+
+            WL, WU, cu_at = at_k(wl), at_k(wu), at(cu.reshape(cu.shape[0], c, oh, ow))
+            lb = lb + _sum_patch(Pl.clamp(max=0) * cu_at)
+            ub = ub + _sum_patch(Pu.clamp(min=0) * cu_at)
+            Ql = _spread(Pl.clamp(min=0), WL, k, sp) + _spread(Pl.clamp(max=0), WU, k, sp)
+            Qu = _spread(Pu.clamp(min=0), WU, k, sp) + _spread(Pu.clamp(max=0), WL, k, sp)
+            send(x, Ql, Qu, win.through_conv(k, sp, pp), ())
         elif kind == "affine":
             inp, scale, shift = _elementwise_args(state, cur)
             if isinstance(shift, torch.Tensor) or shift != 0:
@@ -634,6 +683,21 @@ def patch_bounds(state: BoundState, node: fx.Node, steps: list, rows: Rows) -> t
         dl, du = backsub(state, first, Al, Au, extra=dict(rest))
         lb, ub = lb + dl, ub + du
     return lb, ub
+
+
+def _spread(P: torch.Tensor, W: torch.Tensor, k, stride) -> torch.Tensor:
+    """Patches ``(rows, B', C, k_h, k_w)`` on a max pooling's output through a line with window
+    weights ``W`` ``(rows, B'', C, K, k_h, k_w)`` (``K`` the kernel's entries, row by row) to
+    patches on its input: entry ``(a, b)`` of the kernel at window position ``(i, j)`` lands on
+    ``(i s_h + a, j s_w + b)``."""
+    r, _, c, kh, kw = P.shape
+    out = P.new_zeros(r, max(P.shape[1], W.shape[1]), c, (kh - 1) * stride[0] + k[0], (kw - 1) * stride[1] + k[1])
+    for e in range(W.shape[3]):
+        a, b = divmod(e, k[1])
+        out[..., a : a + (kh - 1) * stride[0] + 1 : stride[0], b : b + (kw - 1) * stride[1] + 1 : stride[1]] += (
+            P * W[:, :, :, e]
+        )
+    return out
 
 
 def _both(f, Pl: torch.Tensor, Pu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
