@@ -104,6 +104,9 @@ def test_no_domain_captures_it_but_the_pinned_model_it_does(model):
         bf.compute_bounds(f, x, x, method="ibp")
     pinned = m.pin({8: 2.0, 9: 3.0})
     assert pinned.index_inputs == ()
+    assert {b.dtype for b in pinned.buffers() if b.is_floating_point()} == {torch.float64}  # as m computes
+    with pytest.raises(ValueError, match="outside the input"):
+        m.pin({10: 1.0})
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
         img = torch.rand(N_IMG, generator=g, dtype=torch.float64)

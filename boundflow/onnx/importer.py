@@ -768,7 +768,9 @@ class OnnxModule(nn.Module):
         if bad:
             raise ValueError(f"{self.path}: pinned positions {bad[:5]} are outside the input's {n} elements")
         module = OnnxModule(self._proto, self.path, {int(p): float(v) for p, v in values.items()})
-        return module.to(next(self.buffers()).dtype) if any(True for _ in self.buffers()) else module
+        dtypes = {b.dtype for b in self.buffers() if b.is_floating_point()}
+        # in the precision this module computes in (``.double()`` included)
+        return module.to(dtypes.pop()).train(self.training) if len(dtypes) == 1 else module.train(self.training)
 
     def _add_const(self, name: str, t: torch.Tensor, buffer: str) -> None:
         if t.is_floating_point():
