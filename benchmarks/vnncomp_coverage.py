@@ -12,7 +12,8 @@ property that names it), in its own process (so its peak memory is its own):
 * **import**: ``load_onnx`` and the time it takes;
 * **ort diff**: the largest difference to onnxruntime on random inputs, relative to
   ``1 + max |output|`` (the import is accepted at 1e-4);
-* **bound**: each method's bounds of the outputs on the property's first input box, within
+* **bound**: each method's bounds of the outputs on the property's first input box (for a
+  network with index inputs, case by case: :mod:`boundflow.verify.cases`), within
   ``--bound-timeout`` seconds (``boundflow.deadline``), and whether they contain the outputs at
   256 sampled points, the box's centre and 8 attacked points (signed-gradient steps towards each
   output's extremes); ``timeout`` or the error otherwise;
@@ -130,7 +131,10 @@ def _one(onnx: str, vnnlib: str, methods: list[str], bound_timeout: float) -> di
                     row["batch_first"] = "vmap"
             tol = 1e-9 * (1 + y.abs().max())
             ok = bool(((y >= lb - tol) & (y <= ub + tol)).all())
-            row["bound"][m] = ("ok" if ok else "VIOLATED") + ("" if linear else " (ibp: not batch-first)")
+            how = "" if linear else " (ibp: not batch-first)"
+            if module.index_inputs:  # each case the model's value (a point) or the pinned model's bounds
+                how = f" ({row['batch_first'].split('; ')[-1]})"
+            row["bound"][m] = ("ok" if ok else "VIOLATED") + how
             row["width"][m] = float((ub - lb).mean())
         except deadline.DeadlineExceeded:
             row["bound"][m] = f"timeout ({bound_timeout:g} s)"
