@@ -12,6 +12,7 @@ import operator
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from boundflow.graph import capture
@@ -57,8 +58,8 @@ class ChannelsLast(nn.Module):
         self.register_buffer("c", torch.randn(shape, generator=gen, dtype=torch.float64))
 
     def forward(self, x):
-        if self.kind == "unit":  # a unit dimension, as vmapped graphs carry one
-            return torch.relu(x.unsqueeze(1)).reshape(x.shape)
+        if self.kind == "unit":  # a unit dimension and a padding by nothing, as vmapped graphs carry them
+            return torch.relu(F.pad(x.unsqueeze(1), (0, 0, 0, 0))).reshape(x.shape)
         y = x.permute(0, 2, 3, 1)
         if self.kind == "sign":
             y = torch.sign(y) + self.c  # a step function, then a shift (QConv layers)
@@ -280,6 +281,21 @@ def test_patches_follow_channels_last_stretches_between_convolutions():
                 through += bool(steps) and any(perm is not None for *_, perm in steps)
         _compare(seed, set())
     assert through >= 3, through
+
+
+def test_a_padding_by_nothing_on_a_unit_dimension_is_followed():
+    """vmapped graphs pad by zero entries around a unit dimension (``carvana_unet``): a copy,
+    which patches mode follows instead of handing over to matrix mode there."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 7, 7, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), ChannelsLast("unit", 3, (5, 5), gen), nn.Conv2d(3, 2, 3), nn.Flatten())
+    g = capture(net.double(), x)
+    state = crown_mod.prepare(g, x - 0.1, x + 0.1)
+    second = [n for n in g.gm.graph.nodes if n.target is torch.ops.aten.convolution.default][1]
+    steps = patches_mod.patch_chain(state, second)
+    assert ("move", "constant_pad_nd") in [(k, n.name) for k, n, *_ in steps]
+    assert not patches_mod.uses_matrix_mode(steps)
 
 
 def test_a_shift_of_a_step_function_keeps_its_exact_interval_bounds():

@@ -284,7 +284,12 @@ def _is_identity(shape, transform) -> bool:
 
 def _rearrangement(state: BoundState, node: fx.Node):
     """``(input, op)`` where ``node`` only rearranges one varying input's entries with the batch
-    kept in front (a permutation, a reshape or a copy), else ``None``."""
+    kept in front (a permutation, a reshape or a copy, a zero padding by nothing), else ``None``."""
+    if node.op == "call_function" and node.target is aten.constant_pad_nd.default and not node.kwargs:
+        x = node.args[0]
+        if isinstance(x, fx.Node) and x not in state.const and not any(int(p) for p in node.args[1]):
+            return x, None  # (vmapped graphs pad by zero entries: a copy)
+        return None
     if node.op != "call_function" or node.target not in REARRANGE:
         return None
     if node.kwargs and node.target is not aten.clone.default:
