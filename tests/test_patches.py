@@ -419,6 +419,36 @@ def test_masked_rows_equal_matrix_mode(seeds):
     assert checked >= 5
 
 
+def test_sparse_bounds_see_relus_through_rearrangements():
+    """A convolution read by a ReLU through a view (a vmapped graph's unit dimension) gets CROWN
+    bounds only where the sign is open, as when the ReLU reads it directly; a reader that is not
+    a rearrangement followed by ReLUs keeps every entry bounded."""
+
+    class Unit(nn.Module):
+        def __init__(self, then):
+            super().__init__()
+            self.then = then
+
+        def forward(self, x):
+            return self.then(x.unsqueeze(1)).reshape(x.shape)
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 7, 7, dtype=torch.float64)
+    for then, sparse in ((torch.relu, True), (torch.tanh, False)):
+        net = nn.Sequential(nn.Conv2d(2, 3, 3), Unit(then), nn.Conv2d(3, 2, 3), nn.Flatten()).double()
+        g = capture(net, x)
+        state = crown_mod.prepare(g, x - 0.3, x + 0.3)
+        conv = next(n for n in g.gm.graph.nodes if n.target is torch.ops.aten.convolution.default)
+        mask = crown_mod._unstable(conv, state.lower[conv], state.upper[conv])
+        assert (mask is not None) == sparse
+        if sparse:
+            assert 0 < int(mask.sum()) < mask.numel()  # some neurons of known sign are skipped
+            lb, ub, _ = crown_mod.crown(g, x - 0.3, x + 0.3, state=state)
+            full = crown_mod.prepare(g, x - 0.3, x + 0.3, sparse=False)
+            f_lb, f_ub, _ = crown_mod.crown(g, x - 0.3, x + 0.3, state=full)
+            assert torch.allclose(lb, f_lb, atol=1e-10) and torch.allclose(ub, f_ub, atol=1e-10)
+
+
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 def test_sparse_intermediate_bounds_are_sound_and_nearly_as_tight(kind):
     """``prepare(sparse=True)`` (CROWN only where a ReLU input's sign is open) against every

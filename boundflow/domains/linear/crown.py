@@ -299,10 +299,27 @@ def _is_pool_values(n: fx.Node) -> bool:
 def _unstable(node: fx.Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
     """``(B, n)``: where the sign of ``node`` is open, if every reader of it is a ReLU-like
     activation (for which a neuron of known sign is relaxed exactly); else ``None``."""
-    users = list(node.users)
-    if not users or any(u.op != "call_function" or u.target not in _RELU_LIKE or u.args[0] is not node for u in users):
+    if not _read_by_relus(node):
         return None
     return ((lo < 0) & (hi > 0)).reshape(lo.shape[0], -1)
+
+
+def _read_by_relus(node: fx.Node) -> bool:
+    """Whether every reader of ``node`` is a ReLU-like activation of it, directly or through
+    rearrangements (a vmapped graph's views around a unit dimension): each entry then meets a
+    ReLU as itself, and one of known sign is relaxed exactly whatever its bounds."""
+    users = list(node.users)
+    if not users:
+        return False
+    for u in users:
+        if u.op != "call_function" or u.args[0] is not node:
+            return False
+        if u.target in _RELU_LIKE:
+            continue
+        rearranges = u.target in REARRANGE and not any(isinstance(a, fx.Node) for a in u.args[1:])
+        if not (rearranges and _read_by_relus(u)):
+            return False
+    return True
 
 
 def _attr(gm: fx.GraphModule, target: str):
