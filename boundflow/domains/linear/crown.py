@@ -134,7 +134,8 @@ def prepare(
     Entries with lower > upper mark an empty sub-domain (see :func:`empty_domains`).
     ``tight_pool``: max pooling's upper line may be the pivot-difference line
     (:func:`~boundflow.domains.linear.maxpool.maxpool_back`), in every back-substitution.
-    ``sparse``: a node read only by ReLU/LeakyReLU gets CROWN bounds only where its interval
+    ``sparse``: a node read only by ReLU/LeakyReLU (directly or through rearrangements) gets
+    CROWN bounds only where its interval
     bounds leave the sign open (a neuron of known sign has the exact relaxation whatever its
     bounds; auto_LiRPA's sparse intermediate bounds); off, every entry (what the solver
     encodings want: every box as tight as CROWN makes it)."""

@@ -107,7 +107,8 @@ class CrownDomain(DomainBase):
     and intersects the result with the ``deeppoly`` run, so it is never looser than that:
     ``compute_bounds(model, lo, hi, method=CrownDomain("tight"))``.
 
-    ``sparse`` (default): a node read only by ReLU/LeakyReLU gets CROWN bounds only where its
+    ``sparse`` (default): a node read only by ReLU/LeakyReLU (directly or through
+    rearrangements) gets CROWN bounds only where its
     interval bounds leave the sign open, as auto_LiRPA does (a neuron of known sign is relaxed
     exactly whatever its bounds); ``sparse=False`` bounds every entry, which can make later
     interval bounds, and so the result, slightly tighter (0-2% of the output width on small
