@@ -41,15 +41,11 @@ def _integer_parts(lo: float, hi: float) -> list[tuple[int, float]]:
     return [(k, min(max(float(k), lo), hi)) for k in range(math.trunc(lo), math.trunc(hi) + 1)]
 
 
-def cases(
-    module, lower: torch.Tensor, upper: torch.Tensor, max_cases: int = MAX_CASES
-) -> Iterator[tuple[dict[int, float], torch.Tensor, torch.Tensor]]:
-    """Every case of the box ``[lower, upper]`` (flat, one sample) for ``module``'s index inputs:
-    ``(pins, case_lower, case_upper)``.  The case boxes cover every input of the box whose index
-    elements take those integer parts; on a case's box ``module`` equals ``module.pin(pins)``."""
-    positions = list(module.index_inputs)
+def _ranges(module, lower: torch.Tensor, upper: torch.Tensor, max_cases: int) -> list[list[tuple[int, float]]]:
+    """Per index input, :func:`_integer_parts` of its range; refuses an unbounded range or more
+    than ``max_cases`` combinations (before any case is made)."""
     ranges = []
-    for p in positions:
+    for p in module.index_inputs:
         lo, hi = float(lower[p]), float(upper[p])
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise UnsupportedOperation(f"{module.path}: index input {p} has an unbounded range [{lo}, {hi}]")
@@ -57,10 +53,21 @@ def cases(
     count = math.prod(len(r) for r in ranges)
     if count > max_cases:
         raise UnsupportedOperation(
-            f"{module.path}: the box allows {count} combinations of the index inputs {positions} "
+            f"{module.path}: the box allows {count} combinations of the index inputs {list(module.index_inputs)} "
             f"(more than {max_cases} cases)"
         )
-    for combo in itertools.product(*ranges):
+    return ranges
+
+
+def cases(
+    module, lower: torch.Tensor, upper: torch.Tensor, max_cases: int = MAX_CASES
+) -> Iterator[tuple[dict[int, float], torch.Tensor, torch.Tensor]]:
+    """Every case of the box ``[lower, upper]`` (flat, one sample) for ``module``'s index inputs:
+    ``(pins, case_lower, case_upper)``, made one at a time.  The case boxes cover every input of
+    the box whose index elements take those integer parts; on a case's box ``module`` equals
+    ``module.pin(pins)``."""
+    positions = list(module.index_inputs)
+    for combo in itertools.product(*_ranges(module, lower, upper, max_cases)):
         lo, hi = lower.clone(), upper.clone()
         for p, (_, v) in zip(positions, combo, strict=True):
             lo[p] = hi[p] = v
@@ -113,39 +120,45 @@ def verify_cases(module, dj, checker, deadline: float, attack_share: float = 0.3
     from boundflow.onnx.vnnlib import Disjunct
     from boundflow.verify.pipeline import _batched, _falsify, _margins, _verify_disjunct, leaf_proved
 
-    all_cases = list(cases(module, dj.lower, dj.upper))
-    points = [c for c in all_cases if torch.equal(c[1], c[2])]
-    boxes = [c for c in all_cases if not torch.equal(c[1], c[2])]
+    # the cases are made one at a time (each holds two copies of the input box); whether they
+    # are points depends only on the other inputs, so on all of them alike
+    n_cases = math.prod(len(r) for r in _ranges(module, dj.lower, dj.upper, MAX_CASES))
+    others = torch.ones_like(dj.lower, dtype=torch.bool)
+    others[list(module.index_inputs)] = False
+    points = torch.equal(dj.lower[others], dj.upper[others])
 
     def sub(lo, hi):
         return Disjunct(lo, hi, dj.C, dj.d, dj.strict)
 
-    for _, lo, hi in points:  # onnxruntime alone: cheap, and the judge of a counterexample
-        if time.monotonic() > deadline:
-            return "timeout", None, 0
-        w = checker.check(lo, sub(lo, hi))
-        if w is not None:
-            return "sat", w, 0
-    attack_end = time.monotonic() + attack_share * max(0.0, deadline - time.monotonic())
-    for k, (pins, lo, hi) in enumerate(boxes):
-        until = time.monotonic() + (attack_end - time.monotonic()) / (len(boxes) - k)
-        w = _falsify(_batched(module.pin(pins)), [sub(lo, hi)], checker, min(until, deadline))
-        if w is not None:
-            return "sat", w, 0
+    if points:  # onnxruntime alone: cheap, and the judge of a counterexample
+        for _, lo, hi in cases(module, dj.lower, dj.upper):
+            if time.monotonic() > deadline:
+                return "timeout", None, 0
+            w = checker.check(lo, sub(lo, hi))
+            if w is not None:
+                return "sat", w, 0
+    else:
+        attack_end = time.monotonic() + attack_share * max(0.0, deadline - time.monotonic())
+        for k, (pins, lo, hi) in enumerate(cases(module, dj.lower, dj.upper)):
+            until = time.monotonic() + (attack_end - time.monotonic()) / (n_cases - k)
+            w = _falsify(_batched(module.pin(pins)), [sub(lo, hi)], checker, min(until, deadline))
+            if w is not None:
+                return "sat", w, 0
     f = _batched(module)
     status, n = "unsat", 0
-    for _, lo, _ in points:
-        if time.monotonic() > deadline:
-            return "timeout", None, n
-        n += 1
-        with torch.no_grad():
-            if not bool(leaf_proved(_margins(f, lo[None], dj))[0]):
-                status = "unknown"  # onnxruntime found it safe, the float64 model does not
-    for pins, lo, hi in boxes:
-        st, _, nb = _verify_disjunct(_batched(module.pin(pins)), sub(lo, hi), checker, deadline)
+    for pins, lo, hi in cases(module, dj.lower, dj.upper):
+        if points:
+            if time.monotonic() > deadline:
+                return "timeout", None, n
+            n += 1
+            with torch.no_grad():
+                if not bool(leaf_proved(_margins(f, lo[None], dj))[0]):
+                    status = "unknown"  # onnxruntime found it safe, the float64 model does not
+            continue
+        st, w, nb = _verify_disjunct(_batched(module.pin(pins)), sub(lo, hi), checker, deadline)
         n += nb
         if st == "sat":  # (a witness the attacks missed; onnxruntime confirmed it)
-            return "sat", _, n
+            return "sat", w, n
         if st != "unsat":
             status = st if status in ("unsat", "unknown") else status
             if st == "timeout":
