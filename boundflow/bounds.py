@@ -18,14 +18,17 @@ class Bounds:
     bounds are the optimum (exact solvers); ``empty``: where known, a boolean ``(B,)`` marking
     sub-domains proved empty by split constraints (their bounds are then vacuous but harmless);
     ``intermediate``: node name -> ``(lower, upper)`` of the nodes a branch-and-bound search
-    splits on; ``stats``: numbers about the run (seconds, solves, ...).  Unpacks as
-    ``lower, upper = bounds``."""
+    splits on; ``scores``: where the domain offers them (the linear domains, under split
+    constraints), node name -> per-neuron heuristic gain of splitting there (larger first; a
+    search order, never part of a bound); ``stats``: numbers about the run (seconds, solves,
+    ...).  Unpacks as ``lower, upper = bounds``."""
 
     lower: torch.Tensor
     upper: torch.Tensor
     exact: torch.Tensor | None = None
     empty: torch.Tensor | None = None
     intermediate: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
     def __iter__(self):
@@ -39,4 +42,4 @@ class Bounds:
         lo, hi = torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper)
         crossed = lo > hi
         lo, hi = torch.where(crossed, hi, lo), torch.where(crossed, lo, hi)
-        return Bounds(lo, hi, self.exact, self.empty, self.intermediate, self.stats)
+        return Bounds(lo, hi, self.exact, self.empty, self.intermediate, self.scores, self.stats)

@@ -23,6 +23,7 @@ constraint as written, strict ones strictly; see :class:`_Checker` for the input
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,8 @@ class _Bounder:
             "crown": bf.get_domain("crown").prepare(f),
             # alpha-CROWN stops its iterations at the deadline (each iterate is sound)
             "alpha-crown": AlphaCrownDomain(deadline=deadline).prepare(f),
+            # beta-CROWN on branch and bound's sub-domains: only the margins' lower bounds count
+            "beta-crown": AlphaCrownDomain(iterations=BETA_ITERATIONS, deadline=deadline, sides=("lower",)).prepare(f),
         }
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
@@ -311,22 +314,41 @@ def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
     return score.argmax(1)
 
 
-def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 32):
-    """Branch and bound on ReLU activation states over the whole input box (for wide inputs):
-    a sub-domain fixes some neurons active (pre-activation >= 0) or inactive (<= 0); its bounds
-    are CROWN's with those constraints intersected into the intermediate bounds (sound on the
-    sub-domain; without beta-CROWN's Lagrangian terms).  Splits the unstable neuron with the
-    largest relaxation area ``u (-l) / (u - l)``.  ``unsat`` when every sub-domain has a proved
-    margin row or is empty."""
-    prepared = bounder.models["crown"]
-    queue: list[dict] = [{}]  # node name -> {flat index: +1 active / -1 inactive}
+def _group_proved(m: torch.Tensor, owner: torch.Tensor, n_groups: int, empty=None) -> torch.Tensor:
+    """Per leaf: every disjunct of a group proved (:func:`leaf_proved` on its own rows; ``owner``
+    gives each stacked row's disjunct), or the leaf empty."""
+    proved = torch.ones(m.shape[0], dtype=torch.bool)
+    for k in range(n_groups):
+        proved &= leaf_proved(m[:, owner == k])
+    return proved | empty if empty is not None else proved
+
+
+def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batch: int = 32):
+    """Branch and bound on ReLU activation states over the whole input box (for wide inputs),
+    for disjuncts sharing that box (their rows stacked: the bounds are computed once for all; a
+    sub-domain is done when every disjunct is proved on it): a sub-domain fixes some neurons
+    active (pre-activation >= 0) or inactive (<= 0); its bounds are beta-CROWN's (the
+    constraints intersected into the intermediate bounds and added to the objective with
+    optimised multipliers; sound on the sub-domain for any multiplier).  Splits the neuron with
+    the largest branching score of the domain (BaBSR's intercept score,
+    :mod:`boundflow.domains.linear.branching`), else the largest relaxation area
+    ``u (-l) / (u - l)``.  ``unsat`` when every sub-domain is done or empty."""
+    prepared = bounder.models["beta-crown"]
+    dj = group[0]
+    C = torch.cat([g.C for g in group])
+    d = torch.cat([g.d for g in group])
+    owner = torch.cat([torch.full((len(g.C),), k) for k, g in enumerate(group)])
+    # (node name -> {flat index: +1 active / -1 inactive}, the parent's margin lower bounds:
+    # they hold on the child's sub-domain too)
+    queue: list[tuple[dict, torch.Tensor]] = [({}, torch.full((len(C),), -float("inf"), dtype=torch.float64))]
     n_done = 0
     last = 0.0  # seconds the previous batch took
     while queue:
         if time.monotonic() + last > deadline:
             return "timeout", n_done
         t_batch = time.monotonic()
-        doms, queue = queue[:batch], queue[batch:]
+        items, queue = queue[:batch], queue[batch:]
+        doms = [dom for dom, _ in items]
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
         hi = dj.upper[None].expand(b, -1).clone()
@@ -345,30 +367,51 @@ def _relu_bab(f, dj: Disjunct, deadline: float, bounder: _Bounder, batch: int = 
                     else:
                         o_hi[i, idx] = 0.0
             overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
-        res = prepared.bounds(Box(lo, hi), OutputSpec(dj.C, dj.d), splits=overrides)
-        m = res.lower
-        done = leaf_proved(m, res.empty)
+        res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides)
+        m = torch.maximum(res.lower, torch.stack([p for _, p in items]).to(res.lower.dtype))
+        done = _group_proved(m, owner, len(group), res.empty)
         n_done += int(done.sum())
-        for i in torch.nonzero(~done).reshape(-1).tolist():
-            best, best_score = None, 0.0
-            for name in relu_inputs:
-                l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
-                unstable = (l_ < 0) & (u_ > 0)
-                if not unstable.any():
-                    continue
-                score = torch.where(unstable, u_ * (-l_) / (u_ - l_).clamp(min=1e-12), torch.zeros_like(u_))
-                j = int(score.argmax())
-                if score[j] > best_score:
-                    best, best_score = (name, j), float(score[j])
-            if best is None:
+        open_ = torch.nonzero(~done).reshape(-1).tolist()
+        # while the open sub-domains fill less than a batch, split each on several neurons at
+        # once (2^k children), so that no batch is spent on a handful of sub-domains
+        k = max(1, min(MULTI_SPLIT_MAX, int(math.log2(max(1.0, batch / max(1, len(open_) + len(queue)))))))
+        for i in open_:
+            chosen = _branch_choices(res, relu_inputs, i, k)
+            if not chosen:
                 return "unknown", n_done  # all neurons fixed and still not proved: relaxation-free gap
-            name, j = best
-            for sign in (1, -1):
-                child = {k: dict(v) for k, v in doms[i].items()}
-                child.setdefault(name, {})[j] = sign
-                queue.append(child)
+            children = [doms[i]]
+            for name, j in chosen:
+                children = [
+                    {**{n: dict(v) for n, v in c.items()}, name: {**c.get(name, {}), j: sign}}
+                    for c in children
+                    for sign in (1, -1)
+                ]
+            queue.extend((c, m[i]) for c in children)
         last = time.monotonic() - t_batch
     return "unsat", n_done
+
+
+def _branch_choices(res, relu_inputs: list[str], i: int, k: int) -> list[tuple[str, int]]:
+    """Up to ``k`` ``(node name, flat index)`` of sub-domain ``i``'s unstable neurons, by
+    branching score (:attr:`Bounds.scores`) where any is above 0, else by relaxation area
+    ``u (-l) / (u - l)``; empty if no neuron is unstable."""
+    for scored in (True, False):
+        found = []
+        for name in relu_inputs:
+            l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
+            unstable = (l_ < 0) & (u_ > 0)
+            if not unstable.any() or (scored and name not in res.scores):
+                continue
+            if scored:
+                score = torch.where(unstable, res.scores[name][i].reshape(-1), torch.zeros_like(u_))
+            else:
+                score = torch.where(unstable, u_ * (-l_) / (u_ - l_).clamp(min=1e-12), torch.zeros_like(u_))
+            top = torch.topk(score, min(k, len(score)))
+            found += [(float(v), name, int(j)) for v, j in zip(top.values, top.indices, strict=True) if v > 0]
+        if found:
+            found.sort(key=lambda t: -t[0])
+            return [(name, j) for _, name, j in found[:k]]
+    return []
 
 
 def _vmappable(module, shape) -> bool:
@@ -462,7 +505,7 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             if n_in > INPUT_SPLIT_MAX:
                 if not linear:
                     return "unknown", None, boxes
-                st, nb = _relu_bab(f, dj, deadline, bounder)
+                st, nb = _relu_bab(f, [dj], deadline, bounder)
                 return st, None, boxes + nb
             if linear:
                 dim = _split_dims(f, blo, bhi, m[open_], dj)
@@ -486,6 +529,12 @@ ATTACK_SHARE = 0.3
 
 # inputs up to this many are split as boxes; wider inputs are split on ReLUs
 INPUT_SPLIT_MAX = 64
+
+# beta-CROWN's iterations per batch of sub-domains of the ReLU search
+BETA_ITERATIONS = 20
+
+# neurons split at once on one sub-domain while the search is narrower than a batch
+MULTI_SPLIT_MAX = 4
 
 
 def _cross_check(f, checker: _Checker, disjuncts: list[Disjunct], n: int = 8, seed: int = 0) -> str | None:
@@ -601,6 +650,8 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
     for group in _shared_boxes(disjuncts_left, chain):
         if len(group) == 1:
             st, w, nb = _verify_disjunct(f, group[0], checker, deadline, chain=chain)
+        elif chain is None:
+            st, w, nb = _verify_wide_group(f, group, checker, deadline)
         else:  # (a witness is one that onnxruntime confirmed for one of the group's disjuncts)
             st, w, nb = _verify_group(chain, group, checker, deadline)
         boxes += nb
@@ -618,13 +669,13 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
 
 
 def _shared_boxes(disjuncts: list[Disjunct], chain) -> list[list[Disjunct]]:
-    """Single-row disjuncts over the same input box, grouped (first-seen order), for one search
-    on ReLU chains with few inputs (:func:`_verify_group`); every other disjunct alone."""
-    if chain is None:
-        return [[dj] for dj in disjuncts]
+    """Single-row disjuncts over the same input box, grouped (first-seen order), for one search:
+    on ReLU chains with few inputs (:func:`_verify_group`), and on other graphs with wide inputs
+    (:func:`_verify_wide_group`); every other disjunct alone."""
     groups: dict = {}
     for k, dj in enumerate(disjuncts):
-        few = len(dj.C) == 1 and len(dj.lower) <= INPUT_SPLIT_MAX
+        wide = len(dj.lower) > INPUT_SPLIT_MAX
+        few = len(dj.C) == 1 and (wide if chain is None else not wide)
         key = (dj.lower.numpy().tobytes(), dj.upper.numpy().tobytes()) if few else ("alone", k)
         groups.setdefault(key, []).append(dj)
     return list(groups.values())
@@ -650,6 +701,45 @@ def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: flo
 
     out = input_bab(spec, group[0].lower, group[0].upper, check, deadline, every=True)
     return out.status, out.witness, out.domains
+
+
+def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: float):
+    """Single-row disjuncts sharing a wide input box on a general graph: their rows bounded
+    together (CROWN, then alpha-CROWN); the disjuncts not proved there searched together by
+    :func:`_relu_bab`.  Falls back to one search per disjunct where the linear domain does not
+    take the graph."""
+    dj = group[0]
+    C, d = torch.cat([g.C for g in group]), torch.cat([g.d for g in group])
+    bounder = _Bounder(f, deadline)
+    lo, hi = dj.lower[None], dj.upper[None]
+    try:
+        if not f.batchable:
+            raise UnsupportedOperation("not batch-first")
+        m = bounder(lo, hi, C, d, "crown")
+        if not bool((m > 0).all()):
+            m = torch.maximum(m, bounder(lo, hi, C, d, "alpha-crown"))
+    except UnsupportedOperation:
+        boxes, status = 0, "unsat"
+        for g in group:
+            st, w, nb = _verify_disjunct(f, g, checker, deadline)
+            boxes += nb
+            if st == "sat":
+                return st, w, boxes
+            if st != "unsat":
+                status = st if status in ("unsat", "unknown") else status
+                if st == "timeout":
+                    break
+        return status, None, boxes
+    left = [g for k, g in enumerate(group) if not bool(m[0, k] > 0)]
+    if not left:
+        return "unsat", None, 1
+    centre = (dj.lower + dj.upper) / 2
+    for g in left:
+        w = checker.check(centre, g)
+        if w is not None:
+            return "sat", w, 1
+    st, nb = _relu_bab(f, left, deadline, bounder)
+    return st, None, 1 + nb
 
 
 def _verify_parallel(chain, disjuncts: list[Disjunct], checker: _Checker, deadline: float, executor):

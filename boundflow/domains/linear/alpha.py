@@ -1,6 +1,7 @@
 """alpha-CROWN: CROWN with the relaxations' free parameters optimised: the lower slopes of
 unstable ReLU/LeakyReLU neurons, the tangent points of sigmoid/tanh and of the convex/concave
-exp, log and softplus, and the max-pool lower lines' weights."""
+exp, log and softplus, and the max-pool lower lines' weights; with split constraints, also
+beta-CROWN's multipliers of the constraints (:mod:`boundflow.domains.linear.beta`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import time
 
 import torch
 
+from boundflow import deadline as deadlines
 from boundflow.domains.linear.backward import backsub
-from boundflow.domains.linear.crown import crown, spec_coefficients
+from boundflow.domains.linear.beta import beta_terms, init_betas, split_constraints
+from boundflow.domains.linear.crown import crown, prepare, spec_coefficients
 from boundflow.domains.linear.maxpool import maxpool_alpha_init
 from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, TANGENT_POINT, s_shaped_alpha_init
 from boundflow.domains.linear.state import BoundState, _shape, ordered
@@ -17,16 +20,39 @@ from boundflow.domains.linear.state import BoundState, _shape, ordered
 __all__ = ["alpha_crown"]
 
 
-def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
+def alpha_crown(
+    graph,
+    x_lo,
+    x_hi,
+    C=None,
+    iterations: int = 20,
+    lr: float = 0.1,
+    deadline: float | None = None,
+    *,
+    splits: dict | None = None,
+    sides: tuple[str, ...] = ("lower", "upper"),
+    lr_beta: float = 0.05,
+    return_state: bool = False,
+):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
     sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`), of exp/log/softplus
     (:func:`~boundflow.domains.linear.relaxations.convex`) and the weights of
     the max-pool lower lines (:func:`~boundflow.domains.linear.maxpool.maxpool_back`) optimised by projected
     gradient ascent (Adam) on the final bound, separately for the lower and the upper bound.
     Every iterate is a sound bound, so the best per entry is kept and stopping early is safe
-    (``deadline``, a ``time.monotonic()`` reading, stops the iterations); the result is never
-    looser than CROWN (iteration 0 uses CROWN's slopes)."""
-    lb0, ub0, state = crown(graph, x_lo, x_hi, C)
+    (``deadline``, a ``time.monotonic()`` reading, or the thread's
+    :func:`boundflow.deadline.within`, stops the iterations); the result is never looser than
+    CROWN (iteration 0 uses CROWN's slopes).
+
+    ``splits`` (node name -> ``(lo, hi)`` that hold on each sample's sub-domain, as for
+    :func:`~boundflow.domains.linear.crown.prepare`): beta-CROWN; the constraints are
+    intersected into the intermediate bounds and added to the objective with multipliers
+    optimised alongside the slopes (learning rate ``lr_beta``; sound for every multiplier).
+    ``sides``: which bounds to optimise (the other keeps CROWN's).  ``return_state``: also
+    return the :class:`~boundflow.domains.linear.state.BoundState` (intermediate bounds,
+    empty sub-domains)."""
+    state = prepare(graph, x_lo, x_hi, overrides=splits) if splits else None
+    lb0, ub0, state = crown(graph, x_lo, x_hi, C, state=state)
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
     relu_ops = (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
     free = [
@@ -38,10 +64,13 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
             or n.target is torch.ops.aten.max_pool2d_with_indices.default
         )
     ]
-    if not free:
-        return lb0, ub0
+    constraints = split_constraints(state, splits)
+    if not free and not constraints:
+        return (lb0, ub0, state) if return_state else (lb0, ub0)
+    stop = min(d for d in (deadline, deadlines.current(), float("inf")) if d is not None)
+    n_specs = spec_coefficients(C, _shape(state, out_node), x_lo.dtype, x_lo.device)[0].shape[0]
     best_lb, best_ub = lb0.clone(), ub0.clone()
-    for sense in ("lower", "upper"):
+    for sense in sides:
         alphas = {}
         for r in free:
             l, u = state.lower[r.args[0]], state.upper[r.args[0]]
@@ -55,16 +84,22 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
                 a0 = (u >= -l).to(l.dtype)
             alphas[(r, out_node)] = a0.clone().requires_grad_(True)
         state.alpha = alphas
-        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+        betas = init_betas(constraints, n_specs)
+        groups = [{"params": list(alphas.values()), "lr": lr}] if alphas else []
+        if betas:
+            groups.append({"params": betas, "lr": lr_beta})
+        opt = torch.optim.Adam(groups)
+        # the lower pass's upper result is never read: compute only the lower side
+        state.lower_only = sense == "lower"
         for _ in range(iterations):
-            if deadline is not None and time.monotonic() > deadline:
+            if time.monotonic() > stop:
                 break
-            lb, ub = _final(state, graph, out_node, x_lo, C)
+            lb, ub = _final(state, graph, out_node, x_lo, C, constraints, betas, sense)
             with torch.no_grad():
                 best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
                 best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
             loss = -lb.sum() if sense == "lower" else ub.sum()
-            if not loss.requires_grad:  # no unstable neuron: nothing to optimise
+            if not loss.requires_grad:  # no unstable neuron and no constraint: nothing to optimise
                 break
             opt.zero_grad()
             loss.backward()
@@ -72,15 +107,29 @@ def alpha_crown(graph, x_lo, x_hi, C=None, iterations: int = 20, lr: float = 0.1
             with torch.no_grad():
                 for a in alphas.values():
                     a.clamp_(0, 1)
+                for b in betas:
+                    b.clamp_(min=0)
         with torch.no_grad():
-            lb, ub = _final(state, graph, out_node, x_lo, C)
+            lb, ub = _final(state, graph, out_node, x_lo, C, constraints, betas, sense)
             best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb
             best_ub = torch.minimum(best_ub, ub) if sense == "upper" else best_ub
     state.alpha = {}
-    return ordered(best_lb, best_ub)
+    state.lower_only = False
+    lb, ub = ordered(best_lb, best_ub)
+    return (lb, ub, state) if return_state else (lb, ub)
 
 
-def _final(state: BoundState, graph, out_node, x_lo, C):
+def _final(state: BoundState, graph, out_node, x_lo, C, constraints=(), betas=(), sense="lower"):
+    """The final bounds with the current slopes; with split constraints, the ``sense`` bound
+    includes the multipliers' terms (the other side is then not a bound and is not used)."""
     A, _ = spec_coefficients(C, _shape(state, out_node), x_lo.dtype, x_lo.device)
-    lb, ub = backsub(state, out_node, A, A)
+    if not constraints:
+        lb, ub = backsub(state, out_node, A, A)
+        return lb.transpose(0, 1), ub.transpose(0, 1)
+    extra, const = beta_terms(constraints, betas, sense)
+    lb, ub = backsub(state, out_node, A, A, extra)
+    if sense == "lower":
+        lb = lb + const
+    else:
+        ub = ub + const
     return lb.transpose(0, 1), ub.transpose(0, 1)

@@ -56,6 +56,10 @@ def backsub(state: BoundState, start: fx.Node, lA: torch.Tensor, uA: torch.Tenso
         deadline.check("back-substitution")
         node = max(pending, key=lambda n: order[n])
         lA, uA = pending.pop(node)
+        if state.lower_only:  # one set of coefficients: the affine rules compute it once
+            uA = lA
+        if node in state.record:  # branching scores read these (see branching.py)
+            state.record[node] = lA.detach()
         if node in state.const:
             v = state.const[node]
             lb = lb + _sum_tail(lA * v)
@@ -310,6 +314,9 @@ def _relaxation_back(state: BoundState, node: fx.Node, lA, uA, pending, start):
     inp = node.args[0]
     a_l, b_l, a_u, b_u = relaxation_lines(state, node, state.alpha.get((node, start)))
     new_l, dl = through_lines(lA, a_l, b_l, a_u, b_u, _sum_tail)
+    if state.lower_only:
+        _add(pending, inp, new_l, new_l)
+        return dl, dl
     new_u, du = through_lines(uA, a_u, b_u, a_l, b_l, _sum_tail)
     _add(pending, inp, new_l, new_u)
     return dl, du

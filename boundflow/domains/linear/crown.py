@@ -25,6 +25,7 @@ from torch import fx
 from boundflow import deadline
 from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.domains.linear.backward import BACKWARD, backsub, needs_input_bounds
+from boundflow.domains.linear.branching import request_scores
 from boundflow.domains.linear.maxpool import deeppoly_pool
 from boundflow.domains.linear.ops import AFFINE_OPS, POSITIVE_LINEAR, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.patches import (
@@ -225,6 +226,8 @@ def prepare(
                 lo, hi = ordered(lo, hi)  # a rounding crossing: the hull of the crossed pair
                 env[n] = IntervalTensor(lo, hi, check=False)
             state.lower[n], state.upper[n] = lo, hi
+    if overrides:  # branch and bound: the final back-substitution keeps what its scores read
+        request_scores(state, overrides)
     return state
 
 

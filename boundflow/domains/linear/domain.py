@@ -17,6 +17,7 @@ from torch import nn
 from boundflow.bounds import Bounds
 from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.linear.alpha import alpha_crown
+from boundflow.domains.linear.branching import branch_scores
 from boundflow.domains.linear.crown import crown, empty_domains, forward_pays, intersect, prepare
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph, capture
@@ -93,6 +94,7 @@ class LinearPrepared:
             res.empty = empty_domains(extra)
             by_name = {nd.name: nd for nd in g.gm.graph.nodes}
             res.intermediate = {k: (extra.lower[by_name[k]], extra.upper[by_name[k]]) for k in splits}
+            res.scores = {k: v[:n] for k, v in branch_scores(extra, splits).items()}
         return res
 
     def _lifted_params(self):
@@ -154,24 +156,42 @@ class CrownDomain(DomainBase):
 
 class AlphaCrownDomain(CrownDomain):
     """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN.  ``deadline``
-    (a ``time.monotonic()`` reading) stops the iterations early (every iterate is sound).  On a
-    narrow input into a wide network (:func:`~boundflow.domains.linear.crown.forward_pays`) it
-    is CROWN with forward-mode intermediate bounds."""
+    (a ``time.monotonic()`` reading) or the thread's :func:`boundflow.deadline.within` stops the
+    iterations early (every iterate is sound).  On a narrow input into a wide network
+    (:func:`~boundflow.domains.linear.crown.forward_pays`) it is CROWN with forward-mode
+    intermediate bounds.
+
+    With ``splits=`` (branch and bound's sub-domains) it is **beta-CROWN**: the split
+    constraints, on any node's neurons, are also added to the objective with optimised
+    multipliers (:mod:`boundflow.domains.linear.beta`), sound for every multiplier value.
+    ``sides=("lower",)`` optimises only the lower bounds (the upper bounds are CROWN's) — what
+    a verifier proving ``C y > d`` needs, at half the cost."""
 
     name = "alpha-crown"
 
-    def __init__(self, iterations: int = 20, lr: float = 0.1, deadline: float | None = None):
+    def __init__(
+        self,
+        iterations: int = 20,
+        lr: float = 0.1,
+        deadline: float | None = None,
+        sides: tuple[str, ...] = ("lower", "upper"),
+        lr_beta: float = 0.05,
+    ):
+        if not set(sides) <= {"lower", "upper"} or not sides:
+            raise ValueError(f"sides must name 'lower' and/or 'upper', got {sides!r}")
         self.iterations, self.lr, self.deadline = iterations, lr, deadline
+        self.sides, self.lr_beta = tuple(sides), lr_beta
 
     def _run(self, g, lo, hi, C, splits):
-        if splits is not None:
-            raise UnsupportedOperation("alpha-crown does not take split constraints yet; use crown")
-        if forward_pays(g, lo):
+        if splits is None and forward_pays(g, lo):
             # a narrow input into a wide network: optimising slopes needs backward intermediate
             # bounds (minutes there); CROWN with forward intermediate bounds instead
             return super()._run(g, lo, hi, C, splits)
-        lb, ub = alpha_crown(g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline)
-        return lb, ub, None
+        lb, ub, state = alpha_crown(
+            g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline, splits=splits,
+            sides=self.sides, lr_beta=self.lr_beta, return_state=True,
+        )  # fmt: skip
+        return lb, ub, state if splits is not None else None
 
 
 class ForwardDomain(CrownDomain):

@@ -33,6 +33,10 @@ class BoundState:
     tight_pool: bool = False  # max pooling's upper line: also the pivot-difference line
     patches: bool = True  # convolutions' neuron bounds in patches mode (off: matrix mode)
     lines: dict = field(default_factory=dict)  # relaxation node -> (l, u, its lines on [l, u])
+    # back-substitutions compute only the lower bound (the upper result is then not a bound)
+    lower_only: bool = False
+    # nodes whose lower-bound coefficients the next back-substitution keeps (node -> A or None)
+    record: dict = field(default_factory=dict)
 
 
 def _is_const(state: BoundState, a) -> bool:

@@ -1,0 +1,129 @@
+"""The verifier's ReLU search on general graphs (not ReLU chains): beta-CROWN sub-domains,
+branching scores, several neurons split at once while the search is narrow, and disjuncts
+sharing a box searched together.  Every answer is checked against the truth from an exact MILP
+on a residual CNN the chain recogniser refuses (no data needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import boundflow as bf
+from boundflow.onnx import load_onnx
+from boundflow.verify import pipeline
+from boundflow.verify.chain import extract_chain
+
+F32 = TensorProto.FLOAT
+
+
+def _residual_cnn(tmp: Path, seed: int) -> Path:
+    """Conv(1->3) - ReLU - Conv(3->3) + skip - ReLU - Flatten - Gemm(-> 3) on a 1x9x9 input
+    (81 inputs: wide enough for the ReLU search)."""
+    g = np.random.default_rng(seed)
+    inits = {
+        "k1": (g.standard_normal((3, 1, 3, 3)) * 0.5).astype(np.float32),
+        "b1": (g.standard_normal(3) * 0.1).astype(np.float32),
+        "k2": (g.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32),
+        "b2": (g.standard_normal(3) * 0.1).astype(np.float32),
+        "w": (g.standard_normal((3, 3 * 9 * 9)) * 0.1).astype(np.float32),
+        "b": np.zeros(3, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "k1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "k2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "c1"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F32, [1, 1, 9, 9])],
+        [helper.make_tensor_value_info("y", F32, [1, 3])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp / f"res{seed}.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
+def _property(tmp: Path, lo, hi, body: str, name: str) -> Path:
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lo))] + [f"(declare-const Y_{i} Real)" for i in range(3)]
+    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        lines += [f"(assert (>= X_{i} {a!r}))", f"(assert (<= X_{i} {b!r}))"]
+    path = tmp / name
+    path.write_text("\n".join([*lines, body]) + "\n")
+    return path
+
+
+def _exact_margins(module, lo, hi) -> np.ndarray:
+    """The exact minima of ``y0 - y1`` and ``y0 - y2`` over the box (MILP)."""
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    f = pipeline._batched(module.double().eval())
+    lo_t = torch.as_tensor(lo, dtype=torch.float64)[None]
+    hi_t = torch.as_tensor(hi, dtype=torch.float64)[None]
+    res = bf.prepare(f, "milp").bounds(bf.Box(lo_t, hi_t), bf.OutputSpec(C))
+    assert res.exact is not None and bool(res.exact[:, :].all())
+    return res.lower[0].numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_general_relu_search_answers_match_the_exact_minimum(tmp_path, seed):
+    onnx = _residual_cnn(tmp_path, seed)
+    module = load_onnx(onnx)
+    f = pipeline._batched(module.double().eval())
+    assert extract_chain(f, 81) is None  # the general path, not the ReLU-chain engine
+    x0 = np.random.default_rng(seed + 10).uniform(0, 1, 81)
+    eps = 0.02
+    lo, hi = (x0 - eps).tolist(), (x0 + eps).tolist()
+    exact = _exact_margins(module, lo, hi)
+    crown = bf.prepare(f, "crown").bounds(
+        bf.Box(torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64)),
+        bf.OutputSpec(torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)),
+    )
+    # thresholds between CROWN's root bound and the exact minimum: only the search can prove them
+    gap = exact - crown.lower[0].numpy()
+    assert (gap > 1e-3).all(), "the root bound already proves it: the case tests nothing"
+    t_unsat = exact - 0.25 * gap  # unsafe: y0 - yi <= t (below the minimum: unsat)
+    body = "(assert (or (and (>= Y_1 (+ Y_0 {a!r}))) (and (>= Y_2 (+ Y_0 {b!r})))))"
+    # "Y_i >= Y_0 + (-t)" is y0 - yi <= t
+    unsat = _property(tmp_path, lo, hi, body.format(a=float(-t_unsat[0]), b=float(-t_unsat[1])), "unsat.vnnlib")
+    res = pipeline.verify(onnx, unsat, timeout=60)
+    assert res.status == "unsat", res
+    assert res.boxes > 1  # decided by the search, not at the root
+    # a threshold above the exact minimum of one row: a counterexample exists (and the attacks
+    # find it; a search that proved this would be unsound)
+    t_sat = exact.copy()
+    t_sat[0] += 0.1
+    t_sat[1] = exact[1] - 0.25 * gap[1]
+    sat = _property(tmp_path, lo, hi, body.format(a=float(-t_sat[0]), b=float(-t_sat[1])), "sat.vnnlib")
+    res = pipeline.verify(onnx, sat, timeout=30)
+    assert res.status == "sat", res
+
+
+def test_group_proved_needs_every_disjunct():
+    m = torch.tensor([[0.5, -0.1, 0.2], [0.5, 0.3, -0.2], [0.1, 0.1, 0.1]])
+    owner = torch.tensor([0, 1, 1])  # disjunct 0: row 0; disjunct 1: rows 1 and 2 (either proves it)
+    assert pipeline._group_proved(m, owner, 2).tolist() == [True, True, True]
+    owner = torch.tensor([0, 1, 2])
+    assert pipeline._group_proved(m, owner, 3).tolist() == [False, False, True]
+    empty = torch.tensor([True, False, False])
+    assert pipeline._group_proved(m, owner, 3, empty).tolist() == [True, False, True]
+
+
+def test_branch_choices_prefer_scores_and_fall_back_to_area():
+    lo = torch.tensor([[-1.0, -1.0, 0.5, -2.0]])
+    hi = torch.tensor([[1.0, 2.0, 1.0, 0.5]])
+    res = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo, hi)})
+    # no scores: by area u(-l)/(u-l): 0.5, 0.667, (stable), 0.4
+    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 1), ("z", 0)]
+    res.scores = {"z": torch.tensor([[0.0, 0.1, 9.0, 3.0]])}  # a stable neuron's score never counts
+    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 3), ("z", 1)]
+    stable = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo.abs(), hi.abs())})
+    assert pipeline._branch_choices(stable, ["z"], 0, 3) == []
