@@ -256,3 +256,18 @@ def test_contradicting_splits_mark_the_sub_domain_empty_under_beta_crown():
     (name,) = prepared.split_nodes(1, lo[0])
     splits = {name: (torch.full((1, 1), 0.25, dtype=D), torch.full((1, 1), float("inf"), dtype=D))}
     assert prepared.bounds(bf.Box(lo, hi), splits=splits).empty.tolist() == [True]
+
+
+def test_branching_scores_come_with_split_queries_and_only_on_unstable_neurons():
+    model, lo, hi, splits, C, _ = _sub_domain(4)
+    for domain in (bf.get_domain("crown"), AlphaCrownDomain(iterations=3, sides=("lower",))):
+        res = domain.prepare(model).bounds(bf.Box(lo, hi), bf.OutputSpec(C), splits=splits)
+        relu_inputs = domain.prepare(model).split_nodes(1, lo[0])
+        assert set(res.scores) == set(relu_inputs)
+        for name in relu_inputs:
+            score = res.scores[name]
+            l, u = res.intermediate[name]
+            assert score.shape == l.shape
+            assert bool((score >= 0).all())
+            assert bool((score[(l >= 0) | (u <= 0)] == 0).all())  # a neuron of known sign gains nothing
+        assert any(bool((res.scores[n] > 0).any()) for n in relu_inputs)

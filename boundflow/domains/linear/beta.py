@@ -58,7 +58,7 @@ def split_constraints(state: BoundState, splits: dict | None) -> list[SplitConst
         has_lo, has_hi = torch.isfinite(o_lo), torch.isfinite(o_hi)
         if not (bool(has_lo.any()) or bool(has_hi.any())):
             continue
-        zero = torch.zeros((), dtype=o_lo.dtype)
+        zero = torch.zeros((), dtype=o_lo.dtype, device=o_lo.device)
         lo, hi = torch.where(has_lo, o_lo, zero), torch.where(has_hi, o_hi, zero)
         out.append(SplitConstraint(node, lo, hi, has_lo, has_hi))
     return out
