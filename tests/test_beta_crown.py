@@ -263,7 +263,10 @@ def test_branching_scores_come_with_split_queries_and_only_on_unstable_neurons()
     for domain in (bf.get_domain("crown"), AlphaCrownDomain(iterations=3, sides=("lower",))):
         res = domain.prepare(model).bounds(bf.Box(lo, hi), bf.OutputSpec(C), splits=splits)
         relu_inputs = domain.prepare(model).split_nodes(1, lo[0])
-        assert set(res.scores) == set(relu_inputs)
+        # ReLU inputs and sigmoid inputs (ranges a search may bisect) are scored
+        assert set(res.scores) == set(domain.prepare(model).split_nodes(1, lo[0], general=True))
+        for name in set(res.scores) - set(relu_inputs):
+            assert bool((res.scores[name] >= 0).all())
         for name in relu_inputs:
             score = res.scores[name]
             l, u = res.intermediate[name]

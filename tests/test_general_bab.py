@@ -53,8 +53,9 @@ def _residual_cnn(tmp: Path, seed: int) -> Path:
     return path
 
 
-def _property(tmp: Path, lo, hi, body: str, name: str) -> Path:
-    lines = [f"(declare-const X_{i} Real)" for i in range(len(lo))] + [f"(declare-const Y_{i} Real)" for i in range(3)]
+def _property(tmp: Path, lo, hi, body: str, name: str, n_out: int = 3) -> Path:
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lo))]
+    lines += [f"(declare-const Y_{i} Real)" for i in range(n_out)]
     for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
         lines += [f"(assert (>= X_{i} {a!r}))", f"(assert (<= X_{i} {b!r}))"]
     path = tmp / name
@@ -121,9 +122,98 @@ def test_branch_choices_prefer_scores_and_fall_back_to_area():
     lo = torch.tensor([[-1.0, -1.0, 0.5, -2.0]])
     hi = torch.tensor([[1.0, 2.0, 1.0, 0.5]])
     res = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo, hi)})
+    relu = pipeline._RELU_PIECES
     # no scores: by area u(-l)/(u-l): 0.5, 0.667, (stable), 0.4
-    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 1), ("z", 0)]
+    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 1, relu), ("z", 0, relu)]
     res.scores = {"z": torch.tensor([[0.0, 0.1, 9.0, 3.0]])}  # a stable neuron's score never counts
-    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 3), ("z", 1)]
+    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 3, relu), ("z", 1, relu)]
     stable = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo.abs(), hi.abs())})
     assert pipeline._branch_choices(stable, ["z"], 0, 3) == []
+
+
+def test_general_choices_bisect_the_best_scored_wide_range():
+    lo = torch.tensor([[-1.0, 0.0, 2.0]])
+    hi = torch.tensor([[3.0, 1e-9, 4.0]])
+    res = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"s": (lo, hi)})
+    res.scores = {"s": torch.tensor([[1.0, 50.0, 2.0]])}  # the middle range is too narrow to split
+    assert pipeline._general_choices(res, ["s"], 0, 2) == [
+        ("s", 2, ((2.0, 3.0), (3.0, 4.0))),
+        ("s", 0, ((-1.0, 1.0), (1.0, 3.0))),
+    ]
+    res.scores = {"s": torch.zeros(1, 3)}  # no score: the widest range, so emptiness can still show
+    assert pipeline._general_choices(res, ["s"], 0, 1) == [("s", 0, ((-1.0, 1.0), (1.0, 3.0)))]
+    res.intermediate = {"s": (lo, lo + 1e-9)}
+    assert pipeline._general_choices(res, ["s"], 0, 1) == []
+
+
+def _sigmoid_net(seed: int):
+    """81 inputs, three sigmoid neurons (two on disjoint input halves, the third their mean),
+    margin ``2 s(z1) + 2 s(z2) - 3.5 s((z1 + z2) / 2 + 0.3)``: no ReLU to split, and (z1, z2)
+    ranges over a rectangle, so a grid gives the true minimum."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.zeros(3, 81, dtype=torch.float64)
+    W[0, :40] = torch.randn(40, generator=g, dtype=torch.float64) * 0.3
+    W[1, 40:] = torch.randn(41, generator=g, dtype=torch.float64) * 0.3
+    W[2] = 0.5 * (W[0] + W[1])
+    b = np.array([0.0, 0.0, 0.3])
+    a = np.array([[2.0, 2.0, -3.5], [0.0, 0.0, 0.0]])
+    return W.numpy(), b, a
+
+
+def _sigmoid_onnx(tmp: Path, seed: int) -> Path:
+    W, b, a = _sigmoid_net(seed)
+    inits = {
+        "W": W.astype(np.float32),
+        "b": b.astype(np.float32),
+        "a": a.astype(np.float32),
+        "c": np.zeros(2, np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "W", "b"], ["z"], transB=1),
+        helper.make_node("Sigmoid", ["z"], ["s"]),
+        helper.make_node("Gemm", ["s", "a", "c"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F32, [1, 81])],
+        [helper.make_tensor_value_info("y", F32, [1, 2])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp / f"sig{seed}.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
+def test_sigmoid_ranges_are_bisected_where_no_relu_is_left(tmp_path):
+    seed = 0
+    onnx = _sigmoid_onnx(tmp_path, seed)
+    W, b, _ = (np.asarray(t, dtype=np.float32).astype(np.float64) for t in _sigmoid_net(seed))
+    x0 = np.random.default_rng(seed).uniform(0, 1, 81)
+    eps = 0.3
+    lo, hi = x0 - eps, x0 + eps
+    # the rectangle of (z1, z2) and the minimum on a fine grid (the margin's Lipschitz constant
+    # is below 2 per unit of z, so the grid's minimum is within 0.01 of the true one)
+    r1 = (W[0] @ x0, eps * np.abs(W[0]).sum())
+    r2 = (W[1] @ x0, eps * np.abs(W[1]).sum())
+    z1 = np.linspace(r1[0] - r1[1], r1[0] + r1[1], 1601)[:, None]
+    z2 = np.linspace(r2[0] - r2[1], r2[0] + r2[1], 1601)[None]
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    grid_min = float((2 * sig(z1) + 2 * sig(z2) - 3.5 * sig(0.5 * (z1 + z2) + 0.3)).min())
+    module = load_onnx(onnx)
+    f = pipeline._batched(module.double().eval())
+    crown = bf.prepare(f, "crown").bounds(
+        bf.Box(torch.tensor(lo)[None], torch.tensor(hi)[None]),
+        bf.OutputSpec(torch.tensor([[1.0, -1.0]], dtype=torch.float64)),
+    )
+    gap = grid_min - 0.01 - float(crown.lower)
+    assert gap > 0.1, "the root bound already proves it: the case tests nothing"
+    t = grid_min - 0.01 - 0.25 * gap  # unsafe: y0 - y1 <= t, below the minimum: unsat
+    unsat = _property(tmp_path, lo.tolist(), hi.tolist(), f"(assert (>= Y_1 (+ Y_0 {-t!r})))", "u.vnnlib", 2)
+    res = pipeline.verify(onnx, unsat, timeout=60)
+    assert res.status == "unsat", res
+    assert res.boxes > 1
+    sat = _property(
+        tmp_path, lo.tolist(), hi.tolist(), f"(assert (>= Y_1 (+ Y_0 {-(grid_min + 0.05)!r})))", "s.vnnlib", 2
+    )
+    assert pipeline.verify(onnx, sat, timeout=30).status == "sat"

@@ -338,8 +338,8 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
     C = torch.cat([g.C for g in group])
     d = torch.cat([g.d for g in group])
     owner = torch.cat([torch.full((len(g.C),), k) for k, g in enumerate(group)])
-    # (node name -> {flat index: +1 active / -1 inactive}, the parent's margin lower bounds:
-    # they hold on the child's sub-domain too)
+    # (node name -> {flat index: (lo, hi) the neuron is split to}, the parent's margin lower
+    # bounds: they hold on the child's sub-domain too)
     queue: list[tuple[dict, torch.Tensor]] = [({}, torch.full((len(C),), -float("inf"), dtype=torch.float64))]
     n_done = 0
     last = 0.0  # seconds the previous batch took
@@ -352,20 +352,18 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
         hi = dj.upper[None].expand(b, -1).clone()
-        # ReLU inputs of this batch size's graph (names are per graph) and their shapes
+        # ReLU (and sigmoid/tanh) inputs of this batch size's graph (names are per graph)
         relu_inputs = prepared.split_nodes(b, dj.lower)
+        general = [n for n in prepared.split_nodes(b, dj.lower, general=True) if n not in relu_inputs]
         shapes = prepared.node_shapes(b, dj.lower)
         overrides = {}
-        for name in relu_inputs:
+        for name in relu_inputs + general:
             shape = shapes[name]
             o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
             o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
             for i, dom in enumerate(doms):
-                for idx, sign in dom.get(name, {}).items():
-                    if sign > 0:
-                        o_lo[i, idx] = 0.0
-                    else:
-                        o_hi[i, idx] = 0.0
+                for idx, (a, z) in dom.get(name, {}).items():
+                    o_lo[i, idx], o_hi[i, idx] = a, z
             overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
         res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides)
         m = torch.maximum(res.lower, torch.stack([p for _, p in items]).to(res.lower.dtype))
@@ -376,25 +374,28 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
         # once (2^k children), so that no batch is spent on a handful of sub-domains
         k = max(1, min(MULTI_SPLIT_MAX, int(math.log2(max(1.0, batch / max(1, len(open_) + len(queue)))))))
         for i in open_:
-            chosen = _branch_choices(res, relu_inputs, i, k)
+            chosen = _branch_choices(res, relu_inputs, i, k) or _general_choices(res, general, i, k)
             if not chosen:
-                return "unknown", n_done  # all neurons fixed and still not proved: relaxation-free gap
+                return "unknown", n_done  # every neuron fixed or too narrow to split, still not proved
             children = [doms[i]]
-            for name, j in chosen:
+            for name, j, pieces in chosen:
                 children = [
-                    {**{n: dict(v) for n, v in c.items()}, name: {**c.get(name, {}), j: sign}}
+                    {**{n: dict(v) for n, v in c.items()}, name: {**c.get(name, {}), j: piece}}
                     for c in children
-                    for sign in (1, -1)
+                    for piece in pieces
                 ]
             queue.extend((c, m[i]) for c in children)
         last = time.monotonic() - t_batch
     return "unsat", n_done
 
 
-def _branch_choices(res, relu_inputs: list[str], i: int, k: int) -> list[tuple[str, int]]:
-    """Up to ``k`` ``(node name, flat index)`` of sub-domain ``i``'s unstable neurons, by
-    branching score (:attr:`Bounds.scores`) where any is above 0, else by relaxation area
-    ``u (-l) / (u - l)``; empty if no neuron is unstable."""
+_RELU_PIECES = ((0.0, float("inf")), (-float("inf"), 0.0))  # active, inactive
+
+
+def _branch_choices(res, relu_inputs: list[str], i: int, k: int) -> list[tuple[str, int, tuple]]:
+    """Up to ``k`` ``(node name, flat index, the two pieces)`` of sub-domain ``i``'s unstable
+    ReLU neurons, by branching score (:attr:`Bounds.scores`) where any is above 0, else by
+    relaxation area ``u (-l) / (u - l)``; empty if no neuron is unstable."""
     for scored in (True, False):
         found = []
         for name in relu_inputs:
@@ -410,7 +411,37 @@ def _branch_choices(res, relu_inputs: list[str], i: int, k: int) -> list[tuple[s
             found += [(float(v), name, int(j)) for v, j in zip(top.values, top.indices, strict=True) if v > 0]
         if found:
             found.sort(key=lambda t: -t[0])
-            return [(name, j) for _, name, j in found[:k]]
+            return [(name, j, _RELU_PIECES) for _, name, j in found[:k]]
+    return []
+
+
+# a sigmoid/tanh input range narrower than this (relative) is not bisected again
+GENERAL_MIN_WIDTH = 1e-6
+
+
+def _general_choices(res, names: list[str], i: int, k: int) -> list[tuple[str, int, tuple]]:
+    """Up to ``k`` sigmoid/tanh input neurons of sub-domain ``i`` to bisect at the middle of
+    their current range (GenBaB), by branching score, else (no score above 0: the margin no
+    longer depends on them through the relaxation, but the sub-domain may yet be found empty) by
+    width; once no ReLU is left to split."""
+    for scored in (True, False):
+        found = []
+        for name in names:
+            if scored and name not in res.scores:
+                continue
+            l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
+            wide = (u_ - l_) > GENERAL_MIN_WIDTH * (1 + torch.maximum(l_.abs(), u_.abs()))
+            value = res.scores[name][i].reshape(-1) if scored else u_ - l_
+            score = torch.where(wide & torch.isfinite(l_ + u_), value, torch.zeros_like(u_))
+            top = torch.topk(score, min(k, len(score)))
+            for v, j in zip(top.values, top.indices, strict=True):
+                if v > 0:
+                    lo, hi = float(l_[j]), float(u_[j])
+                    mid = (lo + hi) / 2
+                    found.append((float(v), name, int(j), ((lo, mid), (mid, hi))))
+        if found:
+            found.sort(key=lambda t: -t[0])
+            return [(name, j, pieces) for _, name, j, pieces in found[:k]]
     return []
 
 

@@ -19,6 +19,7 @@ from boundflow.domains.base import DomainBase, apply_output
 from boundflow.domains.linear.alpha import alpha_crown
 from boundflow.domains.linear.branching import branch_scores
 from boundflow.domains.linear.crown import crown, empty_domains, forward_pays, intersect, prepare
+from boundflow.domains.linear.relaxations import S_SHAPED
 from boundflow.errors import UnsupportedOperation
 from boundflow.graph import CapturedGraph, capture
 from boundflow.specs import InputSpec, LinearSpec, OutputSpec
@@ -47,15 +48,15 @@ class LinearPrepared:
             g = self._graphs[key] = capture(self.model, example, self.params)
         return g
 
-    def split_nodes(self, batch: int, like: torch.Tensor) -> list[str]:
+    def split_nodes(self, batch: int, like: torch.Tensor, general: bool = False) -> list[str]:
         """Names of the ReLU inputs of the graph for a batch of ``batch`` inputs shaped like
-        ``like`` (one sample): the nodes ``splits`` may constrain."""
+        ``like`` (one sample): the nodes whose sign splits help.  ``general``: also the inputs
+        of sigmoid and tanh, whose input range a search may split (GenBaB); ``splits`` may
+        constrain any node."""
         g = self.graph(like[None].expand(batch, *like.shape))
-        return [
-            n.args[0].name
-            for n in g.gm.graph.nodes
-            if n.op == "call_function" and n.target is torch.ops.aten.relu.default
-        ]
+        kinds = (torch.ops.aten.relu.default, *(S_SHAPED if general else ()))
+        names = [n.args[0].name for n in g.gm.graph.nodes if n.op == "call_function" and n.target in kinds]
+        return list(dict.fromkeys(names))
 
     def node_shapes(self, batch: int, like: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Node name -> shape (batch first) in the graph for ``batch`` inputs shaped like ``like``."""
