@@ -284,18 +284,20 @@ def _falsify(f, group, checker: _Checker, deadline: float, n_random: int = 1024,
 
 class _Bounder:
     """Margin lower bounds for batches of boxes through the prepared-model interface (graphs
-    are captured once per padded batch size by :class:`~boundflow.domains.linear.domain.LinearPrepared`)."""
+    are captured once per padded batch size by :class:`~boundflow.domains.linear.domain.LinearPrepared`).
+    The deadline travels with each query (:func:`boundflow.deadline.within`, set by
+    :func:`verify_model`): alpha- and beta-CROWN stop their iterations there, the other loops
+    raise."""
 
-    def __init__(self, f: nn.Module, deadline: float | None = None):
+    def __init__(self, f: nn.Module):
         from boundflow.domains.linear.domain import AlphaCrownDomain
 
         self.models = {
             "ibp": bf.get_domain("ibp").prepare(f),
             "crown": bf.get_domain("crown").prepare(f),
-            # alpha-CROWN stops its iterations at the deadline (each iterate is sound)
-            "alpha-crown": AlphaCrownDomain(deadline=deadline).prepare(f),
+            "alpha-crown": AlphaCrownDomain().prepare(f),
             # beta-CROWN on branch and bound's sub-domains: only the margins' lower bounds count
-            "beta-crown": AlphaCrownDomain(iterations=BETA_ITERATIONS, deadline=deadline, sides=("lower",)).prepare(f),
+            "beta-crown": AlphaCrownDomain(iterations=BETA_ITERATIONS, sides=("lower",)).prepare(f),
         }
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
@@ -479,7 +481,7 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
     # the linear domain needs batch-first graphs (a vmapped one may still have a node that is
     # not: the bounder then falls back to intervals); otherwise intervals only
     linear = f.batchable or f.vmapped
-    bounder = _Bounder(f, deadline)
+    bounder = _Bounder(f)
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
         return ("sat", w, 0) if w is not None else ("unknown", None, 0)
@@ -510,7 +512,7 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
                 alt = f.vmapped_view()
                 m = None
                 if alt is not None:
-                    bounder = _Bounder(alt, deadline)
+                    bounder = _Bounder(alt)
                     try:
                         m = bounder(blo, bhi, dj.C, dj.d, "crown")
                     except UnsupportedOperation:
@@ -741,7 +743,7 @@ def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: fl
     take the graph."""
     dj = group[0]
     C, d = torch.cat([g.C for g in group]), torch.cat([g.d for g in group])
-    bounder = _Bounder(f, deadline)
+    bounder = _Bounder(f)
     lo, hi = dj.lower[None], dj.upper[None]
     try:
         if not f.batchable:
