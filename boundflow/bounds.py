@@ -20,7 +20,9 @@ class Bounds:
     ``intermediate``: node name -> ``(lower, upper)`` of the nodes a branch-and-bound search
     splits on; ``scores``: where the domain offers them (the linear domains, under split
     constraints), node name -> per-neuron heuristic gain of splitting there (larger first; a
-    search order, never part of a bound); ``stats``: numbers about the run (seconds, solves,
+    search order, never part of a bound); ``params``: where the domain offers them
+    (alpha-CROWN under split constraints), its optimised slopes and multipliers by node name
+    (batch-first), to warm-start queries on the samples' sub-domains; ``stats``: numbers about the run (seconds, solves,
     ...).  Unpacks as ``lower, upper = bounds``."""
 
     lower: torch.Tensor
@@ -29,6 +31,7 @@ class Bounds:
     empty: torch.Tensor | None = None
     intermediate: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
     def __iter__(self):
@@ -42,4 +45,4 @@ class Bounds:
         lo, hi = torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper)
         crossed = lo > hi
         lo, hi = torch.where(crossed, hi, lo), torch.where(crossed, lo, hi)
-        return Bounds(lo, hi, self.exact, self.empty, self.intermediate, self.scores, self.stats)
+        return Bounds(lo, hi, self.exact, self.empty, self.intermediate, self.scores, self.params, self.stats)

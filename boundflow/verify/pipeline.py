@@ -341,8 +341,11 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
     d = torch.cat([g.d for g in group])
     owner = torch.cat([torch.full((len(g.C),), k) for k, g in enumerate(group)])
     # (node name -> {flat index: (lo, hi) the neuron is split to}, the parent's margin lower
-    # bounds: they hold on the child's sub-domain too)
-    queue: list[tuple[dict, torch.Tensor]] = [({}, torch.full((len(C),), -float("inf"), dtype=torch.float64))]
+    # bounds: they hold on the child's sub-domain too, the parent's slopes and multipliers to
+    # start from)
+    queue: list[tuple[dict, torch.Tensor, dict | None]] = [
+        ({}, torch.full((len(C),), -float("inf"), dtype=torch.float64), None)
+    ]
     n_done = 0
     last = 0.0  # seconds the previous batch took
     while queue:
@@ -350,7 +353,7 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
             return "timeout", n_done
         t_batch = time.monotonic()
         items, queue = queue[:batch], queue[batch:]
-        doms = [dom for dom, _ in items]
+        doms = [dom for dom, _, _ in items]
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
         hi = dj.upper[None].expand(b, -1).clone()
@@ -367,8 +370,8 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
                 for idx, (a, z) in dom.get(name, {}).items():
                     o_lo[i, idx], o_hi[i, idx] = a, z
             overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
-        res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides)
-        m = torch.maximum(res.lower, torch.stack([p for _, p in items]).to(res.lower.dtype))
+        res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides, warm=_stack_params(items))
+        m = torch.maximum(res.lower, torch.stack([p for _, p, _ in items]).to(res.lower.dtype))
         done = _group_proved(m, owner, len(group), res.empty)
         n_done += int(done.sum())
         open_ = torch.nonzero(~done).reshape(-1).tolist()
@@ -386,9 +389,42 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
                     for c in children
                     for piece in pieces
                 ]
-            queue.extend((c, m[i]) for c in children)
+            inherited = _row_params(res.params, i)
+            queue.extend((c, m[i], inherited) for c in children)
         last = time.monotonic() - t_batch
     return "unsat", n_done
+
+
+def _row_params(params: dict, i: int) -> dict | None:
+    """Sub-domain ``i``'s slopes (float32, to keep the queue small) and multipliers (sparse:
+    nonzero only at its split neurons) from a query's :attr:`Bounds.params`: what its children
+    start from."""
+    if not params:
+        return None
+    return {
+        "alpha": {k: v[i].to(torch.float32) for k, v in params.get("alpha", {}).items()},
+        "beta": {k: v[:, :, i].to(torch.float32).to_sparse() for k, v in params.get("beta", {}).items()},
+    }
+
+
+def _stack_params(items) -> dict | None:
+    """The batch's ``warm`` start: per node, the stacked parameters of its sub-domains (slopes
+    only where every sub-domain has them; multipliers zero where a sub-domain has none)."""
+    rows = [p for _, _, p in items]
+    if any(r is None for r in rows):
+        return None
+    warm: dict = {"alpha": {}, "beta": {}}
+    for name in set.intersection(*(set(r["alpha"]) for r in rows)):
+        parts = [r["alpha"][name] for r in rows]
+        if all(t.shape == parts[0].shape for t in parts):
+            warm["alpha"][name] = torch.stack(parts).to(torch.float64)
+    for name in set().union(*(set(r["beta"]) for r in rows)):
+        parts = [r["beta"].get(name) for r in rows]
+        shape = next(t.shape for t in parts if t is not None)
+        if all(t is None or t.shape == shape for t in parts):
+            dense = [torch.zeros(shape, dtype=torch.float32) if t is None else t.to_dense() for t in parts]
+            warm["beta"][name] = torch.stack(dense, 2).to(torch.float64)
+    return warm
 
 
 _RELU_PIECES = ((0.0, float("inf")), (-float("inf"), 0.0))  # active, inactive

@@ -33,6 +33,7 @@ def alpha_crown(
     sides: tuple[str, ...] = ("lower", "upper"),
     lr_beta: float = 0.05,
     return_state: bool = False,
+    warm: dict | None = None,
 ):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
     sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`), of exp/log/softplus
@@ -50,7 +51,11 @@ def alpha_crown(
     optimised alongside the slopes (learning rate ``lr_beta``; sound for every multiplier).
     ``sides``: which bounds to optimise (the other keeps CROWN's).  ``return_state``: also
     return the :class:`~boundflow.domains.linear.state.BoundState` (intermediate bounds,
-    empty sub-domains)."""
+    empty sub-domains; after a lower-bound pass, ``state.params`` holds its last slopes and
+    multipliers by node name).  ``warm``: such ``params`` (batch-first, this batch) to start the
+    lower-bound pass from instead of CROWN's slopes and zero multipliers (branch and bound
+    passes a parent's to its children; any value is sound, entries whose shape does not match
+    are ignored)."""
     state = prepare(graph, x_lo, x_hi, overrides=splits) if splits else None
     lb0, ub0, state = crown(graph, x_lo, x_hi, C, state=state)
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
@@ -82,9 +87,18 @@ def alpha_crown(
                 a0 = torch.full_like(l, 0.5)
             else:  # ReLU lower slopes, starting at CROWN's
                 a0 = (u >= -l).to(l.dtype)
+            w = (warm or {}).get("alpha", {}).get(r.name) if sense == "lower" else None
+            if w is not None and tuple(w.shape) == tuple(a0.shape):
+                a0 = w.to(a0.dtype).clamp(0, 1)
             alphas[(r, out_node)] = a0.clone().requires_grad_(True)
         state.alpha = alphas
         betas = init_betas(constraints, n_specs)
+        if sense == "lower" and warm:
+            with torch.no_grad():
+                for c, b in zip(constraints, betas, strict=True):
+                    w = warm.get("beta", {}).get(c.node.name)
+                    if w is not None and tuple(w.shape) == tuple(b.shape):
+                        b.copy_(w.to(b.dtype).clamp(min=0))
         groups = [{"params": list(alphas.values()), "lr": lr}] if alphas else []
         if betas:
             groups.append({"params": betas, "lr": lr_beta})
@@ -109,6 +123,11 @@ def alpha_crown(
                     a.clamp_(0, 1)
                 for b in betas:
                     b.clamp_(min=0)
+        if sense == "lower":  # the slopes and multipliers a child sub-domain may start from
+            state.params = {
+                "alpha": {r.name: a.detach() for (r, _), a in alphas.items() if r.target in relu_ops},
+                "beta": {c.node.name: b.detach() for c, b in zip(constraints, betas, strict=True)},
+            }
         with torch.no_grad():
             lb, ub = _final(state, graph, out_node, x_lo, C, constraints, betas, sense)
             best_lb = torch.maximum(best_lb, lb) if sense == "lower" else best_lb

@@ -63,12 +63,15 @@ class LinearPrepared:
         g = self.graph(like[None].expand(batch, *like.shape))
         return {n.name: tuple(n.meta["val"].shape) for n in g.gm.graph.nodes if hasattr(n.meta.get("val"), "shape")}
 
-    def bounds(self, spec: InputSpec, output: OutputSpec | None = None, *, splits: dict | None = None) -> Bounds:
+    def bounds(
+        self, spec: InputSpec, output: OutputSpec | None = None, *, splits: dict | None = None, warm: dict | None = None
+    ) -> Bounds:
         """Sound bounds over ``spec`` (see :class:`~boundflow.domains.base.PreparedModel`).
         ``splits``: node name -> ``(lower, upper)`` (batch-first, node-shaped; ``±inf`` where
         free) that hold on the sub-domain of each sample; then ``Bounds.empty`` marks samples
         whose splits contradict a sound bound (beyond rounding) and ``Bounds.intermediate``
-        holds the bounds of every split node."""
+        holds the bounds of every split node.  ``warm``: the ``Bounds.params`` of earlier
+        queries (rows of this batch) for ``alpha-crown`` to start from (others ignore it)."""
         if isinstance(spec, LinearSpec):
             if splits:
                 raise UnsupportedOperation("splits are not supported with a LinearSpec input")
@@ -85,7 +88,7 @@ class LinearPrepared:
                 if C is not None and C.dim() == 3:
                     C = torch.cat([C, C[-1:].expand(size - n, *C.shape[1:])])
         g = self.graph((lo + hi) / 2)
-        lb, ub, extra = self.domain._run(g, lo, hi, C, splits)
+        lb, ub, extra = self.domain._run(g, lo, hi, C, splits, warm)
         lb, ub = lb[:n], ub[:n]
         if C is None:
             shape = _out_shape(g, lb)
@@ -96,6 +99,7 @@ class LinearPrepared:
             by_name = {nd.name: nd for nd in g.gm.graph.nodes}
             res.intermediate = {k: (extra.lower[by_name[k]], extra.upper[by_name[k]]) for k in splits}
             res.scores = {k: v[:n] for k, v in branch_scores(extra, splits).items()}
+            res.params = extra.params
         return res
 
     def _lifted_params(self):
@@ -129,7 +133,7 @@ class CrownDomain(DomainBase):
     def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
         return LinearPrepared(self, model, params)
 
-    def _run(self, g, lo, hi, C, splits):
+    def _run(self, g, lo, hi, C, splits, warm=None):
         tight = getattr(self, "maxpool", "deeppoly") == "tight"
         sparse = getattr(self, "sparse", True)
         if splits is None and not tight and forward_pays(g, lo):
@@ -183,14 +187,14 @@ class AlphaCrownDomain(CrownDomain):
         self.iterations, self.lr, self.deadline = iterations, lr, deadline
         self.sides, self.lr_beta = tuple(sides), lr_beta
 
-    def _run(self, g, lo, hi, C, splits):
+    def _run(self, g, lo, hi, C, splits, warm=None):
         if splits is None and forward_pays(g, lo):
             # a narrow input into a wide network: optimising slopes needs backward intermediate
             # bounds (minutes there); CROWN with forward intermediate bounds instead
-            return super()._run(g, lo, hi, C, splits)
+            return super()._run(g, lo, hi, C, splits, warm)
         lb, ub, state = alpha_crown(
             g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline, splits=splits,
-            sides=self.sides, lr_beta=self.lr_beta, return_state=True,
+            sides=self.sides, lr_beta=self.lr_beta, return_state=True, warm=warm,
         )  # fmt: skip
         return lb, ub, state if splits is not None else None
 
@@ -219,7 +223,7 @@ class ForwardDomain(CrownDomain):
             raise UnsupportedOperation("method='forward' does not support interval parameters yet; use 'crown'")
         return LinearPrepared(self, model, params)
 
-    def _run(self, g, lo, hi, C, splits):
+    def _run(self, g, lo, hi, C, splits, warm=None):
         from boundflow.domains.linear.forward import forward_bounds
 
         if splits is not None:

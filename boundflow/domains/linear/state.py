@@ -35,6 +35,7 @@ class BoundState:
     lines: dict = field(default_factory=dict)  # relaxation node -> (l, u, its lines on [l, u])
     # back-substitutions compute only the lower bound (the upper result is then not a bound)
     lower_only: bool = False
+    params: dict = field(default_factory=dict)  # alpha-CROWN's last slopes and multipliers by node name
     # nodes whose lower-bound coefficients the next back-substitution keeps (node -> A or None)
     record: dict = field(default_factory=dict)
 
