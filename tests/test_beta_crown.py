@@ -6,6 +6,7 @@ sampled and attacked points of each sub-domain."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -243,8 +244,6 @@ def test_lower_side_only_keeps_crowns_upper_bounds():
 
 
 def test_alpha_crown_refuses_unknown_sides():
-    import pytest
-
     with pytest.raises(ValueError, match="sides"):
         AlphaCrownDomain(sides=("middle",))
 
@@ -274,3 +273,44 @@ def test_branching_scores_come_with_split_queries_and_only_on_unstable_neurons()
             assert bool((score >= 0).all())
             assert bool((score[(l >= 0) | (u <= 0)] == 0).all())  # a neuron of known sign gains nothing
         assert any(bool((res.scores[n] > 0).any()) for n in relu_inputs)
+
+
+def test_any_warm_start_is_sound_and_params_come_back_per_sample():
+    """``warm=`` (a parent's slopes and multipliers in branch and bound) with random values of
+    any size and sign: still bounds (slopes clamped to [0, 1], multipliers to >= 0)."""
+    for seed in (0, 1, 2, 5):
+        model, lo, hi, splits, C, margins = _sub_domain(seed)
+        prepared = AlphaCrownDomain(iterations=3, sides=("lower",)).prepare(model)
+        first = prepared.bounds(bf.Box(lo, hi), bf.OutputSpec(C), splits=splits)
+        assert set(first.params) == {"alpha", "beta"} and first.params["beta"]
+        for v in first.params["alpha"].values():
+            assert v.shape[0] == 1 and bool(((v >= 0) & (v <= 1)).all())
+        gen = torch.Generator().manual_seed(seed)
+        warm = {
+            kind: {k: (torch.rand(v.shape, generator=gen, dtype=D) - 0.3) * 50 for k, v in first.params[kind].items()}
+            for kind in ("alpha", "beta")
+        }
+        res = prepared.bounds(bf.Box(lo, hi), bf.OutputSpec(C), splits=splits, warm=warm)
+        _check(res.lower, res.upper, margins, f"seed {seed}, random warm start")
+        again = prepared.bounds(bf.Box(lo, hi), bf.OutputSpec(C), splits=splits, warm=first.params)
+        _check(again.lower, again.upper, margins, f"seed {seed}, warm start from its own params")
+
+
+def test_search_rows_keep_and_stack_their_params():
+    from boundflow.verify import pipeline
+
+    params = {"alpha": {"r": torch.rand(3, 4, dtype=D)}, "beta": {"z": torch.zeros(2, 1, 3, 4, dtype=D)}}
+    params["beta"]["z"][0, 0, 1, 2] = 0.7
+    rows = [pipeline._row_params(params, i) for i in range(3)]
+    assert rows[1]["beta"]["z"].is_sparse
+    items = [({}, None, r) for r in rows]
+    warm = pipeline._stack_params(items)
+    torch.testing.assert_close(warm["alpha"]["r"], params["alpha"]["r"].float().double())
+    torch.testing.assert_close(warm["beta"]["z"], params["beta"]["z"])
+    # a row without multipliers on a node: zeros there; a row without any params: no warm start
+    rows[0] = {"alpha": rows[0]["alpha"], "beta": {}}
+    warm = pipeline._stack_params([({}, None, r) for r in rows])
+    assert float(warm["beta"]["z"][:, :, 0].abs().sum()) == 0.0
+    assert float(warm["beta"]["z"][0, 0, 1, 2]) == pytest.approx(0.7)
+    assert pipeline._stack_params([({}, None, None), *items[1:]]) is None
+    assert pipeline._row_params({}, 0) is None
