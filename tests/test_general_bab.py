@@ -217,3 +217,35 @@ def test_sigmoid_ranges_are_bisected_where_no_relu_is_left(tmp_path):
         tmp_path, lo.tolist(), hi.tolist(), f"(assert (>= Y_1 (+ Y_0 {-(grid_min + 0.05)!r})))", "s.vnnlib", 2
     )
     assert pipeline.verify(onnx, sat, timeout=30).status == "sat"
+
+
+def test_children_cover_their_parent_whatever_the_bounds_that_placed_the_cut():
+    """The two children of a split take the parent's own range cut at the split point (the
+    bounds that suggested the pieces may be off by rounding; no point may fall between them)."""
+    dom = {"s": {3: (-2.0, 5.0)}}
+    pieces = ((-1.9, 1.0), (1.0, 4.9))  # from computed bounds slightly inside the parent's range
+    kids = [pipeline._child_range(dom, "s", 3, p, pieces) for p in pieces]
+    assert kids == [(-2.0, 1.0), (1.0, 5.0)]
+    relu = pipeline._RELU_PIECES
+    assert [pipeline._child_range({}, "z", 0, p, relu) for p in relu] == [(0.0, float("inf")), (-float("inf"), 0.0)]
+
+
+def test_a_conjunction_is_unsat_only_while_every_part_is():
+    j = pipeline._joined_status
+    assert j("unsat", "unsat") == "unsat"
+    assert j("unsat", "unknown") == "unknown" and j("unknown", "timeout") == "timeout"
+    assert j("timeout", "unknown") == "timeout" and j("unknown", "unsat") == "unknown"
+
+
+def test_a_graph_the_linear_domain_does_not_take_is_searched_one_disjunct_at_a_time():
+    from boundflow.onnx.vnnlib import Disjunct
+
+    class NotBatchFirst(torch.nn.Module):
+        batchable = False
+
+        def forward(self, x):
+            return x
+
+    box = torch.zeros(100, dtype=torch.float64), torch.ones(100, dtype=torch.float64)
+    dj = Disjunct(*box, torch.ones(1, 100, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    assert pipeline._verify_wide_group(NotBatchFirst(), [dj, dj], None, 0.0) is None

@@ -118,7 +118,7 @@ def verify_cases(module, dj, checker, deadline: float, attack_share: float = 0.3
     ``timeout``.  Counterexamples first: every point case in onnxruntime, then attacks on the
     other cases (``attack_share`` of the time left), then the proofs."""
     from boundflow.onnx.vnnlib import Disjunct
-    from boundflow.verify.pipeline import _batched, _falsify, _margins, _verify_disjunct, leaf_proved
+    from boundflow.verify.pipeline import _batched, _falsify, _joined_status, _margins, _verify_disjunct, leaf_proved
 
     # the cases are made one at a time (each holds two copies of the input box); whether they
     # are points depends only on the other inputs, so on all of them alike
@@ -159,8 +159,7 @@ def verify_cases(module, dj, checker, deadline: float, attack_share: float = 0.3
         n += nb
         if st == "sat":  # (a witness the attacks missed; onnxruntime confirmed it)
             return "sat", w, n
-        if st != "unsat":
-            status = st if status in ("unsat", "unknown") else status
-            if st == "timeout":
-                return "timeout", None, n
+        status = _joined_status(status, st)
+        if st == "timeout":
+            return "timeout", None, n
     return status, None, n

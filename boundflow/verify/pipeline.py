@@ -43,6 +43,15 @@ from boundflow.specs import Box, OutputSpec
 __all__ = ["Result", "verify", "verify_model", "leaf_proved", "EMPTY_TOLERANCE"]
 
 
+def _joined_status(status: str, part: str) -> str:
+    """The answer of a conjunction so far (``status``, starting at ``"unsat"``) after one more
+    part's answer other than ``sat``: ``unsat`` only while every part is; the first ``timeout``
+    or ``unknown`` otherwise, ``timeout`` over ``unknown``."""
+    if part == "unsat":
+        return status
+    return part if status in ("unsat", "unknown") else status
+
+
 def leaf_proved(margin_lower: torch.Tensor, empty: torch.Tensor | None = None) -> torch.Tensor:
     """The one rule an ``unsat`` rests on, per leaf (box or sub-domain): some margin row has a
     sound lower bound > 0, or the leaf was proved empty (``empty``)."""
@@ -385,7 +394,10 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
             children = [doms[i]]
             for name, j, pieces in chosen:
                 children = [
-                    {**{n: dict(v) for n, v in c.items()}, name: {**c.get(name, {}), j: piece}}
+                    {
+                        **{n: dict(v) for n, v in c.items()},
+                        name: {**c.get(name, {}), j: _child_range(c, name, j, piece, pieces)},
+                    }
                     for c in children
                     for piece in pieces
                 ]
@@ -393,6 +405,16 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
             queue.extend((c, m[i], inherited) for c in children)
         last = time.monotonic() - t_batch
     return "unsat", n_done
+
+
+def _child_range(dom: dict, name: str, j: int, piece: tuple, pieces: tuple) -> tuple[float, float]:
+    """The range of neuron ``(name, j)`` on the child that takes ``piece`` of a two-way split:
+    the parent's own split range cut at the split point (the end the two pieces share), so the
+    children cover the parent exactly whatever the computed bounds that suggested the pieces
+    (rounding never leaves a gap between sibling sub-domains)."""
+    (point,) = set(pieces[0]) & set(pieces[1])
+    lo, hi = dom.get(name, {}).get(j, (-float("inf"), float("inf")))
+    return (max(lo, point), hi) if piece[0] == point else (lo, min(hi, point))
 
 
 def _row_params(params: dict, i: int) -> dict | None:
@@ -716,20 +738,25 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
         disjuncts_left = []
     else:
         disjuncts_left = disjuncts
-    for group in _shared_boxes(disjuncts_left, chain):
+    work = _shared_boxes(disjuncts_left, chain)
+    while work:
+        group = work.pop(0)
         if len(group) == 1:
             st, w, nb = _verify_disjunct(f, group[0], checker, deadline, chain=chain)
         elif chain is None:
-            st, w, nb = _verify_wide_group(f, group, checker, deadline)
+            out = _verify_wide_group(f, group, checker, deadline)
+            if out is None:  # the linear domain does not take the graph: one disjunct at a time
+                work[:0] = [[g] for g in group]
+                continue
+            st, w, nb = out
         else:  # (a witness is one that onnxruntime confirmed for one of the group's disjuncts)
             st, w, nb = _verify_group(chain, group, checker, deadline)
         boxes += nb
         if st == "sat":
             return answer("sat", boxes, w, len(group[0].lower))
-        if st != "unsat":
-            status = st if status in ("unsat", "unknown") else status
-            if st == "timeout":
-                break
+        status = _joined_status(status, st)
+        if st == "timeout":
+            break
     if status == "unsat":
         problem = _cross_check(f, checker, disjuncts)
         if problem is not None:
@@ -775,30 +802,20 @@ def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: flo
 def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: float):
     """Single-row disjuncts sharing a wide input box on a general graph: their rows bounded
     together (CROWN, then alpha-CROWN); the disjuncts not proved there searched together by
-    :func:`_relu_bab`.  Falls back to one search per disjunct where the linear domain does not
-    take the graph."""
+    :func:`_relu_bab`.  ``None`` where the linear domain does not take the graph (the caller
+    then searches one disjunct at a time)."""
     dj = group[0]
     C, d = torch.cat([g.C for g in group]), torch.cat([g.d for g in group])
     bounder = _Bounder(f)
     lo, hi = dj.lower[None], dj.upper[None]
+    if not f.batchable:
+        return None
     try:
-        if not f.batchable:
-            raise UnsupportedOperation("not batch-first")
         m = bounder(lo, hi, C, d, "crown")
         if not bool((m > 0).all()):
             m = torch.maximum(m, bounder(lo, hi, C, d, "alpha-crown"))
     except UnsupportedOperation:
-        boxes, status = 0, "unsat"
-        for g in group:
-            st, w, nb = _verify_disjunct(f, g, checker, deadline)
-            boxes += nb
-            if st == "sat":
-                return st, w, boxes
-            if st != "unsat":
-                status = st if status in ("unsat", "unknown") else status
-                if st == "timeout":
-                    break
-        return status, None, boxes
+        return None
     left = [g for k, g in enumerate(group) if not bool(m[0, k] > 0)]
     if not left:
         return "unsat", None, 1
@@ -885,10 +902,9 @@ def _verify_index_cases(module, disjuncts, checker, deadline, answer) -> Result:
         boxes += nb
         if st == "sat":
             return answer("sat", boxes, w, len(dj.lower))
-        if st != "unsat":
-            status = st if status in ("unsat", "unknown") else status
-            if st == "timeout":
-                break
+        status = _joined_status(status, st)
+        if st == "timeout":
+            break
     return answer(status, boxes)
 
 

@@ -89,7 +89,7 @@ def alpha_crown(
                 a0 = (u >= -l).to(l.dtype)
             w = (warm or {}).get("alpha", {}).get(r.name) if sense == "lower" else None
             if w is not None and tuple(w.shape) == tuple(a0.shape):
-                a0 = w.to(a0.dtype).clamp(0, 1)
+                a0 = w.to(a0).clamp(0, 1)
             alphas[(r, out_node)] = a0.clone().requires_grad_(True)
         state.alpha = alphas
         betas = init_betas(constraints, n_specs)
