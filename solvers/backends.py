@@ -213,6 +213,7 @@ class MilpSolver(LpSolver):
         self.mip.h.setOptionValue("mip_abs_gap", 1e-9)
         self.mip.h.setOptionValue("mip_feasibility_tolerance", 1e-7)
         self.candidate: np.ndarray | None = None
+        self.lp_candidate: np.ndarray | None = None  # a goal query's LP optimum when <= goal
 
     def minimize(self, c: np.ndarray, time_limit: float | None = None, goal: float | None = None) -> Outcome:
         """``goal``: the caller only needs to know whether the minimum exceeds ``goal`` (a
@@ -223,8 +224,15 @@ class MilpSolver(LpSolver):
         claims a bound that the search then tries to certify in the time left).  A point the
         search met with an objective ``<= goal`` is kept in :attr:`candidate`."""
         t0 = time.perf_counter()
-        self.candidate = None
+        self.candidate = self.lp_candidate = None
         base = super().minimize(c, time_limit)
+        if goal is not None and base.bound <= goal:
+            # the LP's optimal point: a candidate (the whole program when nothing is integer)
+            try:
+                sol = np.asarray(self.lp.h.getSolution().col_value, dtype=np.float64)
+                self.lp_candidate = sol if sol.shape == (self.program.n_vars,) else None
+            except Exception:
+                self.lp_candidate = None
         if not self.mip.integer or (goal is not None and base.bound > goal):
             return base
         c = np.asarray(c, dtype=np.float64)

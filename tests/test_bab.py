@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from boundflow.verify.bab import input_bab, relu_bab
-from boundflow.verify.beta import backward, forward_bounds, layer_bounds, optimise
-from boundflow.verify.chain import Chain, extract_chain
-from boundflow.verify.milp import decide
+from boundflow.domains.linear.chain import Chain, extract_chain
+from boundflow.domains.linear.chain_bounds import backward, forward_bounds, layer_bounds, optimise
+from boundflow.verify.bab import input_bab, milp_leaf, relu_bab
 
 
 def _mlp(widths, seed, bias=True):
@@ -248,10 +247,14 @@ def _milp_min(chain, lo, hi, bounds) -> float:
     """The exact minimum of the worst margin over the box (HiGHS, optimal status)."""
     import numpy as np
 
-    from boundflow.verify.milp import program
+    from boundflow.encode.network import margin_program
     from solvers.backends import make_solver
 
-    p, x, t = program(chain, lo, hi, [(l[0], u[0]) for l, u in bounds])
+    g, names = chain.graph()
+    ranges = {n: (l[0], u[0]) for n, (l, u) in zip(names, bounds, strict=True)}
+    C = torch.eye(chain.widths[-1], dtype=torch.float64)
+    p, x, t, exact = margin_program(g, lo[None], hi[None], C, None, ranges)
+    assert exact
     s = make_solver(p, "milp")
     c = np.zeros(p.n_vars)
     c[t] = 1
@@ -277,22 +280,40 @@ def test_milp_leaf_decides_both_sides_of_the_minimum(seed):
         def check(x, c2=c2):
             return x.clone() if float(c2(x[None]).amax()) <= 0 else None
 
-        b2 = [(l[0], u[0]) for l, u in bounds]
-        splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
-        out = decide(c2, lo, hi, splits, b2, time.monotonic() + 30, 30, check)
+        out = milp_leaf(c2, lo, hi, bounds, 0, time.monotonic() + 30, 30, check)
         assert out.status == want
 
 
 def test_milp_leaf_answers_unknown_on_infinite_bounds():
+    """A big-M program needs finite bounds: an unbounded input leaves the leaf ``unknown``; an
+    infinite node range is only a free side (the sound bounds keep the program finite)."""
     chain = _random_chain(0)
     n0 = chain.weights[0].shape[1]
     lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
     bounds, _ = layer_bounds(chain, lo[None], hi[None])
-    b2 = [(l[0].clone(), u[0].clone()) for l, u in bounds]
-    b2[0][1][0] = float("inf")
-    splits = [torch.zeros(n, dtype=torch.int8) for n in chain.widths[:-1]]
-    out = decide(chain, lo, hi, splits, b2, time.monotonic() + 10, 10, lambda x: None)
+    lo_inf = lo.clone()
+    lo_inf[0] = -float("inf")
+    out = milp_leaf(chain, lo_inf, hi, bounds, 0, time.monotonic() + 10, 10, lambda x: None)
     assert out.status == "unknown"
+    b2 = [(l.clone(), u.clone()) for l, u in bounds]
+    b2[0][1][0, 0] = float("inf")
+    c_low = Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - _milp_min(chain, lo, hi, bounds) + 0.02])
+    assert milp_leaf(c_low, lo, hi, b2, 0, time.monotonic() + 10, 10, lambda x: None).status == "unsat"
+
+
+def test_milp_leaf_answers_unsat_on_contradicting_ranges():
+    """Splits that contradict the sound bounds make the sub-domain empty: ``unsat`` whatever the
+    margins (here they are <= 0 everywhere)."""
+    chain = _random_chain(1)
+    n0 = chain.weights[0].shape[1]
+    lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
+    bounds, _ = layer_bounds(chain, lo[None], hi[None])
+    unsafe = Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - 1e6])
+    b2 = [(l.clone(), u.clone()) for l, u in bounds]
+    u0 = float(bounds[0][1][0, 0])
+    b2[0][0][0, 0] = u0 + 1.0  # the neuron above its own sound upper bound: no such point
+    assert milp_leaf(unsafe, lo, hi, b2, 0, time.monotonic() + 10, 10, lambda x: x).status == "unsat"
+    assert milp_leaf(unsafe, lo, hi, bounds, 0, time.monotonic() + 10, 10, lambda x: x).status == "sat"
 
 
 def _row(chain: Chain, k: int) -> Chain:

@@ -13,9 +13,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import boundflow as bf
+from boundflow.domains.linear.chain import extract_chain
 from boundflow.onnx import load_onnx
 from boundflow.verify import pipeline
-from boundflow.verify.chain import extract_chain
 
 F32 = TensorProto.FLOAT
 

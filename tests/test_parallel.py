@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from boundflow.domains.linear.chain import Chain
+from boundflow.domains.linear.chain_bounds import layer_bounds
 from boundflow.verify import verify
-from boundflow.verify.beta import layer_bounds
-from boundflow.verify.chain import Chain
 from boundflow.verify.parallel import relu_pieces
 from boundflow.verify.vnncomp import run_benchmark
 from solvers.executor import make_executor

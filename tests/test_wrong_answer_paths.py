@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import boundflow as bf
-from boundflow.verify.chain import extract_chain
+from boundflow.domains.linear.chain import extract_chain
 
 D = torch.float64
 

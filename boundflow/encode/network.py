@@ -32,7 +32,7 @@ from torch import fx, nn
 
 from boundflow.bounds import Bounds
 from boundflow.domains.base import DomainBase, apply_output
-from boundflow.domains.linear.crown import crown, prepare
+from boundflow.domains.linear.crown import EMPTY_TOLERANCE, crown, prepare
 from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, REINDEX_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import BoundState, _flat_nodes, intersect
@@ -42,7 +42,7 @@ from solvers.program import Program
 
 aten = torch.ops.aten
 
-__all__ = ["ENCODE", "encode", "network_bounds", "SolverDomain"]
+__all__ = ["ENCODE", "EmptyDomain", "encode", "margin_program", "network_bounds", "SolverDomain"]
 
 SOLVER_MODES = ("lp", "milp", "mibp", "sdp")
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
@@ -320,6 +320,56 @@ def encode(graph, state: BoundState, *, with_exact: bool = False):
     if with_exact:
         return enc.p, out.reshape(-1), enc.exact
     return enc.p, out.reshape(-1)
+
+
+class EmptyDomain(Exception):
+    """The node ranges given to :func:`margin_program` contradict sound bounds: no point of the
+    box lies in the sub-domain."""
+
+
+def margin_program(graph, lower: torch.Tensor, upper: torch.Tensor, C, d=None, node_ranges: Mapping | None = None):
+    """The exact leaf of a branch-and-bound search as one program: every node of ``graph``
+    (captured at batch one) gets variables within its CROWN bounds over ``[lower, upper]``
+    (shape ``(1, ...)``), each node named in ``node_ranges`` is further restricted to its
+    ``(lower, upper)`` (node-shaped with or without the batch dimension; ``±inf`` where free: the
+    sub-domain's splits), and a variable ``t >= m_s`` bounds every margin ``m = C y - d`` of the
+    graph's output ``y``.  A point of the sub-domain violates the property (every margin <= 0)
+    only if ``min t <= 0``, so a rigorous dual bound ``> 0`` of ``min t`` proves the sub-domain.
+
+    Returns ``(program, input variables (flat), t, exact)``; ``exact``: the program is the
+    network on the sub-domain exactly (piecewise-linear ops only), so an optimal ``t <= 0`` is
+    attained.  Raises :class:`EmptyDomain` when the ranges contradict the CROWN bounds beyond
+    rounding (the sub-domain is empty), ``ValueError`` when a bound is not finite (a big-M
+    encoding needs finite bounds)."""
+    lower = torch.as_tensor(lower, dtype=torch.float64)
+    upper = torch.as_tensor(upper, dtype=torch.float64)
+    state = prepare(graph, lower, upper, sparse=False)
+    by_name = {n.name: n for n in graph.gm.graph.nodes}
+    for name, (lo_r, hi_r) in (node_ranges or {}).items():
+        node = by_name[name]
+        l0, u0 = state.lower[node], state.upper[node]
+        lo = torch.maximum(l0, torch.as_tensor(lo_r, dtype=l0.dtype).reshape(l0.shape))
+        hi = torch.minimum(u0, torch.as_tensor(hi_r, dtype=u0.dtype).reshape(u0.shape))
+        scale = 1 + torch.maximum(lo.abs(), hi.abs()).nan_to_num(posinf=0.0)
+        if bool(((lo - hi) > EMPTY_TOLERANCE * scale).any()):
+            raise EmptyDomain(f"margin_program: the range of node {name} contradicts its sound bounds")
+        state.lower[node], state.upper[node] = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    enc = _Encoder(state)
+    out = enc.run().reshape(-1)
+    x_node = next(n for n in graph.gm.graph.nodes if n.op == "placeholder")
+    out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
+    y_lo, y_hi = (t.double().reshape(-1).numpy() for t in (state.lower[out_node], state.upper[out_node]))
+    rows = torch.as_tensor(C, dtype=torch.float64).reshape(-1, len(out)).numpy()
+    dv = np.zeros(len(rows)) if d is None else torch.as_tensor(d, dtype=torch.float64).reshape(-1).numpy()
+    dv = np.broadcast_to(dv, (len(rows),))
+    m_lo = np.clip(rows, 0, None) @ y_lo + np.clip(rows, None, 0) @ y_hi - dv
+    m_hi = np.clip(rows, 0, None) @ y_hi + np.clip(rows, None, 0) @ y_lo - dv
+    p = enc.p
+    t = int(p.var(float(m_lo.max()), float(max(m_hi.max(), m_lo.max()))))
+    for s, r in enumerate(rows):  # t - C_s y >= -d_s
+        nz = np.nonzero(r)[0]
+        p.rows(np.zeros(len(nz) + 1), np.r_[t, out[nz]], np.r_[1.0, -r[nz]], [-dv[s]], [np.inf])
+    return p, enc.vars[x_node].reshape(-1), t, enc.exact
 
 
 def network_bounds(

@@ -1,4 +1,4 @@
-"""Branch and bound on a :class:`~boundflow.verify.chain.Chain` for one disjunct.
+"""Branch and bound on a :class:`~boundflow.domains.linear.chain.Chain` for one disjunct.
 
 The chain's output is the disjunct's margins ``C f(x) - d`` (unsafe iff every row is <= 0), so
 a sub-domain is proved when some row's lower bound is > 0, when a convex combination of the
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from boundflow.verify.beta import backward, intersect_splits, layer_bounds, optimise
-from boundflow.verify.chain import Chain
+from boundflow.domains.linear.chain import Chain
+from boundflow.domains.linear.chain_bounds import backward, intersect_splits, layer_bounds, optimise
 
 __all__ = ["input_bab", "relu_bab", "relu_root", "milp_leaf", "Outcome"]
 
@@ -326,7 +326,7 @@ def relu_bab(
                 if k is None:
                     # every ReLU is fixed and the bound is still not positive: the LP of this
                     # sub-domain is exact, so the MILP decides it
-                    st = milp_leaf(chain, lower, upper, [s[i] for s in splits], bounds, i, deadline, milp_time, check)
+                    st = milp_leaf(chain, lower, upper, bounds, i, deadline, milp_time, check)
                     if st.status == "unsat":
                         done += 1
                         continue
@@ -334,7 +334,7 @@ def relu_bab(
                 n_unstable = sum(int(((l[i] < 0) & (u[i] > 0)).sum()) for l, u in bounds)
                 if n_unstable <= milp_unstable and doms[i].depth >= 2:
                     budget = min(milp_time, 0.25 * (deadline - time.monotonic()))
-                    st = milp_leaf(chain, lower, upper, [s[i] for s in splits], bounds, i, deadline, budget, check)
+                    st = milp_leaf(chain, lower, upper, bounds, i, deadline, budget, check)
                     if st.status == "unsat":
                         done += 1
                         continue
@@ -425,9 +425,16 @@ def _branch(chain, K, lam, lo, hi, bounds, params, splits, coef, lbs, open_idx, 
     return out
 
 
-def milp_leaf(chain, lower, upper, splits, bounds, i, deadline, time_limit, check) -> Outcome:
-    """Decide one sub-domain exactly with the MILP (HiGHS) over the chain with its layer bounds
-    and splits; ``unsat`` only on a proven dual bound > 0 for some row."""
-    from boundflow.verify.milp import decide
+def milp_leaf(chain, lower, upper, bounds, i, deadline, time_limit, check) -> Outcome:
+    """Decide sub-domain ``i`` exactly with the MILP of the one network encoder
+    (:func:`boundflow.verify.leaf.decide`) over the chain (its output: the margins) with the
+    sub-domain's layer bounds (splits already intersected into them) as node ranges; ``unsat``
+    only on a proven dual bound > 0 or an empty sub-domain."""
+    from boundflow.verify.leaf import decide
 
-    return decide(chain, lower, upper, splits, [(l[i], u[i]) for l, u in bounds], deadline, time_limit, check)
+    g, names = chain.graph()
+    ranges = {name: (l[i], u[i]) for name, (l, u) in zip(names, bounds, strict=True)}
+    S = chain.widths[-1]
+    C = torch.eye(S, dtype=torch.float64)
+    status, w = decide(g, lower[None], upper[None], C, None, ranges, deadline, time_limit, check)
+    return Outcome(status, w)

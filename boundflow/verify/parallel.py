@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from boundflow.domains.linear.chain import Chain
+from boundflow.domains.linear.chain_bounds import backward, layer_bounds
 from boundflow.verify.bab import Outcome, _rows, input_bab, relu_bab, relu_root
-from boundflow.verify.beta import backward, layer_bounds
-from boundflow.verify.chain import Chain
 
 __all__ = ["Piece", "pieces", "solve_piece", "search_pieces", "warm_up"]
 

@@ -3,7 +3,7 @@
 1. Falsification of *every* disjunct first (random points and multi-restart projected
    sign-gradient descent on the worst margin of all rows; every candidate is re-run in
    onnxruntime), so a late ``sat`` disjunct is not found only after earlier ones time out.
-2. Per disjunct, branch and bound.  ReLU chains (:mod:`boundflow.verify.chain`) get
+2. Per disjunct, branch and bound.  ReLU chains (:mod:`boundflow.domains.linear.chain`) get
    :mod:`boundflow.verify.bab`: input splitting with batched CROWN/alpha bounds and a
    children-evaluated choice of dimension for up to :data:`INPUT_SPLIT_MAX` inputs, ReLU
    splitting with alpha-beta-CROWN, FSB branching and MILP leaves for wider ones.  Other
@@ -334,7 +334,7 @@ def _group_proved(m: torch.Tensor, owner: torch.Tensor, n_groups: int, empty=Non
     return proved | empty if empty is not None else proved
 
 
-def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batch: int = 32):
+def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, check=None, batch: int = 32):
     """Branch and bound on ReLU activation states over the whole input box (for wide inputs),
     for disjuncts sharing that box (their rows stacked: the bounds are computed once for all; a
     sub-domain is done when every disjunct is proved on it): a sub-domain fixes some neurons
@@ -343,7 +343,10 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
     optimised multipliers; sound on the sub-domain for any multiplier).  Splits the neuron with
     the largest branching score of the domain (BaBSR's intercept score,
     :mod:`boundflow.domains.linear.branching`), else the largest relaxation area
-    ``u (-l) / (u - l)``.  ``unsat`` when every sub-domain is done or empty."""
+    ``u (-l) / (u - l)``.  A sub-domain with nothing left to split goes to the exact leaf
+    (:func:`_exact_leaf`).  ``unsat`` when every sub-domain is done or empty.  ``check(x, dj)``:
+    a witness (onnxruntime-confirmed) of disjunct ``dj`` at input ``x``, or ``None``.  Returns
+    ``(status, sub-domains done, witness)``."""
     prepared = bounder.models["beta-crown"]
     dj = group[0]
     C = torch.cat([g.C for g in group])
@@ -359,7 +362,7 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
     last = 0.0  # seconds the previous batch took
     while queue:
         if time.monotonic() + last > deadline:
-            return "timeout", n_done
+            return "timeout", n_done, None
         t_batch = time.monotonic()
         items, queue = queue[:batch], queue[batch:]
         doms = [dom for dom, _, _ in items]
@@ -389,8 +392,12 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
         k = max(1, min(MULTI_SPLIT_MAX, int(math.log2(max(1.0, batch / max(1, len(open_) + len(queue)))))))
         for i in open_:
             chosen = _branch_choices(res, relu_inputs, i, k) or _general_choices(res, general, i, k)
-            if not chosen:
-                return "unknown", n_done  # every neuron fixed or too narrow to split, still not proved
+            if not chosen:  # every neuron fixed or too narrow to split, still not proved
+                st, w = _exact_leaf(prepared, group, owner, m[i], res, i, b, relu_inputs + general, deadline, check)
+                if st == "unsat":
+                    n_done += 1
+                    continue
+                return st, n_done, w
             children = [doms[i]]
             for name, j, pieces in chosen:
                 children = [
@@ -404,7 +411,48 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, batc
             inherited = _row_params(res.params, i)
             queue.extend((c, m[i], inherited) for c in children)
         last = time.monotonic() - t_batch
-    return "unsat", n_done
+    return "unsat", n_done, None
+
+
+# the exact leaf's MILP takes at most this many seconds, and a quarter of the time left
+LEAF_SECONDS = 10.0
+# graphs with more values than this (over all nodes, one sample) get no exact leaf: encoding
+# them would take long and could not be stopped at the deadline
+LEAF_MAX_VALUES = 20_000
+
+
+def _exact_leaf(prepared, group, owner, m_i, res, i: int, b: int, names: list[str], deadline: float, check):
+    """Decide sub-domain ``i`` of a batch of ``b`` (nothing left to split) with the MILP of the
+    one network encoder (:func:`boundflow.verify.leaf.decide`): its node ranges are the
+    sub-domain's bounds on every split node (``res.intermediate``, the splits intersected);
+    each disjunct of the group not yet proved there (``m_i``: its rows' lower bounds) is
+    decided on its own.  ``unsat`` when every one is, ``sat`` with an onnxruntime-confirmed
+    witness, else ``unknown``/``timeout``."""
+    from boundflow.verify.leaf import decide
+
+    dj = group[0]
+    g = prepared.graph(dj.lower[None])  # the graph at batch one: its names, matched by position
+    one = prepared.split_nodes(1, dj.lower) + [
+        n for n in prepared.split_nodes(1, dj.lower, general=True) if n not in prepared.split_nodes(1, dj.lower)
+    ]
+    shapes_b, shapes_1 = prepared.node_shapes(b, dj.lower), prepared.node_shapes(1, dj.lower)
+    if len(one) != len(names) or any(shapes_b[x][1:] != shapes_1[y][1:] for x, y in zip(names, one, strict=True)):
+        return "unknown", None
+    n_values = sum(int(np.prod(s)) for s in shapes_1.values())
+    if check is None or n_values > LEAF_MAX_VALUES:
+        return "unknown", None
+    ranges = {y: (res.intermediate[x][0][i], res.intermediate[x][1][i]) for x, y in zip(names, one, strict=True)}
+    status = "unsat"
+    for k, dk in enumerate(group):
+        if bool(leaf_proved(m_i[owner == k][None])[0]):
+            continue
+        budget = min(LEAF_SECONDS, 0.25 * (deadline - time.monotonic()))
+        st, w = decide(g, dj.lower[None], dj.upper[None], dk.C, dk.d, ranges, deadline, budget,
+                       lambda x, dk=dk: check(x, dk))  # fmt: skip
+        if st == "sat":
+            return st, w
+        status = _joined_status(status, st)
+    return status, None
 
 
 def _child_range(dom: dict, name: str, j: int, piece: tuple, pieces: tuple) -> tuple[float, float]:
@@ -596,8 +644,8 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             if n_in > INPUT_SPLIT_MAX:
                 if not linear:
                     return "unknown", None, boxes
-                st, nb = _relu_bab(f, [dj], deadline, bounder)
-                return st, None, boxes + nb
+                st, nb, w = _relu_bab(f, [dj], deadline, bounder, checker.check)
+                return st, w, boxes + nb
             if linear:
                 dim = _split_dims(f, blo, bhi, m[open_], dj)
             else:
@@ -726,7 +774,7 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
 
     if time.monotonic() > deadline:
         return answer("timeout")
-    from boundflow.verify.chain import extract_chain
+    from boundflow.domains.linear.chain import extract_chain
 
     chain = extract_chain(f, int(np.prod(module.input_shape))) if f.batchable else None
     status, boxes = "unsat", 0
@@ -824,8 +872,8 @@ def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: fl
         w = checker.check(centre, g)
         if w is not None:
             return "sat", w, 1
-    st, nb = _relu_bab(f, left, deadline, bounder)
-    return st, None, 1 + nb
+    st, nb, w = _relu_bab(f, left, deadline, bounder, checker.check)
+    return st, w, 1 + nb
 
 
 def _verify_parallel(chain, disjuncts: list[Disjunct], checker: _Checker, deadline: float, executor):

@@ -1,4 +1,4 @@
-"""Batched CROWN, alpha-CROWN and beta-CROWN bounds on a :class:`~boundflow.verify.chain.Chain`.
+"""Batched CROWN, alpha-CROWN and beta-CROWN bounds on a :class:`~boundflow.domains.linear.chain.Chain`.
 
 Layers ``z_i = W_i a_{i-1} + b_i`` (``a_{-1} = x``, ``a_i = relu(z_i)``).  A batch of ``B``
 sub-domains each has an input box and, per hidden layer, split signs ``s`` in {-1, 0, +1}
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from boundflow.domains.linear.chain import Chain
 from boundflow.domains.linear.relaxations import relu as relu_relaxation
-from boundflow.verify.chain import Chain
 
 __all__ = [
     "backward",

@@ -2,7 +2,7 @@
 
 ``z_1 = W_1 x + b_1``, ``z_k = W_k relu(z_{k-1}) + b_k``; the last ``z`` is the output.  Many
 verification benchmarks (ACAS Xu, mnist_fc, the RL controllers) are such chains; on them the
-bounds of :mod:`boundflow.verify.beta` are plain batched matrix products, with split constraints
+bounds of :mod:`boundflow.domains.linear.chain_bounds` are plain batched matrix products, with split constraints
 and optimised multipliers, instead of the general graph back-substitution.
 
 :func:`extract_chain` recognises a chain in the model's captured ATen graph: the ReLUs must form
@@ -62,6 +62,37 @@ class Chain:
         """The chain whose output is ``C f(x) - d`` (the specification folded into the last layer)."""
         w, b = self.weights[-1], self.biases[-1]
         return Chain(self.weights[:-1] + [C @ w], self.biases[:-1] + [C @ b - d])
+
+    def module(self) -> nn.Sequential:
+        """The chain as a float64 ``nn.Sequential`` of ``Linear`` and ``ReLU`` layers."""
+        layers: list[nn.Module] = []
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if k:
+                layers.append(nn.ReLU())
+            lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+            layers.append(lin)
+        return nn.Sequential(*layers).eval()
+
+    def __getstate__(self):  # the captured graph stays in its process (re-captured on demand)
+        return {k: v for k, v in self.__dict__.items() if k != "_graph"}
+
+    def graph(self):
+        """The captured ATen graph of :meth:`module` at batch one (captured once per chain) and,
+        per hidden layer, the name of its pre-activation node: what the one network encoder
+        (:mod:`boundflow.encode.network`) takes."""
+        cached = self.__dict__.get("_graph")
+        if cached is None:
+            x = torch.zeros(1, self.weights[0].shape[1], dtype=torch.float64)
+            g = capture(self.module(), x)
+            relus = [n for n in g.gm.graph.nodes if n.op == "call_function" and n.target is aten.relu.default]
+            names = [n.args[0].name for n in relus]
+            if len(names) != len(self.weights) - 1:
+                raise AssertionError(f"Chain.graph: {len(names)} ReLUs for {len(self.weights) - 1} hidden layers")
+            cached = self.__dict__["_graph"] = (g, names)
+        return cached
 
 
 def _relu_nodes(gm: fx.GraphModule) -> list[fx.Node]:
