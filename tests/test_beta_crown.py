@@ -303,14 +303,14 @@ def test_search_rows_keep_and_stack_their_params():
     params["beta"]["z"][0, 0, 1, 2] = 0.7
     rows = [pipeline._row_params(params, i) for i in range(3)]
     assert rows[1]["beta"]["z"].is_sparse
-    items = [({}, None, r) for r in rows]
+    items = [pipeline._SubDomain({}, None, r) for r in rows]
     warm = pipeline._stack_params(items)
     torch.testing.assert_close(warm["alpha"]["r"], params["alpha"]["r"].float().double())
     torch.testing.assert_close(warm["beta"]["z"], params["beta"]["z"])
     # a row without multipliers on a node: zeros there; a row without any params: no warm start
     rows[0] = {"alpha": rows[0]["alpha"], "beta": {}}
-    warm = pipeline._stack_params([({}, None, r) for r in rows])
+    warm = pipeline._stack_params([pipeline._SubDomain({}, None, r) for r in rows])
     assert float(warm["beta"]["z"][:, :, 0].abs().sum()) == 0.0
     assert float(warm["beta"]["z"][0, 0, 1, 2]) == pytest.approx(0.7)
-    assert pipeline._stack_params([({}, None, None), *items[1:]]) is None
+    assert pipeline._stack_params([pipeline._SubDomain({}, None), *items[1:]]) is None
     assert pipeline._row_params({}, 0) is None

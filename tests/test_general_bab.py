@@ -5,6 +5,7 @@ on a residual CNN the chain recogniser refuses (no data needed)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,62 @@ def test_a_graph_the_linear_domain_does_not_take_is_searched_one_disjunct_at_a_t
     box = torch.zeros(100, dtype=torch.float64), torch.ones(100, dtype=torch.float64)
     dj = Disjunct(*box, torch.ones(1, 100, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     assert pipeline._verify_wide_group(NotBatchFirst(), [dj, dj], None, 0.0) is None
+
+
+def test_inherited_bounds_are_rounded_outward_to_float32():
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.randn(1000, dtype=torch.float64, generator=gen)
+    hi = lo + torch.rand(1000, dtype=torch.float64, generator=gen)
+    lo[:3] = torch.tensor([-float("inf"), 0.0, 1.0])
+    hi[:3] = torch.tensor([float("inf"), 0.0, 1.0])
+    l32, h32 = pipeline._outward32(lo, hi)
+    assert l32.dtype == h32.dtype == torch.float32
+    assert bool((l32.double() <= lo).all() and (h32.double() >= hi).all())
+    # and no looser than one float32 step
+    assert bool((torch.nextafter(l32, torch.tensor(float("inf"))).double() > lo)[3:].all())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_that_settle_a_sign_spare_its_crown_row_and_stay_sound(seed, monkeypatch):
+    """A sub-domain given sound bounds of its own (a parent's, or its own earlier ones) as
+    overrides: the neurons whose sign they settle get no CROWN row, and the final bounds are no
+    looser than without them and contain sampled outputs of the sub-domain."""
+    import importlib
+
+    from boundflow.domains.linear.crown import crown, prepare
+    from boundflow.graph import capture
+
+    crown_mod = importlib.import_module("boundflow.domains.linear.crown")
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(3, 3, 3), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(27, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3),
+    ).double().eval()  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.randn(1, 1, 5, 5, dtype=torch.float64, generator=gen)
+    lo, hi = centre - 0.3, centre + 0.3
+    g = capture(model, centre)
+    rows = []
+    real = crown_mod.node_bounds
+
+    def counted(state, node, budget=2**24, mask=None):
+        rows.append(int(mask.sum()) if mask is not None else math.prod(state.lower[node].shape))
+        return real(state, node, budget, mask)
+
+    monkeypatch.setattr(crown_mod, "node_bounds", counted)
+    plain = prepare(g, lo, hi)
+    n_plain = sum(rows)
+    relu_in = [
+        n.args[0] for n in g.gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.relu.default
+    ]
+    known = {n.name: (plain.lower[n], plain.upper[n]) for n in relu_in}
+    rows.clear()
+    again = prepare(g, lo, hi, overrides=known)
+    assert sum(rows) < n_plain  # CROWN settled signs that the interval bounds left open
+    lb0, ub0, _ = crown(g, lo, hi, state=plain)
+    lb1, ub1, _ = crown(g, lo, hi, state=again)
+    assert bool((lb1 >= lb0 - 1e-9).all() and (ub1 <= ub0 + 1e-9).all())
+    x = lo + (hi - lo) * torch.rand(3000, 1, 1, 5, 5, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        y = model(x.reshape(-1, 1, 5, 5))
+    assert bool((y >= lb1 - 1e-9).all() and (y <= ub1 + 1e-9).all())

@@ -352,12 +352,7 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
     C = torch.cat([g.C for g in group])
     d = torch.cat([g.d for g in group])
     owner = torch.cat([torch.full((len(g.C),), k) for k, g in enumerate(group)])
-    # (node name -> {flat index: (lo, hi) the neuron is split to}, the parent's margin lower
-    # bounds: they hold on the child's sub-domain too, the parent's slopes and multipliers to
-    # start from)
-    queue: list[tuple[dict, torch.Tensor, dict | None]] = [
-        ({}, torch.full((len(C),), -float("inf"), dtype=torch.float64), None)
-    ]
+    queue = [_SubDomain({}, torch.full((len(C),), -float("inf"), dtype=torch.float64))]
     n_done = 0
     last = 0.0  # seconds the previous batch took
     while queue:
@@ -365,25 +360,28 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
             return "timeout", n_done, None
         t_batch = time.monotonic()
         items, queue = queue[:batch], queue[batch:]
-        doms = [dom for dom, _, _ in items]
+        doms = [it.splits for it in items]
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
         hi = dj.upper[None].expand(b, -1).clone()
         # ReLU (and sigmoid/tanh) inputs of this batch size's graph (names are per graph)
         relu_inputs = prepared.split_nodes(b, dj.lower)
         general = [n for n in prepared.split_nodes(b, dj.lower, general=True) if n not in relu_inputs]
+        names = relu_inputs + general
         shapes = prepared.node_shapes(b, dj.lower)
         overrides = {}
-        for name in relu_inputs + general:
+        for pos, name in enumerate(names):
             shape = shapes[name]
             o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
             o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
-            for i, dom in enumerate(doms):
-                for idx, (a, z) in dom.get(name, {}).items():
-                    o_lo[i, idx], o_hi[i, idx] = a, z
+            for i, it in enumerate(items):
+                if it.known is not None:  # the parent's bounds hold on the child
+                    o_lo[i], o_hi[i] = it.known[pos][0].reshape(-1), it.known[pos][1].reshape(-1)
+                for idx, (a, z) in it.splits.get(name, {}).items():
+                    o_lo[i, idx], o_hi[i, idx] = max(a, float(o_lo[i, idx])), min(z, float(o_hi[i, idx]))
             overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
         res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides, warm=_stack_params(items))
-        m = torch.maximum(res.lower, torch.stack([p for _, p, _ in items]).to(res.lower.dtype))
+        m = torch.maximum(res.lower, torch.stack([it.floor for it in items]).to(res.lower.dtype))
         done = _group_proved(m, owner, len(group), res.empty)
         n_done += int(done.sum())
         open_ = torch.nonzero(~done).reshape(-1).tolist()
@@ -393,7 +391,7 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
         for i in open_:
             chosen = _branch_choices(res, relu_inputs, i, k) or _general_choices(res, general, i, k)
             if not chosen:  # every neuron fixed or too narrow to split, still not proved
-                st, w = _exact_leaf(prepared, group, owner, m[i], res, i, b, relu_inputs + general, deadline, check)
+                st, w = _exact_leaf(prepared, group, owner, m[i], res, i, b, names, deadline, check)
                 if st == "unsat":
                     n_done += 1
                     continue
@@ -409,7 +407,8 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
                     for piece in pieces
                 ]
             inherited = _row_params(res.params, i)
-            queue.extend((c, m[i], inherited) for c in children)
+            known = [_outward32(*(t[i] for t in res.intermediate[name])) for name in names]
+            queue.extend(_SubDomain(c, m[i], inherited, known) for c in children)
         last = time.monotonic() - t_batch
     return "unsat", n_done, None
 
@@ -455,6 +454,28 @@ def _exact_leaf(prepared, group, owner, m_i, res, i: int, b: int, names: list[st
     return status, None
 
 
+@dataclass
+class _SubDomain:
+    """One sub-domain of the ReLU search: its splits (node name -> {flat index: (lo, hi) the
+    neuron is split to}), the parent's margin lower bounds (they hold on the child's sub-domain
+    too), the parent's slopes and multipliers to start from, and the parent's bounds of every
+    split node by position (float32, rounded outward; they hold on the child too, and settle
+    the signs that need no CROWN row)."""
+
+    splits: dict
+    floor: torch.Tensor
+    params: dict | None = None
+    known: list | None = None
+
+
+def _outward32(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lo, hi]`` in float32, rounded outward (the float32 range contains the float64 one)."""
+    l32, h32 = lo.to(torch.float32), hi.to(torch.float32)
+    l32 = torch.where(l32.to(lo.dtype) > lo, torch.nextafter(l32, torch.tensor(-float("inf"))), l32)
+    h32 = torch.where(h32.to(hi.dtype) < hi, torch.nextafter(h32, torch.tensor(float("inf"))), h32)
+    return l32, h32
+
+
 def _child_range(dom: dict, name: str, j: int, piece: tuple, pieces: tuple) -> tuple[float, float]:
     """The range of neuron ``(name, j)`` on the child that takes ``piece`` of a two-way split:
     the parent's own split range cut at the split point (the end the two pieces share), so the
@@ -480,7 +501,7 @@ def _row_params(params: dict, i: int) -> dict | None:
 def _stack_params(items) -> dict | None:
     """The batch's ``warm`` start: per node, the stacked parameters of its sub-domains (slopes
     only where every sub-domain has them; multipliers zero where a sub-domain has none)."""
-    rows = [p for _, _, p in items]
+    rows = [it.params for it in items]
     if any(r is None for r in rows):
         return None
     warm: dict = {"alpha": {}, "beta": {}}

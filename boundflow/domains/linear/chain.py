@@ -85,7 +85,7 @@ class Chain:
         (:mod:`boundflow.encode.network`) takes."""
         cached = self.__dict__.get("_graph")
         if cached is None:
-            x = torch.zeros(1, self.weights[0].shape[1], dtype=torch.float64)
+            x = torch.zeros(1, self.weights[0].shape[1], dtype=torch.float64, device=self.weights[0].device)
             g = capture(self.module(), x)
             relus = [n for n in g.gm.graph.nodes if n.op == "call_function" and n.target is aten.relu.default]
             names = [n.args[0].name for n in relus]
@@ -219,7 +219,7 @@ def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9, max_entrie
 
 
 def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> Chain | None:
-    g = capture(model, torch.zeros(1, n_inputs, dtype=torch.float64))
+    g = capture(model, torch.zeros(1, n_inputs, dtype=torch.float64, device="cpu"))  # extracted on the host
     gm = g.gm
     nodes = list(gm.graph.nodes)
     x_node = nodes[0]
@@ -255,10 +255,10 @@ def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> C
 
         def seg(v, start=start, end=end):
             interp = _Segment(gm, start, v.reshape(start.meta["val"].shape))
-            interp.run(torch.zeros(1, n_inputs, dtype=torch.float64), *params)
+            interp.run(torch.zeros(1, n_inputs, dtype=torch.float64, device="cpu"), *params)
             return interp.env[end].reshape(-1)
 
-        v0 = torch.zeros(n_in, dtype=torch.float64)
+        v0 = torch.zeros(n_in, dtype=torch.float64, device="cpu")
         with torch.no_grad():
             b = seg(v0).clone()
         w = torch.autograd.functional.jacobian(seg, v0)
@@ -267,7 +267,7 @@ def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> C
         # affine check on random points of two scales
         gen = torch.Generator().manual_seed(k)
         for scale in (1.0, 100.0):
-            v = scale * torch.randn(4, n_in, generator=gen, dtype=torch.float64)
+            v = scale * torch.randn(4, n_in, generator=gen, dtype=torch.float64, device="cpu")
             with torch.no_grad():
                 ref = torch.stack([seg(vi) for vi in v])
             pred = v @ w.T + b
@@ -277,7 +277,7 @@ def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> C
         biases.append(b)
     chain = Chain(weights, biases)
     gen = torch.Generator().manual_seed(len(ends))
-    x = torch.randn(16, n_inputs, generator=gen, dtype=torch.float64)
+    x = torch.randn(16, n_inputs, generator=gen, dtype=torch.float64, device="cpu")
     with torch.no_grad():
         ref = model(x).reshape(16, -1)
     y = chain(x)

@@ -101,7 +101,7 @@ def intersect_splits(
     inactive: ``u <= 0``) and, per sub-domain, whether a split contradicts a sound bound by more
     than :data:`EMPTY_TOLERANCE` of its magnitude (a proof that the sub-domain holds no point)."""
     if split is None:
-        return l, u, torch.zeros(l.shape[0], dtype=torch.bool)
+        return l, u, torch.zeros(l.shape[0], dtype=torch.bool, device=l.device)
     nl = torch.where(split > 0, l.clamp(min=0), l)
     nu = torch.where(split < 0, u.clamp(max=0), u)
     scale = 1 + torch.maximum(l.abs(), u.abs())
@@ -130,7 +130,7 @@ def layer_bounds(
     w, b = chain.weights, chain.biases
     B = lo.shape[0]
     c, r = (lo + hi) / 2, (hi - lo) / 2
-    empty = torch.zeros(B, dtype=torch.bool)
+    empty = torch.zeros(B, dtype=torch.bool, device=lo.device)
     fwd = forward_bounds(chain, lo, hi) if cheap else None
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for k in range(len(w) - 1):
@@ -181,9 +181,9 @@ def _refine(chain, k, lo, hi, out, l, u, only_unstable: bool = False, chunk: int
     for s in range(0, len(bi), chunk):
         b_, n_ = bi[s : s + chunk], ni[s : s + chunk]
         R = len(b_)
-        lam = torch.zeros(R, 2, n, dtype=l.dtype)
-        lam[torch.arange(R), 0, n_] = 1
-        lam[torch.arange(R), 1, n_] = -1
+        lam = torch.zeros(R, 2, n, dtype=l.dtype, device=l.device)
+        lam[torch.arange(R, device=l.device), 0, n_] = 1
+        lam[torch.arange(R, device=l.device), 1, n_] = -1
         lb, _ = backward(chain, k, lam, lo[b_], hi[b_], [(pl[b_], pu[b_]) for pl, pu in out])
         l[b_, n_] = torch.maximum(l[b_, n_], lb[:, 0])
         u[b_, n_] = torch.minimum(u[b_, n_], -lb[:, 1])
@@ -200,7 +200,9 @@ def forward_bounds(chain: Chain, lo: torch.Tensor, hi: torch.Tensor) -> list[tup
     w, b = chain.weights, chain.biases
     B, n0 = lo.shape
     # functions as (B, n, n0 + 1): coefficients then constant
-    eye = torch.cat([torch.eye(n0, dtype=lo.dtype), torch.zeros(n0, 1, dtype=lo.dtype)], 1)
+    eye = torch.cat(
+        [torch.eye(n0, dtype=lo.dtype, device=lo.device), torch.zeros(n0, 1, dtype=lo.dtype, device=lo.device)], 1
+    )
     f_lo = f_hi = eye[None].expand(B, -1, -1)
     c, r = (lo + hi) / 2, (hi - lo) / 2
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -259,7 +261,11 @@ def optimise(
     B, S = lo.shape[0], lam.shape[1]
     if init is None:
         alphas = [_adaptive(l, u, S) for l, u in bounds[:K]]
-        betas = [torch.zeros(B, S, s.shape[1], dtype=lo.dtype) for s in splits[:K]] if splits is not None else None
+        betas = (
+            [torch.zeros(B, S, s.shape[1], dtype=lo.dtype, device=lo.device) for s in splits[:K]]
+            if splits is not None
+            else None
+        )
     else:
         alphas = [a.detach().clone() for a in init[0]]
         betas = [t.detach().clone() for t in init[1]] if init[1] is not None else None

@@ -38,6 +38,7 @@ from boundflow.domains.linear.patches import (
 )
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.domains.linear.state import (
+    INTERMEDIATE_WORK_MAX,
     BoundState,
     _bounded,
     _flat_nodes,
@@ -127,6 +128,7 @@ def prepare(
     overrides: dict | None = None,
     tight_pool: bool = False,
     sparse: bool = True,
+    work_max: int = INTERMEDIATE_WORK_MAX,
 ) -> BoundState:
     """Constants, interval bounds of every node, and CROWN bounds (intersected) for every
     input of a nonlinearity, in one forward sweep.  ``overrides``: node name -> ``(lo, hi)``
@@ -139,8 +141,10 @@ def prepare(
     CROWN bounds only where its interval
     bounds leave the sign open (a neuron of known sign has the exact relaxation whatever its
     bounds; auto_LiRPA's sparse intermediate bounds); off, every entry (what the solver
-    encodings want: every box as tight as CROWN makes it)."""
-    state = BoundState(graph, x_lo, x_hi, tight_pool=tight_pool)
+    encodings want: every box as tight as CROWN makes it).  ``work_max``: a node whose CROWN
+    bounds would take more coefficient entries than this keeps its interval bounds
+    (:func:`node_bounds`)."""
+    state = BoundState(graph, x_lo, x_hi, tight_pool=tight_pool, work_max=work_max)
     nodes = list(graph.gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     x_node = placeholders[0]
@@ -205,7 +209,14 @@ def prepare(
             # (a node without a linear rule keeps its interval bounds: back-substitution from it
             # would stop at once)
             if refine and n in state.needs_bounds and n not in affine_of_input and n.target in BACKWARD:
-                mask = _unstable(n, lo, hi) if sparse else None
+                # a sub-domain's extra bounds (splits, a parent's bounds) hold there: a neuron
+                # whose sign they settle needs no CROWN row
+                m_lo, m_hi = lo, hi
+                if overrides and n.name in overrides:
+                    m_lo, m_hi = ordered(
+                        torch.maximum(lo, overrides[n.name][0]), torch.minimum(hi, overrides[n.name][1])
+                    )
+                mask = _unstable(n, m_lo, m_hi) if sparse else None
                 # its interval bounds first: a rule that falls back to them at this node reads them
                 state.lower[n], state.upper[n] = lo, hi
                 if mask is None or bool(mask.any()):
@@ -339,6 +350,9 @@ def node_bounds(
     """CROWN bounds of the entries of ``node`` (identity specification, in chunks of rows so
     that a coefficient tensor has at most about ``budget`` entries); with ``mask`` (bool,
     ``(B, n)`` over the flattened entries) only where it is True, ``(-inf, inf)`` elsewhere.
+    ``(-inf, inf)`` everywhere (the caller keeps the interval bounds) when the rows would take
+    more than ``state.work_max`` coefficient entries in all (:data:`INTERMEDIATE_WORK_MAX`;
+    counted in ``state.skipped``).
     The neurons of a convolution are bounded in patches mode
     (:mod:`~boundflow.domains.linear.patches`; the same bounds, each row on its receptive
     field, one row per sample and neuron where the mask asks) unless ``state.patches`` is off."""
@@ -351,6 +365,15 @@ def node_bounds(
     if mask is not None and bool(mask.all()):
         mask = None
     steps = patch_chain(state, node) if state.patches else None
+    n_rows = int(mask.sum()) if mask is not None else b * n
+    if steps is not None:
+        work = n_rows * patch_entries(state, steps, not uses_matrix_mode(steps))
+    else:
+        widest = max(math.prod(_shape(state, m)[1:]) for m in list(state.lower))
+        work = n_rows * max(widest, n)
+    if work > state.work_max:  # too many (rows x coefficients): the interval bounds stand
+        state.skipped = getattr(state, "skipped", 0) + n_rows
+        return lo.reshape(shape), hi.reshape(shape)
     if steps is not None:  # a convolution: every neuron on its receptive field only
         # one row per sample and neuron (each row gathers its own slopes; faster than rows
         # shared by every sample even where the mask keeps nearly every pair), except where
@@ -414,6 +437,10 @@ def spec_coefficients(C, shape, dtype, device=None) -> tuple[torch.Tensor, torch
     return C.transpose(0, 1).reshape(C.shape[1], b, *shape[1:]), C
 
 
+# the most coefficient entries one chunk of output rows may hold in the final back-substitution
+OUTPUT_CHUNK_ENTRIES = 2**24
+
+
 def crown(
     graph: CapturedGraph,
     x_lo: torch.Tensor,
@@ -430,8 +457,32 @@ def crown(
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
     shape = _shape(state, out_node)
     b = shape[0]
-    A, C = spec_coefficients(C, shape, x_lo.dtype, x_lo.device)
-    lb, ub = backsub(state, out_node, A, A)
+    # rows in chunks whose coefficient tensors hold at most about OUTPUT_CHUNK_ENTRIES entries
+    # (every output of a detector: 21k rows; the identity itself is built chunk by chunk),
+    # except where branch and bound records the pass
+    widest = max([math.prod(_shape(state, m)[1:]) for m in list(state.lower)] + [math.prod(shape[1:])])
+    rows = max(1, OUTPUT_CHUNK_ENTRIES // max(b * widest, 1))
+    n_out = math.prod(shape[1:])
+    if C is None and n_out > rows and not state.record:
+        parts = []
+        for s in range(0, n_out, rows):
+            deadline.check("output bounds")
+            k = min(rows, n_out - s)
+            eye = torch.zeros(k, n_out, dtype=x_lo.dtype, device=x_lo.device)
+            eye[torch.arange(k, device=x_lo.device), torch.arange(s, s + k, device=x_lo.device)] = 1
+            eye = eye.reshape(k, 1, *shape[1:])
+            parts.append(backsub(state, out_node, eye, eye))
+        lb, ub = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    else:
+        A, C = spec_coefficients(C, shape, x_lo.dtype, x_lo.device)
+        if A.shape[0] <= rows or state.record:
+            lb, ub = backsub(state, out_node, A, A)
+        else:
+            parts = []
+            for s in range(0, A.shape[0], rows):
+                deadline.check("output bounds")
+                parts.append(backsub(state, out_node, A[s : s + rows], A[s : s + rows]))
+            lb, ub = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     lb, ub = lb.transpose(0, 1), ub.transpose(0, 1)
     if out_node in state.lower:
         o_lo, o_hi = state.lower[out_node].reshape(b, -1), state.upper[out_node].reshape(b, -1)

@@ -14,7 +14,13 @@ from boundflow.graph import CapturedGraph
 
 aten = torch.ops.aten
 
-__all__ = ["BoundState", "intersect", "ordered", "empty_domains"]
+__all__ = ["BoundState", "INTERMEDIATE_WORK_MAX", "intersect", "ordered", "empty_domains"]
+
+# an intermediate node whose CROWN bounds would take more than this many coefficient entries in
+# all (rows times the widest coefficient tensor of a row: minutes on two cores) keeps its
+# interval bounds (e.g. the 93k neurons of a U-Net's convolution after a concatenation, which
+# patches mode does not follow); the output's bound is still CROWN's back-substitution
+INTERMEDIATE_WORK_MAX = 2**32
 
 
 @dataclass
@@ -31,6 +37,7 @@ class BoundState:
     radius: dict = field(default_factory=dict)  # bounded constant node -> radius (centre in const)
     needs_bounds: set = field(default_factory=set)
     tight_pool: bool = False  # max pooling's upper line: also the pivot-difference line
+    work_max: int = INTERMEDIATE_WORK_MAX  # see node_bounds
     patches: bool = True  # convolutions' neuron bounds in patches mode (off: matrix mode)
     lines: dict = field(default_factory=dict)  # relaxation node -> (l, u, its lines on [l, u])
     # back-substitutions compute only the lower bound (the upper result is then not a bound)
