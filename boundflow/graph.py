@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,6 +52,54 @@ def _functionalize_view_inplace(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+_SPLITS = {torch.ops.aten.split_with_sizes.default, torch.ops.aten.split.Tensor, torch.ops.aten.unbind.int}
+
+
+def _splits_to_slices(gm: fx.GraphModule) -> None:
+    """Replace each ``getitem(split(x, ...), k)`` (``split_with_sizes``, ``split``, ``unbind``)
+    by the slice (or ``select``) of ``x`` it is, so the domains see plain re-indexing ops
+    instead of a tuple-valued op; the same values."""
+    changed = False
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target not in _SPLITS or not n.users:
+            continue
+        if any(u.op != "call_function" or u.target is not operator.getitem for u in n.users):
+            continue
+        x = n.args[0]
+        shape = x.meta["val"].shape if isinstance(x, fx.Node) and "val" in x.meta else None
+        if shape is None:
+            continue
+        if n.target is torch.ops.aten.unbind.int:
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            dim = dim % len(shape)
+            for u in list(n.users):
+                with gm.graph.inserting_before(u):
+                    new = gm.graph.call_function(torch.ops.aten.select.int, (x, dim, u.args[1]))
+                new.meta = dict(u.meta)
+                u.replace_all_uses_with(new)
+                gm.graph.erase_node(u)
+        else:
+            dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+            dim = dim % len(shape)
+            if n.target is torch.ops.aten.split.Tensor:
+                size = int(n.args[1])
+                sizes = [min(size, shape[dim] - s) for s in range(0, shape[dim], size)]
+            else:
+                sizes = [int(v) for v in n.args[1]]
+            starts = [sum(sizes[:k]) for k in range(len(sizes))]
+            for u in list(n.users):
+                k = u.args[1]
+                with gm.graph.inserting_before(u):
+                    new = gm.graph.call_function(torch.ops.aten.slice.Tensor, (x, dim, starts[k], starts[k] + sizes[k]))
+                new.meta = dict(u.meta)
+                u.replace_all_uses_with(new)
+                gm.graph.erase_node(u)
+        gm.graph.erase_node(n)
+        changed = True
+    if changed:
+        gm.recompile()
+
+
 def _is_interval(t) -> bool:
     """An interval-valued tensor (``IntervalTensor`` or anything with ``lower``, ``upper`` and
     ``is_exact``): the graph layer stays independent of the domains."""
@@ -87,4 +136,5 @@ def capture(
     with torch.no_grad():
         gm = make_fx(f)(example_input, *[named[n] for n in names])
     _functionalize_view_inplace(gm)
+    _splits_to_slices(gm)
     return CapturedGraph(gm, names, [named[n] for n in names], [radius.get(n) for n in names])

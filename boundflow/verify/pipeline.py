@@ -307,6 +307,14 @@ class _Bounder:
             "alpha-crown": AlphaCrownDomain().prepare(f),
             # beta-CROWN on branch and bound's sub-domains: only the margins' lower bounds count
             "beta-crown": AlphaCrownDomain(iterations=BETA_ITERATIONS, sides=("lower",)).prepare(f),
+            # the search's root: every ReLU input's bounds optimised first (the sub-domains
+            # inherit them)
+            "beta-crown-root": AlphaCrownDomain(
+                iterations=BETA_ITERATIONS,
+                sides=("lower",),
+                intermediate=ROOT_INTERMEDIATE_ITERATIONS,
+                intermediate_share=ROOT_INTERMEDIATE_SHARE,
+            ).prepare(f),
         }
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
@@ -347,7 +355,6 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
     (:func:`_exact_leaf`).  ``unsat`` when every sub-domain is done or empty.  ``check(x, dj)``:
     a witness (onnxruntime-confirmed) of disjunct ``dj`` at input ``x``, or ``None``.  Returns
     ``(status, sub-domains done, witness)``."""
-    prepared = bounder.models["beta-crown"]
     dj = group[0]
     C = torch.cat([g.C for g in group])
     d = torch.cat([g.d for g in group])
@@ -360,6 +367,9 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
             return "timeout", n_done, None
         t_batch = time.monotonic()
         items, queue = queue[:batch], queue[batch:]
+        # the root's intermediate bounds are optimised once; every sub-domain inherits them
+        root = all(it.known is None for it in items)
+        prepared = bounder.models["beta-crown-root" if root and ROOT_INTERMEDIATE_ITERATIONS else "beta-crown"]
         doms = [it.splits for it in items]
         b = len(doms)
         lo = dj.lower[None].expand(b, -1).clone()
@@ -692,6 +702,11 @@ INPUT_SPLIT_MAX = 64
 
 # beta-CROWN's iterations per batch of sub-domains of the ReLU search
 BETA_ITERATIONS = 20
+
+# alpha-CROWN iterations on every ReLU input's bounds at the ReLU search's root (0: CROWN's),
+# within this share of the time left
+ROOT_INTERMEDIATE_ITERATIONS = 10
+ROOT_INTERMEDIATE_SHARE = 0.25
 
 # neurons split at once on one sub-domain while the search is narrower than a batch
 MULTI_SPLIT_MAX = 4

@@ -5,6 +5,7 @@ beta-CROWN's multipliers of the constraints (:mod:`boundflow.domains.linear.beta
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -17,7 +18,7 @@ from boundflow.domains.linear.maxpool import maxpool_alpha_init
 from boundflow.domains.linear.relaxations import RELAXATIONS, S_SHAPED, TANGENT_POINT, s_shaped_alpha_init
 from boundflow.domains.linear.state import BoundState, _shape, ordered
 
-__all__ = ["alpha_crown"]
+__all__ = ["alpha_crown", "optimise_intermediate"]
 
 
 def alpha_crown(
@@ -34,6 +35,8 @@ def alpha_crown(
     lr_beta: float = 0.05,
     return_state: bool = False,
     warm: dict | None = None,
+    intermediate: int = 0,
+    intermediate_share: float = 1.0,
 ):
     """CROWN with the lower slopes of unstable ReLU/LeakyReLU neurons and the tangent points of
     sigmoid/tanh (:func:`~boundflow.domains.linear.relaxations.s_shaped`), of exp/log/softplus
@@ -55,8 +58,16 @@ def alpha_crown(
     multipliers by node name).  ``warm``: such ``params`` (batch-first, this batch) to start the
     lower-bound pass from instead of CROWN's slopes and zero multipliers (branch and bound
     passes a parent's to its children; any value is sound, entries whose shape does not match
-    are ignored)."""
-    state = prepare(graph, x_lo, x_hi, overrides=splits) if splits else None
+    are ignored).  ``intermediate``: first tighten every ReLU input's bounds by that many
+    iterations of :func:`optimise_intermediate`, within ``intermediate_share`` of the time left
+    to the deadline (if there is one)."""
+    state = prepare(graph, x_lo, x_hi, overrides=splits) if splits or intermediate else None
+    if intermediate:
+        stop0 = min(d for d in (deadline, deadlines.current(), float("inf")) if d is not None)
+        if stop0 < float("inf"):
+            now = time.monotonic()
+            stop0 = now + intermediate_share * max(0.0, stop0 - now)
+        optimise_intermediate(state, iterations=intermediate, lr=lr, stop=stop0)
     lb0, ub0, state = crown(graph, x_lo, x_hi, C, state=state)
     out_node = next(n for n in graph.gm.graph.nodes if n.op == "output").args[0]
     relu_ops = (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
@@ -152,3 +163,77 @@ def _final(state: BoundState, graph, out_node, x_lo, C, constraints=(), betas=()
     else:
         ub = ub + const
     return lb.transpose(0, 1), ub.transpose(0, 1)
+
+
+# the most coefficient entries one chunk of intermediate rows may hold (rows x widest node)
+INTERMEDIATE_CHUNK_ENTRIES = 2**22
+
+
+def optimise_intermediate(state: BoundState, iterations: int = 10, lr: float = 0.1, stop: float = float("inf")) -> int:
+    """Tighten the bounds of every ReLU/LeakyReLU input in ``state`` (in place, in topological
+    order, so each node's optimisation sees the tightened bounds before it) by alpha-CROWN: per
+    chunk of its unstable neurons and per side, the lower slopes of the ReLUs before it are
+    optimised (one set per chunk and side, shared by the chunk's rows; Adam, ``lr``) on the sum
+    of the chunk's bounds.  Every iterate is a sound bound, so the best per neuron is kept and
+    intersected with the node's bounds: never looser than before.  Stops at ``stop`` (a
+    ``time.monotonic()`` reading) with what it has.  Returns how many neurons' bounds were
+    optimised."""
+    relu_ops = (torch.ops.aten.relu.default, torch.ops.aten.leaky_relu.default)
+    graph = state.graph
+    relus = [n for n in graph.gm.graph.nodes if n.op == "call_function" and n.target in relu_ops]
+    targets = list(dict.fromkeys(r.args[0] for r in relus if r.args[0] in state.lower))
+    widest = max(math.prod(_shape(state, m)[1:]) for m in list(state.lower))
+    chunk = max(1, INTERMEDIATE_CHUNK_ENTRIES // max(widest * state.x_lo.shape[0], 1))
+    order = {n: i for i, n in enumerate(graph.gm.graph.nodes)}
+    done = 0
+    saved = state.alpha, state.lower_only
+    try:
+        for x in targets:
+            before = [r for r in relus if order[r] < order[x] and r.args[0] in state.lower]
+            l, u = state.lower[x], state.upper[x]
+            b, shape = l.shape[0], tuple(l.shape[1:])
+            n = math.prod(shape)
+            sel = ((l < 0) & (u > 0)).reshape(b, n).any(0).nonzero().squeeze(1)
+            if not before or not len(sel):
+                continue
+            lo, hi = l.reshape(b, n).clone(), u.reshape(b, n).clone()
+            for s in range(0, len(sel), chunk):
+                idx = sel[s : s + chunk]
+                k = len(idx)
+                eye = torch.zeros(k, n, dtype=l.dtype, device=l.device)
+                eye[torch.arange(k, device=l.device), idx] = 1
+                for sign in (1.0, -1.0):  # the lower bound, then the upper as -lower(-x)
+                    if time.monotonic() > stop:
+                        return done
+                    A = (sign * eye).reshape(k, 1, *shape)
+                    alphas = {}
+                    for r in before:
+                        rl, ru = state.lower[r.args[0]], state.upper[r.args[0]]
+                        alphas[(r, x)] = (ru >= -rl).to(rl.dtype).requires_grad_(True)
+                    state.alpha, state.lower_only = alphas, True
+                    opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+                    best = torch.full((k, b), -math.inf, dtype=l.dtype, device=l.device)
+                    for _ in range(iterations):
+                        if time.monotonic() > stop:
+                            break
+                        lb, _ = backsub(state, x, A, A)
+                        with torch.no_grad():
+                            best = torch.maximum(best, lb)
+                        if not lb.requires_grad:
+                            break
+                        opt.zero_grad()
+                        (-lb.sum()).backward()
+                        opt.step()
+                        with torch.no_grad():
+                            for a in alphas.values():
+                                a.clamp_(0, 1)
+                    with torch.no_grad():
+                        if sign > 0:
+                            lo[:, idx] = torch.maximum(lo[:, idx], best.T)
+                        else:
+                            hi[:, idx] = torch.minimum(hi[:, idx], -best.T)
+                done += k
+            state.lower[x], state.upper[x] = ordered(lo.reshape(b, *shape), hi.reshape(b, *shape))
+    finally:
+        state.alpha, state.lower_only = saved
+    return done

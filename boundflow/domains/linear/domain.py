@@ -170,7 +170,10 @@ class AlphaCrownDomain(CrownDomain):
     constraints, on any node's neurons, are also added to the objective with optimised
     multipliers (:mod:`boundflow.domains.linear.beta`), sound for every multiplier value.
     ``sides=("lower",)`` optimises only the lower bounds (the upper bounds are CROWN's) — what
-    a verifier proving ``C y > d`` needs, at half the cost."""
+    a verifier proving ``C y > d`` needs, at half the cost.  ``intermediate``: iterations of
+    alpha-CROWN on every ReLU input's bounds first
+    (:func:`~boundflow.domains.linear.alpha.optimise_intermediate`; 0: CROWN's), within
+    ``intermediate_share`` of the time left to the deadline."""
 
     name = "alpha-crown"
 
@@ -181,11 +184,16 @@ class AlphaCrownDomain(CrownDomain):
         deadline: float | None = None,
         sides: tuple[str, ...] = ("lower", "upper"),
         lr_beta: float = 0.05,
+        intermediate: int = 0,
+        intermediate_share: float = 1.0,
     ):
         if not set(sides) <= {"lower", "upper"} or not sides:
             raise ValueError(f"sides must name 'lower' and/or 'upper', got {sides!r}")
+        if intermediate < 0:
+            raise ValueError(f"intermediate must be >= 0 iterations, got {intermediate!r}")
         self.iterations, self.lr, self.deadline = iterations, lr, deadline
-        self.sides, self.lr_beta = tuple(sides), lr_beta
+        self.sides, self.lr_beta, self.intermediate = tuple(sides), lr_beta, intermediate
+        self.intermediate_share = intermediate_share
 
     def _run(self, g, lo, hi, C, splits, warm=None):
         if splits is None and forward_pays(g, lo):
@@ -194,7 +202,8 @@ class AlphaCrownDomain(CrownDomain):
             return super()._run(g, lo, hi, C, splits, warm)
         lb, ub, state = alpha_crown(
             g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline, splits=splits,
-            sides=self.sides, lr_beta=self.lr_beta, return_state=True, warm=warm,
+            sides=self.sides, lr_beta=self.lr_beta, return_state=True, warm=warm, intermediate=self.intermediate,
+            intermediate_share=self.intermediate_share,
         )  # fmt: skip
         return lb, ub, state if splits is not None else None
 
