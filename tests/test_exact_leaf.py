@@ -63,6 +63,18 @@ def _pattern_ranges(model, g, x0: torch.Tensor) -> dict:
     return ranges
 
 
+def _region(net_seed: int, seed: int, half: float):
+    """A random net, a box of half-width ``half`` around a random centre, its captured graph, a
+    random point ``x0`` of the box and the ranges of ``x0``'s activation region."""
+    model = _net(net_seed)
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.rand(1, 25, generator=gen, dtype=torch.float64) * 2 - 1
+    lo, hi = centre - half, centre + half
+    g = capture(model, centre)
+    x0 = lo + (hi - lo) * torch.rand(1, 25, generator=gen, dtype=torch.float64)
+    return model, gen, lo, hi, g, x0, _pattern_ranges(model, g, x0)
+
+
 def _min_t(p, t) -> float:
     """The solver's rigorous lower bound of ``min t``."""
     s = make_solver(p, "milp")
@@ -75,13 +87,7 @@ def _min_t(p, t) -> float:
 def test_leaf_minimum_is_below_every_point_of_its_region(seed):
     """Random net, box, and the activation region of a random point: the program's minimum of
     the worst margin is <= the worst margin at every sampled and attacked point of the region."""
-    model = _net(seed)
-    gen = torch.Generator().manual_seed(seed)
-    centre = torch.rand(1, 25, generator=gen, dtype=torch.float64) * 2 - 1
-    lo, hi = centre - 0.15, centre + 0.15
-    g = capture(model, centre)
-    x0 = lo + (hi - lo) * torch.rand(1, 25, generator=gen, dtype=torch.float64)
-    ranges = _pattern_ranges(model, g, x0)
+    model, gen, lo, hi, g, x0, ranges = _region(seed, seed, 0.15)
     C = torch.randn(2, 3, generator=gen, dtype=torch.float64)
     d = torch.randn(2, generator=gen, dtype=torch.float64) * 0.1
     p, x, t, exact = margin_program(g, lo, hi, C, d, ranges)
@@ -114,13 +120,7 @@ def test_leaf_minimum_is_below_every_point_of_its_region(seed):
 def test_leaf_finds_a_violating_point_of_its_region_and_proves_above_the_minimum(seed):
     """``d`` just above the region's value at ``x0``: the leaf answers ``sat`` with a confirmed
     witness; ``d`` below the program's minimum: ``unsat``."""
-    model = _net(seed + 10)
-    gen = torch.Generator().manual_seed(seed)
-    centre = torch.rand(1, 25, generator=gen, dtype=torch.float64) * 2 - 1
-    lo, hi = centre - 0.1, centre + 0.1
-    g = capture(model, centre)
-    x0 = lo + (hi - lo) * torch.rand(1, 25, generator=gen, dtype=torch.float64)
-    ranges = _pattern_ranges(model, g, x0)
+    model, gen, lo, hi, g, x0, ranges = _region(seed + 10, seed, 0.1)
     C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
     with torch.no_grad():
         y0 = float((model(x0) @ C.T)[0, 0])
