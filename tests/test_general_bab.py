@@ -6,6 +6,7 @@ on a residual CNN the chain recogniser refuses (no data needed)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,48 @@ def test_bounds_that_settle_a_sign_spare_its_crown_row_and_stay_sound(seed, monk
     with torch.no_grad():
         y = model(x.reshape(-1, 1, 5, 5))
     assert bool((y >= lb1 - 1e-9).all() and (y <= ub1 + 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_sub_domain_with_nothing_to_split_is_decided_by_the_exact_leaf(tmp_path, seed, monkeypatch):
+    """With branching switched off, the search hands its root (both disjuncts sharing the box)
+    to the exact leaf, whose MILP is the network: ``unsat`` below the exact minimum, ``sat``
+    with a confirmed witness above it — never ``unknown``."""
+    from boundflow.onnx.vnnlib import Disjunct
+
+    onnx = _residual_cnn(tmp_path, seed)
+    module = load_onnx(onnx)
+    f = pipeline._batched(module.double().eval())
+    x0 = np.random.default_rng(seed + 10).uniform(0, 1, 81)
+    lo, hi = x0 - 0.02, x0 + 0.02
+    exact = _exact_margins(module, lo.tolist(), hi.tolist())
+    C2 = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    root = bf.prepare(f, "alpha-crown").bounds(
+        bf.Box(torch.tensor(lo)[None], torch.tensor(hi)[None]), bf.OutputSpec(C2)
+    )
+    gap = float(exact[0] - root.lower[0, 0])
+    assert gap > 1e-3, "the root bound already proves it: the case tests nothing"
+    monkeypatch.setattr(pipeline, "_branch_choices", lambda *a: [])
+    monkeypatch.setattr(pipeline, "_general_choices", lambda *a: [])
+    calls = []
+    real_leaf = pipeline._exact_leaf
+    monkeypatch.setattr(pipeline, "_exact_leaf", lambda *a: calls.append(1) or real_leaf(*a))
+    checker = pipeline._Checker.from_path(onnx, module)
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    for shift, want in ((-0.25 * gap, "unsat"), (0.05, "sat")):
+        calls.clear()
+        # two single-row disjuncts "y0 - yi <= t_i" on one box, t_0 around row 0's minimum
+        t = exact.copy()
+        t[0] += shift
+        t[1] -= 0.5  # row 1 holds everywhere: only row 0 decides
+        group = [
+            Disjunct(lo_t, hi_t, torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64), torch.tensor([t[0]])),
+            Disjunct(lo_t, hi_t, torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), torch.tensor([t[1]])),
+        ]
+        st, n, w = pipeline._relu_bab(f, group, time.monotonic() + 60, pipeline._Bounder(f), checker.check)
+        assert st == want, (shift, st)
+        assert calls  # decided by the leaf, not by the root's bound
+        if want == "sat":
+            assert w is not None
+            x, y = np.asarray(w[:81]), np.asarray(w[81:])
+            assert (x >= lo - 1e-6).all() and (x <= hi + 1e-6).all() and y[0] - y[1] <= t[0] + 1e-6
