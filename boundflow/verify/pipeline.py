@@ -441,9 +441,8 @@ def _exact_leaf(prepared, group, owner, m_i, res, i: int, b: int, names: list[st
 
     dj = group[0]
     g = prepared.graph(dj.lower[None])  # the graph at batch one: its names, matched by position
-    one = prepared.split_nodes(1, dj.lower) + [
-        n for n in prepared.split_nodes(1, dj.lower, general=True) if n not in prepared.split_nodes(1, dj.lower)
-    ]
+    relu1 = prepared.split_nodes(1, dj.lower)
+    one = relu1 + [n for n in prepared.split_nodes(1, dj.lower, general=True) if n not in relu1]
     shapes_b, shapes_1 = prepared.node_shapes(b, dj.lower), prepared.node_shapes(1, dj.lower)
     if len(one) != len(names) or any(shapes_b[x][1:] != shapes_1[y][1:] for x, y in zip(names, one, strict=True)):
         return "unknown", None
