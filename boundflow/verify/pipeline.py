@@ -385,7 +385,9 @@ def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, chec
             o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
             o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
             for i, it in enumerate(items):
-                if it.known is not None:  # the parent's bounds hold on the child
+                if it.known is not None and len(it.known) == len(names) and it.known[pos][0].shape == shape[1:]:
+                    # the parent's bounds hold on the child (stored by position: the same node
+                    # in every batch size's graph, checked by its shape)
                     o_lo[i], o_hi[i] = it.known[pos][0].reshape(-1), it.known[pos][1].reshape(-1)
                 for idx, (a, z) in it.splits.get(name, {}).items():
                     o_lo[i, idx], o_hi[i, idx] = max(a, float(o_lo[i, idx])), min(z, float(o_hi[i, idx]))
