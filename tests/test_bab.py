@@ -14,7 +14,9 @@ from torch import nn
 
 from boundflow.domains.linear.chain import Chain, extract_chain
 from boundflow.domains.linear.chain_bounds import backward, forward_bounds, layer_bounds, optimise
-from boundflow.verify.bab import input_bab, milp_leaf, relu_bab
+from boundflow.verify.bab import Outcome, input_bab
+from boundflow.verify.leaf import decide
+from boundflow.verify.search import chain_models, relu_search
 
 
 def _mlp(widths, seed, bias=True):
@@ -224,7 +226,7 @@ def test_searches_agree_with_known_truth(seed, search):
     chain = _random_chain(seed)
     n0 = chain.weights[0].shape[1]
     lo, hi = -torch.ones(n0, dtype=torch.float64), torch.ones(n0, dtype=torch.float64)
-    run = input_bab if search == "input" else relu_bab
+    run = input_bab if search == "input" else _relu_search
 
     def check(x):
         return x.clone() if bool((chain_s(x[None]).amax(1) <= 0).all()) else None
@@ -241,6 +243,26 @@ def test_searches_agree_with_known_truth(seed, search):
     chain_s = chain_u
     out = run(chain_u, lo, hi, check, time.monotonic() + 30)
     assert out.status == "unsat", out
+
+
+def _relu_search(chain: Chain, lo, hi, check, deadline) -> Outcome:
+    """The one ReLU search on a chain whose outputs are the margins (one disjunct, every row)."""
+    from boundflow.onnx.vnnlib import Disjunct
+
+    S = chain.widths[-1]
+    dj = Disjunct(lo, hi, torch.eye(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64))
+    st, n, w = relu_search(chain_models(chain), [dj], deadline, lambda x, _dj: check(x))
+    return Outcome(st, w, n)
+
+
+def milp_leaf(chain: Chain, lo, hi, bounds, i, deadline, time_limit, check) -> Outcome:
+    """The exact leaf (:func:`boundflow.verify.leaf.decide`) on sub-domain ``i`` of a chain whose
+    outputs are the margins, with its layer bounds as node ranges."""
+    g, names = chain.graph()
+    ranges = {name: (l[i], u[i]) for name, (l, u) in zip(names, bounds, strict=True)}
+    C = torch.eye(chain.widths[-1], dtype=torch.float64)
+    st, w = decide(g, lo[None], hi[None], C, None, ranges, deadline, time_limit, check)
+    return Outcome(st, w)
 
 
 def _milp_min(chain, lo, hi, bounds) -> float:

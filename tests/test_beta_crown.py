@@ -297,20 +297,20 @@ def test_any_warm_start_is_sound_and_params_come_back_per_sample():
 
 
 def test_search_rows_keep_and_stack_their_params():
-    from boundflow.verify import pipeline
+    from boundflow.verify import search
 
     params = {"alpha": {"r": torch.rand(3, 4, dtype=D)}, "beta": {"z": torch.zeros(2, 1, 3, 4, dtype=D)}}
     params["beta"]["z"][0, 0, 1, 2] = 0.7
-    rows = [pipeline._row_params(params, i) for i in range(3)]
+    rows = [search._row_params(params, i) for i in range(3)]
     assert rows[1]["beta"]["z"].is_sparse
-    items = [pipeline._SubDomain({}, None, r) for r in rows]
-    warm = pipeline._stack_params(items)
+    items = [search.SubDomain({}, None, r) for r in rows]
+    warm = search._stack_params(items)
     torch.testing.assert_close(warm["alpha"]["r"], params["alpha"]["r"].float().double())
     torch.testing.assert_close(warm["beta"]["z"], params["beta"]["z"])
     # a row without multipliers on a node: zeros there; a row without any params: no warm start
     rows[0] = {"alpha": rows[0]["alpha"], "beta": {}}
-    warm = pipeline._stack_params([pipeline._SubDomain({}, None, r) for r in rows])
+    warm = search._stack_params([search.SubDomain({}, None, r) for r in rows])
     assert float(warm["beta"]["z"][:, :, 0].abs().sum()) == 0.0
     assert float(warm["beta"]["z"][0, 0, 1, 2]) == pytest.approx(0.7)
-    assert pipeline._stack_params([pipeline._SubDomain({}, None), *items[1:]]) is None
-    assert pipeline._row_params({}, 0) is None
+    assert search._stack_params([search.SubDomain({}, None), *items[1:]]) is None
+    assert search._row_params({}, 0) is None

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import boundflow as bf
 from boundflow.domains.linear.chain import extract_chain
 from boundflow.onnx import load_onnx
-from boundflow.verify import pipeline
+from boundflow.verify import pipeline, search
 
 F32 = TensorProto.FLOAT
 
@@ -113,24 +113,24 @@ def test_general_relu_search_answers_match_the_exact_minimum(tmp_path, seed):
 def test_group_proved_needs_every_disjunct():
     m = torch.tensor([[0.5, -0.1, 0.2], [0.5, 0.3, -0.2], [0.1, 0.1, 0.1]])
     owner = torch.tensor([0, 1, 1])  # disjunct 0: row 0; disjunct 1: rows 1 and 2 (either proves it)
-    assert pipeline._group_proved(m, owner, 2).tolist() == [True, True, True]
+    assert search.group_proved(m, owner, 2).tolist() == [True, True, True]
     owner = torch.tensor([0, 1, 2])
-    assert pipeline._group_proved(m, owner, 3).tolist() == [False, False, True]
+    assert search.group_proved(m, owner, 3).tolist() == [False, False, True]
     empty = torch.tensor([True, False, False])
-    assert pipeline._group_proved(m, owner, 3, empty).tolist() == [True, False, True]
+    assert search.group_proved(m, owner, 3, empty).tolist() == [True, False, True]
 
 
 def test_branch_choices_prefer_scores_and_fall_back_to_area():
     lo = torch.tensor([[-1.0, -1.0, 0.5, -2.0]])
     hi = torch.tensor([[1.0, 2.0, 1.0, 0.5]])
     res = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo, hi)})
-    relu = pipeline._RELU_PIECES
+    relu = search._RELU_PIECES
     # no scores: by area u(-l)/(u-l): 0.5, 0.667, (stable), 0.4
-    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 1, relu), ("z", 0, relu)]
+    assert search._branch_choices(res, ["z"], 0, 2) == [("z", 1, relu), ("z", 0, relu)]
     res.scores = {"z": torch.tensor([[0.0, 0.1, 9.0, 3.0]])}  # a stable neuron's score never counts
-    assert pipeline._branch_choices(res, ["z"], 0, 2) == [("z", 3, relu), ("z", 1, relu)]
+    assert search._branch_choices(res, ["z"], 0, 2) == [("z", 3, relu), ("z", 1, relu)]
     stable = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"z": (lo.abs(), hi.abs())})
-    assert pipeline._branch_choices(stable, ["z"], 0, 3) == []
+    assert search._branch_choices(stable, ["z"], 0, 3) == []
 
 
 def test_general_choices_bisect_the_best_scored_wide_range():
@@ -138,14 +138,14 @@ def test_general_choices_bisect_the_best_scored_wide_range():
     hi = torch.tensor([[3.0, 1e-9, 4.0]])
     res = bf.Bounds(torch.zeros(1, 1), torch.zeros(1, 1), intermediate={"s": (lo, hi)})
     res.scores = {"s": torch.tensor([[1.0, 50.0, 2.0]])}  # the middle range is too narrow to split
-    assert pipeline._general_choices(res, ["s"], 0, 2) == [
+    assert search._general_choices(res, ["s"], 0, 2) == [
         ("s", 2, ((2.0, 3.0), (3.0, 4.0))),
         ("s", 0, ((-1.0, 1.0), (1.0, 3.0))),
     ]
     res.scores = {"s": torch.zeros(1, 3)}  # no score: the widest range, so emptiness can still show
-    assert pipeline._general_choices(res, ["s"], 0, 1) == [("s", 0, ((-1.0, 1.0), (1.0, 3.0)))]
+    assert search._general_choices(res, ["s"], 0, 1) == [("s", 0, ((-1.0, 1.0), (1.0, 3.0)))]
     res.intermediate = {"s": (lo, lo + 1e-9)}
-    assert pipeline._general_choices(res, ["s"], 0, 1) == []
+    assert search._general_choices(res, ["s"], 0, 1) == []
 
 
 def _sigmoid_net(seed: int):
@@ -226,14 +226,14 @@ def test_children_cover_their_parent_whatever_the_bounds_that_placed_the_cut():
     bounds that suggested the pieces may be off by rounding; no point may fall between them)."""
     dom = {"s": {3: (-2.0, 5.0)}}
     pieces = ((-1.9, 1.0), (1.0, 4.9))  # from computed bounds slightly inside the parent's range
-    kids = [pipeline._child_range(dom, "s", 3, p, pieces) for p in pieces]
+    kids = [search._child_range(dom, "s", 3, p, pieces) for p in pieces]
     assert kids == [(-2.0, 1.0), (1.0, 5.0)]
-    relu = pipeline._RELU_PIECES
-    assert [pipeline._child_range({}, "z", 0, p, relu) for p in relu] == [(0.0, float("inf")), (-float("inf"), 0.0)]
+    relu = search._RELU_PIECES
+    assert [search._child_range({}, "z", 0, p, relu) for p in relu] == [(0.0, float("inf")), (-float("inf"), 0.0)]
 
 
 def test_a_conjunction_is_unsat_only_while_every_part_is():
-    j = pipeline._joined_status
+    j = search.joined_status
     assert j("unsat", "unsat") == "unsat"
     assert j("unsat", "unknown") == "unknown" and j("unknown", "timeout") == "timeout"
     assert j("timeout", "unknown") == "timeout" and j("unknown", "unsat") == "unknown"
@@ -259,7 +259,7 @@ def test_inherited_bounds_are_rounded_outward_to_float32():
     hi = lo + torch.rand(1000, dtype=torch.float64, generator=gen)
     lo[:3] = torch.tensor([-float("inf"), 0.0, 1.0])
     hi[:3] = torch.tensor([float("inf"), 0.0, 1.0])
-    l32, h32 = pipeline._outward32(lo, hi)
+    l32, h32 = search._outward32(lo, hi)
     assert l32.dtype == h32.dtype == torch.float32
     assert bool((l32.double() <= lo).all() and (h32.double() >= hi).all())
     # and no looser than one float32 step
@@ -331,11 +331,11 @@ def test_a_sub_domain_with_nothing_to_split_is_decided_by_the_exact_leaf(tmp_pat
     )
     gap = float(exact[0] - root.lower[0, 0])
     assert gap > 1e-3, "the root bound already proves it: the case tests nothing"
-    monkeypatch.setattr(pipeline, "_branch_choices", lambda *a: [])
-    monkeypatch.setattr(pipeline, "_general_choices", lambda *a: [])
+    monkeypatch.setattr(search, "_branch_choices", lambda *a: [])
+    monkeypatch.setattr(search, "_general_choices", lambda *a: [])
     calls = []
-    real_leaf = pipeline._exact_leaf
-    monkeypatch.setattr(pipeline, "_exact_leaf", lambda *a: calls.append(1) or real_leaf(*a))
+    real_leaf = search._exact_leaf
+    monkeypatch.setattr(search, "_exact_leaf", lambda *a: calls.append(1) or real_leaf(*a))
     checker = pipeline._Checker.from_path(onnx, module)
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
     for shift, want in ((-0.25 * gap, "unsat"), (0.05, "sat")):
@@ -348,7 +348,7 @@ def test_a_sub_domain_with_nothing_to_split_is_decided_by_the_exact_leaf(tmp_pat
             Disjunct(lo_t, hi_t, torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64), torch.tensor([t[0]])),
             Disjunct(lo_t, hi_t, torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), torch.tensor([t[1]])),
         ]
-        st, n, w = pipeline._relu_bab(f, group, time.monotonic() + 60, pipeline._Bounder(f), checker.check)
+        st, n, w = search.relu_search(pipeline._Bounder(f).search_models(), group, time.monotonic() + 60, checker.check)
         assert st == want, (shift, st)
         assert calls  # decided by the leaf, not by the root's bound
         if want == "sat":

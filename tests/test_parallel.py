@@ -11,7 +11,7 @@ import torch
 from boundflow.domains.linear.chain import Chain
 from boundflow.domains.linear.chain_bounds import layer_bounds
 from boundflow.verify import verify
-from boundflow.verify.parallel import relu_pieces
+from boundflow.verify.search import chain_models, root_pieces
 from boundflow.verify.vnncomp import run_benchmark
 from solvers.executor import make_executor
 from tests.test_bab import _milp_min
@@ -70,19 +70,24 @@ def _check_answer(res, expected, layers, lo, hi, t):
         assert _forward(layers, x[None].astype(np.float32))[0, 0] <= t + 1e-5
 
 
-def test_relu_pieces_cover_every_sign_pattern_of_the_chosen_neurons():
+def test_root_pieces_cover_every_sign_pattern_of_the_chosen_neurons():
+    from boundflow.onnx.vnnlib import Disjunct
+
     g = torch.Generator().manual_seed(0)
     chain = Chain(
         [torch.randn(12, 70, generator=g, dtype=torch.float64), torch.randn(1, 12, generator=g, dtype=torch.float64)],
         [torch.zeros(12, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)],
     )
     lo = -torch.ones(70, dtype=torch.float64)
-    ps = relu_pieces(chain, lo, -lo, 4)
-    assert len(ps) == 4
-    fixed = [tuple(torch.nonzero(p[0]).reshape(-1).tolist()) for p in ps]
-    assert len(set(fixed)) == 1 and len(fixed[0]) == 2  # the same two neurons in every piece
-    patterns = {tuple(p[0][list(fixed[0])].tolist()) for p in ps}
-    assert patterns == {(1, 1), (1, -1), (-1, 1), (-1, -1)}
+    dj = Disjunct(lo, -lo, torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    status, ps = root_pieces(chain_models(chain), [dj], 4)
+    assert status == "open" and len(ps) == 4
+    fixed = {tuple(sorted(p.splits[name])) for p in ps for name in p.splits}
+    assert len(fixed) == 1 and len(next(iter(fixed))) == 2  # the same two neurons in every piece
+    patterns = {tuple(sorted((j, r[0] >= 0) for v in p.splits.values() for j, r in v.items())) for p in ps}
+    assert len(patterns) == 4  # every sign pattern once
+    for p in ps:  # every piece starts from the root's bounds
+        assert p.known is not None and p.params is not None
 
 
 def test_parallel_verdicts_equal_serial_and_truth(instances, pools, monkeypatch):

@@ -23,7 +23,6 @@ constraint as written, strict ones strictly; see :class:`_Checker` for the input
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,24 +38,10 @@ from boundflow.errors import BoundFlowError, UnsupportedOperation
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
 from boundflow.specs import Box, OutputSpec
+from boundflow.verify.search import BETA_ITERATIONS, SearchModels, chain_models, leaf_proved, relu_search
+from boundflow.verify.search import joined_status as _joined_status
 
 __all__ = ["Result", "verify", "verify_model", "leaf_proved", "EMPTY_TOLERANCE"]
-
-
-def _joined_status(status: str, part: str) -> str:
-    """The answer of a conjunction so far (``status``, starting at ``"unsat"``) after one more
-    part's answer other than ``sat``: ``unsat`` only while every part is; the first ``timeout``
-    or ``unknown`` otherwise, ``timeout`` over ``unknown``."""
-    if part == "unsat":
-        return status
-    return part if status in ("unsat", "unknown") else status
-
-
-def leaf_proved(margin_lower: torch.Tensor, empty: torch.Tensor | None = None) -> torch.Tensor:
-    """The one rule an ``unsat`` rests on, per leaf (box or sub-domain): some margin row has a
-    sound lower bound > 0, or the leaf was proved empty (``empty``)."""
-    proved = (margin_lower > 0).any(1)
-    return proved | empty if empty is not None else proved
 
 
 @dataclass
@@ -320,6 +305,11 @@ class _Bounder:
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
         return self.models[method].bounds(Box(lo, hi), OutputSpec(C, d)).lower
 
+    def search_models(self) -> SearchModels:
+        """What :func:`~boundflow.verify.search.relu_search` queries on this graph."""
+        root = self.models["beta-crown-root" if ROOT_INTERMEDIATE_ITERATIONS else "beta-crown"]
+        return SearchModels(root, self.models["beta-crown"], batch=32)
+
 
 def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
     """Per box, the input dimension with the largest ``width * |d margin / d x|`` for the margin
@@ -331,258 +321,6 @@ def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
     (grad,) = torch.autograd.grad(sel, centres)
     score = grad.abs() * (bhi - blo)
     return score.argmax(1)
-
-
-def _group_proved(m: torch.Tensor, owner: torch.Tensor, n_groups: int, empty=None) -> torch.Tensor:
-    """Per leaf: every disjunct of a group proved (:func:`leaf_proved` on its own rows; ``owner``
-    gives each stacked row's disjunct), or the leaf empty."""
-    proved = torch.ones(m.shape[0], dtype=torch.bool)
-    for k in range(n_groups):
-        proved &= leaf_proved(m[:, owner == k])
-    return proved | empty if empty is not None else proved
-
-
-def _relu_bab(f, group: list[Disjunct], deadline: float, bounder: _Bounder, check=None, batch: int = 32):
-    """Branch and bound on ReLU activation states over the whole input box (for wide inputs),
-    for disjuncts sharing that box (their rows stacked: the bounds are computed once for all; a
-    sub-domain is done when every disjunct is proved on it): a sub-domain fixes some neurons
-    active (pre-activation >= 0) or inactive (<= 0); its bounds are beta-CROWN's (the
-    constraints intersected into the intermediate bounds and added to the objective with
-    optimised multipliers; sound on the sub-domain for any multiplier).  Splits the neuron with
-    the largest branching score of the domain (BaBSR's intercept score,
-    :mod:`boundflow.domains.linear.branching`), else the largest relaxation area
-    ``u (-l) / (u - l)``.  A sub-domain with nothing left to split goes to the exact leaf
-    (:func:`_exact_leaf`).  ``unsat`` when every sub-domain is done or empty.  ``check(x, dj)``:
-    a witness (onnxruntime-confirmed) of disjunct ``dj`` at input ``x``, or ``None``.  Returns
-    ``(status, sub-domains done, witness)``."""
-    dj = group[0]
-    C = torch.cat([g.C for g in group])
-    d = torch.cat([g.d for g in group])
-    owner = torch.cat([torch.full((len(g.C),), k) for k, g in enumerate(group)])
-    queue = [_SubDomain({}, torch.full((len(C),), -float("inf"), dtype=torch.float64))]
-    n_done = 0
-    last = 0.0  # seconds the previous batch took
-    while queue:
-        if time.monotonic() + last > deadline:
-            return "timeout", n_done, None
-        t_batch = time.monotonic()
-        items, queue = queue[:batch], queue[batch:]
-        # the root's intermediate bounds are optimised once; every sub-domain inherits them
-        root = all(it.known is None for it in items)
-        prepared = bounder.models["beta-crown-root" if root and ROOT_INTERMEDIATE_ITERATIONS else "beta-crown"]
-        doms = [it.splits for it in items]
-        b = len(doms)
-        lo = dj.lower[None].expand(b, -1).clone()
-        hi = dj.upper[None].expand(b, -1).clone()
-        # ReLU (and sigmoid/tanh) inputs of this batch size's graph (names are per graph)
-        relu_inputs = prepared.split_nodes(b, dj.lower)
-        general = [n for n in prepared.split_nodes(b, dj.lower, general=True) if n not in relu_inputs]
-        names = relu_inputs + general
-        shapes = prepared.node_shapes(b, dj.lower)
-        overrides = {}
-        for pos, name in enumerate(names):
-            shape = shapes[name]
-            o_lo = torch.full((b, *shape[1:]), -float("inf"), dtype=lo.dtype).reshape(b, -1)
-            o_hi = torch.full((b, *shape[1:]), float("inf"), dtype=lo.dtype).reshape(b, -1)
-            for i, it in enumerate(items):
-                if it.known is not None and len(it.known) == len(names) and it.known[pos][0].shape == shape[1:]:
-                    # the parent's bounds hold on the child (stored by position: the same node
-                    # in every batch size's graph, checked by its shape)
-                    o_lo[i], o_hi[i] = it.known[pos][0].reshape(-1), it.known[pos][1].reshape(-1)
-                for idx, (a, z) in it.splits.get(name, {}).items():
-                    o_lo[i, idx], o_hi[i, idx] = max(a, float(o_lo[i, idx])), min(z, float(o_hi[i, idx]))
-            overrides[name] = (o_lo.reshape(b, *shape[1:]), o_hi.reshape(b, *shape[1:]))
-        res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=overrides, warm=_stack_params(items))
-        m = torch.maximum(res.lower, torch.stack([it.floor for it in items]).to(res.lower.dtype))
-        done = _group_proved(m, owner, len(group), res.empty)
-        n_done += int(done.sum())
-        open_ = torch.nonzero(~done).reshape(-1).tolist()
-        # while the open sub-domains fill less than a batch, split each on several neurons at
-        # once (2^k children), so that no batch is spent on a handful of sub-domains
-        k = max(1, min(MULTI_SPLIT_MAX, int(math.log2(max(1.0, batch / max(1, len(open_) + len(queue)))))))
-        for i in open_:
-            chosen = _branch_choices(res, relu_inputs, i, k) or _general_choices(res, general, i, k)
-            if not chosen:  # every neuron fixed or too narrow to split, still not proved
-                st, w = _exact_leaf(prepared, group, owner, m[i], res, i, b, names, deadline, check)
-                if st == "unsat":
-                    n_done += 1
-                    continue
-                return st, n_done, w
-            children = [doms[i]]
-            for name, j, pieces in chosen:
-                children = [
-                    {
-                        **{n: dict(v) for n, v in c.items()},
-                        name: {**c.get(name, {}), j: _child_range(c, name, j, piece, pieces)},
-                    }
-                    for c in children
-                    for piece in pieces
-                ]
-            inherited = _row_params(res.params, i)
-            known = [_outward32(*(t[i] for t in res.intermediate[name])) for name in names]
-            queue.extend(_SubDomain(c, m[i], inherited, known) for c in children)
-        last = time.monotonic() - t_batch
-    return "unsat", n_done, None
-
-
-# the exact leaf's MILP takes at most this many seconds, and a quarter of the time left
-LEAF_SECONDS = 10.0
-# graphs with more values than this (over all nodes, one sample) get no exact leaf: encoding
-# them would take long and could not be stopped at the deadline
-LEAF_MAX_VALUES = 20_000
-
-
-def _exact_leaf(prepared, group, owner, m_i, res, i: int, b: int, names: list[str], deadline: float, check):
-    """Decide sub-domain ``i`` of a batch of ``b`` (nothing left to split) with the MILP of the
-    one network encoder (:func:`boundflow.verify.leaf.decide`): its node ranges are the
-    sub-domain's bounds on every split node (``res.intermediate``, the splits intersected);
-    each disjunct of the group not yet proved there (``m_i``: its rows' lower bounds) is
-    decided on its own.  ``unsat`` when every one is, ``sat`` with an onnxruntime-confirmed
-    witness, else ``unknown``/``timeout``."""
-    from boundflow.verify.leaf import decide
-
-    dj = group[0]
-    g = prepared.graph(dj.lower[None])  # the graph at batch one: its names, matched by position
-    relu1 = prepared.split_nodes(1, dj.lower)
-    one = relu1 + [n for n in prepared.split_nodes(1, dj.lower, general=True) if n not in relu1]
-    shapes_b, shapes_1 = prepared.node_shapes(b, dj.lower), prepared.node_shapes(1, dj.lower)
-    if len(one) != len(names) or any(shapes_b[x][1:] != shapes_1[y][1:] for x, y in zip(names, one, strict=True)):
-        return "unknown", None
-    n_values = sum(int(np.prod(s)) for s in shapes_1.values())
-    if check is None or n_values > LEAF_MAX_VALUES:
-        return "unknown", None
-    ranges = {y: (res.intermediate[x][0][i], res.intermediate[x][1][i]) for x, y in zip(names, one, strict=True)}
-    status = "unsat"
-    for k, dk in enumerate(group):
-        if bool(leaf_proved(m_i[owner == k][None])[0]):
-            continue
-        budget = min(LEAF_SECONDS, 0.25 * (deadline - time.monotonic()))
-        st, w = decide(g, dj.lower[None], dj.upper[None], dk.C, dk.d, ranges, deadline, budget,
-                       lambda x, dk=dk: check(x, dk))  # fmt: skip
-        if st == "sat":
-            return st, w
-        status = _joined_status(status, st)
-    return status, None
-
-
-@dataclass
-class _SubDomain:
-    """One sub-domain of the ReLU search: its splits (node name -> {flat index: (lo, hi) the
-    neuron is split to}), the parent's margin lower bounds (they hold on the child's sub-domain
-    too), the parent's slopes and multipliers to start from, and the parent's bounds of every
-    split node by position (float32, rounded outward; they hold on the child too, and settle
-    the signs that need no CROWN row)."""
-
-    splits: dict
-    floor: torch.Tensor
-    params: dict | None = None
-    known: list | None = None
-
-
-def _outward32(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[lo, hi]`` in float32, rounded outward (the float32 range contains the float64 one)."""
-    l32, h32 = lo.to(torch.float32), hi.to(torch.float32)
-    l32 = torch.where(l32.to(lo.dtype) > lo, torch.nextafter(l32, torch.tensor(-float("inf"))), l32)
-    h32 = torch.where(h32.to(hi.dtype) < hi, torch.nextafter(h32, torch.tensor(float("inf"))), h32)
-    return l32, h32
-
-
-def _child_range(dom: dict, name: str, j: int, piece: tuple, pieces: tuple) -> tuple[float, float]:
-    """The range of neuron ``(name, j)`` on the child that takes ``piece`` of a two-way split:
-    the parent's own split range cut at the split point (the end the two pieces share), so the
-    children cover the parent exactly whatever the computed bounds that suggested the pieces
-    (rounding never leaves a gap between sibling sub-domains)."""
-    (point,) = set(pieces[0]) & set(pieces[1])
-    lo, hi = dom.get(name, {}).get(j, (-float("inf"), float("inf")))
-    return (max(lo, point), hi) if piece[0] == point else (lo, min(hi, point))
-
-
-def _row_params(params: dict, i: int) -> dict | None:
-    """Sub-domain ``i``'s slopes (float32, to keep the queue small) and multipliers (sparse:
-    nonzero only at its split neurons) from a query's :attr:`Bounds.params`: what its children
-    start from."""
-    if not params:
-        return None
-    return {
-        "alpha": {k: v[i].to(torch.float32) for k, v in params.get("alpha", {}).items()},
-        "beta": {k: v[:, :, i].to(torch.float32).to_sparse() for k, v in params.get("beta", {}).items()},
-    }
-
-
-def _stack_params(items) -> dict | None:
-    """The batch's ``warm`` start: per node, the stacked parameters of its sub-domains (slopes
-    only where every sub-domain has them; multipliers zero where a sub-domain has none)."""
-    rows = [it.params for it in items]
-    if any(r is None for r in rows):
-        return None
-    warm: dict = {"alpha": {}, "beta": {}}
-    for name in set.intersection(*(set(r["alpha"]) for r in rows)):
-        parts = [r["alpha"][name] for r in rows]
-        if all(t.shape == parts[0].shape for t in parts):
-            warm["alpha"][name] = torch.stack(parts).to(torch.float64)
-    for name in set().union(*(set(r["beta"]) for r in rows)):
-        parts = [r["beta"].get(name) for r in rows]
-        shape = next(t.shape for t in parts if t is not None)
-        if all(t is None or t.shape == shape for t in parts):
-            dense = [torch.zeros(shape, dtype=torch.float32) if t is None else t.to_dense() for t in parts]
-            warm["beta"][name] = torch.stack(dense, 2).to(torch.float64)
-    return warm
-
-
-_RELU_PIECES = ((0.0, float("inf")), (-float("inf"), 0.0))  # active, inactive
-
-
-def _branch_choices(res, relu_inputs: list[str], i: int, k: int) -> list[tuple[str, int, tuple]]:
-    """Up to ``k`` ``(node name, flat index, the two pieces)`` of sub-domain ``i``'s unstable
-    ReLU neurons, by branching score (:attr:`Bounds.scores`) where any is above 0, else by
-    relaxation area ``u (-l) / (u - l)``; empty if no neuron is unstable."""
-    for scored in (True, False):
-        found = []
-        for name in relu_inputs:
-            l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
-            unstable = (l_ < 0) & (u_ > 0)
-            if not unstable.any() or (scored and name not in res.scores):
-                continue
-            if scored:
-                score = torch.where(unstable, res.scores[name][i].reshape(-1), torch.zeros_like(u_))
-            else:
-                score = torch.where(unstable, u_ * (-l_) / (u_ - l_).clamp(min=1e-12), torch.zeros_like(u_))
-            top = torch.topk(score, min(k, len(score)))
-            found += [(float(v), name, int(j)) for v, j in zip(top.values, top.indices, strict=True) if v > 0]
-        if found:
-            found.sort(key=lambda t: -t[0])
-            return [(name, j, _RELU_PIECES) for _, name, j in found[:k]]
-    return []
-
-
-# a sigmoid/tanh input range narrower than this (relative) is not bisected again
-GENERAL_MIN_WIDTH = 1e-6
-
-
-def _general_choices(res, names: list[str], i: int, k: int) -> list[tuple[str, int, tuple]]:
-    """Up to ``k`` sigmoid/tanh input neurons of sub-domain ``i`` to bisect at the middle of
-    their current range (GenBaB), by branching score, else (no score above 0: the margin no
-    longer depends on them through the relaxation, but the sub-domain may yet be found empty) by
-    width; once no ReLU is left to split."""
-    for scored in (True, False):
-        found = []
-        for name in names:
-            if scored and name not in res.scores:
-                continue
-            l_, u_ = (t[i].reshape(-1) for t in res.intermediate[name])
-            wide = (u_ - l_) > GENERAL_MIN_WIDTH * (1 + torch.maximum(l_.abs(), u_.abs()))
-            value = res.scores[name][i].reshape(-1) if scored else u_ - l_
-            score = torch.where(wide & torch.isfinite(l_ + u_), value, torch.zeros_like(u_))
-            top = torch.topk(score, min(k, len(score)))
-            for v, j in zip(top.values, top.indices, strict=True):
-                if v > 0:
-                    lo, hi = float(l_[j]), float(u_[j])
-                    mid = (lo + hi) / 2
-                    found.append((float(v), name, int(j), ((lo, mid), (mid, hi))))
-        if found:
-            found.sort(key=lambda t: -t[0])
-            return [(name, j, pieces) for _, name, j, pieces in found[:k]]
-    return []
 
 
 def _vmappable(module, shape) -> bool:
@@ -609,12 +347,14 @@ def _batched(module) -> _Batched:
 
 def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024, chain=None):
     """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
+    if chain is not None and len(dj.C) and len(dj.lower) > INPUT_SPLIT_MAX:
+        st, nb, w = relu_search(chain_models(chain), [dj], deadline, checker.check)
+        return st, w, nb
     if chain is not None and len(dj.C):
-        from boundflow.verify.bab import input_bab, relu_bab
+        from boundflow.verify.bab import input_bab
 
         spec_chain = chain.with_spec(dj.C.to(torch.float64), dj.d.to(torch.float64))
-        search = input_bab if len(dj.lower) <= INPUT_SPLIT_MAX else relu_bab
-        out = search(spec_chain, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
+        out = input_bab(spec_chain, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
         return out.status, out.witness, out.domains
     # the linear domain needs batch-first graphs (a vmapped one may still have a node that is
     # not: the bounder then falls back to intervals); otherwise intervals only
@@ -676,7 +416,7 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch:
             if n_in > INPUT_SPLIT_MAX:
                 if not linear:
                     return "unknown", None, boxes
-                st, nb, w = _relu_bab(f, [dj], deadline, bounder, checker.check)
+                st, nb, w = relu_search(bounder.search_models(), [dj], deadline, checker.check)
                 return st, w, boxes + nb
             if linear:
                 dim = _split_dims(f, blo, bhi, m[open_], dj)
@@ -701,16 +441,10 @@ ATTACK_SHARE = 0.3
 # inputs up to this many are split as boxes; wider inputs are split on ReLUs
 INPUT_SPLIT_MAX = 64
 
-# beta-CROWN's iterations per batch of sub-domains of the ReLU search
-BETA_ITERATIONS = 20
-
 # alpha-CROWN iterations on every ReLU input's bounds at the ReLU search's root (0: CROWN's),
 # within this share of the time left
 ROOT_INTERMEDIATE_ITERATIONS = 10
 ROOT_INTERMEDIATE_SHARE = 0.25
-
-# neurons split at once on one sub-domain while the search is narrower than a batch
-MULTI_SPLIT_MAX = 4
 
 
 def _cross_check(f, checker: _Checker, disjuncts: list[Disjunct], n: int = 8, seed: int = 0) -> str | None:
@@ -909,7 +643,7 @@ def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: fl
         w = checker.check(centre, g)
         if w is not None:
             return "sat", w, 1
-    st, nb, w = _relu_bab(f, left, deadline, bounder, checker.check)
+    st, nb, w = relu_search(bounder.search_models(), left, deadline, checker.check)
     return st, w, 1 + nb
 
 

@@ -35,6 +35,10 @@ def _out_shape(g: CapturedGraph, lb: torch.Tensor) -> tuple[int, ...]:
 class LinearPrepared:
     """A model bound to a linear domain; graphs are captured per (padded) batch size and reused."""
 
+    # branch and bound's look-ahead (children's bounds without recomputing anything) is not
+    # cheaper than a query here (the dense chain specialisation offers it)
+    cheap_lookahead = False
+
     def __init__(self, domain, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None, pad: bool = True):
         self.domain, self.model, self.pad = domain, model, pad
         self.params = dict(params) if params else None
@@ -64,14 +68,27 @@ class LinearPrepared:
         return {n.name: tuple(n.meta["val"].shape) for n in g.gm.graph.nodes if hasattr(n.meta.get("val"), "shape")}
 
     def bounds(
-        self, spec: InputSpec, output: OutputSpec | None = None, *, splits: dict | None = None, warm: dict | None = None
+        self,
+        spec: InputSpec,
+        output: OutputSpec | None = None,
+        *,
+        splits: dict | None = None,
+        known: dict | None = None,
+        warm: dict | None = None,
     ) -> Bounds:
         """Sound bounds over ``spec`` (see :class:`~boundflow.domains.base.PreparedModel`).
         ``splits``: node name -> ``(lower, upper)`` (batch-first, node-shaped; ``±inf`` where
         free) that hold on the sub-domain of each sample; then ``Bounds.empty`` marks samples
         whose splits contradict a sound bound (beyond rounding) and ``Bounds.intermediate``
-        holds the bounds of every split node.  ``warm``: the ``Bounds.params`` of earlier
-        queries (rows of this batch) for ``alpha-crown`` to start from (others ignore it)."""
+        holds the bounds of every split node.  ``known``: like ``splits``, sound bounds already
+        known on each sample's sub-domain (e.g. its parent's); intersected with ``splits``.
+        ``warm``: the ``Bounds.params`` of earlier queries (rows of this batch) for
+        ``alpha-crown`` to start from (others ignore it)."""
+        if known:
+            splits = dict(splits or {})
+            for name, (k_lo, k_hi) in known.items():
+                s_lo, s_hi = splits.get(name, (k_lo, k_hi))
+                splits[name] = (torch.maximum(s_lo, k_lo), torch.minimum(s_hi, k_hi))
         if isinstance(spec, LinearSpec):
             if splits:
                 raise UnsupportedOperation("splits are not supported with a LinearSpec input")
