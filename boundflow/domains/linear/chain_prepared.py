@@ -87,10 +87,11 @@ class ChainPrepared:
         lo = spec.lower.reshape(spec.lower.shape[0], -1).to(torch.float64)
         hi = spec.upper.reshape(spec.upper.shape[0], -1).to(torch.float64)
         B, S = lo.shape[0], chain.widths[-1]
-        lam = torch.eye(S, dtype=torch.float64)[None]
+        dev = lo.device
+        lam = torch.eye(S, dtype=torch.float64, device=dev)[None]
         signs = []
         for k, name in enumerate(names):
-            s = torch.zeros(B, chain.widths[k], dtype=torch.int8)
+            s = torch.zeros(B, chain.widths[k], dtype=torch.int8, device=dev)
             if splits and name in splits:
                 a, z = (t.reshape(B, -1) for t in splits[name])
                 s = torch.where(a >= 0, 1, torch.where(z <= 0, -1, 0)).to(torch.int8)
@@ -106,7 +107,7 @@ class ChainPrepared:
         if lookahead:
             if start is None:
                 raise ValueError("ChainPrepared.bounds: lookahead needs the known bounds")
-            bounds, empty = [], torch.zeros(B, dtype=torch.bool)
+            bounds, empty = [], torch.zeros(B, dtype=torch.bool, device=dev)
             for (l, u), s in zip(start, signs, strict=True):
                 l, u, e = intersect_splits(l, u, s)
                 bounds.append((l, u))
@@ -128,7 +129,7 @@ class ChainPrepared:
         with torch.no_grad():
             _, coef = backward(chain, K, lam, lo, hi, bounds, alphas, betas, signs, keep=True)
         row = lb.argmax(1)
-        rows = torch.arange(B)
+        rows = torch.arange(B, device=dev)
         scores = {}
         for k, (l, u) in enumerate(bounds):
             a = coef.a[k][rows, row]  # (B, n_k): the best row's coefficient of a_k
@@ -153,7 +154,7 @@ class ChainPrepared:
     def _spec_chain(self, output: OutputSpec) -> Chain:
         C = torch.as_tensor(output.C, dtype=torch.float64)
         d = (
-            torch.zeros(len(C), dtype=torch.float64)
+            torch.zeros(len(C), dtype=torch.float64, device=C.device)
             if output.d is None
             else torch.as_tensor(output.d, dtype=torch.float64)
         )
@@ -187,7 +188,7 @@ class ChainPrepared:
             unstable = ((l < 0) & (u > 0)).any(0)
             if not unstable.any():
                 continue
-            eye = torch.eye(chain.widths[k], dtype=torch.float64)
+            eye = torch.eye(chain.widths[k], dtype=torch.float64, device=lo.device)
             rows = torch.cat([eye[unstable], -eye[unstable]])[None]
             lbk, _ = optimise(
                 chain, k, rows, lo, hi, bounds, signs, iters=self.intermediate,
