@@ -14,9 +14,8 @@ from torch import nn
 
 from boundflow.domains.linear.chain import Chain, extract_chain
 from boundflow.domains.linear.chain_bounds import backward, forward_bounds, layer_bounds, optimise
-from boundflow.verify.bab import Outcome, input_bab
 from boundflow.verify.leaf import decide
-from boundflow.verify.search import chain_models, relu_search
+from boundflow.verify.search import Outcome, chain_boxes, chain_models, input_search, relu_search
 
 
 def _mlp(widths, seed, bias=True):
@@ -245,6 +244,13 @@ def test_searches_agree_with_known_truth(seed, search):
     assert out.status == "unsat", out
 
 
+def input_bab(chain: Chain, lo, hi, check, deadline, every: bool = False) -> Outcome:
+    """The one input search on a chain whose outputs are the margins."""
+    S = chain.widths[-1]
+    bound, margins = chain_boxes(chain, torch.eye(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64), every)
+    return input_search(bound, margins, lo, hi, check, deadline, every=every)
+
+
 def _relu_search(chain: Chain, lo, hi, check, deadline) -> Outcome:
     """The one ReLU search on a chain whose outputs are the margins (one disjunct, every row)."""
     from boundflow.onnx.vnnlib import Disjunct
@@ -345,7 +351,7 @@ def _row(chain: Chain, k: int) -> Chain:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_row_search_agrees_with_each_rows_exact_minimum(seed):
-    """Rows as separate disjuncts on one box (input_bab(every=True)): unsat when every row's
+    """Rows as separate disjuncts on one box (input_search(every=True)): unsat when every row's
     exact minimum is above 0, sat (with a point where that row is <= 0) when one row's is below."""
     g = torch.Generator().manual_seed(50 + seed)
     chain = _random_chain(seed)

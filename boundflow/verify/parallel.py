@@ -1,7 +1,8 @@
 """Branch and bound spread over worker processes or a Ray cluster.
 
 A disjunct's search space is cut into *pieces* that together cover it, and each piece is
-searched by the serial code (:func:`~boundflow.verify.bab.input_bab` or the one ReLU search,
+searched by the serial code (the one input-splitting search,
+:func:`~boundflow.verify.search.input_search`, or the one activation-splitting search,
 :func:`~boundflow.verify.search.relu_search`) in a worker:
 
 * input splitting: the serial search's own rounds run here until ``2 n`` boxes are open (for
@@ -33,8 +34,7 @@ import torch
 
 from boundflow import deadline as deadlines
 from boundflow.domains.linear.chain import Chain
-from boundflow.verify.bab import Outcome, input_bab
-from boundflow.verify.search import chain_models, relu_search, root_pieces
+from boundflow.verify.search import Outcome, chain_boxes, chain_models, input_search, relu_search, root_pieces
 
 __all__ = ["Piece", "pieces", "solve_piece", "search_pieces", "warm_up"]
 
@@ -45,7 +45,7 @@ class Piece:
 
     disjunct: int  # index of the disjunct it belongs to
     kind: str  # "input" or "relu"
-    chain: Chain  # "input": with the disjunct's specification as its last layer; "relu": the network's
+    chain: Chain  # the network's
     lower: torch.Tensor
     upper: torch.Tensor
     start: object  # ("relu") the sub-domain to search (:class:`~boundflow.verify.search.SubDomain`)
@@ -54,10 +54,11 @@ class Piece:
     threads: int = 1
 
 
-def input_pieces(chain: Chain, lower: torch.Tensor, upper: torch.Tensor, n: int, deadline: float, check) -> Outcome:
+def input_pieces(chain: Chain, dj, n: int, deadline: float, check) -> Outcome:
     """The serial search's own first rounds until ``n`` boxes are open: ``"open"`` with them in
     ``Outcome.open``, or the search's answer if it finished first (``"unsat"``, ``"sat"``, ...)."""
-    return input_bab(chain, lower, upper, check, deadline, stop_open=n)
+    bound, margins = chain_boxes(chain, dj.C, dj.d)
+    return input_search(bound, margins, dj.lower, dj.upper, check, deadline, stop_open=n)
 
 
 def pieces(
@@ -66,16 +67,15 @@ def pieces(
     """The pieces of disjunct ``dj`` (number ``index``) for ``n`` workers, and the outcome of
     cutting it up: ``"open"`` (its ``domains`` were bounded here), or the answer when that
     already settled it (``unsat``: no pieces; ``sat``: a counterexample)."""
-    spec = chain.with_spec(dj.C.to(torch.float64), dj.d.to(torch.float64))
     if len(dj.lower) <= input_split_max:
-        out = input_pieces(spec, dj.lower, dj.upper, 2 * n, deadline, lambda x: checker.check(x, dj))
+        out = input_pieces(chain, dj, 2 * n, deadline, lambda x: checker.check(x, dj))
         if out.status in ("unsat", "sat"):
             return out, []
         if out.status != "open":  # ran out of time before there was anything to share
-            return Outcome("open"), [Piece(index, "input", spec, dj.lower, dj.upper, None, checker, dj, threads)]
+            return Outcome("open"), [Piece(index, "input", chain, dj.lower, dj.upper, None, checker, dj, threads)]
         lo, hi = out.open
         # round robin over the queue (worst bounds spread evenly): one batch of boxes per worker
-        return out, [Piece(index, "input", spec, lo[w::n], hi[w::n], None, checker, dj, threads) for w in range(n)]
+        return out, [Piece(index, "input", chain, lo[w::n], hi[w::n], None, checker, dj, threads) for w in range(n)]
     # the root (alpha-CROWN on every layer) once, here: it often settles the disjunct, and
     # every piece starts from its bounds and slopes instead of recomputing them
     with deadlines.within(deadline):
@@ -99,7 +99,10 @@ def solve_piece(task: bytes) -> tuple[int, str, object, int]:
         return piece.disjunct, "timeout", None, 0
 
     if piece.kind == "input":
-        out = input_bab(piece.chain, piece.lower, piece.upper, lambda x: piece.checker.check(x, piece.dj), deadline)
+        bound, margins = chain_boxes(piece.chain, piece.dj.C, piece.dj.d)
+        out = input_search(
+            bound, margins, piece.lower, piece.upper, lambda x: piece.checker.check(x, piece.dj), deadline
+        )
         return piece.disjunct, out.status, out.witness, out.domains
     try:
         with deadlines.within(deadline):
@@ -111,7 +114,7 @@ def solve_piece(task: bytes) -> tuple[int, str, object, int]:
 
 def warm_up(_: object = None) -> int:
     """Run in each worker when the pool starts: pays the imports before the search needs them."""
-    import boundflow.verify.bab  # noqa: F401
+    import boundflow.verify.search  # noqa: F401
 
     return os.getpid()
 

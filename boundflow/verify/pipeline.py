@@ -3,13 +3,12 @@
 1. Falsification of *every* disjunct first (random points and multi-restart projected
    sign-gradient descent on the worst margin of all rows; every candidate is re-run in
    onnxruntime), so a late ``sat`` disjunct is not found only after earlier ones time out.
-2. Per disjunct, branch and bound.  ReLU chains (:mod:`boundflow.domains.linear.chain`) get
-   :mod:`boundflow.verify.bab`: input splitting with batched CROWN/alpha bounds and a
-   children-evaluated choice of dimension for up to :data:`INPUT_SPLIT_MAX` inputs, ReLU
-   splitting with alpha-beta-CROWN, FSB branching and MILP leaves for wider ones.  Other
-   networks: CROWN bounds on the margins ``C f(x) - d``, then input splitting with batched
-   CROWN (alpha-CROWN on hard boxes), or ReLU splitting for wide inputs, until every leaf is
-   proved (:func:`leaf_proved`), a counterexample is confirmed, or the deadline passes.
+2. Per disjunct, branch and bound by the one search driver (:mod:`boundflow.verify.search`):
+   input splitting for up to :data:`INPUT_SPLIT_MAX` inputs, activation splitting
+   (beta-CROWN, BaBSR/FSB branching, exact MILP leaves) for wider ones, until every leaf is
+   proved (:func:`leaf_proved`), a counterexample is confirmed, or the deadline passes.  The
+   bounds come from the linear domain: its dense specialisation on ReLU chains
+   (:mod:`boundflow.domains.linear.chain_prepared`), the captured graph elsewhere.
 3. Before ``unsat``: the imported model is cross-checked against onnxruntime on points of every
    disjunct's box; a mismatch answers ``unknown``.
 
@@ -38,7 +37,16 @@ from boundflow.errors import BoundFlowError, UnsupportedOperation
 from boundflow.onnx import load_onnx, parse_vnnlib
 from boundflow.onnx.vnnlib import Disjunct
 from boundflow.specs import Box, OutputSpec
-from boundflow.verify.search import BETA_ITERATIONS, SearchModels, chain_models, leaf_proved, relu_search
+from boundflow.verify.search import (
+    BETA_ITERATIONS,
+    Outcome,
+    SearchModels,
+    chain_boxes,
+    chain_models,
+    input_search,
+    leaf_proved,
+    relu_search,
+)
 from boundflow.verify.search import joined_status as _joined_status
 
 __all__ = ["Result", "verify", "verify_model", "leaf_proved", "EMPTY_TOLERANCE"]
@@ -311,16 +319,15 @@ class _Bounder:
         return SearchModels(root, self.models["beta-crown"], batch=32)
 
 
-def _split_dims(f, blo, bhi, m, dj) -> torch.Tensor:
-    """Per box, the input dimension with the largest ``width * |d margin / d x|`` for the margin
-    row closest to being proved (largest lower bound), at the box centre."""
+def _split_scores(f, blo, bhi, m, dj) -> torch.Tensor:
+    """Per box and input dimension ``width * |d margin / d x|`` for the margin row closest to
+    being proved (largest lower bound), at the box centre."""
     centres = ((blo + bhi) / 2).requires_grad_(True)
     best = m.argmax(1)
     margins = _margins(f, centres, dj)
     sel = margins.gather(1, best[:, None]).sum()
     (grad,) = torch.autograd.grad(sel, centres)
-    score = grad.abs() * (bhi - blo)
-    return score.argmax(1)
+    return grad.abs() * (bhi - blo)
 
 
 def _vmappable(module, shape) -> bool:
@@ -345,93 +352,99 @@ def _batched(module) -> _Batched:
     return _Batched(module, shape, False, _vmappable(module, shape)).eval()
 
 
-def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, batch: int = 1024, chain=None):
-    """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``."""
-    if chain is not None and len(dj.C) and len(dj.lower) > INPUT_SPLIT_MAX:
-        st, nb, w = relu_search(chain_models(chain), [dj], deadline, checker.check)
-        return st, w, nb
-    if chain is not None and len(dj.C):
-        from boundflow.verify.bab import input_bab
-
-        spec_chain = chain.with_spec(dj.C.to(torch.float64), dj.d.to(torch.float64))
-        out = input_bab(spec_chain, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
-        return out.status, out.witness, out.domains
-    # the linear domain needs batch-first graphs (a vmapped one may still have a node that is
-    # not: the bounder then falls back to intervals); otherwise intervals only
-    linear = f.batchable or f.vmapped
-    bounder = _Bounder(f)
+def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, chain=None):
+    """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``.  Up to
+    :data:`INPUT_SPLIT_MAX` inputs: the one input-splitting search
+    (:func:`~boundflow.verify.search.input_search`); more: the root box's bounds, then the one
+    activation-splitting search (:func:`~boundflow.verify.search.relu_search`).  On ReLU
+    chains both query the linear domain's dense specialisation."""
     if len(dj.C) == 0:  # no output constraint: every input is unsafe
         w = checker.check((dj.lower + dj.upper) / 2, dj)
         return ("sat", w, 0) if w is not None else ("unknown", None, 0)
-    n_in = len(dj.lower)
-    queue = [(dj.lower[None], dj.upper[None])]
-    boxes = 0
-    width0 = (dj.upper - dj.lower).clamp(min=1e-12)
-    last = 0.0  # seconds the previous batch took: no batch is started that would overrun the deadline
-    while queue:
-        if time.monotonic() > deadline:
-            return "timeout", None, boxes
-        lo = torch.cat([q[0] for q in queue])
-        hi = torch.cat([q[1] for q in queue])
-        queue = []
-        for s in range(0, len(lo), batch):
-            if time.monotonic() + last > deadline:  # the next batch would likely end past it
-                return "timeout", None, boxes
-            t_batch = time.monotonic()
-            blo, bhi = lo[s : s + batch], hi[s : s + batch]
-            boxes += len(blo)
+    wide = len(dj.lower) > INPUT_SPLIT_MAX
+    if chain is not None and wide:
+        st, nb, w = relu_search(chain_models(chain), [dj], deadline, checker.check)
+        return st, w, nb
+    if chain is not None:
+        bound, margins = chain_boxes(chain, dj.C, dj.d)
+        out = input_search(bound, margins, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline)
+        return out.status, out.witness, out.domains
+    boxes = _GraphBoxes(f, dj)
+    if not wide:
+        out = input_search(boxes, boxes.margins, dj.lower, dj.upper, lambda x: checker.check(x, dj), deadline,
+                           candidates=1)  # fmt: skip
+        return out.status, out.witness, out.domains
+    # wide inputs on a general graph: the root box, then activation splitting
+    root = boxes(dj.lower[None], dj.upper[None], None)
+    if bool(root.proved[0]):
+        return "unsat", None, 1
+    w = checker.check((dj.lower + dj.upper) / 2, dj) if bool(boxes.margins(root.points[0]).amax(1)[0] <= 0) else None
+    if w is not None:
+        return "sat", w, 1
+    if not boxes.linear:
+        return "unknown", None, 1
+    st, nb, w = relu_search(boxes.bounder.search_models(), [dj], deadline, checker.check)
+    return st, w, 1 + nb
+
+
+class _GraphBoxes:
+    """``bound`` and ``margins`` for :func:`~boundflow.verify.search.input_search` on a general
+    graph: CROWN on every box (alpha-CROWN on the open ones of a batch of at most 8), or
+    intervals where the linear domain does not take the graph (a graph that is not batch-first
+    inside: first the vmapped view's graph is tried); dimension scores ``width * |d margin /
+    d x|`` for the best row at the box centre (relative width with intervals only)."""
+
+    def __init__(self, f, dj: Disjunct):
+        self.f, self.dj = f, dj
+        # the linear domain needs batch-first graphs (a vmapped one may still have a node that
+        # is not: the bounder then falls back to intervals); otherwise intervals only
+        self.linear = f.batchable or f.vmapped
+        self.bounder = _Bounder(f)
+        self.width0 = (dj.upper - dj.lower).clamp(min=1e-12)
+
+    def margins(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return _margins(self.f, x, self.dj)
+
+    def _crown(self, lo, hi) -> torch.Tensor:
+        dj = self.dj
+        try:
+            return self.bounder(lo, hi, dj.C, dj.d, "crown" if self.linear else "ibp")
+        except UnsupportedOperation:
+            if not self.linear:
+                raise
+        alt = self.f.vmapped_view()
+        if alt is not None:
+            self.bounder = _Bounder(alt)
             try:
-                m = bounder(blo, bhi, dj.C, dj.d, "crown" if linear else "ibp")
+                return self.bounder(lo, hi, dj.C, dj.d, "crown")
             except UnsupportedOperation:
-                if not linear:
-                    raise
-                # a graph the linear domain cannot take (not batch-first inside): the vmapped
-                # view's graph, if it is batch-first, else intervals
-                alt = f.vmapped_view()
-                m = None
-                if alt is not None:
-                    bounder = _Bounder(alt)
-                    try:
-                        m = bounder(blo, bhi, dj.C, dj.d, "crown")
-                    except UnsupportedOperation:
-                        m = None
-                if m is None:
-                    linear = False
-                    m = bounder(blo, bhi, dj.C, dj.d, "ibp")
+                pass
+        self.linear = False
+        return self.bounder(lo, hi, dj.C, dj.d, "ibp")
+
+    def __call__(self, lo, hi, floor):
+        from boundflow.domains.linear.chain_prepared import BoxBounds
+
+        dj = self.dj
+        m = self._crown(lo, hi)
+        if floor is not None:
+            m = torch.maximum(m, floor.to(m.dtype))
+        open_ = ~leaf_proved(m)
+        if self.linear and open_.any() and len(lo) <= 8:
+            idx = torch.nonzero(open_).reshape(-1)
+            m[idx] = torch.maximum(m[idx], self.bounder(lo[idx], hi[idx], dj.C, dj.d, "alpha-crown"))
             open_ = ~leaf_proved(m)
-            if linear and open_.any() and len(blo) <= 8:
-                m2 = bounder(blo[open_], bhi[open_], dj.C, dj.d, "alpha-crown")
+        width = hi - lo
+        if self.linear:
+            score = torch.zeros_like(lo)
+            if open_.any():
                 idx = torch.nonzero(open_).reshape(-1)
-                open_[idx[leaf_proved(m2)]] = False
-            if not open_.any():
-                continue
-            blo, bhi = blo[open_], bhi[open_]
-            centres = (blo + bhi) / 2
-            with torch.no_grad():
-                cm = _margins(f, centres, dj).amax(1)
-            for i in torch.nonzero(cm <= 0).reshape(-1).tolist():
-                w = checker.check(centres[i], dj)
-                if w is not None:
-                    return "sat", w, boxes
-            if n_in > INPUT_SPLIT_MAX:
-                if not linear:
-                    return "unknown", None, boxes
-                st, nb, w = relu_search(bounder.search_models(), [dj], deadline, checker.check)
-                return st, w, boxes + nb
-            if linear:
-                dim = _split_dims(f, blo, bhi, m[open_], dj)
-            else:
-                dim = ((bhi - blo) / width0).argmax(1)
-            if bool(((bhi - blo).gather(1, dim[:, None]) <= 0).any()):
-                return "unknown", None, boxes  # a zero-width box that is not proved: splitting cannot help
-            mid = centres.gather(1, dim[:, None]).squeeze(1)
-            rows = torch.arange(len(blo))
-            left_hi, right_lo = bhi.clone(), blo.clone()
-            left_hi[rows, dim] = mid
-            right_lo[rows, dim] = mid
-            queue.append((torch.cat([blo, right_lo]), torch.cat([left_hi, bhi])))
-            last = time.monotonic() - t_batch
-    return "unsat", None, boxes
+                score[idx] = _split_scores(self.f, lo[idx], hi[idx], m[idx], dj)
+        else:
+            score = width / self.width0
+        score = torch.where(width > 0, score + 1e-12 * width, -1.0)
+        return BoxBounds(m, ~open_, score, ((lo + hi) / 2)[:, None, :])
 
 
 # the share of the time left that the attacks before bounding may take (they run again on
@@ -599,22 +612,19 @@ def _shared_boxes(disjuncts: list[Disjunct], chain) -> list[list[Disjunct]]:
 def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: float):
     """One input-splitting search for single-row disjuncts sharing a box: a sub-box is done
     when every disjunct's row is proved on it (the layer bounds are computed once for all)."""
-    from boundflow.verify.bab import input_bab
-
     C = torch.cat([dj.C for dj in group]).to(torch.float64)
     d = torch.cat([dj.d for dj in group]).to(torch.float64)
-    spec = chain.with_spec(C, d)
+    bound, margins = chain_boxes(chain, C, d, every=True)
 
     def check(x):
-        with torch.no_grad():
-            m = spec(x[None])[0]
+        m = margins(x[None])[0]
         for k in torch.nonzero(m <= 0).reshape(-1).tolist():  # the disjuncts this point may violate
             w = checker.check(x, group[k])
             if w is not None:
                 return w
         return None
 
-    out = input_bab(spec, group[0].lower, group[0].upper, check, deadline, every=True)
+    out = input_search(bound, margins, group[0].lower, group[0].upper, check, deadline, every=True)
     return out.status, out.witness, out.domains
 
 
@@ -651,7 +661,6 @@ def _verify_parallel(chain, disjuncts: list[Disjunct], checker: _Checker, deadli
     """Every disjunct's pieces searched on ``executor`` (falsification already ran)."""
     import os
 
-    from boundflow.verify.bab import Outcome
     from boundflow.verify.parallel import pieces, search_pieces
 
     n = executor.workers

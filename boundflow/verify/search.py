@@ -30,9 +30,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from boundflow import deadline as deadlines
 from boundflow.specs import Box, OutputSpec
 
-__all__ = ["SearchModels", "SubDomain", "chain_models", "leaf_proved", "relu_search", "root_pieces"]
+__all__ = [
+    "Outcome",
+    "SearchModels",
+    "SubDomain",
+    "chain_boxes",
+    "chain_models",
+    "input_search",
+    "leaf_proved",
+    "relu_search",
+    "root_pieces",
+]
 
 
 def joined_status(status: str, part: str) -> str:
@@ -208,6 +219,121 @@ def root_pieces(models: SearchModels, group: list, n: int) -> tuple[str, list]:
     params = _row_params(res.params, 0)
     known = [_outward32(*(t[0] for t in res.intermediate[name])) for name in names]
     return "open", [SubDomain(p, res.lower[0], params, known) for p in pieces]
+
+
+@dataclass
+class Outcome:
+    """What :func:`input_search` ends with: ``status`` ``"unsat"``, ``"sat"`` (with the
+    ``witness``), ``"timeout"``, ``"unknown"``, or ``"open"`` with the open boxes in ``open``
+    (see ``stop_open``); ``domains``: the boxes bounded."""
+
+    status: str
+    witness: object = None
+    domains: int = 0
+    open: tuple | None = None
+
+
+def input_search(
+    bound: Callable,
+    margins: Callable,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    check: Callable,
+    deadline: float,
+    *,
+    candidates: int = 5,
+    batch: int = 1024,
+    stop_open: int | None = None,
+    every: bool = False,
+) -> Outcome:
+    """Input-splitting branch and bound over ``[lower, upper]`` (one box ``(n,)`` or a batch
+    ``(B, n)`` whose union is searched), the one driver for every graph.  ``bound(lo, hi,
+    floor)``: the prepared model's :class:`~boundflow.domains.linear.chain_prepared.BoxBounds`
+    of a batch of boxes (``floor``: sound lower bounds per box and row already known, a parent
+    box's); ``margins(x)``: the margins at points; ``check(x)``: an onnxruntime-confirmed
+    witness at ``x`` or ``None``.  Every queued box has its bounds already; per round the open
+    boxes' ``candidates`` best-scored dimensions are each split in two, all children are
+    bounded, and per box the dimension whose children have the better mean bound is kept (its
+    children come with their bounds); with one candidate that is simply the best-scored
+    dimension.  Candidate points of the open boxes whose margins are all <= 0 (``every``: any)
+    are checked.  ``stop_open``: return ``"open"`` with the open boxes once at least this many
+    are queued (to share them out).  ``every``: each row is its own disjunct over the box (a
+    box is done when every row is proved)."""
+    with deadlines.within(deadline):
+        return _input_search(bound, margins, lower, upper, check, deadline, candidates, batch, stop_open, every)
+
+
+def _input_search(bound, margins, lower, upper, check, deadline, candidates, batch, stop_open, every) -> Outcome:
+    lo = (lower[None] if lower.dim() == 1 else lower).clone()
+    hi = (upper[None] if upper.dim() == 1 else upper).clone()
+    res = bound(lo, hi, None)
+    if bool(res.proved.all()):
+        return Outcome("unsat", domains=len(lo))
+    keep = ~res.proved
+    q_lo, q_hi, q_lb, q_sc, q_pt = lo[keep], hi[keep], res.lower[keep], res.scores[keep], res.points[keep]
+    done = len(lo)
+    d = lo.shape[1]
+    m = min(candidates, d)
+    per_box = 0.0  # seconds per box of the previous round: no round is started that would overrun
+    while len(q_lo):
+        if stop_open is not None and len(q_lo) >= stop_open:
+            return Outcome("open", domains=done, open=(q_lo, q_hi))
+        left = deadline - time.monotonic()
+        # half the time left at the measured rate: rounds differ in cost (alpha, open boxes)
+        size = batch if per_box == 0 else min(batch, int(0.5 * left / per_box))
+        if size < 1:
+            return Outcome("timeout", domains=done)
+        t0 = time.monotonic()
+        blo, bhi, blb, bsc, bpt = q_lo[:size], q_hi[:size], q_lb[:size], q_sc[:size], q_pt[:size]
+        q_lo, q_hi, q_lb, q_sc, q_pt = q_lo[size:], q_hi[size:], q_lb[size:], q_sc[size:], q_pt[size:]
+        n = len(blo)
+        cand = bpt.reshape(-1, d)
+        mg = margins(cand)
+        worst = mg.amin(1) if every else mg.amax(1)
+        for j in torch.nonzero(worst <= 0).reshape(-1)[:16].tolist():
+            w = check(cand[j])
+            if w is not None:
+                return Outcome("sat", w, done)
+        if bool((bsc < 0).all(1).any()):
+            return Outcome("unknown", domains=done)  # a point that is not proved: nothing to split
+        dims = bsc.topk(m, 1).indices  # (n, m)
+        mids = (blo + bhi) / 2
+        c_lo = blo[None].repeat(2 * m, 1, 1)  # (2m, n, d): candidate c's left child, then right
+        c_hi = bhi[None].repeat(2 * m, 1, 1)
+        rows = torch.arange(n)
+        for c in range(m):
+            dim = dims[:, c]
+            c_hi[2 * c, rows, dim] = mids[rows, dim]
+            c_lo[2 * c + 1, rows, dim] = mids[rows, dim]
+        c_lo, c_hi = c_lo.reshape(-1, d), c_hi.reshape(-1, d)
+        floor = blb[None].expand(2 * m, -1, -1).reshape(-1, blb.shape[1])
+        kid = bound(c_lo, c_hi, floor)
+        done += len(c_lo)
+        # per candidate the mean of its children's deciding rows (best row; every row: the
+        # worst), a proved child counting as far above every bound seen
+        best_row = kid.lower.amin(1) if every else kid.lower.amax(1)
+        top = 1e3 * best_row.abs().max().clamp(min=1)
+        val = torch.where(kid.proved, top, best_row).reshape(m, 2, n).mean(1)  # (m, n)
+        best = val.argmax(0)
+        pick = (torch.stack([2 * best, 2 * best + 1]) * n + rows[None]).reshape(-1)
+        pick = pick[~kid.proved[pick]]
+        q_lo, q_hi = torch.cat([c_lo[pick], q_lo]), torch.cat([c_hi[pick], q_hi])
+        q_lb, q_sc = torch.cat([kid.lower[pick], q_lb]), torch.cat([kid.scores[pick], q_sc])
+        q_pt = torch.cat([kid.points[pick], q_pt])
+        per_box = (time.monotonic() - t0) / n
+    return Outcome("unsat", domains=done)
+
+
+def chain_boxes(chain, C: torch.Tensor, d: torch.Tensor, every: bool = False) -> tuple[Callable, Callable]:
+    """``(bound, margins)`` for :func:`input_search` on a ReLU chain: the linear domain's dense
+    specialisation (:meth:`~boundflow.domains.linear.chain_prepared.ChainPrepared.boxes`)."""
+    from boundflow.domains.linear.chain_prepared import ChainPrepared
+
+    prepared, spec = ChainPrepared(chain), OutputSpec(C.to(torch.float64), d.to(torch.float64))
+    return (
+        lambda lo, hi, floor: prepared.boxes(lo, hi, spec, floor, every=every),
+        lambda x: prepared.margins(x, spec),
+    )
 
 
 def _constraints(splits: list[dict], known: list, names: list[str], shapes: dict) -> tuple[dict, dict | None]:

@@ -21,6 +21,9 @@ bounds, and a sub-domain whose splits contradict sound bounds (beyond rounding) 
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 
 from boundflow import deadline as deadlines
@@ -29,7 +32,20 @@ from boundflow.domains.linear.chain import Chain
 from boundflow.domains.linear.chain_bounds import backward, intersect_splits, layer_bounds, optimise
 from boundflow.specs import OutputSpec
 
-__all__ = ["ChainPrepared"]
+__all__ = ["ChainPrepared", "BoxBounds"]
+
+
+@dataclass
+class BoxBounds:
+    """Bounds of a batch of input boxes for input splitting: per box the margin rows' lower
+    bounds ``(B, S)``, whether the box is proved, a score per input dimension (larger: splitting
+    it likely helps more; ``-1`` where the box has no width) and counterexample candidates
+    ``(B, P, n)`` (its centre, and the corners that minimise the linear lower bounds)."""
+
+    lower: torch.Tensor
+    proved: torch.Tensor
+    scores: torch.Tensor
+    points: torch.Tensor
 
 
 class ChainPrepared:
@@ -149,6 +165,62 @@ class ChainPrepared:
         res.scores, res.params = scores, params
         return res
 
+    def boxes(
+        self,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        output: OutputSpec,
+        floor=None,
+        every: bool = False,
+        alpha_iters: int = 10,
+    ) -> BoxBounds:
+        """Bounds of input boxes ``[lo, hi]`` (``(B, n)``) for input splitting: CROWN with every
+        layer's bounds refined (intersected with forward symbolic bounds), then alpha-CROWN on
+        the boxes CROWN leaves unproved and, where several rows may each prove a box, an
+        optimised convex combination of the rows (``lambda >= 0`` summing to one: on a point
+        where every row is <= 0, so is the combination).  A box is proved when some row's lower
+        bound is > 0 (``every``: when every row's is; each row is then its own disjunct over the
+        box).  ``floor``: sound lower bounds already known per box and row (a parent box's),
+        kept where better.  Dimension scores: ``|input coefficient| * width`` of the row that
+        decides (the best row; ``every``: the worst unproved one)."""
+        chain = self._spec_chain(output)
+        K, S = len(chain.weights) - 1, chain.widths[-1]
+        dev = lo.device
+        lam = torch.eye(S, dtype=torch.float64, device=dev)[None]
+        done = (lambda b: (b > 0).all(1)) if every else (lambda b: (b > 0).any(1))
+        deadline = deadlines.current()
+        with torch.no_grad():
+            bounds, _ = layer_bounds(chain, lo, hi, cheap=True)
+            lb, coef = backward(chain, K, lam, lo, hi, bounds, keep=True)
+        if floor is not None:
+            lb = torch.maximum(lb, floor)
+        proved = done(lb)
+        idx = torch.nonzero(~proved).reshape(-1)
+        if len(idx) and alpha_iters:
+            sub = [(bl[idx], bu[idx]) for bl, bu in bounds]
+            lb2, _ = optimise(chain, K, lam, lo[idx], hi[idx], sub, iters=alpha_iters, deadline=deadline, every=every)
+            lb[idx] = torch.maximum(lb[idx], lb2)
+            still = ~done(lb[idx])
+            if S > 1 and still.any() and not every:
+                j = torch.nonzero(still).reshape(-1)
+                sub_j = [(a[j], b[j]) for a, b in sub]
+                comb = _combined(chain, lo[idx][j], hi[idx][j], sub_j, alpha_iters, deadline)
+                still[j[comb > 0]] = False
+            proved[idx[~still]] = True
+        lam_x = coef.x  # (B, S, n): the input coefficients of CROWN's lower bounds
+        width = hi - lo
+        row = torch.where(lb > 0, float("inf"), lb).argmin(1) if every else lb.argmax(1)
+        score = lam_x[torch.arange(len(lo), device=dev), row].abs() * width
+        score = torch.where(width > 0, score + 1e-12 * width, -1.0)
+        corners = torch.where(lam_x >= 0, lo[:, None, :], hi[:, None, :])
+        points = torch.cat([((lo + hi) / 2)[:, None, :], corners], 1)
+        return BoxBounds(lb, proved, score, points)
+
+    def margins(self, x: torch.Tensor, output: OutputSpec) -> torch.Tensor:
+        """The margins ``C f(x) - d`` at points ``x`` ``(N, n)``."""
+        with torch.no_grad():
+            return self._spec_chain(output)(x)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _spec_chain(self, output: OutputSpec) -> Chain:
@@ -203,3 +275,25 @@ class ChainPrepared:
                 bounds, e = layer_bounds(chain, lo, hi, signs, start=bounds, first=k + 1)
             empty = empty | e
         return bounds, empty
+
+
+def _combined(chain: Chain, lo, hi, bounds, iters: int, deadline) -> torch.Tensor:
+    """Lower bound of ``sum lambda_s m_s`` with ``lambda`` on the simplex, optimised by Adam on
+    its softmax logits with CROWN's slopes (every ``lambda`` gives a sound bound)."""
+    B, S, K = lo.shape[0], chain.widths[-1], len(chain.weights) - 1
+    logits = torch.zeros(B, S, dtype=lo.dtype, device=lo.device, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    best = torch.full((B,), -float("inf"), dtype=lo.dtype, device=lo.device)
+    for _ in range(iters):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        lam = torch.softmax(logits, 1)[:, None, :]
+        lb, _ = backward(chain, K, lam, lo, hi, bounds)
+        with torch.no_grad():
+            best = torch.maximum(best, lb[:, 0])
+            if bool((best > 0).all()):
+                break
+        opt.zero_grad()
+        (-lb.sum()).backward()
+        opt.step()
+    return best
