@@ -134,3 +134,49 @@ def test_cli_parallel_options(instances, capsys):
     assert err == "boundflow: error: verify: --workers must be >= 1, got 0"
     rc = main(["verify", str(onnx), str(prop), "--workers", "2", "--timeout", "60"])
     assert rc == {"unsat": EXIT_UNSAT, "sat": EXIT_SAT}[expected]
+
+
+def test_general_graph_activation_search_is_shared_out_and_agrees_with_truth(tmp_path, pools, monkeypatch):
+    """A residual CNN (not a ReLU chain; 81 inputs): the activation-splitting search's root is
+    cut into pieces that the workers search (they import the network again); the verdicts are
+    the serial run's and the truth's (thresholds on either side of the MILP's exact minimum)."""
+    import boundflow as bf
+    import boundflow.verify.parallel as par
+    from boundflow.onnx import load_onnx
+    from boundflow.verify import pipeline
+    from tests.test_general_bab import _exact_margins, _property, _residual_cnn
+
+    onnx = _residual_cnn(tmp_path, 0)
+    module = load_onnx(onnx)
+    x0 = np.random.default_rng(10).uniform(0, 1, 81)
+    lo, hi = (x0 - 0.02).tolist(), (x0 + 0.02).tolist()
+    exact = _exact_margins(module, lo, hi)
+    f = pipeline._batched(module.double().eval())
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    box = bf.Box(torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64))
+    crown = bf.prepare(f, "crown").bounds(box, bf.OutputSpec(C))
+    gap = exact - crown.lower[0].numpy()
+    assert (gap > 1e-3).all(), "the root bound already proves it: the case tests nothing"
+    body = "(assert (or (and (>= Y_1 (+ Y_0 {a!r}))) (and (>= Y_2 (+ Y_0 {b!r})))))"
+    t_unsat = exact - 0.25 * gap
+    unsat = _property(tmp_path, lo, hi, body.format(a=float(-t_unsat[0]), b=float(-t_unsat[1])), "u.vnnlib")
+    shared = []
+    real = par.search_pieces
+
+    def counting(executor, tasks, deadline):
+        out = real(executor, tasks, deadline)
+        shared.append((tasks[0].kind, len(tasks), out.status))
+        return out
+
+    monkeypatch.setattr(par, "search_pieces", counting)
+    serial = verify(onnx, unsat, timeout=60)
+    assert serial.status == "unsat", serial
+    res = verify(onnx, unsat, timeout=60, executor=pools["process"])
+    assert res.status == "unsat", res
+    assert shared and shared[0][0] == "graph" and shared[0][1] >= 4, shared
+    # a threshold above one row's exact minimum: a counterexample exists, never "unsat"
+    t_sat = exact.copy()
+    t_sat[0] += 0.1
+    t_sat[1] = exact[1] - 0.25 * gap[1]
+    sat = _property(tmp_path, lo, hi, body.format(a=float(-t_sat[0]), b=float(-t_sat[1])), "s.vnnlib")
+    assert verify(onnx, sat, timeout=30, executor=pools["process"]).status == "sat"

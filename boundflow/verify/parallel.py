@@ -7,10 +7,11 @@ searched by the serial code (the one input-splitting search,
 
 * input splitting: the serial search's own rounds run here until ``2 n`` boxes are open (for
   ``n`` workers); the open queue is dealt out round robin, one batch of boxes per worker;
-* ReLU splitting: the root bounds (alpha-CROWN on every layer) are computed here once; the
-  unstable ReLUs with the largest intercept (BaBSR) scores there are fixed both ways, giving
-  ``2^k`` sub-domains (:func:`~boundflow.verify.search.root_pieces`) that start from the
-  root's bounds and slopes.
+* activation splitting (ReLU chains, and any other graph with wide inputs, whose network the
+  workers import again from its ONNX bytes): the root bounds (alpha-CROWN on every layer)
+  are computed here once; the unstable ReLUs with the largest intercept (BaBSR) scores there
+  are fixed both ways, giving ``2^k`` sub-domains
+  (:func:`~boundflow.verify.search.root_pieces`) that start from the root's bounds and slopes.
 
 The answer is combined as the serial search would give it: ``sat`` as soon as any piece has a
 counterexample (re-checked in onnxruntime in the worker, as serially), ``unsat`` only when
@@ -36,7 +37,7 @@ from boundflow import deadline as deadlines
 from boundflow.domains.linear.chain import Chain
 from boundflow.verify.search import Outcome, chain_boxes, chain_models, input_search, relu_search, root_pieces
 
-__all__ = ["Piece", "pieces", "solve_piece", "search_pieces", "warm_up"]
+__all__ = ["Piece", "graph_pieces", "pieces", "solve_piece", "search_pieces", "warm_up"]
 
 
 @dataclass
@@ -44,13 +45,13 @@ class Piece:
     """One part of a disjunct's search space, with everything a worker needs."""
 
     disjunct: int  # index of the disjunct it belongs to
-    kind: str  # "input" or "relu"
-    chain: Chain  # the network's
+    kind: str  # "input" or "relu" (on a ReLU chain), "graph" (activation splitting on any graph)
+    chain: Chain | None  # the network's ReLU chain ("input", "relu")
     lower: torch.Tensor
     upper: torch.Tensor
     start: object  # ("relu") the sub-domain to search (:class:`~boundflow.verify.search.SubDomain`)
     checker: object  # re-runs candidates in onnxruntime (pickled as the model's bytes)
-    dj: object  # the disjunct (for the checker)
+    dj: object  # the disjunct (for the checker); "graph": the disjuncts sharing the box
     threads: int = 1
 
 
@@ -87,6 +88,45 @@ def pieces(
     ]
 
 
+def graph_pieces(models, group: list, index: int, checker, n: int, threads: int = 1) -> tuple[Outcome, list[Piece]]:
+    """The pieces of the activation-splitting search over the disjuncts ``group`` sharing one
+    box, on any graph (``models``: the main process's
+    :class:`~boundflow.verify.search.SearchModels`; the workers import the network again from
+    the checker's ONNX bytes): the root is bounded here once and cut by
+    :func:`~boundflow.verify.search.root_pieces` into ``2^k >= 2 n`` sub-domains."""
+    status, starts = root_pieces(models, group, 2 * n)
+    if status == "unsat":
+        return Outcome("unsat", domains=1), []
+    dj = group[0]
+    return Outcome("open", domains=1), [
+        Piece(index, "graph", None, dj.lower, dj.upper, sd, checker, group, threads) for sd in starts
+    ]
+
+
+_GRAPH_MODELS: dict = {}
+
+
+def _graph_models(checker):
+    """The search models of the network in ``checker``'s ONNX bytes (imported once per worker
+    process, as the main process imported it)."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from boundflow.onnx import load_onnx
+    from boundflow.verify.pipeline import _batched, _Bounder
+
+    key = hashlib.sha256(checker.data).hexdigest()
+    if key not in _GRAPH_MODELS:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(checker.data)
+            module = load_onnx(path)
+        _GRAPH_MODELS.clear()
+        _GRAPH_MODELS[key] = _Bounder(_batched(module.double().eval())).search_models()
+    return _GRAPH_MODELS[key]
+
+
 def solve_piece(task: bytes) -> tuple[int, str, object, int]:
     """Search one piece (a pickled ``(Piece, wall-clock deadline)``) until the deadline:
     ``(disjunct, status, witness, domains)``.  Tasks travel as plain pickles: torch's
@@ -106,7 +146,11 @@ def solve_piece(task: bytes) -> tuple[int, str, object, int]:
         return piece.disjunct, out.status, out.witness, out.domains
     try:
         with deadlines.within(deadline):
-            st, nb, w = relu_search(chain_models(piece.chain), [piece.dj], deadline, piece.checker.check, [piece.start])
+            if piece.kind == "graph":
+                models, group = _graph_models(piece.checker), piece.dj
+            else:
+                models, group = chain_models(piece.chain), [piece.dj]
+            st, nb, w = relu_search(models, group, deadline, piece.checker.check, [piece.start])
     except deadlines.DeadlineExceeded:
         st, nb, w = "timeout", 0, None
     return piece.disjunct, st, w, nb

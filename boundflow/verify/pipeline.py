@@ -352,7 +352,7 @@ def _batched(module) -> _Batched:
     return _Batched(module, shape, False, _vmappable(module, shape)).eval()
 
 
-def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, chain=None):
+def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, chain=None, executor=None):
     """Bound one disjunct (falsification already ran); ``(status, witness, boxes)``.  Up to
     :data:`INPUT_SPLIT_MAX` inputs: the one input-splitting search
     (:func:`~boundflow.verify.search.input_search`); more: the root box's bounds, then the one
@@ -383,8 +383,26 @@ def _verify_disjunct(f, dj: Disjunct, checker: _Checker, deadline: float, chain=
         return "sat", w, 1
     if not boxes.linear:
         return "unknown", None, 1
-    st, nb, w = relu_search(boxes.bounder.search_models(), [dj], deadline, checker.check)
+    st, nb, w = _activation_search(boxes.bounder, [dj], checker, deadline, executor)
     return st, w, 1 + nb
+
+
+def _activation_search(bounder, group: list[Disjunct], checker: _Checker, deadline: float, executor=None):
+    """The one activation-splitting search over ``group`` on a general graph: in this process,
+    or (an executor with more than one worker) cut into pieces searched by its workers
+    (:func:`boundflow.verify.parallel.graph_pieces`).  ``(status, sub-domains, witness)``."""
+    if executor is None or executor.workers <= 1:
+        return relu_search(bounder.search_models(), group, deadline, checker.check)
+    import os
+
+    from boundflow.verify.parallel import graph_pieces, search_pieces
+
+    threads = max(1, (os.cpu_count() or 1) // executor.workers)
+    cut, tasks = graph_pieces(bounder.search_models(), group, 0, checker, executor.workers, threads)
+    if not tasks:
+        return cut.status, cut.domains, cut.witness
+    out = search_pieces(executor, tasks, time.time() + (deadline - time.monotonic()))
+    return out.status, out.domains + cut.domains, out.witness
 
 
 class _GraphBoxes:
@@ -492,7 +510,8 @@ def verify_model(
     """Verify ``disjuncts`` on an imported ``module``; the deadline is ``start + timeout``
     (``start``: a ``time.monotonic()`` reading, by default now).  ``executor``: a
     :mod:`solvers.executor` executor with more than one worker spreads the branch and bound of
-    ReLU chains over its workers (:mod:`boundflow.verify.parallel`); ``None``: this process."""
+    ReLU chains, and the activation-splitting search of other graphs, over its workers
+    (:mod:`boundflow.verify.parallel`); ``None``: this process."""
     start = time.monotonic() if start is None else start
     try:
         with _deadline.within(start + timeout):
@@ -570,13 +589,14 @@ def _verify_model(module, onnx_path, disjuncts, timeout, start, executor) -> Res
         disjuncts_left = []
     else:
         disjuncts_left = disjuncts
+    pool = executor if parallel and chain is None else None  # general graphs: activation search pieces
     work = _shared_boxes(disjuncts_left, chain)
     while work:
         group = work.pop(0)
         if len(group) == 1:
-            st, w, nb = _verify_disjunct(f, group[0], checker, deadline, chain=chain)
+            st, w, nb = _verify_disjunct(f, group[0], checker, deadline, chain=chain, executor=pool)
         elif chain is None:
-            out = _verify_wide_group(f, group, checker, deadline)
+            out = _verify_wide_group(f, group, checker, deadline, executor=pool)
             if out is None:  # the linear domain does not take the graph: one disjunct at a time
                 work[:0] = [[g] for g in group]
                 continue
@@ -628,7 +648,7 @@ def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: flo
     return out.status, out.witness, out.domains
 
 
-def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: float):
+def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: float, executor=None):
     """Single-row disjuncts sharing a wide input box on a general graph: their rows bounded
     together (CROWN, then alpha-CROWN); the disjuncts not proved there searched together by
     :func:`_relu_bab`.  ``None`` where the linear domain does not take the graph (the caller
@@ -653,7 +673,7 @@ def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: fl
         w = checker.check(centre, g)
         if w is not None:
             return "sat", w, 1
-    st, nb, w = relu_search(bounder.search_models(), left, deadline, checker.check)
+    st, nb, w = _activation_search(bounder, left, checker, deadline, executor)
     return st, w, 1 + nb
 
 
