@@ -651,8 +651,8 @@ def _verify_group(chain, group: list[Disjunct], checker: _Checker, deadline: flo
 def _verify_wide_group(f, group: list[Disjunct], checker: _Checker, deadline: float, executor=None):
     """Single-row disjuncts sharing a wide input box on a general graph: their rows bounded
     together (CROWN, then alpha-CROWN); the disjuncts not proved there searched together by
-    :func:`_relu_bab`.  ``None`` where the linear domain does not take the graph (the caller
-    then searches one disjunct at a time)."""
+    :func:`~boundflow.verify.search.relu_search`.  ``None`` where the linear domain does not
+    take the graph (the caller then searches one disjunct at a time)."""
     dj = group[0]
     C, d = torch.cat([g.C for g in group]), torch.cat([g.d for g in group])
     bounder = _Bounder(f)
