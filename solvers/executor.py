@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -45,8 +46,9 @@ class SerialExecutor:
     def warm(self, fn: Callable, item) -> None:
         pass
 
-    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
-        """``(i, fn(items[i]))`` for every item, here in order."""
+    def imap(self, fn: Callable, items: Sequence, until: float | None = None) -> Iterator[tuple[int, object]]:
+        """``(i, fn(items[i]))`` for every item, here in order (``until`` is not enforced here:
+        a task cannot be interrupted in its own process)."""
         for i, item in enumerate(items):
             yield i, fn(item)
 
@@ -96,11 +98,14 @@ class ProcessExecutor:
         for _ in range(self.workers):
             self._pool.submit(fn, item)
 
-    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
+    def imap(self, fn: Callable, items: Sequence, until: float | None = None) -> Iterator[tuple[int, object]]:
+        """``(i, fn(items[i]))`` as the tasks finish; ``until`` (a ``time.time()`` reading):
+        :class:`TimeoutError` once it passes with tasks outstanding (they are stopped)."""
         futures = {self._pool.submit(fn, item): i for i, item in enumerate(items)}
         finished = False
+        left = None if until is None else max(0.0, until - time.time())
         try:
-            for f in as_completed(futures):
+            for f in as_completed(futures, timeout=left):
                 yield futures[f], f.result()
             finished = True
         finally:
@@ -148,13 +153,18 @@ class RayExecutor:
         for _ in range(self.workers):
             self._remote.remote(fn, item)
 
-    def imap(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
+    def imap(self, fn: Callable, items: Sequence, until: float | None = None) -> Iterator[tuple[int, object]]:
+        """``(i, fn(items[i]))`` as the tasks finish; ``until`` (a ``time.time()`` reading):
+        :class:`TimeoutError` once it passes with tasks outstanding (they are cancelled)."""
         ray = self._ray
         fn_ref = ray.put(fn)
         pending = {self._remote.remote(fn_ref, ray.put(item)): i for i, item in enumerate(items)}
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                left = None if until is None else max(0.0, until - time.time())
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+                if not done:
+                    raise TimeoutError("tasks still running at the deadline")
                 for d in done:
                     yield pending.pop(d), ray.get(d)
         finally:

@@ -70,6 +70,37 @@ def _check_answer(res, expected, layers, lo, hi, t):
         assert _forward(layers, x[None].astype(np.float32))[0, 0] <= t + 1e-5
 
 
+def _count_shared(monkeypatch) -> list:
+    """Record ``(kind, number of pieces, answer)`` of every search that reaches the workers."""
+    import boundflow.verify.parallel as par
+
+    shared = []
+    real = par.search_pieces
+
+    def counting(executor, tasks, deadline):
+        out = real(executor, tasks, deadline)
+        shared.append((tasks[0].kind, len(tasks), out.status))
+        return out
+
+    monkeypatch.setattr(par, "search_pieces", counting)
+    return shared
+
+
+@pytest.mark.parametrize("name", ["process", "ray"])
+def test_waiting_for_workers_stops_at_the_deadline(pools, name):
+    """A task still running when ``until`` passes (a worker importing a large network) is
+    stopped: ``imap`` raises ``TimeoutError`` within about a second, and the executor still
+    runs tasks afterwards."""
+    import time
+
+    ex = pools[name]
+    t0 = time.time()
+    with pytest.raises(TimeoutError):
+        list(ex.imap(time.sleep, [30.0, 30.0], until=time.time() + 0.5))
+    assert time.time() - t0 < 10
+    assert [r for _, r in ex.imap(abs, [-2, 3])] in ([2, 3], [3, 2])
+
+
 def test_root_pieces_cover_every_sign_pattern_of_the_chosen_neurons():
     from boundflow.onnx.vnnlib import Disjunct
 
@@ -91,17 +122,8 @@ def test_root_pieces_cover_every_sign_pattern_of_the_chosen_neurons():
 
 
 def test_parallel_verdicts_equal_serial_and_truth(instances, pools, monkeypatch):
-    import boundflow.verify.parallel as par
 
-    shared = []  # (kind, number of pieces) of every search that reached the workers
-    real = par.search_pieces
-
-    def counting(executor, tasks, deadline):
-        out = real(executor, tasks, deadline)
-        shared.append((tasks[0].kind, len(tasks), out.status))
-        return out
-
-    monkeypatch.setattr(par, "search_pieces", counting)
+    shared = _count_shared(monkeypatch)  # (kind, number of pieces, answer) of every shared search
     for n, (onnx, prop, expected, layers, lo, hi, t) in enumerate(instances):
         serial = verify(onnx, prop, timeout=60)
         _check_answer(serial, expected, layers, lo, hi, t)
@@ -141,7 +163,6 @@ def test_general_graph_activation_search_is_shared_out_and_agrees_with_truth(tmp
     cut into pieces that the workers search (they import the network again); the verdicts are
     the serial run's and the truth's (thresholds on either side of the MILP's exact minimum)."""
     import boundflow as bf
-    import boundflow.verify.parallel as par
     from boundflow.onnx import load_onnx
     from boundflow.verify import pipeline
     from tests.test_general_bab import _exact_margins, _property, _residual_cnn
@@ -160,15 +181,7 @@ def test_general_graph_activation_search_is_shared_out_and_agrees_with_truth(tmp
     body = "(assert (or (and (>= Y_1 (+ Y_0 {a!r}))) (and (>= Y_2 (+ Y_0 {b!r})))))"
     t_unsat = exact - 0.25 * gap
     unsat = _property(tmp_path, lo, hi, body.format(a=float(-t_unsat[0]), b=float(-t_unsat[1])), "u.vnnlib")
-    shared = []
-    real = par.search_pieces
-
-    def counting(executor, tasks, deadline):
-        out = real(executor, tasks, deadline)
-        shared.append((tasks[0].kind, len(tasks), out.status))
-        return out
-
-    monkeypatch.setattr(par, "search_pieces", counting)
+    shared = _count_shared(monkeypatch)
     serial = verify(onnx, unsat, timeout=60)
     assert serial.status == "unsat", serial
     res = verify(onnx, unsat, timeout=60, executor=pools["process"])

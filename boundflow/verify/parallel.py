@@ -163,10 +163,18 @@ def warm_up(_: object = None) -> int:
     return os.getpid()
 
 
+# seconds past the deadline that the workers' answers are waited for (a piece answers
+# "timeout" at the deadline by itself; a worker still importing a large network does not)
+DEADLINE_GRACE = 0.5
+
+
 def search_pieces(executor, tasks: list[Piece], wall_deadline: float) -> Outcome:
-    """Search every piece on ``executor``; the combined answer (see the module docstring)."""
+    """Search every piece on ``executor``; the combined answer (see the module docstring).
+    Pieces still running :data:`DEADLINE_GRACE` seconds after the deadline are stopped and
+    the answer is ``timeout``."""
     status, domains = "unsat", 0
-    results = executor.imap(solve_piece, [pickle.dumps((p, wall_deadline)) for p in tasks])
+    tasks_ = [pickle.dumps((p, wall_deadline)) for p in tasks]
+    results = executor.imap(solve_piece, tasks_, until=wall_deadline + DEADLINE_GRACE)
     try:
         for _, (_, st, w, nb) in results:
             domains += nb
@@ -174,6 +182,8 @@ def search_pieces(executor, tasks: list[Piece], wall_deadline: float) -> Outcome
                 return Outcome("sat", w, domains)
             if st != "unsat":
                 status = "timeout" if "timeout" in (st, status) else st
+    except TimeoutError:
+        return Outcome("timeout", domains=domains)
     finally:
         results.close()  # stops the outstanding pieces after a counterexample
     return Outcome(status, domains=domains)
