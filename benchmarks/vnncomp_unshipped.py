@@ -3,10 +3,22 @@ verifier's settings are not tuned to ../shared).
 
     python benchmarks/vnncomp_unshipped.py --benchmarks VNNCOMP2021 --results VNNCOMP2021_RESULTS \
         --out results/unshipped [--acasxu 24] [--mnistfc 4]
+    python benchmarks/vnncomp_unshipped.py --vnncomp2022 B22 --results2022 R22 \
+        --vnncomp2023 B23 --results2023 R23 --out results/unshipped [--per 3]
     python benchmarks/vnncomp.py results/unshipped/acasxu --out OUT_A --results results/unshipped/runs
     python benchmarks/vnncomp.py results/unshipped/mnistfc --out OUT_M --results results/unshipped/runs
-    python benchmarks/vnncomp_unshipped.py --report OUT_A/vnncomp.json OUT_M/vnncomp.json \
+    python benchmarks/vnncomp.py results/unshipped/20xx/* --timeout-cap 60 --out OUT_X --results results/unshipped/runs
+    python benchmarks/vnncomp_unshipped.py --report OUT_A/vnncomp.json OUT_M/vnncomp.json OUT_X/vnncomp.json \
         --out docs/benchmarks
+
+2022/2023: ``B22``/``B23``, checkouts of github.com/ChristopherBrix/vnncomp2022_benchmarks and
+vnncomp2023_benchmarks; ``R22``/``R23``, of vnncomp2022_results and vnncomp2023_results (every
+participant's ``results.csv`` per benchmark).  For every benchmark of ../shared (and
+``sri_resnet_b``), ``--per`` instances that are not shipped and on which every participant that
+answered agrees, sampled evenly in the competition's order, go to ``OUT/20xx/<benchmark>`` with
+an ``instances.csv`` and a ``results_vnncomp20xx.csv`` holding alpha-beta-CROWN's answer and time
+that year (which ``benchmarks/vnncomp.py`` sets beside ours).  Instances whose network the
+fetched repository lacks (files too large for the snapshot) are left out and counted.
 
 ``VNNCOMP2021``: a checkout of github.com/stanleybak/vnncomp2021 (the ONNX networks and
 properties); ``VNNCOMP2021_RESULTS``: of github.com/stanleybak/vnncomp2021_results (the
@@ -71,6 +83,92 @@ def build(bench: Path, results: Path, out: Path, name: str, src: str, shared: st
     return len(chosen)
 
 
+# (shared folder, year, folder in that year's benchmark and results repositories)
+RECENT = [
+    ("oval21", 2022, "oval21"),
+    ("sri_resnet_a", 2022, "sri_resnet_a"),
+    ("sri_resnet_b", 2022, "sri_resnet_b"),
+    ("cifar_biasfield", 2022, "cifar_biasfield"),
+    ("collins_rul_cnn", 2022, "collins_rul_cnn"),
+    ("carvana_unet", 2022, "carvana_unet_2022"),
+    ("rl_benchmarks", 2022, "rl_benchmarks"),
+    ("tllverifybench", 2023, "tllverifybench"),
+    ("cgan", 2023, "cgan"),
+    ("dist_shift", 2023, "dist_shift"),
+    ("metaroom", 2023, "metaroom"),
+    ("ml4acopf", 2023, "ml4acopf"),
+    ("nn4sys", 2023, "nn4sys"),
+    ("traffic_signs", 2023, "traffic_signs_recognition"),
+    ("vit", 2023, "vit"),
+    ("yolo", 2023, "yolo"),
+    ("cctsdb_yolo", 2023, "cctsdb_yolo"),
+]
+_ANSWER = {"holds": "unsat", "unsat": "unsat", "violated": "sat", "sat": "sat"}
+
+
+def _plain(name: str) -> str:
+    return Path(name).name.removesuffix(".gz")
+
+
+def _year_answers(results: Path, year: int, folder: str) -> dict[str, dict[tuple[str, str], tuple[str, float]]]:
+    """Per tool: ``(onnx, vnnlib) file names -> (answer, seconds)`` for ``folder`` in that year's
+    results repository (2023 names its folders ``2023_<benchmark>``)."""
+    name = f"{year}_{folder}" if year == 2023 else folder
+    out: dict[str, dict] = {}
+    for csv_path in sorted(results.glob(f"*/{name}/results.csv")):
+        got = {}
+        for row in csv.reader(csv_path.open()):
+            if len(row) >= 6 and row[4].strip().lower() in _ANSWER:
+                try:
+                    t = float(row[5])
+                except ValueError:
+                    continue
+                got[(_plain(row[1]), _plain(row[2]))] = (_ANSWER[row[4].strip().lower()], t)
+        out[csv_path.parts[-3]] = got
+    return out
+
+
+def build_recent(
+    bench: Path, results: Path, out: Path, shared: str, year: int, folder: str, count: int
+) -> tuple[int, int]:
+    """``(instances written, instances left out for a missing network)`` for one benchmark."""
+    src = bench / "benchmarks" / folder
+    rows = [r for r in csv.reader((src / "instances.csv").open()) if r and r[0] != "onnx"]
+    tools = _year_answers(results, year, folder)
+    shipped = {(_plain(o), _plain(v)) for o, v in _shipped(shared)}
+    pool, missing = [], 0
+    for onnx, vnnlib, timeout, *_ in rows:
+        key = (_plain(onnx), _plain(vnnlib))
+        got = {a[key][0] for a in tools.values() if key in a}
+        if key in shipped or len(got) != 1:  # shipped, unanswered, or the tools disagree
+            continue
+        paths = []
+        for rel in (onnx.strip(), vnnlib.strip()):
+            p = src / rel
+            p = p if p.is_file() else Path(f"{p}.gz")
+            paths.append(p if p.is_file() else None)
+        if None in paths:
+            missing += 1
+            continue
+        pool.append((*paths, timeout.strip(), got.pop(), key))
+    step = max(1, len(pool) // max(count, 1))
+    chosen = pool[::step][:count]
+    dest = out / str(year) / shared
+    dest.mkdir(parents=True, exist_ok=True)
+    abc = tools.get("alpha_beta_crown", {})
+    with (dest / "instances.csv").open("w") as f:
+        f.write("onnx,vnnlib,timeout_s,expected\n")
+        for o, v, t, e, _ in chosen:
+            f.write(f"{o},{v},{t},{e}\n")
+    with (dest / f"results_vnncomp{year}.csv").open("w") as f:
+        f.write("onnx,vnnlib,alpha_beta_crown\n")
+        for o, v, _, _, key in chosen:
+            ans = abc.get(key)
+            cell = "-" if ans is None else f"{ans[1]:.1f} ({'h' if ans[0] == 'unsat' else 'v'})"
+            f.write(f"{o},{v},{cell}\n")
+    return len(chosen), missing
+
+
 def report(runs: list[Path], out: Path) -> None:
     """``out/vnncomp_unshipped.md`` from the runs' ``vnncomp.json`` (copied with their plots)."""
     folder = out / "vnncomp_unshipped"
@@ -125,9 +223,30 @@ def main() -> None:
     ap.add_argument("--out", default="results/unshipped", type=Path)
     ap.add_argument("--acasxu", type=int, default=24, help="ACAS Xu instances to take")
     ap.add_argument("--mnistfc", type=int, default=4, help="mnist_fc instances to take")
+    ap.add_argument("--vnncomp2022", type=Path, help="checkout of ChristopherBrix/vnncomp2022_benchmarks")
+    ap.add_argument("--results2022", type=Path, help="checkout of ChristopherBrix/vnncomp2022_results")
+    ap.add_argument("--vnncomp2023", type=Path, help="checkout of ChristopherBrix/vnncomp2023_benchmarks")
+    ap.add_argument("--results2023", type=Path, help="checkout of ChristopherBrix/vnncomp2023_results")
+    ap.add_argument("--per", type=int, default=3, help="2022/2023: instances to take per benchmark")
     args = ap.parse_args()
     if args.report:
         return report(args.report, args.out)
+    recent = {2022: (args.vnncomp2022, args.results2022), 2023: (args.vnncomp2023, args.results2023)}
+    if any(b or r for b, r in recent.values()):
+        for year, (b, r) in recent.items():
+            if (b is None) != (r is None):
+                raise SystemExit(f"error: --vnncomp{year} and --results{year} go together")
+            for path in (b / "benchmarks", r) if b is not None else ():
+                if not path.is_dir():
+                    raise SystemExit(f"error: {path} is not a folder (see --help for the checkouts needed)")
+        for shared, year, folder in RECENT:
+            b, r = recent[year]
+            if b is None:
+                continue
+            n, missing = build_recent(b, r, args.out, shared, year, folder, args.per)
+            lost = f" ({missing} agreed instances left out: network not in the checkout)" if missing else ""
+            print(f"{shared}: {n} instances from {year} -> {args.out}/{year}/{shared}{lost}")
+        return None
     if args.benchmarks is None or args.results is None:
         raise SystemExit("error: --benchmarks and --results are needed (or --report)")
     for path in (args.benchmarks / "benchmarks", args.results / "results_csv"):

@@ -321,7 +321,8 @@ def test_vnncomp_runner_writes_results_and_resumes(tmp_path):
     rows = run_benchmark(csv_path, out, progress=False)
     assert [r["result"] for r in rows] == ["unsat", "sat"]
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header == "benchmark,onnx,vnnlib,prepare_time,result,run_time"
+    assert header == "benchmark,onnx,vnnlib,prepare_time,result,run_time,domains"
+    assert all(int(r["domains"]) >= 0 for r in rows), rows  # the sub-domains each search bounded
     assert sorted(p.name for p in out.glob("*.txt")) == ["0000_mlp_unsat.txt", "0001_mlp_sat.txt"]
     assert (out / "0001_mlp_sat.txt").read_text().startswith("sat\n(")
 
@@ -330,6 +331,11 @@ def test_vnncomp_runner_writes_results_and_resumes(tmp_path):
 
     again = run_benchmark(csv_path, out, progress=False, verify_fn=must_not_run)
     assert [r["result"] for r in again] == ["unsat", "sat"]
+    assert [r["domains"] for r in again] == [r["domains"] for r in rows]
+    # as the competition runs it: the count is read from each `boundflow verify` process's output
+    isolated = run_benchmark(csv_path, tmp_path / "isolated", progress=False, isolate=True)
+    assert [r["result"] for r in isolated] == ["unsat", "sat"]
+    assert all(r["domains"].isdigit() for r in isolated), isolated
     assert main(["vnncomp", str(csv_path), "--out", str(tmp_path / "cli")]) == 0
     (bench / "broken.csv").write_text("mlp.onnx,nothere.vnnlib,10\n")
     assert main(["vnncomp", str(bench / "broken.csv"), "--out", str(tmp_path / "x")]) == EXIT_INPUT_ERROR

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,28 +22,33 @@ from boundflow.errors import BoundFlowError
 
 __all__ = ["Instance", "read_instances", "run_benchmark", "COLUMNS", "PARALLEL"]
 
-COLUMNS = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
+# the competition's columns, then the sub-domains (boxes) the search bounded (empty if unknown)
+COLUMNS = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time", "domains"]
 PARALLEL = ("subdomains", "instances")  # what the workers of a parallel run share out
 
 
-def _verify_instance(job) -> tuple[str, str, float]:
-    """``(status, result text, seconds)`` of one instance; a late answer scores as a timeout."""
+def _verify_instance(job) -> tuple[str, str, float, int | None]:
+    """``(status, result text, seconds, sub-domains)`` of one instance; a late answer scores as
+    a timeout."""
     verify_fn, onnx, vnnlib, timeout, executor = job
     start = time.monotonic()
     try:
         kw = {"executor": executor} if executor is not None else {}
         res = verify_fn(onnx, vnnlib, timeout=timeout, **kw)
-        status, text = res.status, res.vnncomp()
+        status, text, domains = res.status, res.vnncomp(), getattr(res, "boxes", None)
     except BoundFlowError as e:
-        status, text = "error", f"error\n; {e}\n"
+        status, text, domains = "error", f"error\n; {e}\n", None
     elapsed = time.monotonic() - start
     if status in ("sat", "unsat") and elapsed > timeout:
         status, text = "timeout", "timeout\n"
-    return status, text, elapsed
+    return status, text, elapsed, domains
 
 
-def _verify_isolated(job) -> tuple[str, str, float]:
-    """``(status, result text, seconds)`` of one instance run as the competition runs it: a
+_BOXES = re.compile(r"\(\s*[0-9.]+ s, (\d+) boxes\)")
+
+
+def _verify_isolated(job) -> tuple[str, str, float, int | None]:
+    """``(status, result text, seconds, sub-domains)`` of one instance run as the competition runs it: a
     fresh ``boundflow verify`` process (start-up counted), its answer read from its result
     file; a process still running 5 s past the timeout is killed and scored ``timeout``."""
     import subprocess
@@ -58,16 +64,17 @@ def _verify_isolated(job) -> tuple[str, str, float]:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
-            return "timeout", "timeout\n; killed 5 s after the timeout\n", time.monotonic() - start
+            return "timeout", "timeout\n; killed 5 s after the timeout\n", time.monotonic() - start, None
         elapsed = time.monotonic() - start
         if not out.exists():
             why = (proc.stderr.strip().splitlines() or ["no result file"])[-1]
-            return "error", f"error\n; {why}\n", elapsed
+            return "error", f"error\n; {why}\n", elapsed, None
         text = out.read_text()
     status = text.split("\n", 1)[0].strip()
     if status in ("sat", "unsat") and elapsed > timeout:
         status, text = "timeout", "timeout\n"
-    return status, text, elapsed
+    found = _BOXES.search(proc.stdout)
+    return status, text, elapsed, int(found.group(1)) if found else None
 
 
 class InstancesError(BoundFlowError, ValueError):
@@ -211,7 +218,7 @@ def run_benchmark(
         results = executor.imap(run_one, jobs)
     else:
         results = ((k, run_one(job[:4] + (executor,))) for k, job in enumerate(jobs))
-    for k, (status, text, elapsed) in results:
+    for k, (status, text, elapsed, domains) in results:
         i, inst = todo[k]
         timeout = limit(inst)
         atomic_write_text(out_dir / _result_name(i, inst), text)
@@ -223,6 +230,7 @@ def run_benchmark(
                 "prepare_time": "0.0",
                 "result": status,
                 "run_time": f"{elapsed:.3f}",
+                "domains": "" if domains is None else str(domains),
                 "expected": inst.expected or "",
                 "timeout": f"{timeout:g}",
             }
