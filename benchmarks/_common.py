@@ -11,8 +11,26 @@ import torch
 from boundflow.atomic import atomic_write_json, atomic_write_text
 
 
+def _commit() -> str | None:
+    """The short commit of the checkout the benchmark runs from (``+`` if it has changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def environment(seed: int | None = None) -> dict:
     return {
+        "commit": _commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.platform(),

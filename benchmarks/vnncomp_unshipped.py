@@ -169,6 +169,12 @@ def build_recent(
     return len(chosen), missing
 
 
+def _source(folder: str) -> str:
+    """The competition year of a run's folder (``OUT/2022/<benchmark>``); 2021 otherwise."""
+    parent = Path(folder).parent.name
+    return parent if parent.isdigit() else "2021"
+
+
 def report(runs: list[Path], out: Path) -> None:
     """``out/vnncomp_unshipped.md`` from the runs' ``vnncomp.json`` (copied with their plots)."""
     folder = out / "vnncomp_unshipped"
@@ -177,39 +183,58 @@ def report(runs: list[Path], out: Path) -> None:
         "# VNN-COMP instances this repository does not ship",
         "",
         "The verifier's settings, unchanged from the shared-instance runs, on instances sampled evenly from the "
-        "VNN-COMP 2021 benchmarks (every k-th in the competition's order, the shipped ones left out); expected "
-        "answers from the competition's results (nnenum for ACAS Xu; nnenum and alpha-beta-CROWN where they agree "
-        "for mnist_fc). Competition timeouts, 2 cores, serial. Commands: see `benchmarks/vnncomp_unshipped.py` "
-        "(checkouts of github.com/stanleybak/vnncomp2021 and stanleybak/vnncomp2021_results).",
+        "VNN-COMP 2021, 2022 and 2023 benchmarks (every k-th in the competition's order, the shipped ones left out), "
+        "so that nothing is tuned to the shipped instances. Expected answers: for 2021 nnenum's (ACAS Xu) and "
+        "nnenum's and alpha-beta-CROWN's where they agree (mnist_fc); for 2022/2023 the answer every participant that "
+        "answered agrees on. 2021: competition timeouts; 2022/2023: competition timeouts capped at 60 s. 2 cores, "
+        "serial, each instance in its own `boundflow verify` process. alpha-beta-CROWN's column: its answers in that "
+        "year's competition (GPU, uncapped timeouts). Commands: `benchmarks/vnncomp_unshipped.py` (checkouts of "
+        "stanleybak/vnncomp2021(_results) and ChristopherBrix/vnncomp2022/2023_benchmarks(_results)).",
         "",
-        "| benchmark | instances | solved | wrong | timeout/unknown | median s | slowest solved s |",
-        "|---|---|---|---|---|---|---|",
+        "| benchmark | from | instances | solved | wrong | timeout/unknown | median s | slowest solved s | "
+        "alpha-beta-CROWN solved (median s) | measured at |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    per, images = [], []
+    per, images, totals = [], [], {"instances": 0, "solved": 0, "wrong": 0, "abcrown": 0}
     for path in runs:
         d = json.loads(path.read_text())
-        s = d["summary"][0]
-        name = s["benchmark"]
-        shutil.copyfile(path, folder / f"{name}.json")
-        if (path.parent / "vnncomp.png").exists():
-            shutil.copyfile(path.parent / "vnncomp.png", folder / f"{name}.png")
-            images.append(f"![{name}](vnncomp_unshipped/{name}.png)")
-        t = [float(r["run_time"]) for r in d["rows"]]
-        solved = [float(r["run_time"]) for r in d["rows"] if r["result"] == r["expected"]]
-        slowest = f"{max(solved):.1f}" if solved else "–"
-        lines.append(
-            f"| {name} | {s['instances']} | {s['solved']} | {s['wrong']} | {s['unsolved']} | "
-            f"{statistics.median(t):.2f} | {slowest} |"
-        )
-        for r in d["rows"]:
-            per.append(
-                f"| {name} | {Path(r['onnx']).name} | {Path(r['vnnlib']).name} | {r['expected']} | {r['result']} | "
-                f"{float(r['run_time']):.2f} | {r['timeout']} |"
+        years = {Path(f).name: _source(f) for f in d["args"].get("folders", [])}
+        stem = path.stem if len(d["summary"]) > 1 else d["summary"][0]["benchmark"]
+        for src, dst in ((path, f"{stem}.json"), (path.with_suffix(".png"), f"{stem}.png")):
+            if src.exists() and src.resolve() != (folder / dst).resolve():  # (a page rebuilt from its own copies)
+                shutil.copyfile(src, folder / dst)
+        if (folder / f"{stem}.png").exists():
+            images.append(f"![{stem}](vnncomp_unshipped/{stem}.png)")
+        commit = d["environment"].get("commit", "-")
+        for s in d["summary"]:
+            name = s["benchmark"]
+            rows = [r for r in d["rows"] if r.get("benchmark", name) == name]
+            t = [float(r["run_time"]) for r in rows]
+            solved = [float(r["run_time"]) for r in rows if r["result"] == r["expected"]]
+            slowest = f"{max(solved):.1f}" if solved else "–"
+            abc = "-"
+            if s.get("abcrown_solved") is not None:
+                med = s.get("abcrown_median_s")
+                abc = f"{s['abcrown_solved']} ({'-' if med is None else f'{med:.1f}'})"
+                totals["abcrown"] += s["abcrown_solved"]
+            for k in ("instances", "solved", "wrong"):
+                totals[k] += s[k]
+            lines.append(
+                f"| {name} | {years.get(name, '2021')} | {s['instances']} | {s['solved']} | {s['wrong']} | "
+                f"{s['unsolved']} | {statistics.median(t):.2f} | {slowest} | {abc} | {commit} |"
             )
+            for r in rows:
+                per.append(
+                    f"| {name} | {Path(r['onnx']).name} | {Path(r['vnnlib']).name} | {r['expected']} | {r['result']} | "
+                    f"{float(r['run_time']):.2f} | {r['timeout']} | {r.get('domains') or '-'} |"
+                )
     lines += [
         "",
-        "| benchmark | network | property | expected | answer | s | timeout |",
-        "|---|---|---|---|---|---|---|",
+        f"In all: {totals['solved']} of {totals['instances']} solved, {totals['wrong']} wrong; alpha-beta-CROWN "
+        f"solved {totals['abcrown']} of the 2022/2023 ones it is listed for.",
+        "",
+        "| benchmark | network | property | expected | answer | s | timeout | sub-domains |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += per + ["", " ".join(images), ""]
     (out / "vnncomp_unshipped.md").write_text("\n".join(lines))

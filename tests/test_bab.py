@@ -15,7 +15,15 @@ from torch import nn
 from boundflow.domains.linear.chain import Chain, extract_chain
 from boundflow.domains.linear.chain_bounds import backward, forward_bounds, layer_bounds, optimise
 from boundflow.verify.leaf import decide
-from boundflow.verify.search import Outcome, chain_boxes, chain_models, input_search, relu_search
+from boundflow.verify.search import (
+    Outcome,
+    bounded_so_far,
+    chain_boxes,
+    chain_models,
+    count_from_zero,
+    input_search,
+    relu_search,
+)
 
 
 def _mlp(widths, seed, bias=True):
@@ -240,8 +248,11 @@ def test_searches_agree_with_known_truth(seed, search):
     exact = _milp_min(chain, lo, hi, bounds)
     chain_u = Chain(chain.weights, chain.biases[:-1] + [chain.biases[-1] - exact + 0.05])
     chain_s = chain_u
+    count_from_zero()
     out = run(chain_u, lo, hi, check, time.monotonic() + 30)
     assert out.status == "unsat", out
+    # every bounded sub-domain is counted, also where a deadline's exception ends the search
+    assert out.domains >= 1 and bounded_so_far() == out.domains, (out.domains, bounded_so_far())
 
 
 def input_bab(chain: Chain, lo, hi, check, deadline, every: bool = False) -> Outcome:

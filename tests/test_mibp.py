@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -234,3 +235,62 @@ def test_joint_step_shrinks_where_the_gradient_depends_on_the_parameter():
         for (n, t), gr in zip(p.items(), grads, strict=True):
             after = t.detach() - lr * gr
             assert bool((after >= nl[n] - 1e-9).all() and (after <= nh[n] + 1e-9).all()), n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encoded_forward_pass_is_the_network_at_every_fixed_point(seed):
+    """The training step's forward half is the one network encoder's: with the shared weight
+    variables and each sample's inputs fixed to a point of their boxes (random architecture,
+    boxes and point), every output, pre-activation and indicator of every sample has one
+    feasible value, the network's; so the weights reach every use (the transposed weight of
+    each layer included), and a variable not tied to them would leave a range."""
+    from boundflow.domains.interval.tensor import IntervalTensor
+    from boundflow.domains.linear.crown import prepare
+    from boundflow.encode.network import encode_forward
+    from boundflow.graph import capture
+    from solvers.executor import minimize_all
+    from solvers.program import Program
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = [int(v) for v in torch.randint(2, 5, (int(torch.randint(2, 4, (1,), generator=g)),), generator=g)]
+    mods = []
+    for a, b in zip(sizes, sizes[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*mods[:-1]).double()
+    names = [n for n, _ in model.named_parameters()]
+    rad = {n: 0.05 * torch.rand(p.shape, generator=g, dtype=D) for n, p in model.named_parameters()}
+    lower = {n: p.detach() - rad[n] for n, p in model.named_parameters()}
+    upper = {n: p.detach() + rad[n] for n, p in model.named_parameters()}
+    graph = capture(model, torch.zeros(1, sizes[0], dtype=D), {n: IntervalTensor(lower[n], upper[n]) for n in names})
+    prog = Program()
+    P = {n: prog.var(lower[n].numpy(), upper[n].numpy()) for n in names}
+    point = {n: lower[n] + torch.rand(lower[n].shape, generator=g, dtype=D) * (upper[n] - lower[n]) for n in names}
+    for n in names:
+        prog.tighten(P[n], point[n].numpy(), point[n].numpy())
+    samples = []
+    for _ in range(2):
+        lo = torch.randn(1, sizes[0], generator=g, dtype=D)
+        hi = lo + torch.rand(1, sizes[0], generator=g, dtype=D)
+        fw = encode_forward(graph, prepare(graph, lo, hi, sparse=False), prog, P)
+        x = lo + torch.rand(lo.shape, generator=g, dtype=D) * (hi - lo)
+        prog.tighten(fw.input, x[0].numpy(), x[0].numpy())
+        samples.append((fw, x))
+    for fw, x in samples:
+        h, pre, ind = x, [], []
+        for name, m in model.named_children():  # the network at the fixed point
+            if isinstance(m, nn.Linear):
+                h = h @ point[f"{name}.weight"].T + point[f"{name}.bias"]
+            elif isinstance(m, nn.ReLU):
+                pre.append(h[0].clone())
+                ind.append((h[0] > 0).double())
+                h = torch.relu(h)
+        want = [h[0]] + pre + ind
+        got = [fw.output] + [z for z, _, _ in fw.relus] + [a for _, _, a in fw.relus]
+        assert len(fw.relus) == len(sizes) - 2
+        objectives = [(np.array([int(v)]), np.array([sgn])) for var in got for v in var for sgn in (1.0, -1.0)]
+        out = minimize_all([(prog, objectives)], "milp")[0]
+        lo_b = np.array([o.bound for o in out[0::2]])
+        hi_b = -np.array([o.bound for o in out[1::2]])
+        value = torch.cat(want).numpy()
+        assert np.all(lo_b <= value + 1e-6) and np.all(value <= hi_b + 1e-6), (lo_b, value, hi_b)
+        assert np.all(hi_b - lo_b <= 1e-5), (lo_b, hi_b)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,17 +43,31 @@ from solvers.program import Program
 
 aten = torch.ops.aten
 
-__all__ = ["ENCODE", "EmptyDomain", "encode", "margin_program", "network_bounds", "SolverDomain"]
+__all__ = [
+    "ENCODE",
+    "EmptyDomain",
+    "ForwardVars",
+    "encode",
+    "encode_forward",
+    "margin_program",
+    "network_bounds",
+    "SolverDomain",
+]
 
 SOLVER_MODES = ("lp", "milp", "mibp", "sdp")
 _BILINEAR = {aten.mm.default, aten.addmm.default, aten.mul.Tensor, aten.mv.default}
 
 
 class _Encoder:
-    def __init__(self, state: BoundState):
+    """``program``: add to this program (default a new one); ``weights``: variables already in it
+    for bounded-weight nodes (shared between samples); ``indicators``: record, per ReLU node,
+    variables equal to ``1[x > 0]`` where the sign is known and a binary where it is not."""
+
+    def __init__(self, state: BoundState, program: Program | None = None, weights=None, indicators: bool = False):
         self.state = state
-        self.p = Program()
-        self.vars: dict[fx.Node, np.ndarray] = {}
+        self.p = program if program is not None else Program()
+        self.vars: dict[fx.Node, np.ndarray] = dict(weights or {})
+        self.indicators: dict[fx.Node, np.ndarray] | None = {} if indicators else None
         # the MILP is the network exactly (no relaxed activation, no bilinear product)
         self.exact = True
 
@@ -65,10 +80,18 @@ class _Encoder:
         return self.p.var(lo, hi)
 
     def weight_vars(self, node) -> np.ndarray:
-        """Variables for a bounded constant (centre +- radius), created once."""
+        """Variables for a bounded constant (centre +- radius), created once; a rearrangement of
+        a bounded constant (e.g. the transposed weight of a linear layer) rearranges its
+        variables, so every use of a weight is the same variables."""
         if node not in self.vars:
-            c, r = self.state.const[node].double(), self.state.radius[node].double()
-            self.vars[node] = self.p.var((c - r).numpy(), (c + r).numpy())
+            parent = node.args[0] if node.op == "call_function" and node.target in REINDEX_OPS else None
+            if isinstance(parent, fx.Node) and parent in self.state.radius:
+                ids = torch.from_numpy(self.weight_vars(parent))
+                rest = [self.state.const.get(a, a) if isinstance(a, fx.Node) else a for a in node.args[1:]]
+                self.vars[node] = node.target(ids, *rest, **node.kwargs).contiguous().numpy()
+            else:
+                c, r = self.state.const[node].double(), self.state.radius[node].double()
+                self.vars[node] = self.p.var((c - r).numpy(), (c + r).numpy())
         return self.vars[node]
 
     def operand(self, a):
@@ -162,14 +185,23 @@ class _Encoder:
         x = self.operand(node.args[0])
         lo, hi = self.bounds_of(node.args[0])
         out = np.empty(x.shape, dtype=np.int64)
-        xf, of, lf, hf = x.ravel(), out.reshape(-1), lo.ravel(), hi.ravel()
+        ind = np.empty(x.shape, dtype=np.int64)
+        xf, of, af, lf, hf = x.ravel(), out.reshape(-1), ind.reshape(-1), lo.ravel(), hi.ravel()
+        record = self.indicators is not None
+        one = None
         for j in range(xf.size):
-            if lf[j] >= 0:
+            # with indicators, x in [0, hi] keeps a binary: 1[x > 0] is 0 at x = 0
+            if lf[j] > 0 or (lf[j] >= 0 and not record):
                 of[j] = xf[j]
+                if record:
+                    one = int(self.p.var(1.0, 1.0)) if one is None else one
+                    af[j] = one
             elif hf[j] <= 0:
-                of[j] = self.p.var(0.0, 0.0)
+                of[j] = af[j] = self.p.var(0.0, 0.0)
             else:
-                of[j] = self.p.relu(int(xf[j]), float(lf[j]), float(hf[j]))[0]
+                of[j], af[j] = self.p.relu(int(xf[j]), float(lf[j]), float(hf[j]))
+        if record:
+            self.indicators[node] = ind
         return out
 
     def relaxed(self, node: fx.Node) -> np.ndarray:
@@ -320,6 +352,48 @@ def encode(graph, state: BoundState, *, with_exact: bool = False):
     if with_exact:
         return enc.p, out.reshape(-1), enc.exact
     return enc.p, out.reshape(-1)
+
+
+@dataclass
+class ForwardVars:
+    """The variables of one sample's forward pass (flat, without the batch dimension): the
+    input, the output, and per ReLU node in graph order ``(pre-activation, activation,
+    indicator)`` with ``indicator = 1[pre-activation > 0]`` (a binary where the sign is open)."""
+
+    input: np.ndarray
+    output: np.ndarray
+    relus: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    exact: bool
+
+
+def encode_forward(graph, state: BoundState, program: Program, weights: Mapping[str, np.ndarray]) -> ForwardVars:
+    """Add one sample's forward pass through ``graph`` to ``program``: the graph captured with
+    bounded parameters (``IntervalTensor`` values in :func:`boundflow.graph.capture`'s
+    ``params``), ``state`` its bounds over the sample's box (:func:`prepare` at batch one, not
+    sparse) and ``weights`` the program's variables of those parameters by name (their boxes
+    must lie inside the captured ones; a parameter captured as a point stays a constant), shared
+    by every sample added this way.  Every variable
+    other than the weights is boxed by the state's sound bounds; products of two variables are
+    bilinear terms (exact in ``mibp``, McCormick in ``milp``/``lp``), ReLUs big-M with their
+    indicators, so a point of the sample's box and parameter box satisfies the program with
+    every variable at its value in the network."""
+    if state.x_lo.shape[0] != 1:
+        raise ValueError("encode_forward: the state must be for a batch of one sample")
+    placeholders = [n for n in graph.gm.graph.nodes if n.op == "placeholder"]
+    by_name = dict(zip(graph.param_names, placeholders[1:], strict=True))
+    unknown = sorted(set(weights) - set(by_name))
+    if unknown:
+        raise KeyError(f"encode_forward: {', '.join(unknown)} not parameters of the captured graph")
+    # a parameter captured as a point is a constant of the graph (its variables, boxed inside
+    # the captured box, are that point too)
+    bounded = {by_name[n]: v for n, v in weights.items() if by_name[n] in state.radius}
+    enc = _Encoder(state, program, bounded, indicators=True)
+    out = enc.run().reshape(-1)
+    relus = [
+        (enc.operand(n.args[0]).reshape(-1), enc.vars[n].reshape(-1), ind.reshape(-1))
+        for n, ind in enc.indicators.items()
+    ]
+    return ForwardVars(enc.vars[placeholders[0]].reshape(-1), out, relus, enc.exact)
 
 
 class EmptyDomain(Exception):

@@ -11,8 +11,12 @@ gradients inside the step (the interval step loses it, so its widths only grow).
 Exactness: ReLU (big-M with the binaries, also its derivative ``1[z > 0]``), the hinge loss's
 derivative (a binary per sample) and MSE are exact; BCE's ``sigmoid(z) - y`` is bounded by the
 sigmoid's linear relaxation over the logit's range (sound, not exact).  Bilinear products are
-exact in ``mibp`` (SCIP) and McCormick-relaxed in ``milp``/``lp``.  Every variable's box comes
-from interval arithmetic on the same quantities (outward-padded for float64 rounding).
+exact in ``mibp`` (SCIP) and McCormick-relaxed in ``milp``/``lp``.  The forward half is the one
+network encoder's (:func:`boundflow.encode.network.encode_forward`, the encoding of the ``lp`` /
+``milp`` / ``mibp`` domains and the verifier's exact leaves): the model captured with the
+parameter box as bounded weights, each pre-activation boxed by CROWN intersected with interval
+bounds.  The backward half's boxes come from interval arithmetic on the same quantities
+(outward-padded for float64 rounding).
 
 Supported: ``nn.Sequential`` of ``nn.Linear``, ``nn.ReLU`` (and ``nn.Flatten`` of flat input),
 losses ``hinge``, ``bce`` (one output), ``mse``; SGD without momentum, with weight decay; data
@@ -27,6 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from boundflow.domains.interval.tensor import IntervalTensor
+from boundflow.domains.linear.crown import prepare
+from boundflow.encode.network import encode_forward
+from boundflow.graph import capture
 from solvers.program import Program
 
 __all__ = ["StepProgram", "build_step", "supported_layers", "MIBP_LOSSES"]
@@ -101,45 +109,6 @@ class _Builder:
     def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """``x * y`` elementwise; products with a fixed operand become exact linear rows."""
         return self.p.product(x, y)
-
-    def matvec(self, W: np.ndarray, h: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """``z = W @ h + bias`` with ``W`` (o, i) and ``h`` (i,) variables."""
-        prods = self.mul(W, np.broadcast_to(h, W.shape))
-        lo, hi = self.b(prods)
-        zl, zh = lo.sum(1), hi.sum(1)
-        terms = [(prods, None)]
-        if bias is not None:
-            bl, bh = self.b(bias)
-            zl, zh = zl + bl, zh + bh
-        z = self.p.var(*_pad(zl, zh))
-        o, i = W.shape
-        rows = [np.arange(o), np.repeat(np.arange(o), i)]
-        cols = [z, prods.ravel()]
-        vals = [np.ones(o), -np.ones(o * i)]
-        if bias is not None:
-            rows.append(np.arange(o))
-            cols.append(bias)
-            vals.append(-np.ones(o))
-        del terms
-        self.p.rows(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.zeros(o), np.zeros(o))
-        return z
-
-    def relu(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(h, a)``: ``h = relu(z)`` and ``a = 1[z > 0]`` (binary where unstable; at ``z = 0``
-        both values are allowed, a superset of torch's derivative 0)."""
-        lo, hi = self.b(z)
-        h = np.empty_like(z)
-        a = np.empty_like(z)
-        for j in range(len(z)):
-            if hi[j] <= 0:
-                h[j] = self.const(0.0)
-                a[j] = self.const(0.0)
-            elif lo[j] > 0:
-                h[j] = z[j]
-                a[j] = self.const(1.0)
-            else:
-                h[j], a[j] = self.p.relu(int(z[j]), float(lo[j]), float(hi[j]))
-        return h, a
 
     def sum_rows(self, out_bounds, parts: list[np.ndarray]) -> np.ndarray:
         """``out = sum(parts)`` (each (n, m): summed over m), a new variable vector (n,)."""
@@ -219,22 +188,22 @@ def _target(y, n_out: int, loss: str):
     return yt
 
 
-def _sample(B: _Builder, layers, P, xl, xh, y, loss) -> tuple[dict, dict]:
+def _sample(B: _Builder, graph, layers, P, xl, xh, y, loss) -> tuple[dict, dict]:
     """Add one sample's forward and backward pass; returns its variables and its gradient
-    variables per parameter name (same shapes as the parameters)."""
-    h = B.p.var(xl, xh)
+    variables per parameter name (same shapes as the parameters).  The forward half is the one
+    network encoder's (:func:`boundflow.encode.network.encode_forward`: every pre-activation
+    boxed by CROWN with the bounded weights, intersected with interval bounds)."""
+    lo = torch.from_numpy(np.asarray(xl, dtype=np.float64))[None]
+    hi = torch.from_numpy(np.asarray(xh, dtype=np.float64))[None]
+    fw = encode_forward(graph, prepare(graph, lo, hi, sparse=False), B.p, P)
+    h = fw.input
     hs, masks = [h], []
     rec = {"x": h}
-    for li, (w, b) in enumerate(layers):
-        z = B.matvec(P[w], h, P[b] if b else None)
-        rec[f"z{li}"] = z
-        if li < len(layers) - 1:
-            h, a = B.relu(z)
-            hs.append(h)
-            masks.append(a)
-            rec[f"h{li}"], rec[f"a{li}"] = h, a
-        else:
-            h = z
+    for li, (z, act, ind) in enumerate(fw.relus):
+        rec[f"z{li}"], rec[f"h{li}"], rec[f"a{li}"] = z, act, ind
+        hs.append(act)
+        masks.append(ind)
+    h = rec[f"z{len(layers) - 1}"] = fw.output
     delta = _loss_derivative(B, h, _target(y, len(h), loss), loss)
     rec["delta"] = delta
     grads = {}
@@ -306,6 +275,10 @@ def build_step(
     if xl.shape[1] != n_in:
         raise ValueError(f"data has {xl.shape[1]} features, the first Linear layer expects {n_in}")
     size = _group_size(decompose, n_b)
+    # the forward half through the one network encoder: the model captured once with the
+    # parameter box (bounded weights), bounded per sample
+    box = {n: IntervalTensor(lower[n].double(), upper[n].double()) for pair in layers for n in pair if n}
+    graph = capture(model, torch.from_numpy((xl[:1] + xh[:1]) / 2), box)
     groups = [list(range(i, min(i + size, n_b))) for i in range(0, n_b, size)]
     out = []
     for group in groups:
@@ -313,7 +286,7 @@ def build_step(
         P = _params(B, layers, lower, upper)
         recs, grads = [], {n: [] for n in P}
         for s in group:
-            rec, g = _sample(B, layers, P, xl[s], xh[s], y[s], loss)
+            rec, g = _sample(B, graph, layers, P, xl[s], xh[s], y[s], loss)
             recs.append(rec)
             for n in P:
                 grads[n].append(g[n])

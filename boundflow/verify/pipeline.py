@@ -512,12 +512,15 @@ def verify_model(
     :mod:`solvers.executor` executor with more than one worker spreads the branch and bound of
     ReLU chains, and the activation-splitting search of other graphs, over its workers
     (:mod:`boundflow.verify.parallel`); ``None``: this process."""
+    from boundflow.verify import search
+
     start = time.monotonic() if start is None else start
+    search.count_from_zero()
     try:
         with _deadline.within(start + timeout):
             return _verify_model(module, onnx_path, disjuncts, timeout, start, executor)
     except _deadline.DeadlineExceeded as e:
-        return Result("timeout", seconds=time.monotonic() - start, notes=[str(e)])
+        return Result("timeout", seconds=time.monotonic() - start, boxes=search.bounded_so_far(), notes=[str(e)])
     except MemoryError as e:
         return Result("unknown", seconds=time.monotonic() - start, notes=[f"out of memory: {e}"])
     except UnsupportedOperation as e:  # found while bounding (the inputs were valid): no answer

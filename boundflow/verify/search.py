@@ -23,6 +23,7 @@ parent's bounds, slopes and multipliers.  ``unsat`` only when every sub-domain i
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from boundflow import deadline as deadlines
 from boundflow.specs import Box, OutputSpec
 
 __all__ = [
+    "bounded_so_far",
+    "count_from_zero",
     "Outcome",
     "SearchModels",
     "SubDomain",
@@ -44,6 +47,24 @@ __all__ = [
     "relu_search",
     "root_pieces",
 ]
+
+_PROGRESS = threading.local()
+
+
+def count_from_zero() -> None:
+    """Start this thread's count of bounded sub-domains (:func:`bounded_so_far`) at zero."""
+    _PROGRESS.n = 0
+
+
+def bounded_so_far() -> int:
+    """Sub-domains (activation-split sub-domains and input boxes) the searches of this thread
+    have bounded since :func:`count_from_zero`: what a search that ends by its deadline's
+    exception still has to report."""
+    return getattr(_PROGRESS, "n", 0)
+
+
+def _bounded(n: int) -> None:
+    _PROGRESS.n = bounded_so_far() + int(n)
 
 
 def joined_status(status: str, part: str) -> str:
@@ -127,7 +148,7 @@ def relu_search(
     ``check(x, dj)``: a witness (onnxruntime-confirmed) of disjunct ``dj`` at input ``x``, or
     ``None``.  ``start``: the :class:`SubDomain` s to search (together they must cover the part
     of the box the answer is about; default: the whole box).  Returns ``(status, sub-domains
-    done, witness)``; ``unsat`` when every sub-domain is done or empty."""
+    bounded, witness)``; ``unsat`` when every sub-domain is done or empty."""
     dj = group[0]
     C = torch.cat([g.C for g in group])
     d = torch.cat([g.d for g in group])
@@ -157,7 +178,8 @@ def relu_search(
         res = prepared.bounds(Box(lo, hi), OutputSpec(C, d), splits=splits, known=known, warm=_stack_params(items))
         m = torch.maximum(res.lower, torch.stack([it.floor for it in items]).to(res.lower.dtype))
         done = group_proved(m, owner, len(group), res.empty)
-        n_done += int(done.sum())
+        n_done += b
+        _bounded(b)
         open_ = torch.nonzero(~done).reshape(-1).tolist()
         # while the open sub-domains fill less than a batch, split each on several neurons at
         # once (2^k children), so that no batch is spent on a handful of sub-domains
@@ -173,7 +195,6 @@ def relu_search(
                 if leaf_ok:
                     st, w = _exact_leaf(prepared, group, owner, m[i], res, i, b, names, deadline, check)
                     if st == "unsat":
-                        n_done += 1
                         continue
                     if st == "sat":
                         return st, n_done, w
@@ -267,6 +288,7 @@ def _input_search(bound, margins, lower, upper, check, deadline, candidates, bat
     lo = (lower[None] if lower.dim() == 1 else lower).clone()
     hi = (upper[None] if upper.dim() == 1 else upper).clone()
     res = bound(lo, hi, None)
+    _bounded(len(lo))
     if bool(res.proved.all()):
         return Outcome("unsat", domains=len(lo))
     keep = ~res.proved
@@ -309,6 +331,7 @@ def _input_search(bound, margins, lower, upper, check, deadline, candidates, bat
         floor = blb[None].expand(2 * m, -1, -1).reshape(-1, blb.shape[1])
         kid = bound(c_lo, c_hi, floor)
         done += len(c_lo)
+        _bounded(len(c_lo))
         # per candidate the mean of its children's deciding rows (best row; every row: the
         # worst), a proved child counting as far above every bound seen
         best_row = kid.lower.amin(1) if every else kid.lower.amax(1)
