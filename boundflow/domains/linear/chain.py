@@ -77,7 +77,14 @@ class Chain:
         return nn.Sequential(*layers).eval()
 
     def __getstate__(self):  # the captured graph stays in its process (re-captured on demand)
-        return {k: v for k, v in self.__dict__.items() if k != "_graph"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_abs")}
+
+    def abs_weights(self) -> list[torch.Tensor]:
+        """``|W_k|`` per layer (computed once per chain)."""
+        cached = self.__dict__.get("_abs")
+        if cached is None:
+            cached = self.__dict__["_abs"] = [w.abs() for w in self.weights]
+        return cached
 
     def graph(self):
         """The captured ATen graph of :meth:`module` at batch one (captured once per chain) and,
@@ -203,8 +210,20 @@ class _Segment(fx.Interpreter):
 
 
 # a segment whose dense matrix would have more entries than this is not extracted (a large
-# convolution as a dense matrix costs more memory and Jacobian time than it saves)
-MAX_ENTRIES = 1 << 22
+# convolution as a dense matrix costs more memory and Jacobian time than it saves); 2^23
+# float64 entries are 64 MiB (the two-level lattice networks' merged 3200 x 1600 layers fit)
+MAX_ENTRIES = 1 << 23
+
+
+def _jacobian(seg, v0: torch.Tensor, n_out: int) -> torch.Tensor:
+    """The Jacobian of ``seg`` at ``v0``, vectorised (``torch.func``: one batched pass over the
+    smaller side, instead of one backward pass per output); autograd's row by row where an op
+    has no batching rule."""
+    try:
+        jac = torch.func.jacfwd if len(v0) <= n_out else torch.func.jacrev
+        return jac(seg)(v0)
+    except Exception:
+        return torch.autograd.functional.jacobian(seg, v0)
 
 
 def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9, max_entries: int = MAX_ENTRIES) -> Chain | None:
@@ -261,7 +280,7 @@ def _extract(model: nn.Module, n_inputs: int, tol: float, max_entries: int) -> C
         v0 = torch.zeros(n_in, dtype=torch.float64, device="cpu")
         with torch.no_grad():
             b = seg(v0).clone()
-        w = torch.autograd.functional.jacobian(seg, v0)
+        w = _jacobian(seg, v0, len(b))
         if w.dim() != 2:
             return None
         # affine check on random points of two scales

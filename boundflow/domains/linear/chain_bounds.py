@@ -148,7 +148,7 @@ def layer_bounds(
             # interval step from the previous layer (and the cheap bounds)
             pl, pu = out[-1]
             al, au = pl.clamp(min=0), pu.clamp(min=0)
-            mid, rad = (al + au) / 2 @ w[k].T + b[k], (au - al) / 2 @ w[k].abs().T
+            mid, rad = (al + au) / 2 @ w[k].T + b[k], (au - al) / 2 @ chain.abs_weights()[k].T
             l, u = mid - rad, mid + rad
             if fwd is not None:
                 l, u = torch.maximum(l, fwd[k][0]), torch.minimum(u, fwd[k][1])
@@ -205,11 +205,19 @@ def forward_bounds(chain: Chain, lo: torch.Tensor, hi: torch.Tensor) -> list[tup
     )
     f_lo = f_hi = eye[None].expand(B, -1, -1)
     c, r = (lo + hi) / 2, (hi - lo) / 2
+    absw = chain.abs_weights()
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for k in range(len(w) - 1):
-        wp, wn = w[k].clamp(min=0), w[k].clamp(max=0)
-        g_lo = wp @ f_lo + wn @ f_hi
-        g_hi = wp @ f_hi + wn @ f_lo
+        # W+ f_lo + W- f_hi = W f_c - |W| f_r (and + for the upper function), with f_c, f_r the
+        # functions' centre and radius: two matrix products with every box's functions side
+        # by side as columns
+        f_c, f_r = (f_lo + f_hi) / 2, (f_hi - f_lo) / 2
+        n_prev, m = f_c.shape[1], f_c.shape[2]
+        cols_c = f_c.permute(1, 0, 2).reshape(n_prev, B * m)
+        cols_r = f_r.permute(1, 0, 2).reshape(n_prev, B * m)
+        g_c = (w[k] @ cols_c).reshape(-1, B, m).permute(1, 0, 2)
+        g_r = (absw[k] @ cols_r).reshape(-1, B, m).permute(1, 0, 2)
+        g_lo, g_hi = g_c - g_r, g_c + g_r
         g_lo[..., -1] += b[k]
         g_hi[..., -1] += b[k]
         l = torch.einsum("bnj,bj->bn", g_lo[..., :-1], c) - torch.einsum("bnj,bj->bn", g_lo[..., :-1].abs(), r)
@@ -218,7 +226,7 @@ def forward_bounds(chain: Chain, lo: torch.Tensor, hi: torch.Tensor) -> list[tup
         if out:  # interval step from the previous layer as well
             pl, pu = out[-1]
             al, au = pl.clamp(min=0), pu.clamp(min=0)
-            mid, rad = (al + au) / 2 @ w[k].T + b[k], (au - al) / 2 @ w[k].abs().T
+            mid, rad = (al + au) / 2 @ w[k].T + b[k], (au - al) / 2 @ absw[k].T
             l, u = torch.maximum(l, mid - rad), torch.minimum(u, mid + rad)
         out.append((l, u))
         lo_a, _, up_a, up_b = relu_relaxation(l, u)

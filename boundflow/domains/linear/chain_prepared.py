@@ -48,6 +48,11 @@ class BoxBounds:
     points: torch.Tensor
 
 
+# input boxes of chains with a hidden layer wider than this get their hidden layers' bounds from
+# forward symbolic bounds and intervals only (no back-substitution per neuron)
+BOX_REFINE_WIDTH = 512
+
+
 class ChainPrepared:
     """The branching query on a :class:`Chain` (see the module docstring).  ``iterations``:
     alpha-beta-CROWN iterations on the output rows per query; ``intermediate``: iterations of
@@ -175,7 +180,8 @@ class ChainPrepared:
         alpha_iters: int = 10,
     ) -> BoxBounds:
         """Bounds of input boxes ``[lo, hi]`` (``(B, n)``) for input splitting: CROWN with every
-        layer's bounds refined (intersected with forward symbolic bounds), then alpha-CROWN on
+        layer's bounds refined (intersected with forward symbolic bounds; on chains with a layer
+        wider than :data:`BOX_REFINE_WIDTH`, the forward symbolic and interval bounds alone), then alpha-CROWN on
         the boxes CROWN leaves unproved and, where several rows may each prove a box, an
         optimised convex combination of the rows (``lambda >= 0`` summing to one: on a point
         where every row is <= 0, so is the combination).  A box is proved when some row's lower
@@ -189,8 +195,11 @@ class ChainPrepared:
         lam = torch.eye(S, dtype=torch.float64, device=dev)[None]
         done = (lambda b: (b > 0).all(1)) if every else (lambda b: (b > 0).any(1))
         deadline = deadlines.current()
+        # wide layers: forward symbolic bounds only (one back-substitution per neuron would cost
+        # width^3 per box), the output's by back-substitution (alpha-beta-CROWN's forward+backward)
+        refine = max(chain.widths[:-1], default=0) <= BOX_REFINE_WIDTH
         with torch.no_grad():
-            bounds, _ = layer_bounds(chain, lo, hi, cheap=True)
+            bounds, _ = layer_bounds(chain, lo, hi, cheap=True, refine=refine)
             lb, coef = backward(chain, K, lam, lo, hi, bounds, keep=True)
         if floor is not None:
             lb = torch.maximum(lb, floor)
