@@ -129,3 +129,33 @@ def test_constant_arithmetic_is_exact_and_rounded_outwards(tmp_path):
     assert Fraction(d.upper[0].item()) >= exact and Fraction(d.lower[0].item()) <= -exact
     assert Fraction(d.d[0].item()) >= exact
     assert d.upper[0].item() - float(exact) < 1e-15
+
+
+def test_plain_input_bounds_read_fast_equal_the_exact_reading(tmp_path):
+    """``X_i <= v`` / ``v <= X_i`` with ``v`` a double take the fast path (no rational
+    arithmetic); it gives the same box as the exact reading of the same bounds written so that
+    they need it (``(+ X_i 0)``), strict bounds widened, a tighter second bound kept, and a
+    constant that is not a double (``(+ 0.1 0.2)``) still rounded outwards."""
+    from fractions import Fraction
+
+    plain = (
+        "(assert (<= X_0 0.1))\n(assert (>= X_0 -0.5))\n(assert (< X_1 2.5e-320))\n(assert (> X_1 -1e300))\n"
+        "(assert (<= X_1 3.0))\n(assert (>= 0.25 X_2))\n(assert (<= -1 X_2))\n(assert (<= X_2 0.5))\n"
+    )
+    head = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const X_2 Real)\n(declare-const Y_0 Real)\n"
+    tail = "(assert (<= Y_0 0.0))\n"
+    slow = re.sub(r"X_(\d)", r"(+ X_\1 0)", plain)
+    (a,) = parse_vnnlib(_write(tmp_path / "a.vnnlib", head + plain + tail))
+    (b,) = parse_vnnlib(_write(tmp_path / "b.vnnlib", head + slow + tail))
+    assert a.lower.tolist() == b.lower.tolist() == [-0.5, -1e300, -1.0]
+    assert a.upper.tolist() == b.upper.tolist() == [0.1, 2.5e-320, 0.25]
+    (c,) = parse_vnnlib(_write(tmp_path / "c.vnnlib", head + "(assert (<= X_0 (+ 0.1 0.2)))\n"
+                               "(assert (>= X_0 0))\n(assert (<= X_1 1))\n(assert (>= X_1 0))\n"
+                               "(assert (<= X_2 1))\n(assert (>= X_2 0))\n" + tail))  # fmt: skip
+    exact = Fraction(0.1) + Fraction(0.2)
+    assert Fraction(c.upper[0].item()) >= exact > Fraction(c.upper[0].item()) - Fraction(1e-16)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

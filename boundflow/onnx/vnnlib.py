@@ -172,6 +172,19 @@ def _to_float(q: Fraction, up: bool) -> float:
     return f
 
 
+def _single_input_bound(a, b) -> tuple[int, bool, float] | None:
+    """``a <= b`` as ``(i, upper, value)`` when it reads ``X_i <= v`` (``upper``) or ``v <= X_i``
+    with ``v`` a double: the common case, without rational arithmetic; else ``None``."""
+    (ca, ka), (cb, kb) = a, b
+    for var, other, k_var, k_num, upper in ((ca, cb, ka, kb, True), (cb, ca, kb, ka, False)):
+        if len(var) == 1 and not other and k_var == 0:
+            ((kind, i), coef) = next(iter(var.items()))
+            value = float(k_num)
+            if kind == "X" and coef == 1 and Fraction(value) == k_num:
+                return i, upper, value
+    return None
+
+
 def _lin_sum(args, signs):
     out: dict = {}
     const = Fraction(0)
@@ -293,12 +306,21 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
         raise VnnlibError(f"{path}: declares Y_{declared_y - 1}, but the model has {n_outputs} outputs")
     out = []
     for atoms in conj:
-        lo = torch.full((nx,), -float("inf"), dtype=torch.float64)
-        hi = torch.full((nx,), float("inf"), dtype=torch.float64)
+        lo_l, hi_l = [-math.inf] * nx, [math.inf] * nx
         rows, rhs, strict = [], [], []
         for op, a, b, line in atoms:
             if op in (">=", ">"):
                 a, b = b, a  # a <= b
+            fast = _single_input_bound(a, b)
+            if fast is not None:  # X_i <= v or v <= X_i (a strict one widened, as below)
+                i, upper, value = fast
+                if i >= declared_x:
+                    raise VnnlibError(f"{path}:{line}: X_{i} is used but not declared")
+                if upper:
+                    hi_l[i] = min(hi_l[i], value)
+                else:
+                    lo_l[i] = max(lo_l[i], value)
+                continue
             # a - b <= 0 as {variable: coefficient} and a constant
             coefs, const = _lin_sum([a, b], [1, -1])
             coefs = {k: v for k, v in coefs.items() if v != 0}
@@ -318,9 +340,9 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
                 # exact rational bound, rounded outwards to a double (keeps every point)
                 bound = _to_float(-const / coef, up=coef > 0)
                 if coef > 0:
-                    hi[k[1]] = min(hi[k[1]].item(), bound)
+                    hi_l[k[1]] = min(hi_l[k[1]], bound)
                 else:
-                    lo[k[1]] = max(lo[k[1]].item(), bound)
+                    lo_l[k[1]] = max(lo_l[k[1]], bound)
                 continue
             row = torch.zeros(ny, dtype=torch.float64)
             for (_, j), v in coefs.items():
@@ -330,6 +352,8 @@ def parse_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int |
             rows.append(row)
             rhs.append(_to_float(-const, up=True))  # rounded up: the unsafe set only grows
             strict.append(op in ("<", ">"))
+        lo = torch.tensor(lo_l, dtype=torch.float64)
+        hi = torch.tensor(hi_l, dtype=torch.float64)
         if torch.isinf(lo).any() or torch.isinf(hi).any():
             missing = torch.nonzero(torch.isinf(lo) | torch.isinf(hi)).reshape(-1).tolist()
             raise VnnlibError(f"{path}: input variables {missing[:5]} have no lower or upper bound in a disjunct")
