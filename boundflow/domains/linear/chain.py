@@ -210,9 +210,14 @@ class _Segment(fx.Interpreter):
 
 
 # a segment whose dense matrix would have more entries than this is not extracted (a large
-# convolution as a dense matrix costs more memory and Jacobian time than it saves); 2^23
-# float64 entries are 64 MiB (the two-level lattice networks' merged 3200 x 1600 layers fit)
-MAX_ENTRIES = 1 << 23
+# convolution as a dense matrix costs more memory and Jacobian time than it saves)
+MAX_ENTRIES = 1 << 22
+# networks with at most this many inputs (split as input boxes, where the dense chain's box
+# bounds pay) may have segments of up to MAX_ENTRIES_FEW_INPUTS entries: 2^23 float64 entries
+# are 64 MiB, and the two-level lattice networks' merged 3200 x 1600 layers fit; a CIFAR CNN's
+# first convolution (3072 -> 2048, 6.3M entries) stays on the general graph's patches
+FEW_INPUTS = 64
+MAX_ENTRIES_FEW_INPUTS = 1 << 23
 
 
 def _jacobian(seg, v0: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -226,11 +231,14 @@ def _jacobian(seg, v0: torch.Tensor, n_out: int) -> torch.Tensor:
         return torch.autograd.functional.jacobian(seg, v0)
 
 
-def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9, max_entries: int = MAX_ENTRIES) -> Chain | None:
+def extract_chain(model: nn.Module, n_inputs: int, tol: float = 1e-9, max_entries: int | None = None) -> Chain | None:
     """The model ``(N, n_inputs) -> (N, n_out)`` as a :class:`Chain`, or ``None`` if it is not
     a chain of affine segments and ReLUs, if a segment's dense matrix would exceed
-    ``max_entries`` entries, or if the extracted chain differs from the model by more than
-    ``tol`` relative on random points."""
+    ``max_entries`` entries (default :data:`MAX_ENTRIES`, :data:`MAX_ENTRIES_FEW_INPUTS` for at
+    most :data:`FEW_INPUTS` inputs), or if the extracted chain differs from the model by more
+    than ``tol`` relative on random points."""
+    if max_entries is None:
+        max_entries = MAX_ENTRIES_FEW_INPUTS if n_inputs <= FEW_INPUTS else MAX_ENTRIES
     try:
         return _extract(model, n_inputs, tol, max_entries)
     except Exception:  # any graph the extraction does not understand is simply not a chain
