@@ -25,6 +25,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--threat", "foo", "--out", out], "invalid choice: 'foo'"),
         (["train", "--group", "0", "--method", "lp", "--out", out], "--group must be >= 1"),
         (["train", "--data", str(tmp / "missing.npz"), "--out", out], "missing.npz"),
+        (["train", "--regression", "--out", out], "--regression needs --data"),
+        (["train", "--data", str(tmp / "r.npz"), "--regression", "--threat", "label-flip", "--out", out], "label-flip"),
         (["verify", str(tmp / "missing.onnx"), str(tmp / "p.vnnlib"), "--out", str(tmp / "out.txt")], "no such file"),
         (["vnncomp", str(tmp / "missing.csv"), "--out", out], "missing.csv"),
         (["certify-pointcloud", "--transform", "spin-z", "--out", out], "unknown transformation 'spin-z'"),
@@ -37,7 +39,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(17))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
     argv, pattern = _bad_inputs(tmp_path)[case]
     assert_user_error(capsys, argv, pattern)

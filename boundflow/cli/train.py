@@ -18,6 +18,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src.add_argument("--dataset", default="moons", help="moons, digits, digits-AvB, breast-cancer, iris")
     src.add_argument("--data", help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file")
     p.add_argument(
+        "--regression",
+        action="store_true",
+        help="--data holds float regression targets (loss mse; certified error bounds instead of accuracy)",
+    )
+    p.add_argument(
         "--threat",
         default="linf",
         choices=["linf", "poison", "label-flip"],
@@ -117,12 +122,14 @@ def run(args) -> int:
     if args.eps is None:
         args.eps = 0.0 if args.threat == "label-flip" else 0.01
     data = (
-        load_file(args.data, seed=args.seed)
+        load_file(args.data, seed=args.seed, regression=args.regression)
         if args.data
         else load_dataset(args.dataset, seed=args.seed, n_samples=args.n_samples)
     )
     c = data.n_classes
-    loss = args.loss or ("bce" if c == 2 else "cross_entropy")
+    loss = args.loss or ("mse" if args.regression else "bce" if c == 2 else "cross_entropy")
+    if args.regression and loss != "mse":
+        raise SystemExit(f"error: --regression trains with --loss mse, not {loss!r}")
     if loss in ("bce", "hinge") and c != 2:
         raise SystemExit(f"error: loss {loss!r} needs two classes, {data.name} has {c}")
     x_train, y_train, val = _split_val(data.x_train, data.y_train, args.val_fraction, args.seed)
@@ -133,14 +140,14 @@ def run(args) -> int:
         )
     if args.threat != "linf" and args.k > args.batch_size:
         raise SystemExit(f"error: --k {args.k} is larger than --batch-size {args.batch_size}")
-    d_out = 1 if loss in ("bce", "hinge") else c
+    d_out = data.n_outputs if args.regression else 1 if loss in ("bce", "hinge") else c
     from boundflow.models import hidden_mlp
 
     model = hidden_mlp(data.n_features, d_out, args.hidden, args.layers, args.seed)
     if args.threat == "linf":
-        bd = linf(x_train, y_train, args.eps)
+        bd = linf(x_train, y_train, args.eps, regression=args.regression)
     elif args.threat == "poison":
-        bd = poison(x_train, y_train, args.k, args.eps)
+        bd = poison(x_train, y_train, args.k, args.eps, regression=args.regression)
     else:
         bd = label_flip(x_train, y_train, args.k, n_classes=c)
     config = TrainConfig(
@@ -225,15 +232,11 @@ def run(args) -> int:
     )
     kept = bounds.kept()
     save_bounds(out / "bounds.pt", kept, config, {**extra, "kept_epoch": kept.epochs_done})
+    if args.regression:
+        return _finish_regression(args, data, bd, config, bounds, kept, extra, out, model)
     cert = certify(model, kept, data.x_test, data.y_test, args.test_eps)
     metrics = {
-        "dataset": data.name,
-        "threat": bd.threat,
-        "threat_model": extra["threat_model"],
-        "config": asdict(config),
-        "epochs_done": bounds.epochs_done,
-        "diverged_at": bounds.diverged_at,
-        "stopped_at": bounds.stopped_at,
+        **_run_record(data, bd, extra, config, bounds),
         "kept": {
             "epoch": kept.epochs_done,
             "rule": "best validation certified accuracy" if args.keep_best else "last epoch",
@@ -270,6 +273,51 @@ def run(args) -> int:
     return 0
 
 
+def _run_record(data, bd, extra, config, bounds) -> dict:
+    """What metrics.json says of every run: data, threat model, configuration, epochs."""
+    return {
+        "dataset": data.name,
+        "threat": bd.threat,
+        "threat_model": extra["threat_model"],
+        "config": asdict(config),
+        "epochs_done": bounds.epochs_done,
+        "diverged_at": bounds.diverged_at,
+        "stopped_at": bounds.stopped_at,
+    }
+
+
+def _finish_regression(args, data, bd, config, bounds, kept, extra, out, model) -> int:
+    """Regression's metrics, plot and summary line: certified error bounds on the test data."""
+    from boundflow.atomic import atomic_write_text
+    from boundflow.train import error_bounds
+    from boundflow.train.plots import plot_history
+
+    err = error_bounds(model, kept, data.x_test, data.y_test, args.test_eps)
+    metrics = {
+        **_run_record(data, bd, extra, config, bounds),
+        "kept": {
+            "epoch": kept.epochs_done,
+            "rule": "best validation certified MSE" if args.keep_best else "last epoch",
+        },
+        "final": {
+            "certified_mse_lower": err.mse_lower,
+            "certified_mse_upper": err.mse_upper,
+            "certified_mae_upper": err.mae_upper,
+            "mean_width": kept.mean_width(),
+        },
+        "history": bounds.history,
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    if bounds.history:
+        plot_history(bounds.history, out / "training.png", f"{data.name}, {bd.threat}, regression")
+    print(
+        f"{data.name} {bd.threat}: {bounds.epochs_done} epochs; kept the box of epoch {kept.epochs_done}: "
+        f"test MSE certified in [{err.mse_lower:.4g}, {err.mse_upper:.4g}], mean bound width {kept.mean_width():.3g}"
+    )
+    print(f"wrote {out}/metrics.json, bounds.pt, training.png")
+    return 0
+
+
 def _check_args(args) -> str | None:
     """The first argument that cannot work, as a one-line message (checked before any work)."""
     checks = [
@@ -283,6 +331,11 @@ def _check_args(args) -> str | None:
         (args.k >= 0, f"--k must be >= 0, got {args.k}"),
         (args.group >= 1, f"--group must be >= 1 samples per program, got {args.group}"),
         (args.n_samples >= 2, f"--n-samples must be >= 2, got {args.n_samples}"),
+        (not args.regression or args.data, "--regression needs --data (the embedded datasets are classification)"),
+        (
+            not args.regression or args.threat != "label-flip",
+            "--threat label-flip flips class labels; regression targets take linf or poison",
+        ),
         (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.test_eps >= 0, f"--test-eps must be >= 0, got {args.test_eps}"),
         (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),

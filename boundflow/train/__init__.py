@@ -2,7 +2,7 @@
 Abstract Gradient Training)."""
 
 from boundflow.train.bounded import BoundedDataset, from_torch, label_flip, linf, linf_subset, missing, poison
-from boundflow.train.certify import Certification, certify
+from boundflow.train.certify import Certification, ErrorBounds, certify, error_bounds
 from boundflow.train.datasets import DATASETS, Dataset, load_dataset, load_file
 from boundflow.train.io import load_bounds, save_bounds
 from boundflow.train.losses import LOSSES, bounded_loss, plain_loss
@@ -14,6 +14,7 @@ __all__ = [
     "Certification",
     "DATASETS",
     "Dataset",
+    "ErrorBounds",
     "IntervalSGD",
     "LOSSES",
     "ParameterBounds",
@@ -24,6 +25,7 @@ __all__ = [
     "certified_training",
     "from_torch",
     "certify",
+    "error_bounds",
     "label_flip",
     "linf",
     "linf_subset",

@@ -3,7 +3,8 @@
 A :class:`BoundedDataset` holds the nominal data, per-sample feature bounds, optional per-sample
 label sets, and a per-batch budget ``k``: with ``k=None`` every sample may take any value in its
 bounds at once; with an integer ``k`` at most ``k`` samples of each batch deviate from the
-nominal data (the others are exactly nominal).
+nominal data (the others are exactly nominal).  Labels are class indices (classification) or,
+with ``regression=True``, float targets ``(n,)`` or ``(n, outputs)`` (trained with ``mse``).
 
 ``linf``, ``poison`` and ``label_flip`` take features and labels, or a
 ``torch.utils.data.Dataset``/``DataLoader`` of ``(features, label)`` pairs as ``x`` with
@@ -22,9 +23,10 @@ __all__ = ["BoundedDataset", "linf", "linf_subset", "poison", "label_flip", "mis
 @dataclass
 class BoundedDataset:
     """``x``: nominal features (n, ...); ``lower``/``upper``: feature bounds containing ``x``;
-    ``y``: nominal labels (n,); ``label_sets``: optional bool (n, C), True where a label is
-    possible (must include the nominal label); ``k``: per-batch budget of deviating samples
-    (``None``: all may deviate); ``threat``: a short description."""
+    ``y``: nominal labels (n,) — integer class indices, or float regression targets (n,) or
+    (n, outputs); ``label_sets``: optional bool (n, C), True where a label is possible (must
+    include the nominal label; classification only); ``k``: per-batch budget of deviating
+    samples (``None``: all may deviate); ``threat``: a short description."""
 
     x: torch.Tensor
     lower: torch.Tensor
@@ -40,9 +42,20 @@ class BoundedDataset:
                 f"BoundedDataset: x {tuple(self.x.shape)}, lower {tuple(self.lower.shape)} and upper "
                 f"{tuple(self.upper.shape)} must have the same shape"
             )
-        if self.y.is_floating_point() or self.y.is_complex():
-            raise ValueError(f"BoundedDataset: labels y must be integer class indices, got dtype {self.y.dtype}")
-        if self.y.shape != (self.x.shape[0],):
+        if self.y.is_complex() or self.y.dtype == torch.bool:
+            raise ValueError(f"BoundedDataset: labels y must be class indices or float targets, got {self.y.dtype}")
+        if self.regression:
+            if self.y.dim() not in (1, 2) or self.y.shape[0] != self.x.shape[0]:
+                raise ValueError(
+                    f"BoundedDataset: regression targets y have shape {tuple(self.y.shape)}, expected "
+                    f"({self.x.shape[0]},) or ({self.x.shape[0]}, outputs)"
+                )
+            if not torch.isfinite(self.y).all():
+                bad = int((~torch.isfinite(self.y)).sum())
+                raise ValueError(f"BoundedDataset: {bad} regression targets are not finite")
+            if self.label_sets is not None:
+                raise ValueError("BoundedDataset: label sets are for class labels, not regression targets")
+        elif self.y.shape != (self.x.shape[0],):
             raise ValueError(f"BoundedDataset: y has shape {tuple(self.y.shape)}, expected ({self.x.shape[0]},)")
         bad = (self.lower > self.x) | (self.x > self.upper)
         if bad.any():
@@ -59,7 +72,15 @@ class BoundedDataset:
         return self.x.shape[0]
 
     @property
+    def regression(self) -> bool:
+        """Float targets (trained with ``mse``, certified by error bounds) rather than classes."""
+        return self.y.is_floating_point()
+
+    @property
     def n_classes(self) -> int:
+        """Classes (at least the largest label + 1); 1 for regression."""
+        if self.regression:
+            return 1
         if self.label_sets is not None:
             return self.label_sets.shape[1]
         return int(self.y.max().item()) + 1
@@ -73,12 +94,15 @@ def _f64(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-def from_torch(data) -> tuple[torch.Tensor, torch.Tensor]:
+def from_torch(data, regression: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` from a ``torch.utils.data.Dataset`` of ``(features, label)`` pairs or a
     ``DataLoader`` over one (every batch, in the loader's order).  Training then follows
     BoundFlow's own batch order (:func:`~boundflow.train.trainer.batch_indices`), which is
-    what the certificate is about, not the loader's shuffling."""
+    what the certificate is about, not the loader's shuffling.  ``regression``: the labels are
+    float targets."""
     from torch.utils.data import DataLoader
+
+    labels = _targets if regression else _labels
 
     if isinstance(data, DataLoader):
         xs, ys = [], []
@@ -86,10 +110,11 @@ def from_torch(data) -> tuple[torch.Tensor, torch.Tensor]:
             if not isinstance(batch, list | tuple) or len(batch) != 2:
                 raise ValueError(f"DataLoader batch {k}: expected (features, labels), got {type(batch).__name__}")
             xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]).reshape(-1))
+            ys.append(torch.as_tensor(batch[1]).reshape(len(batch[0]), -1))
         if not xs:
             raise ValueError("DataLoader yields no batch")
-        return torch.cat(xs).double(), _labels(torch.cat(ys))
+        y = torch.cat(ys)
+        return torch.cat(xs).double(), labels(y.reshape(-1) if y.shape[1] == 1 else y)
     try:
         n = len(data)
     except TypeError:
@@ -100,14 +125,27 @@ def from_torch(data) -> tuple[torch.Tensor, torch.Tensor]:
     if any(not isinstance(it, list | tuple) or len(it) != 2 for it in items):
         raise ValueError("Dataset items must be (features, label) pairs")
     x = torch.stack([torch.as_tensor(it[0]) for it in items]).double()
-    return x, _labels(torch.stack([torch.as_tensor(it[1]).reshape(()) for it in items]))
+    y = torch.stack([torch.as_tensor(it[1]).reshape(-1) for it in items])
+    return x, labels(y.reshape(-1) if y.shape[1] == 1 else y)
 
 
-def _data(x, y):
+def _data(x, y, regression: bool = False):
     """``(x, y)`` from tensors/arrays, or from a Dataset/DataLoader passed as ``x`` with ``y=None``."""
     if y is None:
-        x, y = from_torch(x)
-    return _f64(x), _labels(y)
+        x, y = from_torch(x, regression)
+    return _f64(x), (_targets(y) if regression else _labels(y))
+
+
+def _targets(y) -> torch.Tensor:
+    """Regression targets as float64 ``(n,)`` or ``(n, outputs)``; every one finite."""
+    y = torch.as_tensor(y)
+    if y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"regression targets must be real numbers, got dtype {y.dtype}")
+    y = y.to(torch.float64)
+    bad = torch.nonzero(~torch.isfinite(y.reshape(len(y), -1)).all(1)).reshape(-1)
+    if len(bad):
+        raise ValueError(f"regression targets must be finite, sample {int(bad[0])} is not")
+    return y
 
 
 def _labels(y) -> torch.Tensor:
@@ -117,7 +155,10 @@ def _labels(y) -> torch.Tensor:
         bad = torch.nonzero(~torch.isfinite(y) | (y != y.round())).reshape(-1)
         if len(bad):
             i = int(bad[0])
-            raise ValueError(f"labels must be integer class indices 0..C-1, found {float(y[i])!r} at sample {i}")
+            raise ValueError(
+                f"labels must be integer class indices 0..C-1, found {float(y[i])!r} at sample {i} "
+                "(float regression targets: regression=True, or boundflow train --regression)"
+            )
     elif y.dtype == torch.bool or y.is_complex():
         raise ValueError(f"labels must be integer class indices 0..C-1, got dtype {y.dtype}")
     y = y.to(torch.int64)
@@ -135,15 +176,17 @@ def _box(x: torch.Tensor, eps: float, clamp: tuple[float, float] | None):
     return lo, hi
 
 
-def linf(x, y, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
+def linf(x, y, eps: float, clamp: tuple[float, float] | None = None, regression: bool = False) -> BoundedDataset:
     """Every sample's features may move by up to ``eps`` in ℓ∞ (FullCert's threat model),
-    optionally clipped to ``clamp``."""
-    x, y = _data(x, y)
+    optionally clipped to ``clamp``.  ``regression``: ``y`` are float targets."""
+    x, y = _data(x, y, regression)
     lo, hi = _box(x, eps, clamp)
     return BoundedDataset(x, lo, hi, y, threat=f"linf(eps={eps})")
 
 
-def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, float] | None = None) -> BoundedDataset:
+def linf_subset(
+    x, y, eps: float, indices: Sequence[int], clamp: tuple[float, float] | None = None, regression: bool = False
+) -> BoundedDataset:
     """Only the samples in ``indices`` may move by ``eps``; the rest are exact."""
     x = _f64(x)
     lo, hi = x.clone(), x.clone()
@@ -152,14 +195,17 @@ def linf_subset(x, y, eps: float, indices: Sequence[int], clamp: tuple[float, fl
         raise IndexError(f"linf_subset: indices must be in [0, {len(x)}), got {idx.min().item()}..{idx.max().item()}")
     blo, bhi = _box(x[idx], eps, clamp)
     lo[idx], hi[idx] = blo, bhi
-    return BoundedDataset(x, lo, hi, _labels(y), threat=f"linf_subset(eps={eps}, n={len(idx)})")
+    y = _targets(y) if regression else _labels(y)
+    return BoundedDataset(x, lo, hi, y, threat=f"linf_subset(eps={eps}, n={len(idx)})")
 
 
-def poison(x, y, k: int, eps: float, clamp: tuple[float, float] | None = None) -> BoundedDataset:
+def poison(
+    x, y, k: int, eps: float, clamp: tuple[float, float] | None = None, regression: bool = False
+) -> BoundedDataset:
     """At most ``k`` samples of each batch may move by ``eps`` in ℓ∞ (Abstract Gradient
     Training's bounded poisoning); the batch gradient is bounded by the ``k`` largest (smallest)
-    per-sample deviations per parameter."""
-    x, y = _data(x, y)
+    per-sample deviations per parameter.  ``regression``: ``y`` are float targets."""
+    x, y = _data(x, y, regression)
     lo, hi = _box(x, eps, clamp)
     return BoundedDataset(x, lo, hi, y, k=int(k), threat=f"poison(k={k}, eps={eps})")
 
@@ -172,7 +218,9 @@ def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
     return BoundedDataset(x, x.clone(), x.clone(), y, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
 
 
-def missing(x, y, features: Sequence[int], ranges: Sequence[tuple[float, float]]) -> BoundedDataset:
+def missing(
+    x, y, features: Sequence[int], ranges: Sequence[tuple[float, float]], regression: bool = False
+) -> BoundedDataset:
     """The listed features (of every sample) may take any value in their range (e.g. missing or
     imputed values)."""
     x = _f64(x)
@@ -184,4 +232,5 @@ def missing(x, y, features: Sequence[int], ranges: Sequence[tuple[float, float]]
             raise ValueError(f"missing: empty range ({a}, {b}) for feature {f}")
         lo[:, f] = torch.minimum(lo[:, f], torch.tensor(float(a), dtype=torch.float64))
         hi[:, f] = torch.maximum(hi[:, f], torch.tensor(float(b), dtype=torch.float64))
-    return BoundedDataset(x, lo, hi, _labels(y), threat=f"missing(features={list(features)})")
+    y = _targets(y) if regression else _labels(y)
+    return BoundedDataset(x, lo, hi, y, threat=f"missing(features={list(features)})")

@@ -11,7 +11,7 @@ from torch import nn
 from boundflow.domains.interval import IntervalTensor
 from boundflow.specs import Box
 
-__all__ = ["Certification", "certify", "logit_bounds"]
+__all__ = ["Certification", "ErrorBounds", "certify", "error_bounds", "logit_bounds"]
 
 
 @dataclass
@@ -39,6 +39,38 @@ def logit_bounds(
     params = {n: IntervalTensor(lower[n], upper[n]) for n in lower}
     res = prepare(model, method, params, dtype=x.dtype).bounds(Box(x - eps, x + eps))
     return res.lower, res.upper
+
+
+@dataclass
+class ErrorBounds:
+    """Regression: every parameter vector in the box (and input within ``eps``) has a mean
+    squared error on ``(x, y)`` in ``[mse_lower, mse_upper]``, and a mean absolute error of at
+    most ``mae_upper``; ``per_sample``: ``(lower, upper)`` of each sample's squared error
+    (mean over its outputs)."""
+
+    mse_lower: float
+    mse_upper: float
+    mae_upper: float
+    per_sample: tuple[torch.Tensor, torch.Tensor]
+
+
+def error_bounds(model: nn.Module, bounds, x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, method: str = "ibp"):
+    """Certified error bounds of a regression model with parameters anywhere in ``bounds`` (a
+    :class:`ParameterBounds` or a ``(lower, upper)`` pair of dicts) on ``(x, y)``: per sample
+    the output interval ``[l, u]`` gives the error ``out - y`` in ``[l - y, u - y]``, whose
+    square lies between 0 (if the interval holds 0) or the smaller end's square, and the larger
+    end's square.  See :class:`ErrorBounds`."""
+    lower, upper = (bounds.lower, bounds.upper) if hasattr(bounds, "lower") else bounds
+    x = x.to(next(iter(lower.values())).dtype)
+    lo, hi = logit_bounds(model, lower, upper, x, eps, method)
+    t = torch.as_tensor(y, dtype=lo.dtype).reshape(lo.shape)
+    e_lo, e_hi = lo - t, hi - t
+    big = torch.maximum(e_lo.abs(), e_hi.abs())
+    small = torch.where((e_lo <= 0) & (e_hi >= 0), torch.zeros_like(e_lo), torch.minimum(e_lo.abs(), e_hi.abs()))
+    n = max(len(lo), 1)
+    sq_lo = (small**2).reshape(n, -1).mean(1)
+    sq_hi = (big**2).reshape(n, -1).mean(1)
+    return ErrorBounds(float(sq_lo.mean()), float(sq_hi.mean()), float(big.mean()), (sq_lo, sq_hi))
 
 
 def certify(

@@ -1,7 +1,8 @@
 """Embedded datasets (from scikit-learn, no download) and loaders for a user's files.
 
-Every loader returns a :class:`Dataset` with float64 features and int64 labels, split into a
-training and a test part deterministically (``seed``)."""
+Every loader returns a :class:`Dataset` with float64 features and int64 labels (float64 targets
+for regression, :func:`load_file`'s ``regression``), split into a training and a test part
+deterministically (``seed``)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,20 @@ class Dataset:
     y_test: torch.Tensor
 
     @property
+    def regression(self) -> bool:
+        return self.y_train.is_floating_point()
+
+    @property
     def n_classes(self) -> int:
+        """Classes; for regression, 1."""
+        if self.regression:
+            return 1
         return int(max(self.y_train.max().item(), self.y_test.max().item() if self.y_test.numel() else 0)) + 1
+
+    @property
+    def n_outputs(self) -> int:
+        """Regression: the targets per sample."""
+        return 1 if self.y_train.dim() == 1 else self.y_train.shape[1]
 
     @property
     def n_features(self) -> int:
@@ -35,9 +48,11 @@ class Dataset:
 def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float) -> Dataset:
     from sklearn.model_selection import train_test_split
 
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    regression = y.dtype.kind == "f"
+    strat = None if regression else y
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=strat)
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64)  # noqa: E731
-    lab = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64)  # noqa: E731
+    lab = t if regression else (lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64))  # noqa: E731
     return Dataset(name, t(x_tr), lab(y_tr), t(x_te), lab(y_te))
 
 
@@ -102,11 +117,13 @@ def load_dataset(name: str, *, seed: int = 0, n_samples: int = 1000, test_fracti
     raise ValueError(f"unknown dataset {name!r}; embedded: {', '.join(DATASETS)} (or digits-AvB), or pass a file")
 
 
-def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25, regression: bool = False) -> Dataset:
     """A user's data: ``.npz`` with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``;
     otherwise split), or ``.csv`` with one sample per row, the label in the last column and an
-    optional header row.  Labels must be integers ``0..C-1``."""
+    optional header row.  Labels must be integers ``0..C-1``; with ``regression``, finite float
+    targets (``y`` of shape (n,) or (n, outputs) in ``.npz``; one last column in ``.csv``)."""
     path = Path(path)
+    labels = _targets if regression else _labels
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.suffix == ".npz":
@@ -116,10 +133,12 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -
                 raise ValueError(
                     f"{path}: missing array(s) {missing}; expected 'x' and 'y' (and optionally 'x_test', 'y_test')"
                 )
-            x, y = np.asarray(z["x"], dtype=np.float64), _labels(z["y"], f"{path} (y)")
+            x, y = np.asarray(z["x"], dtype=np.float64), labels(z["y"], f"{path} (y)")
+            if len(y) != len(x):
+                raise ValueError(f"{path}: {len(x)} samples in x but {len(y)} labels in y")
             if "x_test" in z and "y_test" in z:
-                test = _tensors(z["x_test"], z["y_test"], f"{path} (y_test)")
-                return _checked(path, Dataset(path.stem, *_tensors(x, y), *test))
+                test = _tensors(z["x_test"], z["y_test"], f"{path} (y_test)", regression)
+                return _checked(path, Dataset(path.stem, *_tensors(x, y, "data", regression), *test))
         return _checked(path, _split(path.stem, x.reshape(len(x), -1), y, seed, test_fraction))
     if path.suffix == ".csv":
         rows: list[list[float]] = []
@@ -139,7 +158,7 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -
             raise ValueError(f"{path}: no data rows")
         a = np.asarray(rows)
         return _checked(
-            path, _split(path.stem, a[:, :-1], _labels(a[:, -1], f"{path} (last column)"), seed, test_fraction)
+            path, _split(path.stem, a[:, :-1], labels(a[:, -1], f"{path} (last column)"), seed, test_fraction)
         )
     raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
 
@@ -157,9 +176,22 @@ def _labels(y, where: str) -> np.ndarray:
         raise ValueError(f"{where}: {e}") from None
 
 
-def _tensors(x, y, where: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(y, where: str) -> np.ndarray:
+    """Finite float regression targets; errors name ``where``."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf":
+        raise ValueError(f"{where}: regression targets must be numbers, got dtype {y.dtype}")
+    y = y.astype(np.float64)
+    bad = np.nonzero(~np.isfinite(y.reshape(len(y), -1)).all(1))[0]
+    if len(bad):
+        raise ValueError(f"{where}: regression target of sample {int(bad[0])} is not finite")
+    return y
+
+
+def _tensors(x, y, where: str = "data", regression: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     x = np.asarray(x, dtype=np.float64)
-    return torch.as_tensor(x.reshape(len(x), -1)), torch.as_tensor(_labels(y, where))
+    y = _targets(y, where) if regression else _labels(y, where)
+    return torch.as_tensor(x.reshape(len(x), -1)), torch.as_tensor(y)
 
 
 def _checked(path: Path, d: Dataset) -> Dataset:
@@ -167,6 +199,6 @@ def _checked(path: Path, d: Dataset) -> Dataset:
         if not torch.isfinite(t).all():
             raise ValueError(f"{path}: {name} contains NaN or inf in {int((~torch.isfinite(t)).sum())} entries")
     for name, y in (("y", d.y_train), ("y_test", d.y_test)):
-        if y.numel() and y.min() < 0:
+        if not d.regression and y.numel() and y.min() < 0:
             raise ValueError(f"{path}: labels in {name} must be 0..C-1, found {int(y.min())}")
     return d

@@ -9,7 +9,8 @@ batch.  Gradients are the tight range of the per-sample derivative:
   bounds ``l_i = exp(l_i) / (exp(l_i) + sum_{j!=i} exp(u_j))`` (upper symmetric);
 * ``hinge``: single logit, ``s = 2y - 1``: ``-s / N`` where ``s z < 1`` for every value, 0 where
   ``s z >= 1`` for every value, their hull otherwise;
-* ``mse``: ``2 (z - t) / numel`` with ``t`` the label (single output) or its one-hot vector.
+* ``mse``: ``2 (z - t) / numel`` with ``t`` the label (single output) or its one-hot vector, or
+  the float regression target (one per output).
 
 With zero-width logits and exact labels each reproduces the torch loss and gradient.
 """
@@ -28,8 +29,8 @@ LOSSES = ("bce", "cross_entropy", "hinge", "mse")
 
 
 class Target:
-    """Label bounds for a batch: ``y`` nominal labels (n,), ``sets`` optional bool (n, C) of
-    possible labels."""
+    """Label bounds for a batch: ``y`` nominal labels (n,) — class indices, or float regression
+    targets (n,) or (n, outputs) —, ``sets`` optional bool (n, C) of possible labels."""
 
     def __init__(self, y: torch.Tensor, sets: torch.Tensor | None = None, n_classes: int | None = None):
         self.y = y
@@ -86,7 +87,9 @@ class _BoundedLoss(torch.autograd.Function):
             hi = (-ls_lo).masked_fill(o_hi == 0, -big).amax(1)
             g_lo, g_hi = ls_lo.exp() - o_hi, ls_hi.exp() - o_lo
         elif kind == "mse":
-            if _flat_logit(z_lo):
+            if target.y.is_floating_point():  # regression targets, one per output
+                t_lo = t_hi = _regression_target(target.y, shape, z_lo.dtype)
+            elif _flat_logit(z_lo):
                 t_lo, t_hi = target.scalar_bounds(z_lo.dtype)
                 t_lo, t_hi = t_lo.reshape(shape), t_hi.reshape(shape)
             else:
@@ -141,13 +144,34 @@ def _hinge_bounds(z_lo, z_hi, y_lo, y_hi):
     return lo, hi, g_lo, g_hi
 
 
+def _regression_target(y: torch.Tensor, shape, dtype) -> torch.Tensor:
+    if y.numel() != _numel(shape):
+        raise ValueError(f"mse: {y.numel()} regression targets for outputs of shape {tuple(shape)}")
+    return y.to(dtype).reshape(shape)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s_ in shape:
+        n *= s_
+    return n
+
+
+def _check_targets(y: torch.Tensor, kind: str) -> None:
+    if y.is_floating_point() and kind != "mse":
+        raise ValueError(f"loss {kind!r} needs class labels; float regression targets take loss='mse'")
+
+
 def bounded_loss(logits: torch.Tensor, target: Target | torch.Tensor, kind: str) -> torch.Tensor:
     """Mean loss of ``kind`` (``bce``, ``cross_entropy``, ``hinge``, ``mse``) with a sound,
-    tight interval gradient.  ``target``: labels (int tensor) or a :class:`Target`."""
+    tight interval gradient.  ``target``: labels (an int tensor, or float regression targets
+    for ``mse``) or a :class:`Target`."""
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}; choose from {', '.join(LOSSES)}")
     if not isinstance(target, Target):
-        target = Target(torch.as_tensor(target, dtype=torch.int64))
+        y = torch.as_tensor(target)
+        target = Target(y if y.is_floating_point() else y.to(torch.int64))
+    _check_targets(target.y, kind)
     if not isinstance(logits, IntervalTensor):
         if target.sets is not None:
             raise ValueError("label sets need interval logits; wrap the logits in an IntervalTensor")
@@ -157,6 +181,9 @@ def bounded_loss(logits: torch.Tensor, target: Target | torch.Tensor, kind: str)
 
 def plain_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """The same losses on plain tensors (the nominal run and the replay tests use these)."""
+    _check_targets(y, kind)
+    if kind == "mse" and y.is_floating_point():
+        return F.mse_loss(logits, _regression_target(y, logits.shape, logits.dtype))
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.to(logits.dtype))
     if kind == "hinge":

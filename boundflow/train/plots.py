@@ -16,7 +16,8 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Certified accuracy (and nominal accuracy) and mean parameter-bound width per epoch."""
+    """Certified accuracy (and nominal accuracy) — for regression the certified MSE bounds and
+    the nominal MSE — and mean parameter-bound width per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,12 +25,19 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
 
     epochs = [h["epoch"] for h in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if history and "certified_accuracy" in history[0]:
-        a1.plot(epochs, [h["certified_accuracy"] for h in history], marker="o", label="certified accuracy")
-        a1.plot(epochs, [h["nominal_accuracy"] for h in history], ls="--", label="nominal model accuracy")
+    if history and "certified_mse_upper" in history[0]:
+        a1.semilogy(epochs, [h["certified_mse_upper"] for h in history], marker="o", label="certified MSE upper bound")
+        a1.semilogy(epochs, [max(h["certified_mse_lower"], 1e-300) for h in history], marker=".", label="lower bound")
+        if "nominal_mse" in history[0]:
+            a1.semilogy(epochs, [h["nominal_mse"] for h in history], ls="--", label="nominal model MSE")
+        a1.set_ylabel("test MSE (log scale)")
+    else:
+        if history and "certified_accuracy" in history[0]:
+            a1.plot(epochs, [h["certified_accuracy"] for h in history], marker="o", label="certified accuracy")
+            a1.plot(epochs, [h["nominal_accuracy"] for h in history], ls="--", label="nominal model accuracy")
+        a1.set_ylabel("test accuracy (fraction)")
+        a1.set_ylim(0, 1.02)
     a1.set_xlabel("epoch")
-    a1.set_ylabel("test accuracy (fraction)")
-    a1.set_ylim(0, 1.02)
     a1.grid(alpha=0.3)
     a1.legend()
     a2.semilogy(epochs, [max(h["mean_width"], 1e-300) for h in history], marker="o", color="C3")

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.train.bounded import BoundedDataset
-from boundflow.train.certify import certify
+from boundflow.train.certify import certify, error_bounds
 from boundflow.train.losses import LOSSES, Target, bounded_loss, plain_loss
 from boundflow.train.optim import IntervalSGD
 
@@ -298,6 +298,8 @@ def certified_training(
     the box they keep."""
     if (config.keep_best or config.stop_drop is not None or config.patience is not None) and val is None:
         raise ValueError("keep_best, stop_drop and patience select epochs by validation accuracy: pass val=(x, y)")
+    if dataset.regression and config.loss != "mse":
+        raise ValueError(f"regression targets (float labels) train with loss='mse', not {config.loss!r}")
     dtype = torch.float64
     model = copy.deepcopy(model).to(dtype)
     n_classes = max(dataset.n_classes, 2)
@@ -526,7 +528,12 @@ def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
             solver_status=dict(solver.status),
             shrinking_params=list(solver.shrinking[-len(step_widths) :]),
         )
-    if test is not None:
+    if test is not None and dataset.regression:
+        err = error_bounds(model, bounds, test[0], test[1], test_eps)
+        metrics.update(certified_mse_lower=err.mse_lower, certified_mse_upper=err.mse_upper)
+        if track_nominal:
+            metrics["nominal_mse"] = _mse(model, bounds.nominal, test[0], test[1])
+    elif test is not None:
         cert = certify(model, bounds, test[0], test[1], test_eps)
         metrics.update(certified_accuracy=cert.accuracy, certified_fraction=cert.certified)
         if track_nominal:
@@ -534,7 +541,12 @@ def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
     bounds.history.append(metrics)
     bounds.optimizer_state = opt.state_dict()  # type: ignore[attr-defined]
     go_on = True
-    if val is not None:
+    if val is not None and dataset.regression:  # the higher the better: the certified MSE, negated
+        score = -error_bounds(model, bounds, val[0], val[1], val_eps).mse_upper
+        metrics["val_certified_mse_upper"] = -score
+        metrics["val_score"] = score
+        go_on = _select(bounds, config, epoch + 1, score)
+    elif val is not None:
         score = certify(model, bounds, val[0], val[1], val_eps).accuracy
         metrics["val_certified_accuracy"] = score
         go_on = _select(bounds, config, epoch + 1, score)
@@ -542,6 +554,8 @@ def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
         post = {"width": f"{metrics['mean_width']:.3g}"}
         if "certified_accuracy" in metrics:
             post["cert_acc"] = f"{metrics['certified_accuracy']:.3f}"
+        if "certified_mse_upper" in metrics:
+            post["mse<="] = f"{metrics['certified_mse_upper']:.4g}"
         bar.set_postfix(post)
     if on_epoch is not None:
         on_epoch(bounds, metrics)
@@ -560,7 +574,9 @@ def _select(bounds: ParameterBounds, config: TrainConfig, epoch: int, score: flo
             "nominal": {n: t.clone() for n, t in bounds.nominal.items()},
         }
     # this epoch's metrics are already the history's last entry
-    scores = [h["val_certified_accuracy"] for h in bounds.history if "val_certified_accuracy" in h]
+    # (the higher the better: certified accuracy, or the certified MSE negated for regression)
+    scores = [h["val_score"] if "val_score" in h else h["val_certified_accuracy"] for h in bounds.history
+              if "val_score" in h or "val_certified_accuracy" in h]  # fmt: skip
     top = max(scores)
     stop = config.stop_drop is not None and score < top - config.stop_drop
     if config.patience is not None:
@@ -576,6 +592,12 @@ def _accuracy(model, params, x, y) -> float:
         out = functional_call(model, params, (x.to(torch.float64),))
     pred = (out.reshape(-1) > 0).long() if out.dim() == 1 or out.shape[-1] == 1 else out.argmax(1)
     return float((pred == y).double().mean())
+
+
+def _mse(model, params, x, y) -> float:
+    with torch.no_grad():
+        out = functional_call(model, params, (x.to(torch.float64),))
+    return float(((out - torch.as_tensor(y, dtype=out.dtype).reshape(out.shape)) ** 2).mean())
 
 
 def _plain_sgd_epoch(model, params, dataset, config, epoch, state):
