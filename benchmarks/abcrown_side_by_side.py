@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json, write_text  # noqa: E402
 
+from boundflow.verify.vnncomp import _BOXES  # noqa: E402  (boundflow verify's summary line)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp"
 # alpha-beta-CROWN's configuration as shipped, less what needs licensed solvers or a CSV sweep
 _DERIVE = """
@@ -52,7 +54,6 @@ cut.update(enabled=False, cplex_cuts=False, bab_cut=False)  # cutting planes nee
 yaml.safe_dump(c, open(sys.argv[2], "w"))
 """
 _VISITED = re.compile(r"(\d+) domains visited")
-_BOXES = re.compile(r"\(\s*[0-9.]+ s, (\d+) boxes\)")
 
 
 def _plain(path: Path, tmp: Path) -> Path:

@@ -47,7 +47,7 @@ def _answers(results: Path, tool: str, benchmark: str) -> dict[tuple[str, str], 
     out = {}
     for row in csv.reader((results / "results_csv" / f"{tool}.csv").open()):
         if len(row) >= 5 and row[0] == benchmark:
-            ans = {"holds": "unsat", "unsat": "unsat", "violated": "sat", "sat": "sat"}.get(row[4].strip().lower())
+            ans = _ANSWER.get(row[4].strip().lower())
             if ans:
                 out[(Path(row[1]).name, Path(row[2]).name)] = ans
     return out

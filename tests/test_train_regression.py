@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 import boundflow.train as T
 from boundflow.models import hidden_mlp as mlp
+from boundflow.train.losses import plain_loss
 from tests.test_train import _replay
 
 D = torch.float64
@@ -148,3 +149,19 @@ def test_cli_trains_on_regression_targets(tmp_path, capsys):
     assert all("certified_mse_upper" in h for h in m["history"])
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
     assert "boundflow train --regression" in capsys.readouterr().err
+
+
+def test_solver_step_takes_regression_targets():
+    """The LP training step (MIBP-Cert's program) with float targets, one per output: from a point
+    box and exact data, its box contains the plain SGD step on the same batch."""
+    from boundflow.encode.training_step import solver_step
+
+    x, y = _regression(6, 2, 2, seed=9)
+    model = mlp(2, 2, 3, 2, seed=3).to(D)
+    p = {n: t.detach().clone() for n, t in model.named_parameters()}
+    lo, hi, _ = solver_step(model, p, p, x, x, y, "mse", 0.1, 0.0, "lp")
+    q = {n: t.clone().requires_grad_(True) for n, t in p.items()}
+    plain_loss(functional_call(model, q, (x,)), y, "mse").backward()
+    for n in p:
+        step = p[n] - 0.1 * q[n].grad
+        assert bool(((step >= lo[n] - 1e-7) & (step <= hi[n] + 1e-7)).all()), n

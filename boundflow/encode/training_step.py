@@ -180,6 +180,11 @@ def _loss_derivative(B: _Builder, z: np.ndarray, y: float | np.ndarray, loss: st
 def _target(y, n_out: int, loss: str):
     if loss != "mse":
         return float(y)
+    if torch.is_tensor(y) and y.is_floating_point():  # regression targets, one per output
+        yt = y.double().reshape(-1).numpy()
+        if len(yt) != n_out:
+            raise ValueError(f"mse: {len(yt)} regression targets per sample, the model has {n_out} outputs")
+        return yt
     yt = np.zeros(n_out)
     if n_out == 1:
         yt[0] = float(y)
