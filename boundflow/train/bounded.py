@@ -3,7 +3,10 @@
 A :class:`BoundedDataset` holds the nominal data, per-sample feature bounds, optional per-sample
 label sets, and a per-batch budget ``k``: with ``k=None`` every sample may take any value in its
 bounds at once; with an integer ``k`` at most ``k`` samples of each batch deviate from the
-nominal data (the others are exactly nominal).  Labels are class indices (classification) or,
+nominal data (the others are exactly nominal).  ``budget`` says what the ``k`` samples may do:
+``"modify"`` (move within their bounds and label sets), ``"remove"`` (be left out of the batch:
+certified unlearning) or ``"substitute"`` (be replaced by anything: privacy-style bounds, which
+need per-sample gradient clipping, ``TrainConfig.clip``).  Labels are class indices (classification) or,
 with ``regression=True``, float targets ``(n,)`` or ``(n, outputs)`` (trained with ``mse``).
 
 ``linf``, ``poison`` and ``label_flip`` take features and labels, or a
@@ -17,16 +20,30 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BoundedDataset", "linf", "linf_subset", "poison", "label_flip", "missing", "from_torch"]
+__all__ = [
+    "BoundedDataset",
+    "BUDGETS",
+    "linf",
+    "linf_subset",
+    "poison",
+    "label_flip",
+    "missing",
+    "removal",
+    "substitution",
+    "from_torch",
+]
+
+BUDGETS = ("modify", "remove", "substitute")
 
 
 @dataclass
 class BoundedDataset:
     """``x``: nominal features (n, ...); ``lower``/``upper``: feature bounds containing ``x``;
-    ``y``: nominal labels (n,) — integer class indices, or float regression targets (n,) or
-    (n, outputs); ``label_sets``: optional bool (n, C), True where a label is possible (must
-    include the nominal label; classification only); ``k``: per-batch budget of deviating
-    samples (``None``: all may deviate); ``threat``: a short description."""
+        ``y``: nominal labels (n,) — integer class indices, or float regression targets (n,) or
+        (n, outputs); ``label_sets``: optional bool (n, C), True where a label is possible (must
+        include the nominal label; classification only); ``k``: per-batch budget of deviating
+        samples (``None``: all may deviate); ``budget``: what those ``k`` samples may do (``modify``,
+    ``remove``, ``substitute``; see the module); ``threat``: a short description."""
 
     x: torch.Tensor
     lower: torch.Tensor
@@ -35,6 +52,7 @@ class BoundedDataset:
     label_sets: torch.Tensor | None = None
     k: int | None = None
     threat: str = "linf"
+    budget: str = "modify"
 
     def __post_init__(self) -> None:
         if self.x.shape != self.lower.shape or self.x.shape != self.upper.shape:
@@ -67,6 +85,16 @@ class BoundedDataset:
                 raise ValueError("BoundedDataset: every label set must contain the nominal label")
         if self.k is not None and self.k < 0:
             raise ValueError(f"BoundedDataset: k must be >= 0, got {self.k}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"BoundedDataset: budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if self.budget != "modify":
+            if self.k is None:
+                raise ValueError(f"BoundedDataset: budget {self.budget!r} needs a per-batch count k")
+            if self.label_sets is not None or not (torch.equal(self.lower, self.x) and torch.equal(self.upper, self.x)):
+                raise ValueError(
+                    f"BoundedDataset: budget {self.budget!r} takes exact features and labels (the k samples are "
+                    "removed or replaced whole)"
+                )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -234,3 +262,21 @@ def missing(
         hi[:, f] = torch.maximum(hi[:, f], torch.tensor(float(b), dtype=torch.float64))
     y = _targets(y) if regression else _labels(y)
     return BoundedDataset(x, lo, hi, y, threat=f"missing(features={list(features)})")
+
+
+def removal(x, y, k: int, regression: bool = False) -> BoundedDataset:
+    """Up to ``k`` samples of each batch may be removed (certified unlearning, as in Abstract
+    Gradient Training): the box holds the parameters that training reaches on every dataset
+    with at most ``k`` samples of each batch left out, the batch mean taken over the samples
+    that remain (the batches themselves do not shift).  ``k`` must be below the batch size."""
+    x, y = _data(x, y, regression)
+    return BoundedDataset(x, x.clone(), x.clone(), y, k=int(k), threat=f"removal(k={k})", budget="remove")
+
+
+def substitution(x, y, k: int, regression: bool = False) -> BoundedDataset:
+    """Up to ``k`` samples of each batch may be replaced by arbitrary samples (any features,
+    any label): the privacy-style threat of Abstract Gradient Training.  Only bounded with
+    per-sample gradient clipping (``TrainConfig(clip=...)``), which bounds what one replaced
+    sample can contribute."""
+    x, y = _data(x, y, regression)
+    return BoundedDataset(x, x.clone(), x.clone(), y, k=int(k), threat=f"substitution(k={k})", budget="substitute")

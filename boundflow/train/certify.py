@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,7 +12,15 @@ from torch import nn
 from boundflow.domains.interval import IntervalTensor
 from boundflow.specs import Box
 
-__all__ = ["Certification", "ErrorBounds", "certify", "error_bounds", "logit_bounds"]
+__all__ = [
+    "Certification",
+    "ErrorBounds",
+    "PredictionRange",
+    "certify",
+    "error_bounds",
+    "logit_bounds",
+    "prediction_range",
+]
 
 
 @dataclass
@@ -101,3 +110,41 @@ def certify(
     cert = float((classes >= 0).double().mean()) if len(classes) else 0.0
     acc = float((classes == y).double().mean()) if y is not None and len(classes) else None
     return Certification(classes, acc, cert)
+
+
+@dataclass
+class PredictionRange:
+    """How far the training data's threat model can move each prediction: every parameter
+    vector in the box gives outputs in ``[lower, upper]`` (per sample and output);
+    ``movement``: per sample the largest distance from the nominal output ``nominal`` to an
+    end of that range (over outputs); ``stable``: per sample, whether the predicted class (the
+    argmax, or the sign of a single logit) is the nominal one for every vector in the box."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    nominal: torch.Tensor
+    movement: torch.Tensor
+    stable: torch.Tensor
+
+
+def prediction_range(model: nn.Module, bounds, x: torch.Tensor, method: str = "ibp") -> PredictionRange:
+    """The range of each prediction on ``x`` over the parameter box ``bounds`` (a
+    :class:`ParameterBounds`, whose ``nominal`` parameters give the nominal outputs).  With a box
+    trained on ``substitution(x, y, k)`` (and clipping) this is Abstract Gradient Training's
+    privacy-style bound: how far changing up to ``k`` samples of each batch can move each
+    prediction; with ``removal``, how far unlearning them can."""
+    from torch.func import functional_call
+
+    x = x.to(next(iter(bounds.lower.values())).dtype)
+    lo, hi = logit_bounds(model, bounds.lower, bounds.upper, x, 0.0, method)
+    m = copy.deepcopy(model).to(lo.dtype)
+    with torch.no_grad():
+        nom = functional_call(m, bounds.nominal, (x,)).reshape(lo.shape)
+    n = max(len(lo), 1)
+    move = torch.maximum(hi - nom, nom - lo).reshape(n, -1).amax(1)
+    cls = certify(model, bounds, x, None, 0.0, method).classes
+    if lo.dim() == 1 or lo.shape[-1] == 1:
+        nominal_cls = (nom.reshape(-1) > 0).long()
+    else:
+        nominal_cls = nom.argmax(1)
+    return PredictionRange(lo, hi, nom, move, cls == nominal_cls)

@@ -23,6 +23,7 @@ __all__ = [
     "ParameterBounds",
     "certified_training",
     "batch_indices",
+    "plain_gradients",
     "lr_at",
     "TrainingDiverged",
     "METHODS",
@@ -49,6 +50,11 @@ class TrainConfig:
     dataset in the threat model; the epoch is chosen from the bounds alone, not from any
     concrete dataset, so stopping concrete training at ``e`` is covered.
 
+    ``clip``: per-sample gradient clipping (Abstract Gradient Training's ``clip_method="clamp"``,
+    as in DP-SGD without noise): every sample's gradient is clamped elementwise to
+    ``[-clip, clip]`` before the batch mean, in the bounded and the nominal run alike.  It
+    bounds what any one sample can contribute; ``substitution`` datasets need it.
+
     Solver methods (``lp``, ``milp``, ``mibp``): ``decompose`` is how a batch's step is split
     into programs: ``True`` one per sample, ``False`` MIBP-Cert's joint program, an int ``G``
     programs of ``G`` samples (see :func:`boundflow.encode.training_step.build_step`)."""
@@ -72,8 +78,11 @@ class TrainConfig:
     keep_best: bool = False
     stop_drop: float | None = None
     patience: int | None = None
+    clip: float | None = None
 
     def __post_init__(self) -> None:
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 (or None: no clipping), got {self.clip}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
@@ -96,6 +105,8 @@ class TrainConfig:
                 raise ValueError(f"method={self.method!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
             if self.momentum:
                 raise ValueError(f"method={self.method!r} supports SGD without momentum (momentum={self.momentum})")
+            if self.clip is not None:
+                raise ValueError(f"method={self.method!r} does not model gradient clipping (clip={self.clip})")
         if not (isinstance(self.decompose, bool) or (isinstance(self.decompose, int) and self.decompose >= 1)):
             raise ValueError(f"decompose must be True, False or a group size >= 1, got {self.decompose!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.pretrain_epochs < 0:
@@ -162,30 +173,62 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
 
 
 def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes) -> None:
-    """Fill ``params[*].grad`` with bounds on the batch gradient over the threat model."""
+    """Fill ``params[*].grad`` with bounds on the batch gradient over the threat model.
+
+    Per-sample gradients ``g_i`` (each sample's share ``loss_i / b`` of the batch mean; clamped
+    to ``[-clip/b, clip/b]`` with clipping, a monotone map of each bound) combine per budget:
+
+    * every sample within its bounds (``k=None``): their sum;
+    * ``modify`` (at most ``k`` deviate): the nominal samples' sum plus the ``k`` largest
+      (smallest) deviations per parameter;
+    * ``remove`` (at most ``k`` left out, the mean over the ``m >= b - k`` that remain): the
+      mean of a subset is at least the mean of its ``m`` smallest values, which grows with
+      ``m``, so ``b / (b - k)`` times the sum of the ``b - k`` smallest (largest) bounds;
+    * ``substitute`` (at most ``k`` replaced by anything): the ``b - k`` smallest (largest)
+      nominal bounds plus ``k`` times the clipping bound."""
     x_lo, x_hi, y = data.lower[idx], data.upper[idx], data.y[idx]
-    if data.k is None:
-        sets = data.label_sets[idx] if data.label_sets is not None else None
+    sets = data.label_sets[idx] if data.label_sets is not None else None
+    clip = config.clip
+    if data.k is None and clip is None:
         out = functional_call(model, params, (IntervalTensor(x_lo, x_hi, check=False),))
         bounded_loss(out, Target(y, sets, n_classes), config.loss).backward()
         return
-    # at most k samples of the batch deviate: per-sample gradients of the nominal and of the
-    # perturbed sample, combined with the k largest (smallest) deviations per parameter
     b = len(idx)
-    sets = data.label_sets[idx] if data.label_sets is not None else None
+    c = None if clip is None else clip / b
+
+    def clamp(g):
+        return g if c is None else (g[0].clamp(-c, c), g[1].clamp(-c, c))
+
+    if data.k is None:  # every sample deviates; per-sample only to clip
+        dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
+        for n in params:
+            lo, hi = clamp(dev[n])
+            params[n].grad = IntervalTensor(lo.sum(0), hi.sum(0), check=False)
+        return
     clean = _per_sample_grads(
         model, params, IntervalTensor.exact(data.x[idx]), Target(y, None, n_classes), config.loss, b
     )
-    dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
     k = min(data.k, b)
+    if data.budget == "remove" and k >= b:
+        raise ValueError(
+            f"removal of k={data.k} samples from a batch of {b} leaves none; k must be below the batch size"
+        )
+    if data.budget == "modify":
+        dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
     for n in params:
-        c_lo, c_hi = clean[n]
-        d_lo, d_hi = dev[n][0] - c_lo, dev[n][1] - c_hi
-        lo = c_lo.sum(0)
-        hi = c_hi.sum(0)
-        if k:
-            lo = lo + d_lo.clamp(max=0).topk(k, dim=0, largest=False).values.sum(0)
-            hi = hi + d_hi.clamp(min=0).topk(k, dim=0, largest=True).values.sum(0)
+        c_lo, c_hi = clamp(clean[n])
+        lo, hi = c_lo.sum(0), c_hi.sum(0)
+        if k and data.budget == "modify":
+            d_lo, d_hi = clamp(dev[n])
+            lo = lo + (d_lo - c_lo).clamp(max=0).topk(k, dim=0, largest=False).values.sum(0)
+            hi = hi + (d_hi - c_hi).clamp(min=0).topk(k, dim=0, largest=True).values.sum(0)
+        elif k:  # leave out the k largest lower (smallest upper) bounds
+            lo = lo - c_lo.topk(k, dim=0, largest=True).values.sum(0)
+            hi = hi - c_hi.topk(k, dim=0, largest=False).values.sum(0)
+            if data.budget == "remove":  # the mean over the b - k that remain
+                lo, hi = lo * (b / (b - k)), hi * (b / (b - k))
+            else:
+                lo, hi = lo - k * c, hi + k * c
         params[n].grad = IntervalTensor(lo, hi, check=False)
 
 
@@ -298,6 +341,13 @@ def certified_training(
     the box they keep."""
     if (config.keep_best or config.stop_drop is not None or config.patience is not None) and val is None:
         raise ValueError("keep_best, stop_drop and patience select epochs by validation accuracy: pass val=(x, y)")
+    if dataset.budget == "substitute" and config.clip is None:
+        raise ValueError(
+            f"dataset {dataset.threat}: replaced samples can have any gradient; bound it with per-sample clipping, "
+            "TrainConfig(clip=...)"
+        )
+    if dataset.budget == "remove" and dataset.k >= config.batch_size:
+        raise ValueError(f"dataset {dataset.threat}: k must be below the batch size {config.batch_size}")
     if dataset.regression and config.loss != "mse":
         raise ValueError(f"regression targets (float labels) train with loss='mse', not {config.loss!r}")
     dtype = torch.float64
@@ -612,9 +662,26 @@ def _plain_sgd_epoch(model, params, dataset, config, epoch, state):
             group["lr"] = lr_at(config, epoch)
     for idx in batch_indices(len(dataset), config, epoch):
         opt.zero_grad()
-        plain_loss(functional_call(model, p, (dataset.x[idx],)), dataset.y[idx], config.loss).backward()
+        plain_gradients(model, p, dataset.x[idx], dataset.y[idx], config.loss, config.clip)
         opt.step()
     return {n: t.detach().clone() for n, t in p.items()}, opt.state_dict()
+
+
+def plain_gradients(model, params: dict, x, y, loss: str, clip: float | None = None) -> None:
+    """Set ``params[*].grad`` to the batch gradient of ordinary training: the gradient of the
+    batch-mean ``loss``, or with ``clip`` the mean of the per-sample gradients each clamped to
+    ``[-clip, clip]`` (what :class:`TrainConfig` ``clip`` certifies)."""
+    if clip is None:
+        plain_loss(functional_call(model, params, (x,)), y, loss).backward()
+        return
+    from torch.func import grad, vmap
+
+    def one(p, xi, yi):
+        return plain_loss(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0), loss)
+
+    per = vmap(grad(one), in_dims=(None, 0, 0))({n: t.detach() for n, t in params.items()}, x, y)
+    for n, t in params.items():
+        t.grad = per[n].clamp(-clip, clip).mean(0)
 
 
 def _plain_epochs(model, params, x, y, config, epochs, offset):
