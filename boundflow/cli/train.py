@@ -16,7 +16,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="certified training on a bounded dataset")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", default="moons", help="moons, digits, digits-AvB, breast-cancer, iris")
-    src.add_argument("--data", help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file")
+    src.add_argument(
+        "--data",
+        help="a .npz (x, y[, x_test, y_test]) or .csv (label last) file, or a folder of x.npy, y.npy, x_test.npy, "
+        "y_test.npy whose x is memory-mapped and streamed",
+    )
     p.add_argument(
         "--regression",
         action="store_true",
@@ -25,11 +29,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--threat",
         default="linf",
-        choices=["linf", "poison", "label-flip"],
-        help="threat model: every feature within --eps; k samples poisoned; k labels flipped",
+        choices=["linf", "poison", "label-flip", "removal", "substitution"],
+        help="threat model: every feature within --eps; k samples poisoned; k labels flipped; k samples removed "
+        "(certified unlearning); k samples replaced by anything (needs --clip)",
     )
     options.eps(p, None, "l-inf radius of the feature perturbation (linf, poison; default: 0.01)", type=float)
-    p.add_argument("--k", type=int, default=1, help="per-batch budget for poison / label-flip")
+    p.add_argument("--k", type=int, default=1, help="per-batch budget for poison, label-flip, removal, substitution")
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        help="clamp every per-sample gradient to [-clip, clip] before the batch mean (as DP-SGD without noise)",
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs (at most, with --patience/--stop-drop)")
     p.add_argument("--hidden", type=int, default=20, help="width of each hidden layer")
     p.add_argument("--layers", type=int, default=2, help="number of linear layers")
@@ -112,7 +123,9 @@ def run(args) -> int:
         load_dataset,
         load_file,
         poison,
+        removal,
         save_bounds,
+        substitution,
     )
     from boundflow.train.plots import plot_history, plot_regions
 
@@ -120,7 +133,7 @@ def run(args) -> int:
     if why:
         raise SystemExit(f"error: {why}")
     if args.eps is None:
-        args.eps = 0.0 if args.threat == "label-flip" else 0.01
+        args.eps = 0.0 if args.threat in ("label-flip", "removal", "substitution") else 0.01
     data = (
         load_file(args.data, seed=args.seed, regression=args.regression)
         if args.data
@@ -148,6 +161,10 @@ def run(args) -> int:
         bd = linf(x_train, y_train, args.eps, regression=args.regression)
     elif args.threat == "poison":
         bd = poison(x_train, y_train, args.k, args.eps, regression=args.regression)
+    elif args.threat == "removal":
+        bd = removal(x_train, y_train, args.k, regression=args.regression)
+    elif args.threat == "substitution":
+        bd = substitution(x_train, y_train, args.k, regression=args.regression)
     else:
         bd = label_flip(x_train, y_train, args.k, n_classes=c)
     config = TrainConfig(
@@ -170,6 +187,7 @@ def run(args) -> int:
         keep_best=args.keep_best,
         stop_drop=args.stop_drop,
         patience=args.patience,
+        clip=args.clip,
     )
     from boundflow.outputs import claim, record
 
@@ -185,6 +203,7 @@ def run(args) -> int:
             "threat": args.threat,
             "epsilon": args.eps,
             "k": None if args.threat == "linf" else args.k,
+            "clip": args.clip,
         },
         "data_sha256": _fingerprint(bd, val),
         "model": str(model),
@@ -334,7 +353,7 @@ def _check_args(args) -> str | None:
         (not args.regression or args.data, "--regression needs --data (the embedded datasets are classification)"),
         (
             not args.regression or args.threat != "label-flip",
-            "--threat label-flip flips class labels; regression targets take linf or poison",
+            "--threat label-flip flips class labels; regression targets take linf, poison, removal or substitution",
         ),
         (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.test_eps >= 0, f"--test-eps must be >= 0, got {args.test_eps}"),
@@ -345,6 +364,23 @@ def _check_args(args) -> str | None:
             "--eps has no effect with --threat label-flip (labels flip, features stay); drop it",
         ),
         (
+            not (args.threat in ("removal", "substitution") and args.eps is not None),
+            f"--eps has no effect with --threat {args.threat} (samples are removed or replaced whole); drop it",
+        ),
+        (args.clip is None or args.clip > 0, f"--clip must be > 0, got {args.clip}"),
+        (
+            args.threat != "substitution" or args.clip is not None,
+            "--threat substitution needs --clip (a replaced sample's gradient is otherwise unbounded)",
+        ),
+        (
+            args.clip is None or args.method == "ibp",
+            f"--clip is modelled by --method ibp only, not {args.method}",
+        ),
+        (
+            args.threat != "removal" or args.k < args.batch_size,
+            f"--threat removal: --k {args.k} must be below --batch-size {args.batch_size}",
+        ),
+        (
             args.val_fraction > 0 or not (args.keep_best or args.stop_drop is not None or args.patience is not None),
             "--keep-best, --stop-drop and --patience need validation data: --val-fraction > 0 (or --keep-last)",
         ),
@@ -353,12 +389,17 @@ def _check_args(args) -> str | None:
 
 
 def _split_val(x, y, fraction: float, seed: int):
-    """``(x_train, y_train, (x_val, y_val) or None)``: a seeded share of the training data."""
+    """``(x_train, y_train, (x_val, y_val) or None)``: a seeded share of the training data (of
+    streamed data: its last rows)."""
+    import numpy as np
     import torch
 
     n_val = int(round(fraction * len(x)))
     if n_val == 0:
         return x, y, None
+    if not isinstance(x, torch.Tensor):  # streamed (memory-mapped): the last rows, without a copy
+        m = len(x) - n_val
+        return x[:m], y[:m], (torch.as_tensor(np.asarray(x[m:], dtype=np.float64)), y[m:])
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 7919))
     tr, va = order[n_val:].sort().values, order[:n_val].sort().values
     return x[tr], y[tr], (x[va], y[va])
@@ -369,7 +410,13 @@ def _fingerprint(bd, val) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    parts = [bd.x, bd.lower, bd.upper, bd.y] + ([bd.label_sets] if bd.label_sets is not None else [])
+    if bd.streamed:  # one pass over the file, chunk by chunk
+        for bt in bd.chunks():
+            for t in (bt.x, bt.lower, bt.upper):
+                h.update(t.contiguous().numpy().tobytes())
+        parts = [bd.y] + ([bd.label_sets] if bd.label_sets is not None else [])
+    else:
+        parts = [bd.x, bd.lower, bd.upper, bd.y] + ([bd.label_sets] if bd.label_sets is not None else [])
     parts += list(val) if val is not None else []
     for t in parts:
         h.update(t.detach().contiguous().cpu().numpy().tobytes())

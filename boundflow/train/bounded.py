@@ -11,13 +11,19 @@ with ``regression=True``, float targets ``(n,)`` or ``(n, outputs)`` (trained wi
 
 ``linf``, ``poison`` and ``label_flip`` take features and labels, or a
 ``torch.utils.data.Dataset``/``DataLoader`` of ``(features, label)`` pairs as ``x`` with
-``y=None`` (:func:`from_torch`)."""
+``y=None`` (:func:`from_torch`).
+
+Streamed data: features given as a ``numpy.memmap`` (``np.load(path, mmap_mode="r")``) stay on
+disk; training reads them batch by batch (:meth:`BoundedDataset.batch`) and makes each
+sample's box from ``eps`` (and ``clamp``) as it goes, so memory does not grow with the dataset
+(the labels are held in memory)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -31,53 +37,80 @@ __all__ = [
     "removal",
     "substitution",
     "from_torch",
+    "Batch",
 ]
 
 BUDGETS = ("modify", "remove", "substitute")
 
 
 @dataclass
-class BoundedDataset:
-    """``x``: nominal features (n, ...); ``lower``/``upper``: feature bounds containing ``x``;
-        ``y``: nominal labels (n,) — integer class indices, or float regression targets (n,) or
-        (n, outputs); ``label_sets``: optional bool (n, C), True where a label is possible (must
-        include the nominal label; classification only); ``k``: per-batch budget of deviating
-        samples (``None``: all may deviate); ``budget``: what those ``k`` samples may do (``modify``,
-    ``remove``, ``substitute``; see the module); ``threat``: a short description."""
+class Batch:
+    """One batch of a :class:`BoundedDataset` as float64 tensors (labels as stored)."""
 
     x: torch.Tensor
     lower: torch.Tensor
     upper: torch.Tensor
     y: torch.Tensor
+    label_sets: torch.Tensor | None
+
+
+@dataclass
+class BoundedDataset:
+    """``x``: nominal features (n, ...), a tensor or a ``numpy.memmap`` (streamed);
+    ``lower``/``upper``: feature bounds containing ``x``, or both ``None`` for the box
+    ``x ± eps`` clipped to ``clamp``, made per batch; ``y``: nominal labels (n,) — integer class
+    indices, or float regression targets (n,) or (n, outputs); ``label_sets``: optional bool
+    (n, C), True where a label is possible (must include the nominal label; classification
+    only); ``k``: per-batch budget of deviating samples (``None``: all may deviate); ``budget``:
+    what those ``k`` samples may do (``modify``, ``remove``, ``substitute``; see the module);
+    ``threat``: a short description."""
+
+    x: torch.Tensor | np.ndarray
+    lower: torch.Tensor | None
+    upper: torch.Tensor | None
+    y: torch.Tensor
     label_sets: torch.Tensor | None = None
     k: int | None = None
     threat: str = "linf"
     budget: str = "modify"
+    eps: float | None = None
+    clamp: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.x.shape != self.lower.shape or self.x.shape != self.upper.shape:
+        if (self.lower is None) != (self.upper is None):
+            raise ValueError("BoundedDataset: give both lower and upper, or neither (with eps)")
+        if self.lower is None:
+            if self.eps is None or not self.eps >= 0:
+                raise ValueError(f"BoundedDataset: without lower/upper, eps must be a radius >= 0, got {self.eps}")
+        elif self.streamed:
+            raise ValueError("BoundedDataset: streamed features take their boxes from eps, not lower/upper tensors")
+        elif self.x.shape != self.lower.shape or self.x.shape != self.upper.shape:
             raise ValueError(
                 f"BoundedDataset: x {tuple(self.x.shape)}, lower {tuple(self.lower.shape)} and upper "
                 f"{tuple(self.upper.shape)} must have the same shape"
             )
+        if self.streamed:
+            self._check_stream()
         if self.y.is_complex() or self.y.dtype == torch.bool:
             raise ValueError(f"BoundedDataset: labels y must be class indices or float targets, got {self.y.dtype}")
+        n = self.x.shape[0]
         if self.regression:
-            if self.y.dim() not in (1, 2) or self.y.shape[0] != self.x.shape[0]:
+            if self.y.dim() not in (1, 2) or self.y.shape[0] != n:
                 raise ValueError(
                     f"BoundedDataset: regression targets y have shape {tuple(self.y.shape)}, expected "
-                    f"({self.x.shape[0]},) or ({self.x.shape[0]}, outputs)"
+                    f"({n},) or ({n}, outputs)"
                 )
             if not torch.isfinite(self.y).all():
                 bad = int((~torch.isfinite(self.y)).sum())
                 raise ValueError(f"BoundedDataset: {bad} regression targets are not finite")
             if self.label_sets is not None:
                 raise ValueError("BoundedDataset: label sets are for class labels, not regression targets")
-        elif self.y.shape != (self.x.shape[0],):
-            raise ValueError(f"BoundedDataset: y has shape {tuple(self.y.shape)}, expected ({self.x.shape[0]},)")
-        bad = (self.lower > self.x) | (self.x > self.upper)
-        if bad.any():
-            raise ValueError(f"BoundedDataset: nominal x outside [lower, upper] in {int(bad.sum())} entries")
+        elif self.y.shape != (n,):
+            raise ValueError(f"BoundedDataset: y has shape {tuple(self.y.shape)}, expected ({n},)")
+        if self.lower is not None:
+            bad = (self.lower > self.x) | (self.x > self.upper)
+            if bad.any():
+                raise ValueError(f"BoundedDataset: nominal x outside [lower, upper] in {int(bad.sum())} entries")
         if self.label_sets is not None:
             if self.label_sets.shape[0] != len(self.y):
                 raise ValueError("BoundedDataset: label_sets must have one row per sample")
@@ -90,11 +123,63 @@ class BoundedDataset:
         if self.budget != "modify":
             if self.k is None:
                 raise ValueError(f"BoundedDataset: budget {self.budget!r} needs a per-batch count k")
-            if self.label_sets is not None or not (torch.equal(self.lower, self.x) and torch.equal(self.upper, self.x)):
+            exact = (
+                self.eps == 0
+                if self.lower is None
+                else torch.equal(self.lower, self.x) and torch.equal(self.upper, self.x)
+            )
+            if self.label_sets is not None or not exact:
                 raise ValueError(
                     f"BoundedDataset: budget {self.budget!r} takes exact features and labels (the k samples are "
                     "removed or replaced whole)"
                 )
+
+    STREAM_CHUNK = 1 << 16
+
+    @property
+    def streamed(self) -> bool:
+        """Features read from disk batch by batch (a ``numpy.memmap``) rather than held in memory."""
+        return not isinstance(self.x, torch.Tensor)
+
+    def _check_stream(self) -> None:
+        """One pass over streamed features, before any training: finite, real, inside ``clamp``."""
+        if not isinstance(self.x, np.ndarray) or self.x.dtype.kind != "f" or self.x.ndim < 2:
+            raise ValueError(
+                f"BoundedDataset: streamed features must be a float numpy array (n, features...), got "
+                f"{type(self.x).__name__} {getattr(self.x, 'dtype', '')} {getattr(self.x, 'shape', '')}"
+            )
+        for s in range(0, self.x.shape[0], self.STREAM_CHUNK):
+            part = np.asarray(self.x[s : s + self.STREAM_CHUNK])
+            bad = ~np.isfinite(part.reshape(len(part), -1)).all(1)
+            if bad.any():
+                raise ValueError(f"BoundedDataset: features of sample {s + int(np.argmax(bad))} are not finite")
+            if self.clamp is not None:
+                out = ((part < self.clamp[0]) | (part > self.clamp[1])).reshape(len(part), -1).any(1)
+                if out.any():
+                    raise ValueError(
+                        f"BoundedDataset: sample {s + int(np.argmax(out))} has features outside clamp {self.clamp}"
+                    )
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """The samples ``idx`` (an index tensor) as float64 tensors, with their boxes."""
+        if self.streamed:
+            x = torch.from_numpy(np.asarray(self.x[np.sort(idx.numpy())], dtype=np.float64))
+            if not bool((idx[1:] >= idx[:-1]).all()):  # read in file order, return in idx's order
+                x = x[torch.argsort(torch.argsort(idx))]
+        else:
+            x = self.x[idx]
+        if self.lower is None:
+            lo, hi = _box(x, self.eps, self.clamp)
+        else:
+            lo, hi = self.lower[idx], self.upper[idx]
+        sets = self.label_sets[idx] if self.label_sets is not None else None
+        return Batch(x, lo, hi, self.y[idx], sets)
+
+    def chunks(self, size: int | None = None) -> Iterator[Batch]:
+        """Every sample, in order, ``size`` at a time."""
+        size = size or self.STREAM_CHUNK
+        for s in range(0, len(self), size):
+            yield self.batch(torch.arange(s, min(s + size, len(self))))
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -112,10 +197,6 @@ class BoundedDataset:
         if self.label_sets is not None:
             return self.label_sets.shape[1]
         return int(self.y.max().item()) + 1
-
-    @property
-    def feature_radius(self) -> torch.Tensor:
-        return (self.upper - self.lower) / 2
 
 
 def _f64(x) -> torch.Tensor:
@@ -158,10 +239,24 @@ def from_torch(data, regression: bool = False) -> tuple[torch.Tensor, torch.Tens
 
 
 def _data(x, y, regression: bool = False):
-    """``(x, y)`` from tensors/arrays, or from a Dataset/DataLoader passed as ``x`` with ``y=None``."""
+    """``(x, y)`` from tensors/arrays, or from a Dataset/DataLoader passed as ``x`` with ``y=None``;
+    a ``numpy.memmap`` stays on disk (streamed)."""
     if y is None:
         x, y = from_torch(x, regression)
-    return _f64(x), (_targets(y) if regression else _labels(y))
+    if not isinstance(x, np.memmap):
+        x = _f64(x)
+    return x, (_targets(y) if regression else _labels(y))
+
+
+def _boxed(x, y, eps: float, clamp, **kw) -> BoundedDataset:
+    """The dataset whose samples may move by ``eps`` (clipped to ``clamp``): boxes made per batch
+    for streamed features, held as tensors otherwise."""
+    if isinstance(x, np.memmap):
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        return BoundedDataset(x, None, None, y, eps=float(eps), clamp=clamp, **kw)
+    lo, hi = _box(x, eps, clamp)
+    return BoundedDataset(x, lo, hi, y, **kw)
 
 
 def _targets(y) -> torch.Tensor:
@@ -208,8 +303,7 @@ def linf(x, y, eps: float, clamp: tuple[float, float] | None = None, regression:
     """Every sample's features may move by up to ``eps`` in ℓ∞ (FullCert's threat model),
     optionally clipped to ``clamp``.  ``regression``: ``y`` are float targets."""
     x, y = _data(x, y, regression)
-    lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(x, lo, hi, y, threat=f"linf(eps={eps})")
+    return _boxed(x, y, eps, clamp, threat=f"linf(eps={eps})")
 
 
 def linf_subset(
@@ -234,8 +328,7 @@ def poison(
     Training's bounded poisoning); the batch gradient is bounded by the ``k`` largest (smallest)
     per-sample deviations per parameter.  ``regression``: ``y`` are float targets."""
     x, y = _data(x, y, regression)
-    lo, hi = _box(x, eps, clamp)
-    return BoundedDataset(x, lo, hi, y, k=int(k), threat=f"poison(k={k}, eps={eps})")
+    return _boxed(x, y, eps, clamp, k=int(k), threat=f"poison(k={k}, eps={eps})")
 
 
 def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
@@ -243,7 +336,7 @@ def label_flip(x, y, k: int, n_classes: int | None = None) -> BoundedDataset:
     x, y = _data(x, y)
     c = n_classes or int(y.max().item()) + 1
     sets = torch.ones(len(y), max(c, 2), dtype=torch.bool)
-    return BoundedDataset(x, x.clone(), x.clone(), y, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
+    return _boxed(x, y, 0.0, None, label_sets=sets, k=int(k), threat=f"label_flip(k={k})")
 
 
 def missing(
@@ -270,7 +363,7 @@ def removal(x, y, k: int, regression: bool = False) -> BoundedDataset:
     with at most ``k`` samples of each batch left out, the batch mean taken over the samples
     that remain (the batches themselves do not shift).  ``k`` must be below the batch size."""
     x, y = _data(x, y, regression)
-    return BoundedDataset(x, x.clone(), x.clone(), y, k=int(k), threat=f"removal(k={k})", budget="remove")
+    return _boxed(x, y, 0.0, None, k=int(k), threat=f"removal(k={k})", budget="remove")
 
 
 def substitution(x, y, k: int, regression: bool = False) -> BoundedDataset:
@@ -279,4 +372,4 @@ def substitution(x, y, k: int, regression: bool = False) -> BoundedDataset:
     per-sample gradient clipping (``TrainConfig(clip=...)``), which bounds what one replaced
     sample can contribute."""
     x, y = _data(x, y, regression)
-    return BoundedDataset(x, x.clone(), x.clone(), y, k=int(k), threat=f"substitution(k={k})", budget="substitute")
+    return _boxed(x, y, 0.0, None, k=int(k), threat=f"substitution(k={k})", budget="substitute")

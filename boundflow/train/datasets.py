@@ -19,7 +19,7 @@ __all__ = ["Dataset", "load_dataset", "load_file", "DATASETS"]
 @dataclass
 class Dataset:
     name: str
-    x_train: torch.Tensor
+    x_train: torch.Tensor | np.ndarray  # a numpy.memmap for a streamed folder (load_file)
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -119,13 +119,18 @@ def load_dataset(name: str, *, seed: int = 0, n_samples: int = 1000, test_fracti
 
 def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25, regression: bool = False) -> Dataset:
     """A user's data: ``.npz`` with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``;
-    otherwise split), or ``.csv`` with one sample per row, the label in the last column and an
-    optional header row.  Labels must be integers ``0..C-1``; with ``regression``, finite float
-    targets (``y`` of shape (n,) or (n, outputs) in ``.npz``; one last column in ``.csv``)."""
+    otherwise split); a folder of ``.npy`` files ``x``, ``y``, ``x_test``, ``y_test`` whose
+    training features are memory-mapped (float32 or float64; streamed batch by batch, never
+    loaded whole; see :mod:`boundflow.train.bounded`); or ``.csv`` with one sample per row, the
+    label in the last column and an optional header row.  Labels must be integers ``0..C-1``;
+    with ``regression``, finite float targets (``y`` of shape (n,) or (n, outputs) in ``.npz``;
+    one last column in ``.csv``)."""
     path = Path(path)
     labels = _targets if regression else _labels
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
+    if path.is_dir():
+        return _streamed(path, regression)
     if path.suffix == ".npz":
         with np.load(path) as z:
             missing = [k for k in ("x", "y") if k not in z]
@@ -161,6 +166,33 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.25, r
             path, _split(path.stem, a[:, :-1], labels(a[:, -1], f"{path} (last column)"), seed, test_fraction)
         )
     raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
+
+
+STREAMED_FILES = ("x.npy", "y.npy", "x_test.npy", "y_test.npy")
+
+
+def _streamed(path: Path, regression: bool) -> Dataset:
+    """A folder of ``.npy`` files: ``x`` memory-mapped, the rest loaded."""
+    missing = [f for f in STREAMED_FILES if not (path / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{path}: a streamed data folder needs {', '.join(STREAMED_FILES)}; missing {', '.join(missing)}"
+        )
+    x = np.load(path / "x.npy", mmap_mode="r")
+    if x.dtype.kind != "f" or x.ndim != 2:
+        raise ValueError(f"{path / 'x.npy'}: expected float features of shape (n, features), got {x.dtype} {x.shape}")
+    labels = _targets if regression else _labels
+    y = labels(np.load(path / "y.npy"), f"{path / 'y.npy'}")
+    if len(y) != len(x):
+        raise ValueError(f"{path}: {len(x)} samples in x.npy but {len(y)} labels in y.npy")
+    x_test, y_test = _tensors(
+        np.load(path / "x_test.npy"), np.load(path / "y_test.npy"), f"{path} (y_test)", regression
+    )
+    if x_test.shape[1] != x.shape[1]:
+        raise ValueError(f"{path}: x_test.npy has {x_test.shape[1]} features, x.npy {x.shape[1]}")
+    if not torch.isfinite(x_test).all():
+        raise ValueError(f"{path}: x_test contains NaN or inf")
+    return Dataset(path.name, x, torch.as_tensor(y), x_test, y_test)
 
 
 def _labels(y, where: str) -> np.ndarray:

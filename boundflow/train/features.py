@@ -42,8 +42,8 @@ def frozen_features(
 
         starts = tqdm(starts, desc="feature bounds", unit="batch")
     for s in starts:
-        sl = slice(s, min(s + batch, n))
-        x, lo, hi = data.x[sl], data.lower[sl], data.upper[sl]
+        bt = data.batch(torch.arange(s, min(s + batch, n)))
+        x, lo, hi = bt.x, bt.lower, bt.upper
         with torch.no_grad():
             fx = f(x).reshape(len(x), -1)
         flo, fhi = fx.clone(), fx.clone()

@@ -186,8 +186,8 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
       ``m``, so ``b / (b - k)`` times the sum of the ``b - k`` smallest (largest) bounds;
     * ``substitute`` (at most ``k`` replaced by anything): the ``b - k`` smallest (largest)
       nominal bounds plus ``k`` times the clipping bound."""
-    x_lo, x_hi, y = data.lower[idx], data.upper[idx], data.y[idx]
-    sets = data.label_sets[idx] if data.label_sets is not None else None
+    bt = data.batch(idx)
+    x_lo, x_hi, y, sets = bt.lower, bt.upper, bt.y, bt.label_sets
     clip = config.clip
     if data.k is None and clip is None:
         out = functional_call(model, params, (IntervalTensor(x_lo, x_hi, check=False),))
@@ -205,9 +205,7 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
             lo, hi = clamp(dev[n])
             params[n].grad = IntervalTensor(lo.sum(0), hi.sum(0), check=False)
         return
-    clean = _per_sample_grads(
-        model, params, IntervalTensor.exact(data.x[idx]), Target(y, None, n_classes), config.loss, b
-    )
+    clean = _per_sample_grads(model, params, IntervalTensor.exact(bt.x), Target(y, None, n_classes), config.loss, b)
     k = min(data.k, b)
     if data.budget == "remove" and k >= b:
         raise ValueError(
@@ -439,14 +437,14 @@ class _SolverSteps:
         from boundflow.encode.training_step import solver_step
 
         c = self.config
-        d = self.dataset
+        bt = self.dataset.batch(idx)
         lo, hi, st = solver_step(
             self.model,
             before_lo,
             before_hi,
-            d.lower[idx],
-            d.upper[idx],
-            d.y[idx],
+            bt.lower,
+            bt.upper,
+            bt.y,
             c.loss,
             lr,
             c.weight_decay,
@@ -605,7 +603,7 @@ def _train_epoch(run: _Run, epoch: int, bounds: ParameterBounds) -> bool:
         if "certified_accuracy" in metrics:
             post["cert_acc"] = f"{metrics['certified_accuracy']:.3f}"
         if "certified_mse_upper" in metrics:
-            post["mse<="] = f"{metrics['certified_mse_upper']:.4g}"
+            post["mse_max"] = f"{metrics['certified_mse_upper']:.4g}"
         bar.set_postfix(post)
     if on_epoch is not None:
         on_epoch(bounds, metrics)
@@ -662,7 +660,8 @@ def _plain_sgd_epoch(model, params, dataset, config, epoch, state):
             group["lr"] = lr_at(config, epoch)
     for idx in batch_indices(len(dataset), config, epoch):
         opt.zero_grad()
-        plain_gradients(model, p, dataset.x[idx], dataset.y[idx], config.loss, config.clip)
+        bt = dataset.batch(idx)
+        plain_gradients(model, p, bt.x, bt.y, config.loss, config.clip)
         opt.step()
     return {n: t.detach().clone() for n, t in p.items()}, opt.state_dict()
 
@@ -688,7 +687,7 @@ def _plain_epochs(model, params, x, y, config, epochs, offset):
     state: dict = {}
     from boundflow.train.bounded import BoundedDataset as _BD
 
-    data = _BD(x, x, x, y)
+    data = _BD(x, None, None, y, eps=0.0)
     for e in range(epochs):
         params, state = _plain_sgd_epoch(model, params, data, config, offset + e, state)
     return params, state
