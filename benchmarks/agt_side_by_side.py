@@ -158,7 +158,9 @@ def _run_agt(agt, kind: str, model, x, y, batch: int, cfg: dict):
 def _run_boundflow(model, data: T.BoundedDataset, config: T.TrainConfig):
     t0 = time.perf_counter()
     b = T.certified_training(model, data, config)
-    return b.lower, b.upper, b.nominal, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    _run_boundflow.step_widths = [w for h in b.history for w in h["step_widths"]]
+    return b.lower, b.upper, b.nominal, secs
 
 
 def _score(model, lower, upper, nominal, x_test, y_test, regression: bool) -> dict:
@@ -191,6 +193,8 @@ def _compare(name, agt, model, data, config, agt_kind, agt_cfg, test, repeats, r
         row = {"setting": name, "tool": tool, "seconds": median(times), "runs": len(times)}
         row["seconds_per_epoch"] = row["seconds"] / max(config.epochs, 1)
         row.update(_score(model, lo, hi, nom, *test, regression))
+        if tool == "BoundFlow":  # the mean parameter width after every step
+            row["step_widths"] = list(_run_boundflow.step_widths)
         rows.append(row)
         print(
             f"  {name:<28} {tool:<9} "
@@ -333,16 +337,17 @@ def _plot(rows: list[dict], path: Path) -> None:
                 cert.append(np.nan)
                 secs.append(np.nan)
                 continue
-            cert.append(
-                r.get("certified_accuracy", np.nan)
-                if "certified_accuracy" in r
-                else 1 - min(r["certified_mse_upper"], 1.0)
-            )
+            if "certified_accuracy" in r:
+                cert.append(r["certified_accuracy"] / max(r["nominal_accuracy"], 1e-12))
+            else:
+                cert.append(r["nominal_mse"] / r["certified_mse_upper"])
             secs.append(r["seconds_per_epoch"])
         pos = np.arange(len(settings)) + j * width
         axes[0].bar(pos, cert, width, label=tool)
         axes[1].bar(pos, secs, width, label=tool)
-    for ax, title in zip(axes, ("certified accuracy (regression: 1 - certified MSE)", "seconds per epoch (CPU)")):
+    axes[1].set_yscale("log")
+    titles = ("certified / nominal (accuracy; regression: nominal MSE / certified MSE)", "seconds per epoch (CPU, log)")
+    for ax, title in zip(axes, titles):
         ax.set_xticks(np.arange(len(settings)) + width * (len(tools) - 1) / 2)
         ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
@@ -361,7 +366,16 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per tool on the small settings (median)")
     ap.add_argument("--big-repeats", type=int, default=1, help="runs per tool on the regression")
     ap.add_argument("--out", type=Path, required=True, help="folder for results.json, table.md, side_by_side.png")
+    ap.add_argument("--replot", action="store_true", help="write table.md and the plot again from --out's results.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        rows = json.loads((args.out / "results.json").read_text())["rows"]
+        write_text(args.out / "table.md", _table(rows))
+        _plot(rows, args.out / "side_by_side.png")
+        print(_table(rows))
+        return 0
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     bad = [s for s in settings if s not in SETTINGS]
     if bad:

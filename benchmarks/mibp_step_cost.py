@@ -3,6 +3,11 @@ Two-Moons benchmark's setting (100 points, MLP 2-8-1, BCE, lr 2, eps 0.01, from 
 interval step reaches after two epochs), timed in one run (medians of ``--repeats``).
 
     python benchmarks/mibp_step_cost.py [--repeats 3] [--mode lp] [--json out.json]
+    python benchmarks/mibp_step_cost.py --milp-step [--repeats 3] [--json out.json]
+
+``--milp-step``: the MILP step of issue 32's target instead — MLP 2-6-1, a batch of 40 Two-Moons
+points, one joint program, hinge loss, eps 0.01, lr 0.5, from the interval box after two
+steps — with the executors and chunkings that can speed it up (target: 3 s on 2 cores).
 
 Rows, each against the default (programs of 10 samples, 16 objectives per solver instance,
 one process):
@@ -44,9 +49,19 @@ def start_box(eps: float):
     return model.double(), b.lower, b.upper, x, y
 
 
-def one_step(model, lo, hi, x, y, eps, mode, group, chunk, executor):
+def milp_box(eps: float):
+    """The MILP-step problem: 40 Two-Moons points, 2-6-1, hinge, the interval box after 2 steps."""
+    d = T.load_dataset("moons", seed=1, n_samples=200, test_fraction=0.5)
+    x, y = d.x_train[:40], d.y_train[:40]
+    model = mlp(2, 1, 6, 2, 1)
+    cfg = T.TrainConfig(epochs=2, lr=0.5, batch_size=40, loss="hinge")
+    b = T.certified_training(model, T.linf(x, y, eps), cfg, track_nominal=False)
+    return model.double(), b.lower, b.upper, x, y
+
+
+def one_step(model, lo, hi, x, y, eps, mode, group, chunk, executor, loss="bce", lr=2.0):
     t0 = time.perf_counter()
-    progs = build_step(model, lo, hi, x - eps, x + eps, y, "bce", 2.0, 0.0, decompose=group)
+    progs = build_step(model, lo, hi, x - eps, x + eps, y, loss, lr, 0.0, decompose=group)
     tasks = []
     for sp in progs:
         objs = []
@@ -68,7 +83,10 @@ def main() -> None:
     ap.add_argument("--mode", default="lp", choices=["lp", "milp"])
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--milp-step", action="store_true", help="time the 2-6-1 / batch 40 / hinge joint MILP step")
     args = ap.parse_args()
+    if args.milp_step:
+        return milp_step(args)
     model, lo, hi, x, y = start_box(args.eps)
     before = statistics.fmean(float((hi[n] - lo[n]).mean()) for n in lo)
     serial = make_executor("serial")
@@ -103,6 +121,41 @@ def main() -> None:
         print(f"{r['option']:<40} {r['solves']:>7} {r['seconds']:>8.2f} {ratio:>9.2f}x {r['mean_width']:>11.4g}")
     if args.json:
         write_json(args.json, {"benchmark": "mibp_step_cost", "environment": environment(), "rows": rows})
+
+
+def milp_step(args) -> None:
+    """Rows for the joint MILP step of a 2-6-1 network on 40 points (hinge)."""
+    model, lo, hi, x, y = milp_box(args.eps)
+    before = statistics.fmean(float((hi[n] - lo[n]).mean()) for n in lo)
+    serial = make_executor("serial")
+    pool = make_executor("process", 2)
+    configs = [
+        ("joint MILP, chunk 16, 1 process", "milp", 16, serial),
+        ("joint MILP, chunk 13, 2 processes", "milp", 13, pool),
+        ("joint MILP, one instance (chunk 50), 1 process", "milp", 50, serial),
+        ("joint LP, chunk 16, 1 process", "lp", 16, serial),
+    ]
+    rows = []
+    try:
+        pool.warm(abs, 0)
+        for name, mode, chunk, ex in configs:
+            times, width, solves = [], None, 0
+            for _ in range(args.repeats):
+                secs, width, solves = one_step(model, lo, hi, x, y, args.eps, mode, 100, chunk, ex, "hinge", 0.5)
+                times.append(secs)
+            rows.append({"option": name, "seconds": statistics.median(times), "mean_width": width, "solves": solves})
+            print(f"  {name}: {rows[-1]['seconds']:.2f} s", flush=True)
+    finally:
+        pool.close()
+    base = rows[0]["seconds"]
+    print(f"torch {torch.__version__}; joint step, Two-Moons 40 points, 2-6-1, hinge, eps {args.eps}; medians")
+    print(f"mean width before the step {before:.4g} (interval box after 2 steps); target 3 s")
+    print(f"{'option':<48} {'solves':>7} {'seconds':>8} {'vs first':>9} {'mean width':>11}")
+    for r in rows:
+        ratio = r["seconds"] / base
+        print(f"{r['option']:<48} {r['solves']:>7} {r['seconds']:>8.2f} {ratio:>8.2f}x {r['mean_width']:>11.4g}")
+    if args.json:
+        write_json(args.json, {"benchmark": "mibp_step_cost --milp-step", "environment": environment(), "rows": rows})
 
 
 if __name__ == "__main__":
