@@ -46,6 +46,12 @@ def add_parser(sub) -> None:
     tr.add_argument("--loss", default="bce", help="bce, hinge or mse (default: bce)")
     tr.add_argument("--group", type=int, default=10, help="samples per solver program (default: 10)")
     tr.add_argument("--workers", type=int, default=2, help="solver processes (default: 2)")
+    tr.add_argument(
+        "--certify-method",
+        default="ibp",
+        choices=["ibp", "crown", "alpha-crown"],
+        help="domain certifying the kept box's test predictions (default: ibp; the epochs are chosen with ibp)",
+    )
     options.time_limit(tr, 5.0, "seconds per solve")
     options.out(tr, "runs/training-tightness", "folder for <name>.json, .md, .png")
     tr.add_argument("--name", default="training", help="file stem of the outputs (<name>.json, .md, .png)")
