@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from boundflow import rounding
 from boundflow.domains.interval import IntervalTensor, arith, lohi, make
 from boundflow.domains.interval.rules_softmax import log_softmax_bounds
 
@@ -97,21 +98,44 @@ class _BoundedLoss(torch.autograd.Function):
             d = arith.sub((z_lo, z_hi), (t_lo, t_hi))
             sq = arith.square(d)
             m = z_lo.numel()
-            loss = (sq[0].sum() / m, sq[1].sum() / m)
-            ctx.save_for_backward(*(2 * d[0] / m, 2 * d[1] / m))
+            loss = _divided(*_summed(*sq), m)
+            ctx.save_for_backward(*_divided(2 * d[0], 2 * d[1], m))
             ctx.shape = shape
             return make(loss[0], loss[1])
         else:
             raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
-        ctx.save_for_backward(g_lo / n, g_hi / n)
+        if rounding.rounding_enabled():  # sigmoid/softmax minus a label in [0, 1]: both ends <= 1 in size
+            err = (
+                (rounding.TRANSCENDENTAL_ULPS + 2)
+                * torch.finfo(g_lo.dtype).eps
+                * (1 + torch.maximum(g_lo.abs(), g_hi.abs()))
+            )
+            g_lo, g_hi = rounding.widen_abs(g_lo, g_hi, err)
+        ctx.save_for_backward(*_divided(g_lo, g_hi, n))
         ctx.shape = shape
-        return make(lo.sum() / n, hi.sum() / n)
+        return make(*_divided(*_summed(lo, hi), n))
 
     @staticmethod
     def backward(ctx, grad):
         g_lo, g_hi = ctx.saved_tensors
         out = arith.mul((g_lo, g_hi), lohi(grad))
         return make(out[0].reshape(ctx.shape), out[1].reshape(ctx.shape)), None, None
+
+
+def _summed(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums of all entries, outward for the rounding under ``sound_rounding``."""
+    s_lo, s_hi = lo.sum(), hi.sum()
+    if rounding.rounding_enabled():
+        s_lo, s_hi = rounding.widen_abs(
+            s_lo, s_hi, rounding.dot_error(lo.numel(), torch.maximum(lo.abs(), hi.abs()).sum())
+        )
+    return s_lo, s_hi
+
+
+def _divided(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lo, hi] / n`` (``n > 0``), one ulp outward under ``sound_rounding``."""
+    lo, hi = lo / n, hi / n
+    return rounding.widen_ulp(lo, hi) if rounding.rounding_enabled() else (lo, hi)
 
 
 def _bce_bounds(z_lo, z_hi, y_lo, y_hi):

@@ -4,6 +4,7 @@ Gradient Training): ordinary PyTorch training on interval data and interval para
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from boundflow import rounding
 from boundflow.domains.interval import IntervalTensor, lohi
 from boundflow.train.bounded import BoundedDataset
 from boundflow.train.certify import certify, error_bounds
@@ -194,16 +196,22 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         bounded_loss(out, Target(y, sets, n_classes), config.loss).backward()
         return
     b = len(idx)
-    c = None if clip is None else clip / b
+    sound = rounding.rounding_enabled()
+    if clip is None:
+        c_in = c_out = None
+    else:  # [-c_out, c_out] holds the clip / b of exact arithmetic, [-c_in, c_in] lies inside it
+        c = clip / b
+        c_in, c_out = (_next(c, 0.0), _next(c, math.inf)) if sound else (c, c)
 
     def clamp(g):
-        return g if c is None else (g[0].clamp(-c, c), g[1].clamp(-c, c))
+        if c_in is None:
+            return g
+        return g[0].clamp(-c_out, c_in), g[1].clamp(-c_in, c_out)
 
     if data.k is None:  # every sample deviates; per-sample only to clip
         dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
         for n in params:
-            lo, hi = clamp(dev[n])
-            params[n].grad = IntervalTensor(lo.sum(0), hi.sum(0), check=False)
+            params[n].grad = IntervalTensor(*_sum0(*clamp(dev[n])), check=False)
         return
     clean = _per_sample_grads(model, params, IntervalTensor.exact(bt.x), Target(y, None, n_classes), config.loss, b)
     k = min(data.k, b)
@@ -215,19 +223,47 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
     for n in params:
         c_lo, c_hi = clamp(clean[n])
-        lo, hi = c_lo.sum(0), c_hi.sum(0)
+        lo, hi = _sum0(c_lo, c_hi)
         if k and data.budget == "modify":
             d_lo, d_hi = clamp(dev[n])
-            lo = lo + (d_lo - c_lo).clamp(max=0).topk(k, dim=0, largest=False).values.sum(0)
-            hi = hi + (d_hi - c_hi).clamp(min=0).topk(k, dim=0, largest=True).values.sum(0)
+            dl = (d_lo - c_lo).clamp(max=0).topk(k, dim=0, largest=False).values
+            dh = (d_hi - c_hi).clamp(min=0).topk(k, dim=0, largest=True).values
+            lo, hi = _add(lo, hi, *_sum0(dl, dh, terms=2))
         elif k:  # leave out the k largest lower (smallest upper) bounds
-            lo = lo - c_lo.topk(k, dim=0, largest=True).values.sum(0)
-            hi = hi - c_hi.topk(k, dim=0, largest=False).values.sum(0)
+            lo, hi = _add(lo, hi, *_sum0(-c_lo.topk(k, dim=0, largest=True).values,
+                                         -c_hi.topk(k, dim=0, largest=False).values))  # fmt: skip
             if data.budget == "remove":  # the mean over the b - k that remain
                 lo, hi = lo * (b / (b - k)), hi * (b / (b - k))
+                if sound:  # the factor's rounding and the product's
+                    lo, hi = rounding.widen_rel(lo, hi, 3)
             else:
-                lo, hi = lo - k * c, hi + k * c
+                extra = k * c_out
+                if sound:
+                    extra = _next(extra, math.inf)
+                lo, hi = _add(lo, hi, -extra, extra)
         params[n].grad = IntervalTensor(lo, hi, check=False)
+
+
+def _next(v: float, toward: float) -> float:
+    return math.nextafter(v, toward)
+
+
+def _sum0(lo: torch.Tensor, hi: torch.Tensor, terms: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over the sample dimension, outward for the rounding under ``sound_rounding``
+    (``terms``: roundings per summand before the sum, e.g. a difference)."""
+    s_lo, s_hi = lo.sum(0), hi.sum(0)
+    if rounding.rounding_enabled():
+        mag = torch.maximum(lo.abs(), hi.abs()).sum(0)
+        s_lo, s_hi = rounding.widen_abs(s_lo, s_hi, rounding.dot_error(lo.shape[0] + terms, mag))
+    return s_lo, s_hi
+
+
+def _add(a_lo, a_hi, b_lo, b_hi):
+    """``[a] + [b]``, one ulp outward under ``sound_rounding``."""
+    lo, hi = a_lo + b_lo, a_hi + b_hi
+    if rounding.rounding_enabled():
+        lo, hi = rounding.widen_ulp(lo, hi)
+    return lo, hi
 
 
 def _linear_layers(model: nn.Module, params) -> dict[str, nn.Linear] | None:

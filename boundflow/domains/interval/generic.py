@@ -104,11 +104,14 @@ def monotone_rule(
     *ops: torch._ops.OpOverload,
     decreasing: bool = False,
     ulps: float | None = None,
+    exact: bool = False,
 ) -> None:
     """Ops non-decreasing (or non-increasing) in every interval operand, e.g. ``exp``,
     ``sigmoid``, ``relu``, ``clamp``, ``maximum``.  ``ulps``: relative rounding allowance under
-    ``sound_rounding`` for functions that are not correctly rounded (default: one ulp).  They
-    must map every non-NaN operand (including infinities) to a non-NaN value."""
+    ``sound_rounding`` for functions that are not correctly rounded (default: one ulp);
+    ``exact``: the op returns one of its operands or an exactly representable value (``relu``,
+    ``clamp``, ``maximum``, ``floor``, ``sign``...), so nothing is rounded.  They must map every
+    non-NaN operand (including infinities) to a non-NaN value."""
     for op in ops:
 
         def make_rule(op: torch._ops.OpOverload) -> Callable:
@@ -117,6 +120,8 @@ def monotone_rule(
                 hi = op(*side(args, 1, data_all=True), **side(kwargs, 1, data_all=True))
                 if decreasing:
                     lo, hi = hi, lo
+                if exact:
+                    return make(lo, hi, rounded=True, nan_free=True)
                 if ulps is not None and rounding.rounding_enabled():
                     lo, hi = rounding.widen_rel(lo, hi, ulps)
                     return make(lo, hi, rounded=True, nan_free=True)

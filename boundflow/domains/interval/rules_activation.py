@@ -18,7 +18,7 @@ from boundflow.domains.interval.tensor import lohi, make
 aten = torch.ops.aten
 ULPS = rounding.TRANSCENDENTAL_ULPS
 
-monotone_rule(aten.relu.default, aten.hardtanh.default)
+monotone_rule(aten.relu.default, aten.hardtanh.default, exact=True)  # max/min with constants: exact
 monotone_rule(aten.sigmoid.default, aten.tanh.default, ulps=ULPS)
 
 

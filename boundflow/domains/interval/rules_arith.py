@@ -87,8 +87,11 @@ def abs_(a):
     return make(lo, hi, exact=True)
 
 
-monotone_rule(aten.sgn.default, aten.sign.default, aten.floor.default, aten.ceil.default, aten.trunc.default)
-monotone_rule(aten.round.default)
+# exact in IEEE arithmetic: nothing to round
+monotone_rule(
+    aten.sgn.default, aten.sign.default, aten.floor.default, aten.ceil.default, aten.trunc.default, exact=True
+)
+monotone_rule(aten.round.default, exact=True)
 
 
 @implements(aten.pow.Tensor_Scalar)
@@ -175,7 +178,8 @@ monotone_rule(
         "minimum.default",
         "fmax.default",
         "fmin.default",
-    )
+    ),
+    exact=True,  # each returns an operand: nothing to round
 )
 
 
