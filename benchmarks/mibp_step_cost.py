@@ -92,36 +92,59 @@ def main() -> None:
     before = statistics.fmean(float((hi[n] - lo[n]).mean()) for n in lo)
     serial = make_executor("serial")
     pool = make_executor("process", 2)
-    configs = [
-        ("default: group 10, chunk 16, 1 process", 10, 16, serial),
-        ("group 1 (per-sample programs)", 1, 16, serial),
-        ("group 25", 25, 16, serial),
-        ("group 100 (joint program)", 100, 16, serial),
-        ("chunk 1 (rebuilt per objective)", 10, 1, serial),
-        ("chunk 66 (one instance per program)", 10, 66, serial),
-        ("2 worker processes", 10, 16, pool),
+
+    def step(group, chunk, ex):
+        return lambda: one_step(model, lo, hi, x, y, args.eps, args.mode, group, chunk, ex)
+
+    configs = [  # the joint program: one repeat
+        (name, args.repeats if group < 100 else 1, step(group, chunk, ex))
+        for name, group, chunk, ex in [
+            ("default: group 10, chunk 16, 1 process", 10, 16, serial),
+            ("group 1 (per-sample programs)", 1, 16, serial),
+            ("group 25", 25, 16, serial),
+            ("group 100 (joint program)", 100, 16, serial),
+            ("chunk 1 (rebuilt per objective)", 10, 1, serial),
+            ("chunk 66 (one instance per program)", 10, 66, serial),
+            ("2 worker processes", 10, 16, pool),
+        ]
     ]
+    rows = _time(configs, pool)
+    head = [
+        f"torch {torch.__version__}; {args.mode} step, Two-Moons 100 points, 2-8-1, eps {args.eps}; medians",
+        f"mean width before the step {before:.4g} (interval box after 2 epochs)",
+    ]
+    _report(rows, head, "vs default", args.json, "mibp_step_cost")
+
+
+def _time(configs, pool) -> list[dict]:
+    """``configs``: ``(name, repeats, step)`` with ``step() -> (seconds, width, solves)``; the
+    median seconds of each, in one run (the pool's start-up is not part of a step)."""
+    rows = []
     try:
-        pool.warm(abs, 0)  # the pool's start-up is not part of a step
-        rows = []
-        for name, group, chunk, ex in configs:
+        pool.warm(abs, 0)
+        for name, repeats, step in configs:
             times, width, solves = [], None, 0
-            for _ in range(args.repeats if group < 100 else 1):  # the joint program: one repeat
-                secs, width, solves = one_step(model, lo, hi, x, y, args.eps, args.mode, group, chunk, ex)
+            for _ in range(repeats):
+                secs, width, solves = step()
                 times.append(secs)
             rows.append({"option": name, "seconds": statistics.median(times), "mean_width": width, "solves": solves})
             print(f"  {name}: {rows[-1]['seconds']:.2f} s", flush=True)
     finally:
         pool.close()
+    return rows
+
+
+def _report(rows: list[dict], head: list[str], against: str, json_path, name: str) -> None:
+    """The table, each row's seconds against the first row's; the JSON if asked."""
     base = rows[0]["seconds"]
-    print(f"torch {torch.__version__}; {args.mode} step, Two-Moons 100 points, 2-8-1, eps {args.eps}; medians")
-    print(f"mean width before the step {before:.4g} (interval box after 2 epochs)")
-    print(f"{'option':<40} {'solves':>7} {'seconds':>8} {'vs default':>10} {'mean width':>11}")
+    w = max(len(r["option"]) for r in rows) + 2
+    print("\n".join(head))
+    print(f"{'option':<{w}} {'solves':>7} {'seconds':>8} {against:>10} {'mean width':>11}")
     for r in rows:
         ratio = r["seconds"] / base
-        print(f"{r['option']:<40} {r['solves']:>7} {r['seconds']:>8.2f} {ratio:>9.2f}x {r['mean_width']:>11.4g}")
-    if args.json:
-        write_json(args.json, {"benchmark": "mibp_step_cost", "environment": environment(), "rows": rows})
+        print(f"{r['option']:<{w}} {r['solves']:>7} {r['seconds']:>8.2f} {ratio:>9.2f}x {r['mean_width']:>11.4g}")
+    if json_path:
+        write_json(json_path, {"benchmark": name, "environment": environment(), "rows": rows})
 
 
 def milp_step(args) -> None:
@@ -130,33 +153,25 @@ def milp_step(args) -> None:
     before = statistics.fmean(float((hi[n] - lo[n]).mean()) for n in lo)
     serial = make_executor("serial")
     pool = make_executor("process", 2)
+
+    def step(mode, chunk, ex):
+        return lambda: one_step(model, lo, hi, x, y, args.eps, mode, 100, chunk, ex, "hinge", 0.5)
+
     configs = [
-        ("joint MILP, chunk 16, 1 process", "milp", 16, serial),
-        ("joint MILP, chunk 13, 2 processes", "milp", 13, pool),
-        ("joint MILP, one instance (chunk 50), 1 process", "milp", 50, serial),
-        ("joint LP, chunk 16, 1 process", "lp", 16, serial),
+        (name, args.repeats, step(mode, chunk, ex))
+        for name, mode, chunk, ex in [
+            ("joint MILP, chunk 16, 1 process", "milp", 16, serial),
+            ("joint MILP, chunk 13, 2 processes", "milp", 13, pool),
+            ("joint MILP, one instance (chunk 50), 1 process", "milp", 50, serial),
+            ("joint LP, chunk 16, 1 process", "lp", 16, serial),
+        ]
     ]
-    rows = []
-    try:
-        pool.warm(abs, 0)
-        for name, mode, chunk, ex in configs:
-            times, width, solves = [], None, 0
-            for _ in range(args.repeats):
-                secs, width, solves = one_step(model, lo, hi, x, y, args.eps, mode, 100, chunk, ex, "hinge", 0.5)
-                times.append(secs)
-            rows.append({"option": name, "seconds": statistics.median(times), "mean_width": width, "solves": solves})
-            print(f"  {name}: {rows[-1]['seconds']:.2f} s", flush=True)
-    finally:
-        pool.close()
-    base = rows[0]["seconds"]
-    print(f"torch {torch.__version__}; joint step, Two-Moons 40 points, 2-6-1, hinge, eps {args.eps}; medians")
-    print(f"mean width before the step {before:.4g} (interval box after {args.milp_steps} steps); target 3 s")
-    print(f"{'option':<48} {'solves':>7} {'seconds':>8} {'vs first':>9} {'mean width':>11}")
-    for r in rows:
-        ratio = r["seconds"] / base
-        print(f"{r['option']:<48} {r['solves']:>7} {r['seconds']:>8.2f} {ratio:>8.2f}x {r['mean_width']:>11.4g}")
-    if args.json:
-        write_json(args.json, {"benchmark": "mibp_step_cost --milp-step", "environment": environment(), "rows": rows})
+    rows = _time(configs, pool)
+    head = [
+        f"torch {torch.__version__}; joint step, Two-Moons 40 points, 2-6-1, hinge, eps {args.eps}; medians",
+        f"mean width before the step {before:.4g} (interval box after {args.milp_steps} steps); target 3 s",
+    ]
+    _report(rows, head, "vs first", args.json, "mibp_step_cost --milp-step")
 
 
 if __name__ == "__main__":

@@ -291,3 +291,32 @@ def test_fine_tuning_on_frozen_features_replays(method, seed):
     # exact samples keep exact features; the extractor is left in the mode it was given
     exact = T.frozen_features(extractor.train(), T.label_flip(x, y, 1))
     assert torch.equal(exact.lower, exact.x) and exact.label_sets is not None and extractor.training
+
+
+def test_agt_side_by_side_script_runs_without_agt(tmp_path):
+    """The side-by-side benchmark (BoundFlow's half; AGT is optional) writes its results, table
+    and plot, and refuses unknown settings and an existing results file."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agt_side_by_side.py"
+    spec = importlib.util.spec_from_file_location("agt_side_by_side", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "agt"
+    assert (
+        bench.main(
+            ["--settings", "label_flip,regression", "--n-regression", "40000", "--repeats", "1", "--out", str(out)]
+        )
+        == 0
+    )
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["tool"] for r in rows] == ["BoundFlow"] * 4
+    assert rows[0]["certified_mse_upper"] >= rows[0]["nominal_mse"] > 0
+    assert all(0 <= r["certified_accuracy"] <= r["nominal_accuracy"] for r in rows[1:])
+    assert (out / "side_by_side.png").stat().st_size > 0 and "regression n=40,000" in (out / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--settings", "label_flip", "--out", str(out)])  # results.json exists
+    with pytest.raises(SystemExit):
+        bench.main(["--settings", "mnist", "--out", str(tmp_path / "x")])
