@@ -26,7 +26,7 @@ from boundflow.bench.tightness import environment
 from boundflow.models import hidden_mlp as mlp
 from solvers.executor import make_executor
 
-__all__ = ["run_one", "run_cli", "load_split"]
+__all__ = ["run_one", "run_cli", "load_split", "defaults", "SOLVER_METHODS"]
 
 SOLVER_METHODS = ("lp", "milp", "mibp")
 DATASETS = ("moons", "iris-2", "breast-cancer")
@@ -130,8 +130,8 @@ def run_one(method: str, eps: float, seed: int, args, executor) -> dict:
     }
 
 
-def _defaults(args) -> None:
-    """Fill the defaults that depend on ``--quick``."""
+def defaults(args) -> None:
+    """Fill the defaults that depend on ``--quick`` (method and radius lists as text)."""
     q = getattr(args, "quick", False)
     if args.methods is None:
         args.methods = "ibp,lp" if q else "ibp,lp,milp"
@@ -143,10 +143,8 @@ def _defaults(args) -> None:
         args.epochs = 3 if q else 10
 
 
-def _jobs(args, methods, epsilons):
-    from boundflow.cli.options import floats as _floats
-
-    solver_eps = _floats(args.solver_eps, "--solver-eps") if args.solver_eps else epsilons
+def _jobs(args, methods, epsilons, solver_eps):
+    solver_eps = solver_eps or epsilons
     jobs = []
     for m in methods:
         solver = m in SOLVER_METHODS
@@ -156,16 +154,8 @@ def _jobs(args, methods, epsilons):
     return jobs
 
 
-def _check(args) -> tuple[list[str], list[float]]:
-    """Every argument, before any work (one-line errors)."""
-    from boundflow.cli.options import floats as _floats
-    from boundflow.cli.options import method_names
-
-    methods = method_names(args.methods, ("ibp",) + SOLVER_METHODS)
-
-    epsilons = _floats(args.eps, "--eps")
-    if args.solver_eps:
-        _floats(args.solver_eps, "--solver-eps")
+def _check(args) -> None:
+    """Every numeric argument, before any work (one-line errors)."""
     problems = [
         (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
@@ -179,7 +169,6 @@ def _check(args) -> tuple[list[str], list[float]]:
     for ok, msg in problems:
         if not ok:
             raise SystemExit(f"error: {msg}")
-    return methods, epsilons
 
 
 def summarise(runs: list[dict], methods: list[str], epsilons: list[float]) -> list[dict]:
@@ -214,17 +203,18 @@ def summarise(runs: list[dict], methods: list[str], epsilons: list[float]) -> li
     return rows
 
 
-def run_cli(args) -> int:
-    """``boundflow bench training``: run, then write ``<name>.json``, ``.md`` and ``.png``."""
-    _defaults(args)
-    methods, epsilons = _check(args)
+def run_cli(args, methods: list[str], epsilons: list[float], solver_eps: list[float] | None = None) -> int:
+    """``boundflow bench training``: run ``methods`` at radii ``epsilons`` (the solver methods at
+    ``solver_eps`` if given), then write ``<name>.json``, ``.md`` and ``.png``.  The command line
+    parses the lists (:mod:`boundflow.cli.bench`)."""
+    _check(args)
     from boundflow.outputs import claim
 
     name = getattr(args, "name", "training")
     out = claim(args.out, [f"{name}.json", f"{name}.md", f"{name}.png"], force=getattr(args, "force", False))
     from tqdm import tqdm
 
-    jobs = _jobs(args, methods, epsilons)
+    jobs = _jobs(args, methods, epsilons, solver_eps)
     need_pool = any(m in SOLVER_METHODS for m, _, _ in jobs)
     executor = make_executor("process", args.workers) if need_pool else make_executor("serial")
     try:

@@ -62,9 +62,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.bench == "tightness":
         return _tightness(args)
-    from boundflow.bench.training import run_cli
+    from boundflow.bench.training import SOLVER_METHODS, defaults, run_cli
 
-    return run_cli(args)
+    defaults(args)
+    methods = options.method_names(args.methods, ("ibp",) + SOLVER_METHODS)
+    epsilons = options.floats(args.eps, "--eps")
+    solver_eps = options.floats(args.solver_eps, "--solver-eps") if args.solver_eps else None
+    return run_cli(args, methods, epsilons, solver_eps)
 
 
 def _tightness(args) -> int:
