@@ -11,7 +11,7 @@ Main entry points:
 * :func:`sound_rounding` — make every rule sound against floating-point rounding too.
 """
 
-from boundflow.api import compute_bounds, interval_parameters, prepare
+from boundflow.api import clear_cache, compute_bounds, interval_parameters, prepare
 from boundflow.bounds import Bounds
 from boundflow.domains.base import get_domain, register_domain
 from boundflow.domains.interval import IntervalTensor, implements
@@ -42,6 +42,7 @@ __all__ = [
     "IntervalTensor",
     "UnsupportedOperation",
     "compute_bounds",
+    "clear_cache",
     "implements",
     "interval_parameters",
     "sound_rounding",

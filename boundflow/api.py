@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -13,7 +16,7 @@ from boundflow.domains.interval.tensor import IntervalTensor
 from boundflow.errors import DomainError
 from boundflow.specs import Box, OutputSpec
 
-__all__ = ["compute_bounds", "interval_parameters", "prepare"]
+__all__ = ["compute_bounds", "interval_parameters", "prepare", "clear_cache"]
 
 
 def interval_parameters(
@@ -109,6 +112,14 @@ def compute_bounds(
     Guarantee: sound in exact arithmetic on the floating-point inputs; wrap the call in
     :func:`boundflow.sound_rounding` to also cover rounding.  The model must be in the mode you
     want bounded (BatchNorm in training mode is not supported; call ``model.eval()``).
+
+    Calls without ``params`` reuse the model prepared (and captured) by an earlier call with the
+    same model, method and dtype while nothing about the model changed: every parameter and
+    buffer value equal to the prepared copy (any write: ``.data``, an optimiser step,
+    ``load_state_dict``), the same submodules, ``training`` flags, hooks and simple attributes.
+    Models with other kinds of attributes (lists, objects, a replaced ``forward``) are prepared
+    afresh on every call.  :func:`clear_cache` forgets the prepared models (at most
+    ``ONE_SHOT_CACHE`` are kept).
     """
     domain = get_domain(method)
     x_lower = torch.as_tensor(x_lower)
@@ -122,11 +133,87 @@ def compute_bounds(
             raise DomainError(f"compute_bounds: {name} contains inf in {n} entries; every method needs a finite box")
     output = None if C is None else OutputSpec(torch.as_tensor(C, dtype=x_lower.dtype))
     _no_nan_parameters(model, params)
-    res = domain.prepare(model, _params_in(model, params, dtype)).bounds(spec, output)
+    prepared = _one_shot(model, method, dtype) if params is None else None
+    if prepared is None:
+        prepared = domain.prepare(model, _params_in(model, params, dtype))
+    res = prepared.bounds(spec, output)
     # an infinite input box can leave 0 * inf = NaN in a bound: nothing is known there
     lower = torch.where(torch.isnan(res.lower), -math.inf, res.lower)
     upper = torch.where(torch.isnan(res.upper), math.inf, res.upper)
     return lower, upper
+
+
+ONE_SHOT_CACHE = 8
+_CACHE: OrderedDict[tuple, tuple[weakref.ref, dict, PreparedModel]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_SIMPLE = (int, float, bool, str, type(None), torch.dtype, torch.device)
+
+
+def clear_cache() -> None:
+    """Forget the models :func:`compute_bounds` prepared for reuse."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _simple(v) -> bool:
+    return isinstance(v, _SIMPLE) or (isinstance(v, tuple) and all(_simple(u) for u in v))
+
+
+def _structure(model: nn.Module, method: str, dtype) -> tuple | None:
+    """What the captured graph can depend on besides tensor values, or None where that cannot
+    be told (then nothing is reused)."""
+    mods = []
+    for name, m in model.named_modules():
+        attrs = []
+        for k, v in vars(m).items():
+            if k.startswith("_") or k == "training":
+                continue
+            if not _simple(v):
+                return None  # a list, an object, a plain tensor, a replaced forward: not tracked
+            attrs.append((k, v))
+        hooks = tuple(
+            id(h)
+            for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._state_dict_hooks)
+            for h in d.values()
+        )
+        mods.append((name, id(m), type(m), m.training, tuple(attrs), hooks))
+    tensors = tuple(
+        (n, t.dtype, tuple(t.shape), t.device) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+    )
+    return (id(model), method, dtype, tuple(mods), tensors)
+
+
+def _unchanged(model: nn.Module, held: dict) -> bool:
+    """Every parameter and buffer of ``model`` equals the copy the prepared model holds."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h = held.get(name)
+        if h is None or not torch.equal(t.detach().to(h.dtype) if t.is_floating_point() else t, h):
+            return False
+    return True
+
+
+def _one_shot(model: nn.Module, method, dtype) -> PreparedModel | None:
+    """The model prepared for ``method`` in ``dtype``, reused while it is unchanged (see
+    :func:`compute_bounds`); None where reuse cannot be made safe."""
+    if not isinstance(method, str) or dtype is None:
+        return None
+    key = _structure(model, method, dtype)
+    if key is None:
+        return None
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is model and _unchanged(model, hit[1]):
+            _CACHE.move_to_end(key)
+            return hit[2]
+    # copies (``.to`` of a tensor already in ``dtype`` is the tensor itself): the values this
+    # preparation is for, compared on every reuse
+    held = {n: t.clone() for n, t in (_params_in(model, None, dtype) or {}).items()}
+    prepared = get_domain(method).prepare(model, held or None)
+    with _CACHE_LOCK:
+        _CACHE[key] = (weakref.ref(model), held, prepared)
+        while len(_CACHE) > ONE_SHOT_CACHE:
+            _CACHE.popitem(last=False)
+    return prepared
 
 
 def _no_nan_parameters(model: nn.Module, params) -> None:
