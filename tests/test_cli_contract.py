@@ -148,6 +148,11 @@ def test_interval_is_another_name_for_ibp():
     a = bf.compute_bounds(net, x - 0.1, x + 0.1, method="interval")
     b = bf.compute_bounds(net, x - 0.1, x + 0.1, method="ibp")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert TrainConfig(epochs=1, lr=0.1, batch_size=1, method="interval").method == "ibp"
-    with pytest.raises(ValueError, match="unknown training method 'crown'"):
-        TrainConfig(epochs=1, lr=0.1, batch_size=1, method="crown")
+    assert TrainConfig(epochs=1, lr=0.1, batch_size=1, step="interval").step == "ibp"
+    with pytest.warns(DeprecationWarning, match="now TrainConfig\\(step=...\\)"):  # the old name, still accepted
+        old = TrainConfig(epochs=1, lr=0.1, batch_size=1, method="interval")
+    assert old.step == old.method == "ibp"
+    with pytest.raises(ValueError, match="give step= only"):
+        TrainConfig(epochs=1, lr=0.1, batch_size=1, step="lp", method="milp")
+    with pytest.raises(ValueError, match="unknown training step 'crown'"):
+        TrainConfig(epochs=1, lr=0.1, batch_size=1, step="crown")

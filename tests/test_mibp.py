@@ -45,7 +45,7 @@ def test_replay_ends_inside_the_solver_box(method, loss, decompose):
     model = mlp(2, 1, 4 if method != "mibp" else 3, 2, 0)
     cfg = T.TrainConfig(
         epochs=epochs, lr=0.3, batch_size=4 if method == "mibp" else 8, loss=loss, weight_decay=0.01,
-        method=method, decompose=decompose, time_limit=limit,
+        step=method, decompose=decompose, time_limit=limit,
     )  # fmt: skip
     data = T.linf(x, y, 0.03)
     bounds = T.certified_training(model, data, cfg)
@@ -89,7 +89,7 @@ def test_grouped_programs_sit_between_per_sample_and_joint():
     widths = [sum(float((boxes[g][1][n] - boxes[g][0][n]).sum()) for n in boxes[g][0]) for g in order]
     assert widths[0] > widths[1] and widths[0] > widths[2] and min(widths[1], widths[2]) > widths[3]
     with pytest.raises(ValueError, match="group size"):
-        T.TrainConfig(epochs=1, lr=0.1, batch_size=4, method="lp", loss="mse", decompose=0)
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=4, step="lp", loss="mse", decompose=0)
 
 
 @pytest.mark.parametrize("decompose", [True, False])
@@ -171,12 +171,12 @@ def test_ray_executor_gives_identical_results():
 def test_unsupported_settings_raise_clear_errors():
     x, y = _moons(16)
     with pytest.raises(ValueError, match="supports losses hinge, bce, mse, not 'cross_entropy'"):
-        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, loss="cross_entropy", method="lp")
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, loss="cross_entropy", step="lp")
     with pytest.raises(ValueError, match="without momentum"):
-        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, momentum=0.9, method="milp")
-    with pytest.raises(ValueError, match="unknown training method 'exact'"):
-        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, method="exact")
-    cfg = T.TrainConfig(epochs=1, lr=0.1, batch_size=8, method="lp")
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, momentum=0.9, step="milp")
+    with pytest.raises(ValueError, match="unknown training step 'exact'"):
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=8, step="exact")
+    cfg = T.TrainConfig(epochs=1, lr=0.1, batch_size=8, step="lp")
     with pytest.raises(ValueError, match="threat is 'poison"):
         T.certified_training(mlp(2, 1, 4, 2, 0), T.poison(x, y, 1, 0.1), cfg)
 

@@ -181,7 +181,7 @@ def test_budget_errors_name_the_problem():
     with pytest.raises(ValueError, match="clip must be > 0"):
         T.TrainConfig(epochs=1, lr=0.1, batch_size=10, clip=0.0)
     with pytest.raises(ValueError, match="does not model gradient clipping"):
-        T.TrainConfig(epochs=1, lr=0.1, batch_size=10, loss="hinge", method="lp", clip=1.0)
+        T.TrainConfig(epochs=1, lr=0.1, batch_size=10, loss="hinge", step="lp", clip=1.0)
     with pytest.raises(ValueError, match="exact features"):
         T.BoundedDataset(x, x - 0.1, x + 0.1, y, k=1, budget="remove")
     with pytest.raises(ValueError, match="needs a per-batch count"):

@@ -84,7 +84,7 @@ def run_one(method: str, eps: float, seed: int, args, executor) -> dict:
         batch_size=min(args.batch_size, len(x_tr)),
         loss=args.loss,
         seed=seed,
-        method=method,
+        step=method,
         workers=args.workers,
         time_limit=args.time_limit,
         decompose=args.group,

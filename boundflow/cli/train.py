@@ -89,12 +89,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from boundflow.train.trainer import METHODS
 
     p.add_argument(
+        "--step",
         "--method",
+        dest="method",
         default="ibp",
         type=canonical_method,
         choices=METHODS,
         help="step bounds: interval arithmetic, ibp (FullCert; 'interval' is accepted), or a solver program "
-        "per step: lp, milp, mibp (MIBP-Cert)",
+        "per step: lp, milp, mibp (MIBP-Cert); --method is its old name",
     )
     options.parallel(p, "the solver programs (solver methods)", ("serial", "process", "ray"))
     options.time_limit(p, None, "seconds per solve (a stopped solve keeps its proven bound)")
@@ -177,7 +179,7 @@ def run(args) -> int:
         seed=args.seed,
         shuffle=args.shuffle,
         pretrain_epochs=args.pretrain_epochs,
-        method=args.method,
+        step=args.method,
         workers=args.workers,
         executor=args.executor,
         address=args.address,

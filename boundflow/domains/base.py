@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from boundflow.bounds import Bounds
-from boundflow.specs import Box, InputSpec, OutputSpec
+from boundflow.specs import InputSpec, OutputSpec
 
 __all__ = [
     "Domain",
@@ -40,32 +40,21 @@ class PreparedModel(Protocol):
 
 
 class Domain(Protocol):
-    """An abstract domain: ``prepare`` binds a model once; ``bounds`` is the one-shot form."""
+    """An abstract domain: ``prepare`` binds a model once (:func:`boundflow.compute_bounds` is
+    the one-shot form, reusing the prepared model while the model is unchanged)."""
 
     name: str
 
     def prepare(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> PreparedModel: ...
 
-    def bounds(
-        self,
-        model: nn.Module,
-        spec: Box,
-        params: Mapping[str, torch.Tensor] | None = None,
-        C: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
 
 class DomainBase:
-    """``bounds(model, spec, params, C)`` as ``prepare(model, params).bounds(spec, (C))``."""
+    """The base of the domains: a name and ``prepare``."""
 
     name = "base"
 
     def prepare(self, model: nn.Module, params=None) -> PreparedModel:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def bounds(self, model: nn.Module, spec: InputSpec, params=None, C=None) -> tuple[torch.Tensor, torch.Tensor]:
-        res = self.prepare(model, params).bounds(spec, None if C is None else OutputSpec(torch.as_tensor(C)))
-        return res.lower, res.upper
 
 
 def apply_output(lower: torch.Tensor, upper: torch.Tensor, output: OutputSpec | None) -> Bounds:

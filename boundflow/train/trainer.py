@@ -57,7 +57,12 @@ class TrainConfig:
     ``[-clip, clip]`` before the batch mean, in the bounded and the nominal run alike.  It
     bounds what any one sample can contribute; ``substitution`` datasets need it.
 
-    Solver methods (``lp``, ``milp``, ``mibp``): ``decompose`` is how a batch's step is split
+    ``step``: how each step's parameter box is bounded: ``ibp`` (interval arithmetic, FullCert;
+    ``interval`` is accepted) or a solver program per step, ``lp``, ``milp``, ``mibp``
+    (MIBP-Cert).  ``method`` is its old name, accepted with a ``DeprecationWarning`` and kept
+    equal to ``step``.
+
+    Solver steps (``lp``, ``milp``, ``mibp``): ``decompose`` is how a batch's step is split
     into programs: ``True`` one per sample, ``False`` MIBP-Cert's joint program, an int ``G``
     programs of ``G`` samples (see :func:`boundflow.encode.training_step.build_step`)."""
 
@@ -70,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = False
     pretrain_epochs: int = 0
-    method: str = "ibp"
+    step: str = "ibp"
     workers: int = 1
     executor: str = "process"
     address: str | None = None
@@ -81,8 +86,18 @@ class TrainConfig:
     stop_drop: float | None = None
     patience: int | None = None
     clip: float | None = None
+    method: str | None = None  # the old name of ``step``
 
     def __post_init__(self) -> None:
+        if self.method is not None and self.method != self.step:
+            if self.step != "ibp":
+                raise ValueError(f"TrainConfig: step={self.step!r} and method={self.method!r}; give step= only")
+            warnings.warn(
+                "TrainConfig(method=...) is now TrainConfig(step=...) (method= will go)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.step = self.method
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 (or None: no clipping), got {self.clip}")
         if not self.lr > 0:
@@ -97,18 +112,19 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         from boundflow.domains.base import canonical_method
 
-        self.method = canonical_method(self.method)  # "interval" (FullCert's name) is "ibp"
-        if self.method not in METHODS:
-            raise ValueError(f"unknown training method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method != "ibp":
+        self.step = canonical_method(self.step)  # "interval" (FullCert's name) is "ibp"
+        if self.step not in METHODS:
+            raise ValueError(f"unknown training step {self.step!r}; choose from {', '.join(METHODS)}")
+        self.method = self.step
+        if self.step != "ibp":
             from boundflow.encode.training_step import MIBP_LOSSES
 
             if self.loss not in MIBP_LOSSES:
-                raise ValueError(f"method={self.method!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
+                raise ValueError(f"step={self.step!r} supports losses {', '.join(MIBP_LOSSES)}, not {self.loss!r}")
             if self.momentum:
-                raise ValueError(f"method={self.method!r} supports SGD without momentum (momentum={self.momentum})")
+                raise ValueError(f"step={self.step!r} supports SGD without momentum (momentum={self.momentum})")
             if self.clip is not None:
-                raise ValueError(f"method={self.method!r} does not model gradient clipping (clip={self.clip})")
+                raise ValueError(f"step={self.step!r} does not model gradient clipping (clip={self.clip})")
         if not (isinstance(self.decompose, bool) or (isinstance(self.decompose, int) and self.decompose >= 1)):
             raise ValueError(f"decompose must be True, False or a group size >= 1, got {self.decompose!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.pretrain_epochs < 0:
@@ -418,7 +434,7 @@ def certified_training(
 
         bar = tqdm(epochs, desc="certified training", unit="epoch")
         epochs = bar
-    solver = _SolverSteps(model, dataset, config, executor) if config.method != "ibp" else None
+    solver = _SolverSteps(model, dataset, config, executor) if config.step != "ibp" else None
     run = _Run(
         model,
         params,
@@ -455,9 +471,9 @@ class _SolverSteps:
         supported_layers(model)
         if dataset.k is not None or dataset.label_sets is not None:
             raise ValueError(
-                f"method={config.method!r} supports data boxes with exact labels (linf, linf_subset, missing); "
+                f"step={config.step!r} supports data boxes with exact labels (linf, linf_subset, missing); "
                 f"the dataset's threat is {dataset.threat!r} (per-batch budget k={dataset.k}, "
-                f"label sets {'given' if dataset.label_sets is not None else 'none'}); use method='ibp'"
+                f"label sets {'given' if dataset.label_sets is not None else 'none'}); use step='ibp'"
             )
         self.model, self.dataset, self.config = model, dataset, config
         self.own = executor is None
@@ -484,7 +500,7 @@ class _SolverSteps:
             c.loss,
             lr,
             c.weight_decay,
-            c.method,
+            c.step,
             self.executor,
             c.time_limit,
             on_done=on_done,
