@@ -87,8 +87,11 @@ def margins(
     relaxation: str = "taylor",
     method: str = "forward",
     maxpool: str | None = None,
+    prepared=None,
 ) -> torch.Tensor:
     """Lower bounds ``(len(boxes), n_classes - 1)`` on the true-class margins per theta box.
+    ``prepared``: ``model`` prepared for ``method``/``maxpool`` once by the caller
+    (:func:`certify` does, for all its clouds), else prepared here.
 
     ``"taylor"`` bounds the network over the Taylor relaxation *and* over the interval box and
     keeps the larger lower bound per margin (both are sound), so it is never looser than
@@ -99,11 +102,11 @@ def margins(
     with torch.no_grad():
         n_classes = model(points.unsqueeze(0)).shape[1]
     out = bf.OutputSpec.margins(label, n_classes, dtype=points.dtype, device=points.device)
-    domain = bf.get_domain(method)
     if relaxation not in ("taylor", "interval"):
         raise ValueError(f"relaxation must be 'taylor' or 'interval', got {relaxation!r}")
+    prepared = prepared if prepared is not None else bf.get_domain(method).prepare(model)
     lo, hi = zip(*(tf.interval_bounds(points, transform, a, b) for a, b in boxes))
-    box_margins = domain.prepare(model).bounds(bf.Box(torch.stack(lo), torch.stack(hi)), out).lower
+    box_margins = prepared.bounds(bf.Box(torch.stack(lo), torch.stack(hi)), out).lower
     if relaxation == "interval":
         return box_margins
     S, t_lo, t_hi, r_lo, r_hi = [], [], [], [], []
@@ -117,7 +120,7 @@ def margins(
     spec = bf.LinearSpec(
         torch.stack(S), torch.stack(t_lo), torch.stack(t_hi), torch.stack(r_lo), torch.stack(r_hi), (n, 3)
     )
-    return torch.maximum(domain.prepare(model).bounds(spec, out).lower, box_margins)
+    return torch.maximum(prepared.bounds(spec, out).lower, box_margins)
 
 
 def _maxpool_default(method: str, maxpool: str | None) -> str:
@@ -214,7 +217,7 @@ def certify(
         raise ValueError(f"refine must be >= 0, got {refine}")
     boxes = sub_ranges(lo, hi, splits)
     maxpool = _maxpool_default(method, maxpool)
-    _domain(method, maxpool)  # validate before any work
+    prepared = bf.get_domain(_domain(method, maxpool)).prepare(model)  # validates before any work; once for all
     res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool, refine)
     scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     it = range(points.shape[0])
@@ -234,7 +237,7 @@ def certify(
                 chunk, queue = queue[:batch], queue[batch:]
                 lb = margins(
                     model, points[i], int(labels[i]), transform, [(a, b) for a, b, _ in chunk], relaxation, method,
-                    maxpool,
+                    maxpool, prepared,
                 ).amin(1)  # fmt: skip
                 n_boxes += len(chunk)
                 failed = []
