@@ -179,7 +179,7 @@ def test_cli_onnx_and_factory_networks(tmp_path):
 
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
-    from tests.cli_contract import assert_user_error
+    from tests.support.cli_contract import assert_user_error
 
     assert_user_error(
         capsys,
@@ -226,7 +226,7 @@ def test_training_tightness_cli(tmp_path):
     ],
 )
 def test_training_tightness_cli_rejects_bad_arguments_before_work(tmp_path, capsys, extra, message):
-    from tests.cli_contract import assert_user_error
+    from tests.support.cli_contract import assert_user_error
 
     assert_user_error(capsys, ["bench", "training", "--out", str(tmp_path / "out"), *extra], re.escape(message))
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from boundflow.cli import main
-from tests.cli_contract import assert_user_error
+from tests.support.cli_contract import assert_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 

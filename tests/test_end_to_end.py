@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import boundflow as bf
-from tests.containment import Iv, check_containment
-from tests.models import SmallCNN, SmoothNet, init_bn, mlp
+from tests.support.containment import Iv, check_containment
+from tests.support.models import SmallCNN, SmoothNet, init_bn, mlp
 
 
 def _setup(model: torch.nn.Module, x: torch.Tensor, eps_x: float, eps_p: float):

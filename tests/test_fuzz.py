@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from boundflow.domains.linear import relaxations
-from tests.fuzz import METHODS, campaign, draw
+from tests.support.fuzz import METHODS, campaign, draw
 
 CI_SEEDS = range(100)
 SDP_SEEDS = range(60)  # the SDP solves cost more: fewer seeds here (the slow long campaign runs sdp on its 600)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from boundflow.domains.interval import RULES, lohi, make
 from boundflow.domains.interval.table import Rule
-from tests.containment import Iv, check_containment
+from tests.support.containment import Iv, check_containment
 
 aten = torch.ops.aten
 

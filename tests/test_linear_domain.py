@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import boundflow as bf
-from tests.models import init_bn
+from tests.support.models import init_bn
 
 D = torch.float64
 

@@ -21,7 +21,7 @@ from boundflow.domains.linear.ops import AFFINE_OPS, PRODUCT_OPS, TUPLE_OPS
 from boundflow.domains.linear.relaxations import RELAXATIONS
 from boundflow.encode.network import ENCODE
 from boundflow.graph import capture
-from tests.fuzz import Case, check_case
+from tests.support.fuzz import Case, check_case
 
 aten = torch.ops.aten
 

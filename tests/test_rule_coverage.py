@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from boundflow.domains.interval import RULES
 from boundflow.domains.interval import tensor as tensor_mod
-from tests.cases import CASES
-from tests.containment import check_containment
+from tests.support.cases import CASES
+from tests.support.containment import check_containment
 
 aten = torch.ops.aten
 

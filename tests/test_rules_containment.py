@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cases import CASES
-from tests.containment import check_containment
+from tests.support.cases import CASES
+from tests.support.containment import check_containment
 
 EXAMPLES = 12
 

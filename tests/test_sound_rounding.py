@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import boundflow as bf
-from tests.models import SmallCNN, SmoothNet, init_bn, mlp
+from tests.support.models import SmallCNN, SmoothNet, init_bn, mlp
 
 
 def _ref_and_bounds(model, x32, eps, sound: bool, loss: bool = False):

@@ -19,8 +19,8 @@ from boundflow.encode.network import network_bounds
 from boundflow.errors import DomainError, UnsupportedOperation
 from boundflow.models import hidden_mlp as mlp
 from boundflow.train.losses import plain_loss
-from tests.containment import Iv, check_containment
-from tests.fuzz import Case, check_case
+from tests.support.containment import Iv, check_containment
+from tests.support.fuzz import Case, check_case
 
 D = torch.float64
 LINEAR_METHODS = {

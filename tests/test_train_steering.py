@@ -14,7 +14,7 @@ import boundflow.train as T
 from boundflow.cli import main
 from boundflow.models import hidden_mlp as mlp
 from boundflow.train.losses import plain_loss
-from tests.cli_contract import assert_user_error
+from tests.support.cli_contract import assert_user_error
 
 D = torch.float64
 

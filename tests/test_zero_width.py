@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import boundflow as bf
-from tests.models import SmallCNN, SmoothNet, init_bn, mlp
+from tests.support.models import SmallCNN, SmoothNet, init_bn, mlp
 
 MODELS = {
     "mlp": (lambda: mlp(), (4, 6), "ce"),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from tests.containment import Iv, random_interval
+from tests.support.containment import Iv, random_interval
 
 D = torch.float64
 

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: containment checks, rule cases, fuzzing, models, CLI contract."""
