@@ -98,7 +98,7 @@ class _BoundedLoss(torch.autograd.Function):
             d = arith.sub((z_lo, z_hi), (t_lo, t_hi))
             sq = arith.square(d)
             m = z_lo.numel()
-            loss = _divided(*_summed(*sq), m)
+            loss = _divided(*arith.reduce_sum(sq, list(range(sq[0].dim()))), m)
             ctx.save_for_backward(*_divided(2 * d[0], 2 * d[1], m))
             ctx.shape = shape
             return make(loss[0], loss[1])
@@ -113,23 +113,13 @@ class _BoundedLoss(torch.autograd.Function):
             g_lo, g_hi = rounding.widen_abs(g_lo, g_hi, err)
         ctx.save_for_backward(*_divided(g_lo, g_hi, n))
         ctx.shape = shape
-        return make(*_divided(*_summed(lo, hi), n))
+        return make(*_divided(*arith.reduce_sum((lo, hi), list(range(lo.dim()))), n))
 
     @staticmethod
     def backward(ctx, grad):
         g_lo, g_hi = ctx.saved_tensors
         out = arith.mul((g_lo, g_hi), lohi(grad))
         return make(out[0].reshape(ctx.shape), out[1].reshape(ctx.shape)), None, None
-
-
-def _summed(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sums of all entries, outward for the rounding under ``sound_rounding``."""
-    s_lo, s_hi = lo.sum(), hi.sum()
-    if rounding.rounding_enabled():
-        s_lo, s_hi = rounding.widen_abs(
-            s_lo, s_hi, rounding.dot_error(lo.numel(), torch.maximum(lo.abs(), hi.abs()).sum())
-        )
-    return s_lo, s_hi
 
 
 def _divided(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

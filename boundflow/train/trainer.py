@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from boundflow import rounding
-from boundflow.domains.interval import IntervalTensor, lohi
+from boundflow.domains.interval import IntervalTensor, arith, lohi
 from boundflow.train.bounded import BoundedDataset
 from boundflow.train.certify import certify, error_bounds
 from boundflow.train.losses import LOSSES, Target, bounded_loss, plain_loss
@@ -217,7 +217,7 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         c_in = c_out = None
     else:  # [-c_out, c_out] holds the clip / b of exact arithmetic, [-c_in, c_in] lies inside it
         c = clip / b
-        c_in, c_out = (_next(c, 0.0), _next(c, math.inf)) if sound else (c, c)
+        c_in, c_out = (math.nextafter(c, 0.0), math.nextafter(c, math.inf)) if sound else (c, c)
 
     def clamp(g):
         if c_in is None:
@@ -227,7 +227,7 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
     if data.k is None:  # every sample deviates; per-sample only to clip
         dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
         for n in params:
-            params[n].grad = IntervalTensor(*_sum0(*clamp(dev[n])), check=False)
+            params[n].grad = IntervalTensor(*arith.reduce_sum(clamp(dev[n]), [0]), check=False)
         return
     clean = _per_sample_grads(model, params, IntervalTensor.exact(bt.x), Target(y, None, n_classes), config.loss, b)
     k = min(data.k, b)
@@ -239,15 +239,15 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         dev = _per_sample_grads(model, params, IntervalTensor(x_lo, x_hi), Target(y, sets, n_classes), config.loss, b)
     for n in params:
         c_lo, c_hi = clamp(clean[n])
-        lo, hi = _sum0(c_lo, c_hi)
+        lo, hi = arith.reduce_sum((c_lo, c_hi), [0])
         if k and data.budget == "modify":
             d_lo, d_hi = clamp(dev[n])
             dl = (d_lo - c_lo).clamp(max=0).topk(k, dim=0, largest=False).values
             dh = (d_hi - c_hi).clamp(min=0).topk(k, dim=0, largest=True).values
-            lo, hi = _add(lo, hi, *_sum0(dl, dh, terms=2))
+            lo, hi = arith.add((lo, hi), arith.reduce_sum((dl, dh), [0]))
         elif k:  # leave out the k largest lower (smallest upper) bounds
-            lo, hi = _add(lo, hi, *_sum0(-c_lo.topk(k, dim=0, largest=True).values,
-                                         -c_hi.topk(k, dim=0, largest=False).values))  # fmt: skip
+            left_out = (-c_lo.topk(k, dim=0, largest=True).values, -c_hi.topk(k, dim=0, largest=False).values)
+            lo, hi = arith.add((lo, hi), arith.reduce_sum(left_out, [0]))
             if data.budget == "remove":  # the mean over the b - k that remain
                 lo, hi = lo * (b / (b - k)), hi * (b / (b - k))
                 if sound:  # the factor's rounding and the product's
@@ -255,31 +255,9 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
             else:
                 extra = k * c_out
                 if sound:
-                    extra = _next(extra, math.inf)
-                lo, hi = _add(lo, hi, -extra, extra)
+                    extra = math.nextafter(extra, math.inf)
+                lo, hi = arith.add((lo, hi), (torch.full_like(lo, -extra), torch.full_like(hi, extra)))
         params[n].grad = IntervalTensor(lo, hi, check=False)
-
-
-def _next(v: float, toward: float) -> float:
-    return math.nextafter(v, toward)
-
-
-def _sum0(lo: torch.Tensor, hi: torch.Tensor, terms: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over the sample dimension, outward for the rounding under ``sound_rounding``
-    (``terms``: roundings per summand before the sum, e.g. a difference)."""
-    s_lo, s_hi = lo.sum(0), hi.sum(0)
-    if rounding.rounding_enabled():
-        mag = torch.maximum(lo.abs(), hi.abs()).sum(0)
-        s_lo, s_hi = rounding.widen_abs(s_lo, s_hi, rounding.dot_error(lo.shape[0] + terms, mag))
-    return s_lo, s_hi
-
-
-def _add(a_lo, a_hi, b_lo, b_hi):
-    """``[a] + [b]``, one ulp outward under ``sound_rounding``."""
-    lo, hi = a_lo + b_lo, a_hi + b_hi
-    if rounding.rounding_enabled():
-        lo, hi = rounding.widen_ulp(lo, hi)
-    return lo, hi
 
 
 def _linear_layers(model: nn.Module, params) -> dict[str, nn.Linear] | None:
