@@ -187,9 +187,18 @@ def _unchanged(model: nn.Module, held: dict) -> bool:
     """Every parameter and buffer of ``model`` equals the copy the prepared model holds."""
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         h = held.get(name)
-        if h is None or not torch.equal(t.detach().to(h.dtype) if t.is_floating_point() else t, h):
+        if h is None or t.shape != h.shape or not _equal_as(t.detach(), h):
             return False
     return True
+
+
+def _equal_as(t: torch.Tensor, h: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """``t`` converted to ``h``'s dtype equals ``h``; a chunk at a time, so a large model's
+    check does not hold a converted copy of a whole parameter."""
+    if t.dtype == h.dtype or not t.is_floating_point():
+        return torch.equal(t, h)
+    a, b = t.reshape(-1), h.reshape(-1)
+    return all(torch.equal(a[i : i + chunk].to(h.dtype), b[i : i + chunk]) for i in range(0, a.numel(), chunk))
 
 
 def _one_shot(model: nn.Module, method, dtype) -> PreparedModel | None:
