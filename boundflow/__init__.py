@@ -13,10 +13,10 @@ Main entry points:
 
 from boundflow.api import clear_cache, compute_bounds, interval_parameters, prepare
 from boundflow.bounds import Bounds
-from boundflow.domains.base import get_domain, register_domain
 from boundflow.domains.interval import IntervalTensor, implements
 from boundflow.domains.interval.domain import IntervalDomain
 from boundflow.domains.linear import AlphaCrownDomain, CrownDomain, ForwardDomain
+from boundflow.domains.registry import get_domain, register_domain
 from boundflow.errors import BoundFlowError, DomainError, IntervalOpError, UnsupportedOperation
 from boundflow.rounding import sound_rounding
 from boundflow.specs import Box, LinearSpec, LinfBall, OutputSpec

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from boundflow.domains.base import Domain, PreparedModel, get_domain
+from boundflow.domains.base import Domain, PreparedModel
 from boundflow.domains.interval.tensor import IntervalTensor
+from boundflow.domains.registry import get_domain
 from boundflow.errors import DomainError
 from boundflow.specs import Box, OutputSpec
 

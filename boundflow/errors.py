@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 
-__all__ = ["BoundFlowError", "UnsupportedOperation", "IntervalOpError", "DomainError", "where_called"]
+__all__ = [
+    "BoundFlowError",
+    "UnsupportedOperation",
+    "IntervalOpError",
+    "DomainError",
+    "JobError",
+    "where_called",
+]
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,6 +37,34 @@ class IntervalOpError(BoundFlowError, RuntimeError):
 class DomainError(BoundFlowError, ValueError):
     """An interval reaches outside the mathematical domain of an op (``sqrt``/``log`` of
     negative numbers, a non-exact index).  No sound interval exists for such a result."""
+
+
+class JobError(BoundFlowError, ValueError):
+    """A job's settings (``train.TrainJob``, ``pointcloud.CertifyJob``, a results folder) cannot
+    work; raised before any expensive work.
+
+    The message names each setting in ``{braces}`` in ``template``: ``str(error)`` shows them as
+    the job's field names (``batch_size``), :meth:`as_options` as command-line options
+    (``--batch-size``), so one check serves the library and the ``boundflow`` command."""
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self.render(lambda name: name))
+
+    @staticmethod
+    def literal(value) -> str:
+        """``value`` as text for a template: braces doubled, shown as they are (a path with ``{``)."""
+        return str(value).replace("{", "{{").replace("}", "}}")
+
+    def render(self, name) -> str:
+        """The message with each ``{field}`` shown as ``name(field)`` (``{{``/``}}``: one brace)."""
+        return re.sub(
+            r"\{\{|\}\}|\{(\w+)\}", lambda m: name(m.group(1)) if m.group(1) else m.group(0)[0], self.template
+        )
+
+    def as_options(self) -> str:
+        """The message with each field shown as its command-line option (``n_clouds`` -> ``--n-clouds``)."""
+        return self.render(lambda name: "--" + name.replace("_", "-"))
 
 
 def where_called() -> str:

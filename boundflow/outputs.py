@@ -1,8 +1,9 @@
 """Results folders: claimed before any work, never overwritten silently, and recorded.
 
 Every command that writes results into an ``--out`` folder calls :func:`claim` first: it
-refuses (one-line error) a folder that already holds the files this run would write, unless
-``--force`` was given (or the command resumes that run), and refuses a folder it cannot write.
+refuses (:class:`~boundflow.errors.JobError`, one line) a folder that already holds the files
+this run would write, unless ``--force`` was given (or the command resumes that run), and
+refuses a folder it cannot write.
 :func:`record` then writes ``run.json``: the command line, versions and machine.
 """
 
@@ -19,19 +20,23 @@ __all__ = ["claim", "record"]
 def claim(
     folder: str | Path, names: list[str], force: bool = False, option: str = "--out", resume: bool = False
 ) -> Path:
-    """Create ``folder`` if needed and return it; ``SystemExit("error: ...")`` (shown as one
-    line by the ``boundflow`` command) when it holds any of ``names`` and neither ``force``
+    """Create ``folder`` if needed and return it; :class:`~boundflow.errors.JobError` (shown as
+    one line by the ``boundflow`` command) when it holds any of ``names`` and neither ``force``
     nor ``resume`` (the command continues that run) is set, when it is a file, or when it is
     not writable.  ``force`` says on stderr what it replaces."""
+    from boundflow.errors import JobError
+
     out = Path(folder)
+    where = option.lstrip("-").replace("-", "_")
+    shown_out = JobError.literal(out)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: {option} {out} is a file, not a folder")
+        raise JobError(f"{{{where}}} {shown_out} is a file, not a folder")
     present = sorted(n for n in names if (out / n).exists())
     if present and not (force or resume):
         shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-        raise SystemExit(
-            f"error: {option} {out} already holds a previous run's results ({shown}); "
-            "pass --force to replace them, or choose another folder"
+        raise JobError(
+            f"{{{where}}} {shown_out} already holds a previous run's results ({shown}); "
+            "pass {force} to replace them, or choose another folder"
         )
     if present and not resume:
         print(
@@ -40,9 +45,9 @@ def claim(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"error: {option} {out}: {e.strerror or e}") from None
+        raise JobError(f"{{{where}}} {shown_out}: {e.strerror or e}") from None
     if not os.access(out, os.W_OK):
-        raise SystemExit(f"error: {option} {out} is not writable")
+        raise JobError(f"{{{where}}} {shown_out} is not writable")
     return out
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import boundflow as bf
 import boundflow.api as api
-from boundflow.domains.base import get_domain
+from boundflow.domains.registry import get_domain
 
 
 class _Scaled(nn.Module):

@@ -119,16 +119,13 @@ class TightnessResult:
 
 
 def _domain(method: str, time_limit: float):
-    """The configured domain of a method row: solver rows get the per-solve time limit."""
-    if method in ("lp", "sdp", "milp"):
-        from boundflow.encode.network import SolverDomain
+    """The configured domain of a method row (any name the registry reads, with options):
+    solver rows get the per-solve time limit unless the name sets one."""
+    from boundflow.domains.registry import parse_method
 
-        return SolverDomain(method, time_limit=time_limit)
-    if method == "crown-tight":  # CROWN with the pivot-difference max-pool line
-        from boundflow.domains.linear import CrownDomain
-
-        return CrownDomain("tight")
-    return bf.get_domain(method)
+    if method.split(":")[0] in ("lp", "sdp", "milp") and "time_limit=" not in method:
+        method = f"{method}:time_limit={time_limit}"
+    return parse_method(method)
 
 
 def _bound(method: str, model, lo, hi, C, time_limit):
@@ -222,7 +219,7 @@ def run(
     settings: dict | None = None,
 ) -> TightnessResult:
     """Bound every case at every eps with every method (progress bar over the bounding calls)."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m.split(":")[0] not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     res = TightnessResult(environment=environment(), settings=dict(settings or {}))

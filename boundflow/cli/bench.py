@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from boundflow.cli import options
+from boundflow.domains.registry import method_names
 
 __all__ = ["add_parser", "run"]
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     from boundflow.bench.training import SOLVER_METHODS, defaults, run_cli
 
     defaults(args)
-    methods = options.method_names(args.methods, ("ibp",) + SOLVER_METHODS)
+    methods = method_names(args.methods, ("ibp",) + SOLVER_METHODS, "--methods")
     epsilons = options.floats(args.eps, "--eps")
     solver_eps = options.floats(args.solver_eps, "--solver-eps") if args.solver_eps else None
     return run_cli(args, methods, epsilons, solver_eps)
@@ -77,7 +78,7 @@ def _tightness(args) -> int:
     from boundflow.bench.networks import builtin_cases, factory_case, onnx_case
 
     eps = options.floats(args.eps or ("0.01,0.03" if args.quick else "0.003,0.01,0.03,0.1"), "--eps")
-    methods = options.method_names(args.methods, T.METHODS)
+    methods = method_names(args.methods, T.METHODS, "--methods")
     points = args.n_inputs or (3 if args.quick else 16)
     time_limit = args.time_limit if args.time_limit is not None else (0.5 if args.quick else 5.0)
     cases = [] if args.no_builtin else builtin_cases(args.quick, points)

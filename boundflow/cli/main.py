@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="boundflow: %(message)s")
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for reproducible result records
     args.start = verify_cli.START if argv is None else time.monotonic()  # a command line counts its start-up
-    from boundflow.errors import BoundFlowError
+    from boundflow.errors import BoundFlowError, JobError
 
     try:
         with warnings.catch_warnings():
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BoundFlowError, ValueError, OSError) as e:
         if args.debug:
             raise
+        if isinstance(e, JobError):  # a library job's check: its settings named as options
+            return _user_error(e.as_options())
         return _user_error(str(e) or type(e).__name__)
     except KeyboardInterrupt:
         print("boundflow: interrupted", file=sys.stderr)

@@ -23,7 +23,6 @@ __all__ = [
     "count",
     "renamed",
     "floats",
-    "method_names",
 ]
 
 
@@ -87,15 +86,3 @@ def floats(text: str, what: str) -> list[float]:
     if not vals or any(v < 0 for v in vals):
         raise SystemExit(f"error: {what} {text!r}: expected non-negative numbers")
     return vals
-
-
-def method_names(text: str, known: tuple[str, ...], what: str = "--methods") -> list[str]:
-    """A comma-separated list of method names, aliases resolved (``interval`` -> ``ibp``), each
-    checked against ``known``; an unknown name exits with a one-line error."""
-    from boundflow.domains.base import canonical_method
-
-    names = [canonical_method(m.strip()) for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in known]
-    if unknown or not names:
-        raise SystemExit(f"error: {what}: unknown {unknown or text!r}; choose from {', '.join(known)}")
-    return names

@@ -97,14 +97,13 @@ def margins(
     keeps the larger lower bound per margin (both are sound), so it is never looser than
     ``"interval"``; the Taylor form wins on small ranges, the box where the remainder of a
     wide range dominates."""
-    method = _domain(method, maxpool)
     n = points.shape[0]
     with torch.no_grad():
         n_classes = model(points.unsqueeze(0)).shape[1]
     out = bf.OutputSpec.margins(label, n_classes, dtype=points.dtype, device=points.device)
     if relaxation not in ("taylor", "interval"):
         raise ValueError(f"relaxation must be 'taylor' or 'interval', got {relaxation!r}")
-    prepared = prepared if prepared is not None else bf.get_domain(method).prepare(model)
+    prepared = prepared if prepared is not None else _domain(method, maxpool)[0].prepare(model)
     lo, hi = zip(*(tf.interval_bounds(points, transform, a, b) for a, b in boxes))
     box_margins = prepared.bounds(bf.Box(torch.stack(lo), torch.stack(hi)), out).lower
     if relaxation == "interval":
@@ -131,22 +130,24 @@ def _maxpool_default(method: str, maxpool: str | None) -> str:
 
 
 def _domain(method: str, maxpool: str | None):
-    """The linear-domain method with its max-pool relaxation: ``"tight"`` (default for
-    ``method="forward"``) or ``"deeppoly"``; other methods use DeepPoly's rule."""
-    maxpool = _maxpool_default(method, maxpool)
+    """``(domain, maxpool)``: the network's domain, ``method`` as the registry reads it
+    (:func:`boundflow.domains.registry.parse_method`, options included), with its max-pool
+    relaxation: ``"tight"`` (default for ``forward``; ``forward`` and ``crown`` only) or
+    ``"deeppoly"``; a ``maxpool=`` option in ``method`` decides where given."""
+    from boundflow.domains.registry import parse_method
+
+    base = method.split(":")[0].strip()
+    if "maxpool=" in method:
+        domain = parse_method(method)
+        if maxpool is not None and maxpool != domain.maxpool:
+            raise ValueError(f"method {method!r} sets maxpool={domain.maxpool}, but maxpool={maxpool!r} was given")
+        return domain, domain.maxpool
+    maxpool = _maxpool_default(base, maxpool)
     if maxpool not in ("tight", "deeppoly"):
         raise ValueError(f"maxpool must be 'tight' or 'deeppoly', got {maxpool!r}")
-    if method == "forward":
-        from boundflow.domains.linear import ForwardDomain
-
-        return ForwardDomain(maxpool)
-    if maxpool == "tight":
-        if method != "crown":
-            raise ValueError(f"maxpool='tight' is implemented for method='forward' and 'crown', not {method!r}")
-        from boundflow.domains.linear import CrownDomain
-
-        return CrownDomain("tight")
-    return method
+    if maxpool == "tight" and base not in ("forward", "crown"):
+        raise ValueError(f"maxpool='tight' is implemented for method='forward' and 'crown', not {method!r}")
+    return parse_method(f"{method}:maxpool=tight" if maxpool == "tight" else method), maxpool
 
 
 @dataclass
@@ -216,8 +217,8 @@ def certify(
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     boxes = sub_ranges(lo, hi, splits)
-    maxpool = _maxpool_default(method, maxpool)
-    prepared = bf.get_domain(_domain(method, maxpool)).prepare(model)  # validates before any work; once for all
+    domain, maxpool = _domain(method, maxpool)  # validates before any work
+    prepared = domain.prepare(model)  # once for all clouds and sub-ranges
     res = CertifyResult(transform, lo.tolist(), hi.tolist(), relaxation, splits, maxpool, refine)
     scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     it = range(points.shape[0])

@@ -25,6 +25,7 @@ from boundflow.train.certify import (
 from boundflow.train.datasets import DATASETS, Dataset, load_dataset, load_file
 from boundflow.train.features import frozen_features
 from boundflow.train.io import load_bounds, save_bounds
+from boundflow.train.job import THREATS, TrainJob, TrainResult, run_job
 from boundflow.train.losses import LOSSES, bounded_loss, plain_loss
 from boundflow.train.optim import IntervalSGD
 from boundflow.train.trainer import ParameterBounds, TrainConfig, TrainingDiverged, batch_indices, certified_training
@@ -40,7 +41,10 @@ __all__ = [
     "IntervalSGD",
     "LOSSES",
     "ParameterBounds",
+    "THREATS",
     "TrainConfig",
+    "TrainJob",
+    "TrainResult",
     "TrainingDiverged",
     "batch_indices",
     "bounded_loss",
@@ -61,6 +65,7 @@ __all__ = [
     "plain_loss",
     "poison",
     "removal",
+    "run_job",
     "substitution",
     "save_bounds",
 ]

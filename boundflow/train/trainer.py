@@ -110,7 +110,7 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        from boundflow.domains.base import canonical_method
+        from boundflow.domains.registry import canonical_method
 
         self.step = canonical_method(self.step)  # "interval" (FullCert's name) is "ibp"
         if self.step not in METHODS:

@@ -292,23 +292,18 @@ class _Bounder:
     raise."""
 
     def __init__(self, f: nn.Module):
-        from boundflow.domains.linear.domain import AlphaCrownDomain
-
-        self.models = {
-            "ibp": bf.get_domain("ibp").prepare(f),
-            "crown": bf.get_domain("crown").prepare(f),
-            "alpha-crown": AlphaCrownDomain().prepare(f),
+        beta = f"alpha-crown:iters={BETA_ITERATIONS}:sides=lower"
+        methods = {
+            "ibp": "ibp",
+            "crown": "crown",
+            "alpha-crown": "alpha-crown",
             # beta-CROWN on branch and bound's sub-domains: only the margins' lower bounds count
-            "beta-crown": AlphaCrownDomain(iterations=BETA_ITERATIONS, sides=("lower",)).prepare(f),
+            "beta-crown": beta,
             # the search's root: every ReLU input's bounds optimised first (the sub-domains
             # inherit them)
-            "beta-crown-root": AlphaCrownDomain(
-                iterations=BETA_ITERATIONS,
-                sides=("lower",),
-                intermediate=ROOT_INTERMEDIATE_ITERATIONS,
-                intermediate_share=ROOT_INTERMEDIATE_SHARE,
-            ).prepare(f),
+            "beta-crown-root": f"{beta}:intermediate={ROOT_INTERMEDIATE_ITERATIONS}:share={ROOT_INTERMEDIATE_SHARE!r}",
         }
+        self.models = {key: bf.get_domain(name).prepare(f) for key, name in methods.items()}
 
     def __call__(self, lo, hi, C, d, method: str) -> torch.Tensor:
         return self.models[method].bounds(Box(lo, hi), OutputSpec(C, d)).lower

@@ -9,6 +9,7 @@ empty in the result.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -43,6 +44,9 @@ class LinearPrepared:
         self.domain, self.model, self.pad = domain, model, pad
         self.params = dict(params) if params else None
         self._graphs: dict[int, CapturedGraph] = {}
+        # LinearSpec queries: one prepared lifted model per slope shape, its graph captured once
+        self._lifted: dict[tuple, LinearPrepared] = {}
+        self._values: dict[str, torch.Tensor] = {}  # buffer values that replace the captured ones
 
     def graph(self, example: torch.Tensor) -> CapturedGraph:
         """The captured graph for inputs shaped like ``example`` (cached by shape)."""
@@ -50,6 +54,9 @@ class LinearPrepared:
         g = self._graphs.get(key)
         if g is None:
             g = self._graphs[key] = capture(self.model, example, self.params)
+        if self._values:  # the same graph with this query's values (a LinearSpec's slope)
+            vals = [self._values.get(n, v) for n, v in zip(g.param_names, g.params, strict=True)]
+            g = dataclasses.replace(g, params=vals)
         return g
 
     def split_nodes(self, batch: int, like: torch.Tensor, general: bool = False) -> list[str]:
@@ -92,8 +99,7 @@ class LinearPrepared:
         if isinstance(spec, LinearSpec):
             if splits:
                 raise UnsupportedOperation("splits are not supported with a LinearSpec input")
-            lifted, box = spec.lift(self.model)
-            return type(self)(self.domain, lifted, self._lifted_params(), pad=False).bounds(box, output)
+            return self._lifted_query(spec, output)
         C = None if output is None else torch.as_tensor(output.C, dtype=spec.lower.dtype)
         lo, hi = spec.lower, spec.upper
         n = lo.shape[0]
@@ -119,8 +125,19 @@ class LinearPrepared:
             res.params = extra.params
         return res
 
-    def _lifted_params(self):
-        return {f"model.{k}": v for k, v in self.params.items()} if self.params else None
+    def _lifted_query(self, spec: LinearSpec, output: OutputSpec | None) -> Bounds:
+        """Bounds over a :class:`LinearSpec`: the model lifted to ``z = (theta, nu)``
+        (:meth:`LinearSpec.lift`), prepared once per slope shape; later queries of that shape
+        reuse its captured graph with their own slope (the slope is a placeholder of the graph,
+        never a constant of it)."""
+        lifted, box = spec.lift(self.model)
+        key = (tuple(spec.slope.shape), tuple(spec.shape), spec.slope.dtype, spec.slope.device)
+        child = self._lifted.get(key)
+        if child is None:
+            params = {f"model.{k}": v for k, v in self.params.items()} if self.params else None
+            child = self._lifted[key] = type(self)(self.domain, lifted, params, pad=False)
+        child._values = {"slope": spec.slope}
+        return child.bounds(box, output)
 
 
 class CrownDomain(DomainBase):
@@ -151,8 +168,7 @@ class CrownDomain(DomainBase):
         return LinearPrepared(self, model, params)
 
     def _run(self, g, lo, hi, C, splits, warm=None):
-        tight = getattr(self, "maxpool", "deeppoly") == "tight"
-        sparse = getattr(self, "sparse", True)
+        tight, sparse = self.maxpool == "tight", self.sparse
         if splits is None and not tight and forward_pays(g, lo):
             # a narrow input into a wide network: intermediate bounds by forward mode (sound
             # for the box), then one backward pass from the output through them
@@ -176,7 +192,7 @@ class CrownDomain(DomainBase):
         return lb, ub, state if splits is not None else None
 
 
-class AlphaCrownDomain(CrownDomain):
+class AlphaCrownDomain(DomainBase):
     """alpha-CROWN: CROWN with optimised ReLU slopes; never looser than CROWN.  ``deadline``
     (a ``time.monotonic()`` reading) or the thread's :func:`boundflow.deadline.within` stops the
     iterations early (every iterate is sound).  On a narrow input into a wide network
@@ -211,12 +227,16 @@ class AlphaCrownDomain(CrownDomain):
         self.iterations, self.lr, self.deadline = iterations, lr, deadline
         self.sides, self.lr_beta, self.intermediate = tuple(sides), lr_beta, intermediate
         self.intermediate_share = intermediate_share
+        self._crown = CrownDomain()  # the narrow-input fallback
+
+    def prepare(self, model: nn.Module, params=None) -> LinearPrepared:
+        return LinearPrepared(self, model, params)
 
     def _run(self, g, lo, hi, C, splits, warm=None):
         if splits is None and forward_pays(g, lo):
             # a narrow input into a wide network: optimising slopes needs backward intermediate
             # bounds (minutes there); CROWN with forward intermediate bounds instead
-            return super()._run(g, lo, hi, C, splits, warm)
+            return self._crown._run(g, lo, hi, C, splits, warm)
         lb, ub, state = alpha_crown(
             g, lo, hi, C, self.iterations, self.lr, deadline=self.deadline, splits=splits,
             sides=self.sides, lr_beta=self.lr_beta, return_state=True, warm=warm, intermediate=self.intermediate,
@@ -225,7 +245,7 @@ class AlphaCrownDomain(CrownDomain):
         return lb, ub, state if splits is not None else None
 
 
-class ForwardDomain(CrownDomain):
+class ForwardDomain(DomainBase):
     """Forward-mode linear bounds (DeepPoly's forward pass); cheap for low-dimensional inputs.
     An output spec ``C`` is applied to the output's linear forms before concretisation (the
     same margins as with ``C`` as a last layer).
