@@ -14,7 +14,7 @@ A method may refuse a case with a :class:`boundflow.errors.BoundFlowError` (an u
 interval weights in forward mode, ...); any other exception and any miss is a failure.
 
 ``python -m tests.fuzz --cases 300`` runs a longer campaign and prints the counts per method;
-the default test suite runs a fixed budget of seeds (``tests/test_fuzz.py``).
+the default test suite runs a fixed budget of seeds (``tests/domains/test_fuzz.py``).
 """
 
 from __future__ import annotations
