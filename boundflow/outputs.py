@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["claim", "record"]
+__all__ = ["JobOutput", "claim", "record"]
 
 
 def claim(
@@ -74,3 +75,13 @@ def record(folder: str | Path, argv: list[str] | None, command: str = "boundflow
         "torch_threads": torch.get_num_threads(),
     }
     atomic_write_text(Path(folder) / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+@dataclass(kw_only=True)
+class JobOutput:
+    """What every library job's result says of its output: the results folder (``None``: nothing
+    was written), the files it wrote there, and a short report (the lines the command prints)."""
+
+    out: Path | None = None
+    files: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)

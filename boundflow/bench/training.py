@@ -23,6 +23,7 @@ import torch
 import boundflow.train as T
 from boundflow.atomic import atomic_savefig, atomic_write_text
 from boundflow.bench.tightness import environment
+from boundflow.errors import JobError
 from boundflow.models import hidden_mlp as mlp
 from solvers.executor import make_executor
 
@@ -57,7 +58,7 @@ def load_split(args, seed: int):
             d = _two_classes(d, (1, 2))
         n_val = int(round(0.2 * len(d.x_train)))
     else:
-        raise SystemExit(f"error: --dataset {name!r}: choose from moons, iris-2, breast-cancer")
+        raise JobError(f"{{dataset}} {name!r}: choose from moons, iris-2, breast-cancer")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(d.x_train), generator=g)
     tr, va = order[n_val:].sort().values, order[:n_val].sort().values
@@ -155,20 +156,20 @@ def _jobs(args, methods, epsilons, solver_eps):
 
 
 def _check(args) -> None:
-    """Every numeric argument, before any work (one-line errors)."""
+    """Every numeric setting, before any work (:class:`~boundflow.errors.JobError` naming it)."""
     problems = [
-        (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
-        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
-        (args.hidden >= 1, f"--hidden must be >= 1, got {args.hidden}"),
-        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
-        (args.group >= 1, f"--group must be >= 1 samples per program, got {args.group}"),
-        (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
-        (args.dataset in DATASETS, f"--dataset {args.dataset!r}: choose from {', '.join(DATASETS)}"),
-        (min(args.n_train, args.n_val, args.n_test) >= 1, "--n-train, --n-val and --n-test must be >= 1"),
+        (args.seeds >= 1, f"{{seeds}} must be >= 1, got {args.seeds}"),
+        (args.epochs >= 1, f"{{epochs}} must be >= 1, got {args.epochs}"),
+        (args.hidden >= 1, f"{{hidden}} must be >= 1, got {args.hidden}"),
+        (args.lr > 0, f"{{lr}} must be > 0, got {args.lr}"),
+        (args.group >= 1, f"{{group}} must be >= 1 samples per program, got {args.group}"),
+        (args.patience is None or args.patience >= 1, f"{{patience}} must be >= 1, got {args.patience}"),
+        (args.dataset in DATASETS, f"{{dataset}} {args.dataset!r}: choose from {', '.join(DATASETS)}"),
+        (min(args.n_train, args.n_val, args.n_test) >= 1, "{n_train}, {n_val} and {n_test} must be >= 1"),
     ]
     for ok, msg in problems:
         if not ok:
-            raise SystemExit(f"error: {msg}")
+            raise JobError(msg)
 
 
 def summarise(runs: list[dict], methods: list[str], epsilons: list[float]) -> list[dict]:
@@ -205,8 +206,9 @@ def summarise(runs: list[dict], methods: list[str], epsilons: list[float]) -> li
 
 def run_cli(args, methods: list[str], epsilons: list[float], solver_eps: list[float] | None = None) -> int:
     """``boundflow bench training``: run ``methods`` at radii ``epsilons`` (the solver methods at
-    ``solver_eps`` if given), then write ``<name>.json``, ``.md`` and ``.png``.  The command line
-    parses the lists (:mod:`boundflow.cli.bench`)."""
+    ``solver_eps`` if given), then write ``<name>.json``, ``.md`` and ``.png``.  ``args``: any
+    object with the settings as attributes (those of ``boundflow bench training --help``, with
+    ``_`` for ``-``); the command line parses the lists (:mod:`boundflow.cli.bench`)."""
     _check(args)
     from boundflow.outputs import claim
 

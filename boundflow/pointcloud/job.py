@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from boundflow.errors import JobError
+from boundflow.outputs import JobOutput
 
 __all__ = ["CertifyJob", "CertifyJobResult", "certify_job", "parse_theta"]
 
@@ -92,7 +93,7 @@ class CertifyJob:
 
 
 @dataclass
-class CertifyJobResult:
+class CertifyJobResult(JobOutput):
     """What :func:`certify_job` made: the model, the clouds and labels certified, the
     :class:`~boundflow.pointcloud.CertifyResult`, the summary written to ``results.json``, the
     results folder and its files, and a short report (``lines``)."""
@@ -102,9 +103,6 @@ class CertifyJobResult:
     labels: torch.Tensor
     result: object
     summary: dict
-    out: Path | None = None
-    files: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
 
 
 def certify_job(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from boundflow.errors import JobError
+from boundflow.outputs import JobOutput
 
 __all__ = ["THREATS", "TrainJob", "TrainResult", "run_job"]
 
@@ -139,7 +140,7 @@ class TrainJob:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(JobOutput):
     """What :func:`run_job` made: the trained box (``bounds``; ``kept`` is the box the
     selection rule keeps), the model whose parameters are its centre's start, the test
     certification (``certification`` for classification, ``error`` for regression), the
@@ -152,9 +153,6 @@ class TrainResult:
     metrics: dict
     certification: object | None = None
     error: object | None = None
-    out: Path | None = None
-    files: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
 
 
 def run_job(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import boundflow as bf
-from tests.support.sampled import linear_models, sampled_points
+from tests.support.sampled import assert_weight_samples_inside, linear_models, sampled_points
 
 D = torch.float64
 
@@ -125,7 +125,6 @@ def test_ops_without_a_linear_rule_take_their_interval_bounds_and_unknown_ops_ar
 def test_bounded_weights_containment(name):
     """Interval parameters: sampled and corner parameter vectors with sampled inputs stay inside;
     CROWN is never looser than IBP."""
-    from torch.func import functional_call
 
     model, shape = linear_models()[name]
     model = model.to(D).eval()
@@ -137,19 +136,7 @@ def test_bounded_weights_containment(name):
     }
     assert (res["crown"][0] >= res["ibp"][0] - 1e-9).all() and (res["crown"][1] <= res["ibp"][1] + 1e-9).all()
     assert (res["alpha-crown"][0] >= res["crown"][0] - 1e-9).all()
-    g = torch.Generator().manual_seed(6)
-    for i in range(300):
-        if i % 3 == 0:
-            p = {n: torch.where(torch.rand(t.shape, generator=g) < 0.5, t.lower, t.upper) for n, t in params.items()}
-        else:
-            p = {
-                n: t.lower + (t.upper - t.lower) * torch.rand(t.shape, generator=g, dtype=D) for n, t in params.items()
-            }
-        xs = x + (torch.rand(x.shape, generator=g, dtype=D) * 2 - 1) * eps
-        with torch.no_grad():
-            y = functional_call(model, p, (xs,))
-        for lo, hi in res.values():
-            assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()
+    assert_weight_samples_inside(model, params, x, eps, res, 300, corners_every=3)
 
 
 @pytest.mark.parametrize("maxpool", ["deeppoly", "tight"])

@@ -15,7 +15,7 @@ from boundflow.encode.network import network_bounds
 from solvers.backends import LpSolver, MilpSolver, ScipSolver
 from solvers.program import Program
 from tests.support.programs import lp_reference, random_lp
-from tests.support.sampled import linear_models, sampled_points
+from tests.support.sampled import assert_weight_samples_inside, linear_models, sampled_points
 
 D = torch.float64
 
@@ -123,7 +123,6 @@ def test_lp_milp_containment_and_ordering(name):
 
 
 def test_specification_matrix_and_bounded_weights():
-    from torch.func import functional_call
 
     model, shape = linear_models()["mlp-relu"]
     model = model.to(D)
@@ -143,20 +142,7 @@ def test_specification_matrix_and_bounded_weights():
     crown_w = bf.compute_bounds(model, x - eps, x + eps, method="crown", params=params)
     assert (res["lp"][0] >= crown_w[0] - 1e-9).all()
     assert (res["mibp"][0] >= res["lp"][0] - 1e-9).all() and (res["mibp"][1] <= res["lp"][1] + 1e-9).all()
-    g = torch.Generator().manual_seed(6)
-    for i in range(150):
-        p = (
-            {n: torch.where(torch.rand(t.shape, generator=g) < 0.5, t.lower, t.upper) for n, t in params.items()}
-            if i % 2
-            else {
-                n: t.lower + (t.upper - t.lower) * torch.rand(t.shape, generator=g, dtype=D) for n, t in params.items()
-            }
-        )
-        xs = x + (torch.rand(x.shape, generator=g, dtype=D) * 2 - 1) * eps
-        with torch.no_grad():
-            y = functional_call(model, p, (xs,))
-        for lo, hi in res.values():
-            assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()
+    assert_weight_samples_inside(model, params, x, eps, res, 150, corners_every=2)
 
 
 def test_tiny_time_limit_still_sound():

@@ -69,3 +69,24 @@ def sampled_points(model, x, eps, n=200):
             w[:, k] = sign
             pts += attack(model, x, lo_x, hi_x, w)
     return pts
+
+
+def assert_weight_samples_inside(model, params, x, eps, res, n, corners_every, seed=6):
+    """``n`` parameter vectors from the interval ``params`` (every ``corners_every``-th a random
+    corner, the others uniform), each with an input drawn from the l-inf ball of radius ``eps``
+    around ``x``: every output lies inside each ``(lo, hi)`` of ``res``."""
+    from torch.func import functional_call
+
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        if i % corners_every == 0:
+            p = {k: torch.where(torch.rand(t.shape, generator=g) < 0.5, t.lower, t.upper) for k, t in params.items()}
+        else:
+            p = {
+                k: t.lower + (t.upper - t.lower) * torch.rand(t.shape, generator=g, dtype=D) for k, t in params.items()
+            }
+        xs = x + (torch.rand(x.shape, generator=g, dtype=D) * 2 - 1) * eps
+        with torch.no_grad():
+            y = functional_call(model, p, (xs,))
+        for lo, hi in res.values():
+            assert (y >= lo - 1e-9).all() and (y <= hi + 1e-9).all()
