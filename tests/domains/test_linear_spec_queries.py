@@ -66,3 +66,22 @@ def test_weight_writes_reach_the_reused_lifted_graph():
     got = prepared.bounds(spec)
     ref = _fresh(bf.get_domain("crown"), model, spec, None)
     assert torch.equal(got.lower, ref.lower) and torch.equal(got.upper, ref.upper)
+
+
+def test_concurrent_queries_of_one_shape_each_get_their_own_slope():
+    """Queries are stateless: threads querying one prepared model with different slopes of the
+    same shape each get the bounds of their own slope."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)).double()
+    prepared = bf.get_domain("crown").prepare(model)
+    specs = [_spec(seed) for seed in range(8)]
+    prepared.bounds(specs[0])  # the shared lifted graph exists before the threads start
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda s: [prepared.bounds(s) for _ in range(5)], specs))
+    for spec, results in zip(specs, got, strict=True):
+        ref = _fresh(bf.get_domain("crown"), model, spec, None)
+        for r in results:
+            assert torch.allclose(r.lower, ref.lower, atol=1e-12, rtol=0)
+            assert torch.allclose(r.upper, ref.upper, atol=1e-12, rtol=0)

@@ -46,16 +46,17 @@ class LinearPrepared:
         self._graphs: dict[int, CapturedGraph] = {}
         # LinearSpec queries: one prepared lifted model per slope shape, its graph captured once
         self._lifted: dict[tuple, LinearPrepared] = {}
-        self._values: dict[str, torch.Tensor] = {}  # buffer values that replace the captured ones
 
-    def graph(self, example: torch.Tensor) -> CapturedGraph:
-        """The captured graph for inputs shaped like ``example`` (cached by shape)."""
+    def graph(self, example: torch.Tensor, values: Mapping[str, torch.Tensor] | None = None) -> CapturedGraph:
+        """The captured graph for inputs shaped like ``example`` (cached by shape); ``values``:
+        parameter or buffer values by name that replace the captured ones in the returned copy
+        (the cached graph is not changed, so concurrent queries do not see each other's)."""
         key = tuple(example.shape)
         g = self._graphs.get(key)
         if g is None:
             g = self._graphs[key] = capture(self.model, example, self.params)
-        if self._values:  # the same graph with this query's values (a LinearSpec's slope)
-            vals = [self._values.get(n, v) for n, v in zip(g.param_names, g.params, strict=True)]
+        if values:
+            vals = [values.get(n, v) for n, v in zip(g.param_names, g.params, strict=True)]
             g = dataclasses.replace(g, params=vals)
         return g
 
@@ -82,6 +83,7 @@ class LinearPrepared:
         splits: dict | None = None,
         known: dict | None = None,
         warm: dict | None = None,
+        _values: Mapping[str, torch.Tensor] | None = None,
     ) -> Bounds:
         """Sound bounds over ``spec`` (see :class:`~boundflow.domains.base.PreparedModel`).
         ``splits``: node name -> ``(lower, upper)`` (batch-first, node-shaped; ``±inf`` where
@@ -90,7 +92,8 @@ class LinearPrepared:
         holds the bounds of every split node.  ``known``: like ``splits``, sound bounds already
         known on each sample's sub-domain (e.g. its parent's); intersected with ``splits``.
         ``warm``: the ``Bounds.params`` of earlier queries (rows of this batch) for
-        ``alpha-crown`` to start from (others ignore it)."""
+        ``alpha-crown`` to start from (others ignore it).  ``_values``: internal (a lifted
+        ``LinearSpec``'s slope, see :meth:`graph`)."""
         if known:
             splits = dict(splits or {})
             for name, (k_lo, k_hi) in known.items():
@@ -110,7 +113,7 @@ class LinearPrepared:
                 hi = torch.cat([hi, hi[-1:].expand(size - n, *hi.shape[1:])])
                 if C is not None and C.dim() == 3:
                     C = torch.cat([C, C[-1:].expand(size - n, *C.shape[1:])])
-        g = self.graph((lo + hi) / 2)
+        g = self.graph((lo + hi) / 2, _values)
         lb, ub, extra = self.domain._run(g, lo, hi, C, splits, warm)
         lb, ub = lb[:n], ub[:n]
         if C is None:
@@ -136,8 +139,7 @@ class LinearPrepared:
         if child is None:
             params = {f"model.{k}": v for k, v in self.params.items()} if self.params else None
             child = self._lifted[key] = type(self)(self.domain, lifted, params, pad=False)
-        child._values = {"slope": spec.slope}
-        return child.bounds(box, output)
+        return child.bounds(box, output, _values={"slope": spec.slope})
 
 
 class CrownDomain(DomainBase):
