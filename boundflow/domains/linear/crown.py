@@ -107,8 +107,9 @@ def backward_cost(graph: CapturedGraph, n_inputs: int) -> float:
         t = _nonlinear_input(n) if n.op == "call_function" else None
         v = t.meta.get("val") if isinstance(t, fx.Node) else None
         if isinstance(v, torch.Tensor) and v.dim():
-            cost += v[0].numel() * before
-            before += v[0].numel()
+            per_sample = math.prod(v.shape[1:])  # read off the shape: no op on the fake tensor
+            cost += per_sample * before
+            before += per_sample
     return cost
 
 
