@@ -154,6 +154,8 @@ def parse_method(text: str) -> Domain:
             raise ValueError(f"method {text!r}: unknown option {key!r}; {name} takes: {avail}")
         if not sep or not value:
             raise ValueError(f"method {text!r}: option {key!r} needs a value ({key}=...)")
+        if known[key].keyword in kwargs:
+            raise ValueError(f"method {text!r}: option {key!r} given twice")
         try:
             kwargs[known[key].keyword] = known[key].parse(value)
         except (ValueError, KeyError) as e:

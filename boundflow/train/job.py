@@ -77,12 +77,29 @@ class TrainJob:
         """Raise :class:`~boundflow.errors.JobError` naming the first setting that cannot work
         (before any data is read)."""
         from boundflow.domains.registry import canonical_method
+        from boundflow.train.losses import LOSSES
         from boundflow.train.trainer import METHODS
 
         self.step = canonical_method(self.step)
         checks = [
-            (self.threat in THREATS, f"{{threat}} {self.threat!r}: choose from {', '.join(THREATS)}"),
-            (self.step in METHODS, f"{{step}} {self.step!r}: choose from {', '.join(METHODS)}"),
+            (
+                self.threat in THREATS,
+                f"{{threat}} {JobError.literal(repr(self.threat))}: choose from {', '.join(THREATS)}",
+            ),
+            (self.step in METHODS, f"{{step}} {JobError.literal(repr(self.step))}: choose from {', '.join(METHODS)}"),
+            (
+                self.loss is None or self.loss in LOSSES,
+                f"{{loss}} {JobError.literal(repr(self.loss))}: choose from {', '.join(LOSSES)}",
+            ),
+            (
+                self.executor in ("serial", "process", "ray"),
+                f"{{executor}} {JobError.literal(repr(self.executor))}: serial, process or ray",
+            ),
+            (self.workers >= 1, f"{{workers}} must be >= 1, got {self.workers}"),
+            (self.time_limit is None or self.time_limit > 0, f"{{time_limit}} must be > 0, got {self.time_limit}"),
+            (self.pretrain_epochs >= 0, f"{{pretrain_epochs}} must be >= 0, got {self.pretrain_epochs}"),
+            (0 <= self.momentum < 1, f"{{momentum}} must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"{{weight_decay}} must be >= 0, got {self.weight_decay}"),
             (self.epochs >= 1, f"{{epochs}} must be >= 1, got {self.epochs}"),
             (self.hidden >= 1, f"{{hidden}} must be >= 1, got {self.hidden}"),
             (self.layers >= 1, f"{{layers}} must be >= 1, got {self.layers}"),

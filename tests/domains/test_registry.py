@@ -55,6 +55,7 @@ def test_options_configure_a_new_instance():
         ("alpha-crown:sides=left", "choose from lower, upper, both"),
         ("crown:sparse=maybe", "true or false"),
         ("lp:time_limit=-1", "must be > 0"),
+        ("crown:maxpool=tight:maxpool=deeppoly", "option 'maxpool' given twice"),
     ],
 )
 def test_bad_names_and_options_are_one_line_errors(text, message):

@@ -52,6 +52,10 @@ def test_job_and_command_agree(tmp_path):
         (dict(threat="substitution", k=1), "threat substitution needs clip"),
         (dict(batch_size=1000), "batch_size 1000 is larger than the"),
         (dict(keep_best=True), "need validation data: val_fraction > 0"),
+        (dict(loss="l1"), "loss 'l1': choose from"),
+        (dict(executor="threads"), "executor 'threads'"),
+        (dict(momentum=1.5), "momentum must be in [0, 1)"),
+        (dict(threat="{x}"), "threat '{x}': choose from"),
     ],
 )
 def test_job_errors_name_the_fields_before_any_work(tmp_path, change, message):
