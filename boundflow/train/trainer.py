@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.func import functional_call
 
 from boundflow import rounding
@@ -260,12 +261,15 @@ def _interval_grads(model, params, data: BoundedDataset, idx, config, n_classes)
         params[n].grad = IntervalTensor(lo, hi, check=False)
 
 
-def _linear_layers(model: nn.Module, params) -> dict[str, nn.Linear] | None:
-    """``{module name: nn.Linear}`` when every parameter is a Linear layer's weight or bias
-    (then per-sample gradients are outer products of per-sample quantities); else None."""
+def _batched_layers(model: nn.Module, params) -> dict[str, nn.Module] | None:
+    """``{module name: layer}`` when every parameter is the weight or bias of an ``nn.Linear``
+    or of an ``nn.Conv2d`` with one group, zero padding given as numbers (then per-sample
+    gradients are sums of outer products of per-sample quantities); else None."""
     layers = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) or (
+            isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+        ):
             layers[name] = m
         elif next(m.parameters(recurse=False), None) is not None:
             return None
@@ -278,18 +282,21 @@ def _per_sample_grads(model, params, x: IntervalTensor, target: Target, loss: st
     of ``loss / b`` (its share of the batch mean).
 
     Models whose parameters all sit in ``nn.Linear`` layers (each called once, on a batch of
-    vectors): one batched forward and backward pass to the layers' outputs, then each
-    sample's weight gradient as the interval outer product of its output gradient and its
-    input (the same rules as a one-sample backward pass, whose batch rows are independent).
-    Other models: one forward and backward pass per sample."""
-    layers = _linear_layers(model, params)
+    vectors) and ``nn.Conv2d`` layers (one group, zero padding; each called once, on a batch of
+    images): one batched forward and backward pass to the layers' outputs, then each sample's
+    weight gradient as the interval product of its output gradient and its input (for a
+    convolution, its input's patches, summed over the output positions) — the terms of a
+    one-sample backward pass, whose batch rows are independent.  Other models: one forward
+    and backward pass per sample."""
+    layers = _batched_layers(model, params)
     if layers is not None:
         seen: dict[str, tuple] = {}
 
         def hook(name):
             def record(mod, inputs, output):
-                if name in seen or inputs[0].dim() != 2:
-                    seen[name] = None  # called twice, or not on vectors: use the loop
+                want = 2 if isinstance(mod, nn.Linear) else 4
+                if name in seen or inputs[0].dim() != want:
+                    seen[name] = None  # called twice, or not on vectors / images: use the loop
                 else:
                     seen[name] = (inputs[0], output)
 
@@ -308,15 +315,31 @@ def _per_sample_grads(model, params, x: IntervalTensor, target: Target, loss: st
             grads = torch.autograd.grad(bounded_loss(out, target, loss), outs, allow_unused=True)
             res = {}
             for n, g in zip(names, grads):
-                inp = seen[n][0]
+                inp, layer = seen[n][0], layers[n]
                 if g is None:
                     g = IntervalTensor.exact(torch.zeros_like(lohi(outs[names.index(n)])[0]))
-                w = torch.bmm(g.unsqueeze(2), inp.unsqueeze(1))  # (b, out, in)
+                if isinstance(layer, nn.Linear):
+                    w, gb = torch.bmm(g.unsqueeze(2), inp.unsqueeze(1)), g  # (b, out, in), (b, out)
+                else:
+                    w, gb = _conv_weight_grads(layer, g, inp)
                 res[f"{n}.weight"] = tuple(t.clone() for t in lohi(w))
-                if layers[n].bias is not None:
-                    res[f"{n}.bias"] = tuple(t.clone() for t in lohi(g))
+                if layer.bias is not None:
+                    res[f"{n}.bias"] = tuple(t.clone() for t in lohi(gb))
             return res
     return _per_sample_grads_loop(model, params, x, target, loss, b)
+
+
+def _conv_weight_grads(conv: nn.Conv2d, g, inp):
+    """Per-sample weight and bias gradients of ``conv`` from its output gradient ``g``
+    ``(b, O, H_o, W_o)`` and input ``inp`` ``(b, C, H, W)`` (intervals): the input's patches
+    (an exact re-indexing of each end, zeros where padded) times the output gradient, summed
+    over the output positions, ``(b, O, C, k_h, k_w)``; the bias's is the sum of ``g``."""
+    b, o = g.shape[0], g.shape[1]
+    lo, hi = lohi(inp)
+    kw = dict(kernel_size=conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    patches = IntervalTensor(F.unfold(lo, **kw), F.unfold(hi, **kw), check=False)  # (b, C k_h k_w, L)
+    w = torch.bmm(g.reshape(b, o, -1), patches.transpose(1, 2))  # (b, O, C k_h k_w)
+    return w.reshape(b, *conv.weight.shape), g.sum(dim=(2, 3))
 
 
 def _per_sample_grads_loop(model, params, x: IntervalTensor, target: Target, loss: str, b: int) -> dict:

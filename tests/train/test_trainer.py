@@ -235,9 +235,9 @@ class _Shared(nn.Module):
 
 @pytest.mark.parametrize("case", range(6))
 def test_batched_per_sample_gradients_match_the_loop(case):
-    """The k-of-n step's batched per-sample gradients (outer products after one backward pass)
-    are the one-sample-at-a-time bounds, over random architectures, losses and threats; models
-    where they are not outer products (a layer called twice, a convolution) take the loop."""
+    """The k-of-n step's batched per-sample gradients (outer products after one backward pass;
+    a convolution's summed over its output positions) are the one-sample-at-a-time bounds, over
+    random architectures, losses and threats; a layer called twice takes the loop."""
     from boundflow.domains.interval import IntervalTensor
     from boundflow.train import trainer
     from boundflow.train.losses import Target
@@ -271,4 +271,82 @@ def test_batched_per_sample_gradients_match_the_loop(case):
         assert torch.allclose(fast[n][0], slow[n][0], rtol=1e-12, atol=1e-15), n
         assert torch.allclose(fast[n][1], slow[n][1], rtol=1e-12, atol=1e-15), n
     if case == 5:
-        assert trainer._linear_layers(model, params) is None  # a convolution: the loop
+        assert trainer._batched_layers(model, params) is not None  # a convolution: batched too
+
+
+class _RandomConvNet(nn.Module):
+    """Two convolutions with random kernel, stride, padding, dilation and bias, a ReLU between,
+    and a linear head."""
+
+    def __init__(self, g: torch.Generator, classes: int) -> None:
+        super().__init__()
+
+        def pick(*options):
+            return options[int(torch.randint(0, len(options), (1,), generator=g))]
+
+        c1, c2 = pick(1, 2), pick(2, 3)
+        self.a = nn.Conv2d(c1, c2, pick(1, 2, 3), stride=pick(1, 2), padding=pick(0, 1, 2), dilation=pick(1, 2),
+                           bias=pick(True, False))  # fmt: skip
+        self.b = nn.Conv2d(
+            c2, 2, pick(2, 3), stride=pick(1, 2), padding=(pick(0, 1), pick(0, 2)), bias=pick(True, False)
+        )
+        self.c1 = c1
+        with torch.no_grad():
+            n = self.b(self.a(torch.zeros(1, c1, 9, 9))).numel()
+        self.head = nn.Linear(n, classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(torch.relu(self.b(torch.relu(self.a(x)))), 1))
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_batched_convolution_gradients_match_the_loop_and_contain_concrete_ones(case):
+    """Random convolution arguments (kernel, stride, padding, dilation, bias): the batched
+    per-sample bounds equal the loop's, and every concrete per-sample gradient (corner and
+    random inputs and weights from the boxes) lies inside them."""
+    from boundflow.domains.interval import IntervalTensor
+    from boundflow.train import trainer
+    from boundflow.train.losses import Target, plain_loss
+
+    g = torch.Generator().manual_seed(100 + case)
+    loss = ["cross_entropy", "bce", "mse", "hinge"][case % 4]
+    n_out = 1 if loss in ("bce", "hinge") else 3
+    torch.manual_seed(case)
+    model = _RandomConvNet(g, n_out).to(D)
+    assert trainer._batched_layers(model, dict(model.named_parameters())) is not None
+    w = 0.02 * float(torch.rand((), generator=g))
+    params = {
+        n: IntervalTensor(p.detach() - w, p.detach() + w, requires_grad=True) for n, p in model.named_parameters()
+    }
+    b = 5
+    x = torch.randn(b, model.c1, 9, 9, generator=g, dtype=D)
+    y = torch.randint(0, max(n_out, 2), (b,), generator=g)
+    xi = IntervalTensor(x - 0.05, x + 0.05)
+    tgt = Target(y, None, max(n_out, 2))
+    fast = trainer._per_sample_grads(model, params, xi, tgt, loss, b)
+    slow = trainer._per_sample_grads_loop(model, params, xi, tgt, loss, b)
+    for n in params:
+        assert torch.allclose(fast[n][0], slow[n][0], rtol=1e-10, atol=1e-13), n
+        assert torch.allclose(fast[n][1], slow[n][1], rtol=1e-10, atol=1e-13), n
+
+    def per_sample(p, xs):  # ordinary autograd, one sample at a time
+        out = {n: [] for n in p}
+        for i in range(b):
+            q = {n: v.clone().requires_grad_(True) for n, v in p.items()}
+            lv = plain_loss(functional_call(model, q, (xs[i : i + 1],)), y[i : i + 1], loss) / b
+            for n, gr in zip(q, torch.autograd.grad(lv, list(q.values()), allow_unused=True), strict=True):
+                out[n].append(torch.zeros_like(q[n]) if gr is None else gr)
+        return {n: torch.stack(v) for n, v in out.items()}
+
+    for t in range(6):
+        corner = t % 2 == 0
+        p = {
+            k: torch.where(torch.rand(v.shape, generator=g) < 0.5, v.lower, v.upper)
+            if corner
+            else v.lower + (v.upper - v.lower) * torch.rand(v.shape, generator=g, dtype=D)
+            for k, v in params.items()
+        }
+        xs = x + (torch.rand(x.shape, generator=g, dtype=D) * 2 - 1) * 0.05
+        per = per_sample(p, xs)
+        for n in params:
+            assert (per[n] >= fast[n][0] - 1e-12).all() and (per[n] <= fast[n][1] + 1e-12).all(), (n, t)
