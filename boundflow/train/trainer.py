@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from boundflow import rounding
 from boundflow.domains.interval import IntervalTensor, arith, lohi
