@@ -322,9 +322,9 @@ def _per_sample_grads(model, params, x: IntervalTensor, target: Target, loss: st
                     w, gb = torch.bmm(g.unsqueeze(2), inp.unsqueeze(1)), g  # (b, out, in), (b, out)
                 else:
                     w, gb = _conv_weight_grads(layer, g, inp)
-                res[f"{n}.weight"] = tuple(t.clone() for t in lohi(w))
+                res[f"{n}.weight"] = tuple(t.detach() for t in lohi(w))
                 if layer.bias is not None:
-                    res[f"{n}.bias"] = tuple(t.clone() for t in lohi(gb))
+                    res[f"{n}.bias"] = tuple(t.detach() for t in lohi(gb))
             return res
     return _per_sample_grads_loop(model, params, x, target, loss, b)
 
